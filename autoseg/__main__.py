@@ -1,0 +1,9 @@
+"""``python -m autoseg``: the same as the ``autoseg`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from autoseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,490 @@
+"""The dataset layer: a raw dataset folder in the nnU-Net v2 or Medical Segmentation Decathlon layout.
+
+nnU-Net v2 (read unchanged)::
+
+    DATASET/dataset.json          {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
+                                   "numTraining": 4, "file_ending": ".nii.gz"}
+    DATASET/imagesTr/CASE_0000.nii.gz    one file per channel, 4-digit channel index
+    DATASET/labelsTr/CASE.nii.gz
+    DATASET/imagesTs/CASE_0000.nii.gz    optional, unlabelled
+
+An nnU-Net v2 ``dataset.json`` may instead list the files under ``"dataset"``
+(``{"CASE": {"images": [...], "label": "..."}}``, paths relative to the dataset folder).
+
+Medical Segmentation Decathlon::
+
+    DATASET/dataset.json          {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior"},
+                                   "numTraining": 2, "training": [{"image": "./imagesTr/a.nii.gz",
+                                                                   "label": "./labelsTr/a.nii.gz"}]}
+
+MSD images hold all channels in one file (a 4D file when there is more than one channel).
+
+:func:`scan_dataset` never raises for problems in the data: it returns them, so that ``autoseg verify`` can report
+all of them at once. :func:`load_dataset` raises :class:`DatasetError` listing every error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from autoseg.errors import DatasetError, ImageReadError
+from autoseg.io import (
+    SUPPORTED_ENDINGS,
+    Geometry,
+    read_channels_4d,
+    read_image,
+    read_labels,
+    split_ending,
+)
+from autoseg.types import FloatVolume, LabelVolume
+
+Layout = Literal["nnunet-v2", "msd"]
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, naming the file it is about."""
+
+    severity: Severity
+    message: str
+    path: Path | None = None
+    case: str | None = None
+
+    def line(self) -> str:
+        """One line for a report: ``error: PATH: message``."""
+        where = f"{self.path}: " if self.path is not None else (f"case {self.case}: " if self.case else "")
+        return f"{self.severity}: {where}{self.message}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training (or test) case.
+
+    Attributes:
+        identifier: case identifier (file name without channel suffix and ending).
+        image_paths: one file per channel, in channel order; for MSD multi-channel data, one 4D file.
+        label_path: the label map, ``None`` for unlabelled test cases.
+        channels_in_one_file: the single image file holds every channel on its 4th axis (MSD).
+    """
+
+    identifier: str
+    image_paths: tuple[Path, ...]
+    label_path: Path | None
+    channels_in_one_file: bool = False
+
+    def files(self) -> tuple[Path, ...]:
+        """Every file of the case, images first."""
+        return self.image_paths + ((self.label_path,) if self.label_path is not None else ())
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A raw dataset as found on disk.
+
+    Attributes:
+        root: the dataset folder (absolute).
+        layout: ``"nnunet-v2"`` or ``"msd"``.
+        name: ``dataset.json``'s name, or the folder name.
+        channel_names: channel names in channel order, e.g. ``("CT",)``.
+        labels: label name -> value, background included.
+        num_training: ``numTraining`` as declared, if any.
+        file_ending: file ending of the images, e.g. ``".nii.gz"``.
+        cases: complete labelled training cases, sorted by identifier.
+        test_cases: unlabelled cases from ``imagesTs`` (complete ones only).
+        metadata: the whole ``dataset.json``.
+    """
+
+    root: Path
+    layout: Layout
+    name: str
+    channel_names: tuple[str, ...]
+    labels: dict[str, int]
+    num_training: int | None
+    file_ending: str
+    cases: tuple[Case, ...]
+    test_cases: tuple[Case, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        """Number of image channels."""
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """Declared label values, sorted, background included."""
+        return tuple(sorted(set(self.labels.values())))
+
+    @property
+    def foreground_labels(self) -> dict[str, int]:
+        """Declared labels without background (value 0)."""
+        return {name: value for name, value in self.labels.items() if value != 0}
+
+
+def scan_dataset(root: Path) -> tuple[Dataset | None, list[Problem]]:
+    """Read ``dataset.json`` and find every case, collecting problems instead of raising.
+
+    Returns:
+        The dataset (``None`` when ``dataset.json`` itself is unusable) and the structural problems found.
+        Cases with a missing file are reported and left out of ``Dataset.cases``.
+    """
+    root = root.resolve()
+    problems: list[Problem] = []
+    meta = _read_dataset_json(root, problems)
+    if meta is None:
+        return None, problems
+    if "channel_names" in meta or "training" not in meta:
+        dataset = _scan_nnunet(root, meta, problems)
+    else:
+        dataset = _scan_msd(root, meta, problems)
+    if dataset is not None:
+        _check_num_training(dataset, problems)
+    return dataset, problems
+
+
+def load_dataset(root: Path) -> Dataset:
+    """Like :func:`scan_dataset` but raise :class:`DatasetError` listing every error; warnings are ignored."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    dataset, problems = scan_dataset(root)
+    errors = [p.line() for p in problems if p.severity == "error"]
+    if dataset is None or errors:
+        raise DatasetError(f"{root}: dataset has {len(errors)} problem(s); run 'autoseg verify {root}'",
+                           details=errors)
+    if not dataset.cases:
+        raise DatasetError(f"{root}: no complete training case found")
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------- dataset.json
+
+
+def _read_dataset_json(root: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    path = root / "dataset.json"
+    if not path.is_file():
+        problems.append(Problem("error", "missing dataset.json (nnU-Net v2 or MSD layout expected)", path))
+        return None
+    duplicates: list[str] = []
+
+    def keep_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=keep_duplicates)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        problems.append(Problem("error", f"not valid JSON ({error})", path))
+        return None
+    if not isinstance(meta, dict):
+        problems.append(Problem("error", "must hold a JSON object", path))
+        return None
+    problems.extend(Problem("error", f"key '{k}' appears more than once (duplicate case identifier?)", path)
+                    for k in sorted(set(duplicates)))
+    return meta
+
+
+def _parse_labels(meta: Mapping[str, Any], path: Path, problems: list[Problem], *, msd: bool) -> dict[str, int]:
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        problems.append(Problem("error", "'labels' must be a non-empty object", path))
+        return {}
+    labels: dict[str, int] = {}
+    for key, value in raw.items():
+        name, number = (value, key) if msd else (key, value)
+        if isinstance(number, str) and number.strip().lstrip("-").isdigit():
+            number = int(number)
+        if isinstance(number, list):
+            problems.append(Problem("error", f"label '{name}' is a region {number}; region-based labels are "
+                                             "not supported, give each class one integer value", path))
+            continue
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 65535:
+            problems.append(Problem("error", f"label '{name}' has value {number!r}; expected an integer "
+                                             "0..65535", path))
+            continue
+        if number in labels.values():
+            problems.append(Problem("error", f"label value {number} is declared twice", path))
+        labels[str(name)] = number
+    if labels and 0 not in labels.values():
+        problems.append(Problem("error", "labels must declare background as value 0", path))
+    return labels
+
+
+def _parse_channels(meta: Mapping[str, Any], path: Path, problems: list[Problem]) -> tuple[str, ...]:
+    key = "channel_names" if "channel_names" in meta else "modality"
+    raw = meta.get(key)
+    if not isinstance(raw, dict) or not raw:
+        problems.append(Problem("error", "'channel_names' (or 'modality') must be a non-empty object", path))
+        return ()
+    try:
+        indexed = {int(k): str(v) for k, v in raw.items()}
+    except ValueError:
+        problems.append(Problem("error", f"'{key}' keys must be channel indices \"0\", \"1\", ...", path))
+        return ()
+    if sorted(indexed) != list(range(len(indexed))):
+        problems.append(Problem("error", f"'{key}' indices must be 0..{len(indexed) - 1}, got "
+                                         f"{sorted(indexed)}", path))
+        return ()
+    return tuple(indexed[i] for i in range(len(indexed)))
+
+
+def _check_num_training(dataset: Dataset, problems: list[Problem]) -> None:
+    declared = dataset.num_training
+    path = dataset.root / "dataset.json"
+    if declared is None:
+        problems.append(Problem("warning", "'numTraining' is missing", path))
+    elif declared != len(dataset.cases) + _incomplete_count(problems):
+        found = len(dataset.cases) + _incomplete_count(problems)
+        problems.append(Problem("error", f"numTraining is {declared} but {found} training case(s) were found",
+                                path))
+
+
+def _incomplete_count(problems: Sequence[Problem]) -> int:
+    return len({p.case for p in problems if p.case is not None and p.message.startswith("missing")})
+
+
+def _parse_num_training(meta: Mapping[str, Any], path: Path, problems: list[Problem]) -> int | None:
+    value = meta.get("numTraining")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        problems.append(Problem("error", f"'numTraining' must be a non-negative integer, got {value!r}", path))
+        return None
+    return value
+
+
+# ------------------------------------------------------------------------------------------- nnU-Net v2
+
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Dataset | None:
+    path = root / "dataset.json"
+    channels = _parse_channels(meta, path, problems)
+    labels = _parse_labels(meta, path, problems, msd=False)
+    ending = meta.get("file_ending")
+    if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
+        problems.append(Problem("error", f"'file_ending' is {ending!r}; autoseg reads "
+                                         f"{', '.join(SUPPORTED_ENDINGS)}", path))
+        return None
+    num_training = _parse_num_training(meta, path, problems)
+    if not channels:
+        return None
+    if isinstance(meta.get("dataset"), dict):
+        cases = _cases_from_listing(root, meta["dataset"], len(channels), problems)
+    else:
+        cases = _cases_from_folders(root, "imagesTr", "labelsTr", ending, len(channels), problems)
+    test_cases = _cases_from_folders(root, "imagesTs", None, ending, len(channels), problems)
+    return Dataset(root, "nnunet-v2", str(meta.get("name", root.name)), channels, labels, num_training, ending,
+                   tuple(cases), tuple(test_cases), meta)
+
+
+def _cases_from_folders(
+    root: Path, images_dir: str, labels_dir: str | None, ending: str, num_channels: int, problems: list[Problem]
+) -> list[Case]:
+    images_root = root / images_dir
+    if not images_root.is_dir():
+        if labels_dir is not None:
+            problems.append(Problem("error", "missing folder (nnU-Net v2 layout expects imagesTr/)", images_root))
+        return []
+    channel_files: dict[str, dict[int, Path]] = {}
+    for file in sorted(images_root.iterdir()):
+        match = _match_channel_file(file, ending, problems)
+        if match is not None:
+            channel_files.setdefault(match[0], {})[match[1]] = file
+    label_files: dict[str, Path] = {}
+    if labels_dir is not None:
+        labels_root = root / labels_dir
+        if not labels_root.is_dir():
+            problems.append(Problem("error", "missing folder (nnU-Net v2 layout expects labelsTr/)", labels_root))
+        else:
+            label_files = _label_files(labels_root, ending, problems)
+    identifiers = sorted(set(channel_files) | set(label_files))
+    cases = []
+    for identifier in identifiers:
+        case = _assemble_case(root / images_dir, identifier, channel_files.get(identifier, {}),
+                              label_files.get(identifier), labels_dir is not None, ending, num_channels, problems)
+        if case is not None:
+            cases.append(case)
+    return cases
+
+
+def _match_channel_file(file: Path, ending: str, problems: list[Problem]) -> tuple[str, int] | None:
+    if file.name.startswith("."):
+        return None  # hidden files such as macOS "._x.nii.gz" resource forks
+    if file.is_dir():
+        problems.append(Problem("warning", "unexpected folder, ignored", file))
+        return None
+    if not file.name.endswith(ending):
+        problems.append(Problem("warning", f"file does not end with the dataset's file_ending '{ending}'; "
+                                           "ignored", file))
+        return None
+    match = _CHANNEL_SUFFIX.match(file.name[: -len(ending)])
+    if match is None:
+        problems.append(Problem("error", "image file name lacks the 4-digit channel suffix "
+                                         f"(expected CASE_0000{ending})", file))
+        return None
+    return match["case"], int(match["channel"])
+
+
+def _label_files(labels_root: Path, ending: str, problems: list[Problem]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for file in sorted(labels_root.iterdir()):
+        if file.name.startswith("."):
+            continue
+        if file.is_dir() or not file.name.endswith(ending):
+            problems.append(Problem("warning", f"not a label file ending with '{ending}'; ignored", file))
+            continue
+        found[file.name[: -len(ending)]] = file
+    return found
+
+
+def _assemble_case(
+    images_root: Path, identifier: str, channels: dict[int, Path], label: Path | None, labelled: bool,
+    ending: str, num_channels: int, problems: list[Problem],
+) -> Case | None:
+    complete = True
+    for index in range(num_channels):
+        if index not in channels:
+            expected = images_root / f"{identifier}_{index:04d}{ending}"
+            problems.append(Problem("error", f"missing channel {index} file of case '{identifier}'", expected,
+                                    identifier))
+            complete = False
+    for extra in sorted(set(channels) - set(range(num_channels))):
+        problems.append(Problem("error", f"channel {extra} is not declared in channel_names "
+                                         f"({num_channels} channel(s))", channels[extra], identifier))
+    if labelled and label is None:
+        expected = images_root.parent / "labelsTr" / f"{identifier}{ending}"
+        problems.append(Problem("error", f"missing label file of case '{identifier}'", expected, identifier))
+        complete = False
+    if not complete:
+        return None
+    return Case(identifier, tuple(channels[i] for i in range(num_channels)), label)
+
+
+def _cases_from_listing(
+    root: Path, listing: dict[str, Any], num_channels: int, problems: list[Problem]
+) -> list[Case]:
+    cases = []
+    path = root / "dataset.json"
+    for identifier, entry in sorted(listing.items()):
+        images = entry.get("images") if isinstance(entry, dict) else None
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images) \
+                or not isinstance(label, str):
+            problems.append(Problem("error", f"'dataset' entry '{identifier}' needs 'images' (list of paths) "
+                                             "and 'label' (path)", path, identifier))
+            continue
+        if len(images) != num_channels:
+            problems.append(Problem("error", f"case '{identifier}' lists {len(images)} image(s) for "
+                                             f"{num_channels} channel(s)", path, identifier))
+            continue
+        resolved = [_resolve_inside(root, p, identifier, problems) for p in [*images, label]]
+        if any(r is None for r in resolved):
+            continue
+        files = [r for r in resolved if r is not None]
+        if _report_missing(files, identifier, problems):
+            cases.append(Case(identifier, tuple(files[:-1]), files[-1]))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------- MSD
+
+
+def _scan_msd(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Dataset | None:
+    path = root / "dataset.json"
+    channels = _parse_channels(meta, path, problems)
+    labels = _parse_labels(meta, path, problems, msd=True)
+    num_training = _parse_num_training(meta, path, problems)
+    training = meta.get("training")
+    if not isinstance(training, list) or not channels:
+        problems.append(Problem("error", "'training' must be a list of {image, label} entries", path))
+        return None
+    cases: list[Case] = []
+    seen: set[str] = set()
+    ending = ""
+    for number, entry in enumerate(training):
+        case = _msd_case(root, entry, number, len(channels) > 1, problems)
+        if case is None:
+            continue
+        if case.identifier in seen:
+            problems.append(Problem("error", f"duplicate case identifier '{case.identifier}' in 'training'",
+                                    path, case.identifier))
+            continue
+        seen.add(case.identifier)
+        ending = ending or split_ending(case.image_paths[0])[1]
+        cases.append(case)
+    test_cases = [Case(split_ending(p)[0], (p,), None, len(channels) > 1) for p in
+                  (_resolve_inside(root, t, None, problems) for t in meta.get("test", []) if isinstance(t, str))
+                  if p is not None and p.is_file()]
+    return Dataset(root, "msd", str(meta.get("name", root.name)), channels, labels, num_training,
+                   ending or ".nii.gz", tuple(sorted(cases, key=lambda c: c.identifier)), tuple(test_cases), meta)
+
+
+def _msd_case(root: Path, entry: Any, number: int, multichannel: bool, problems: list[Problem]) -> Case | None:
+    path = root / "dataset.json"
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) \
+            or not isinstance(entry.get("label"), str):
+        problems.append(Problem("error", f"training entry {number} needs 'image' and 'label' paths", path))
+        return None
+    identifier = split_ending(Path(entry["image"]))[0]
+    image = _resolve_inside(root, entry["image"], identifier, problems)
+    label = _resolve_inside(root, entry["label"], identifier, problems)
+    if image is None or label is None or not _report_missing([image, label], identifier, problems):
+        return None
+    return Case(identifier, (image,), label, multichannel)
+
+
+# ------------------------------------------------------------------------------------------- shared helpers
+
+
+def _resolve_inside(root: Path, relative: str, identifier: str | None, problems: list[Problem]) -> Path | None:
+    """Resolve a path listed in dataset.json; report it when it leaves the dataset folder."""
+    candidate = Path(relative)
+    joined = candidate if candidate.is_absolute() else root / candidate
+    resolved = Path(*joined.parts).resolve()
+    if not resolved.is_relative_to(root):
+        problems.append(Problem("error", f"path '{relative}' escapes the dataset folder {root}",
+                                root / "dataset.json", identifier))
+        return None
+    return resolved
+
+
+def _report_missing(files: Sequence[Path], identifier: str, problems: list[Problem]) -> bool:
+    missing = [f for f in files if not f.is_file()]
+    for file in missing:
+        problems.append(Problem("error", f"missing file listed for case '{identifier}'", file, identifier))
+    return not missing
+
+
+def read_case(case: Case) -> tuple[FloatVolume, LabelVolume | None, Geometry]:
+    """Read a case's channels as ``(C, Z, Y, X)`` float32 and its label map as ``(Z, Y, X)`` uint8/uint16.
+
+    Raises:
+        ImageReadError: a file is unreadable, or the channels and label disagree in shape or geometry.
+    """
+    if case.channels_in_one_file:
+        image, geometry = read_channels_4d(case.image_paths[0])
+    else:
+        image, geometry = read_image(case.image_paths)
+    if case.label_path is None:
+        return image, None, geometry
+    labels, label_geometry = read_labels(case.label_path)
+    if labels.shape != image.shape[1:]:
+        raise ImageReadError(f"{case.label_path}: shape {labels.shape} differs from the image's "
+                             f"{image.shape[1:]} ({case.image_paths[0].name})")
+    differences = geometry.differences(label_geometry)
+    if differences:
+        raise ImageReadError(f"{case.label_path}: geometry differs from {case.image_paths[0].name}: "
+                             + "; ".join(differences))
+    return image, labels, geometry

@@ -1,0 +1,367 @@
+"""``autoseg fingerprint``: what the planner needs to know about a dataset, in ``fingerprint.json``.
+
+Per case: spacing, shape, orientation, and the bounding box / shape after cropping to the nonzero region of all
+channels. Per channel: intensity statistics of the foreground (label > 0) from a seeded sample of foreground voxels,
+plus per-case statistics. Per class: voxel fraction, fraction of cases where present, and the number and size of its
+connected components. Across cases: whether the orientation is consistent.
+
+The result is deterministic (the sample of each case is seeded from the case identifier, so worker count and order
+do not matter) and is recomputed only when the dataset's files change (:func:`dataset_signature`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg import __version__
+from autoseg.dataset import Case, Dataset, read_case
+from autoseg.errors import FingerprintError, ImageReadError
+from autoseg.io import read_json, write_json
+from autoseg.parallel import map_cases
+from autoseg.types import BoolVolume, FloatVolume, LabelVolume
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_SCHEMA_VERSION = 1
+CONNECTIVITY = 1
+"""Connected components use face connectivity (6 neighbours in 3D), as SimpleITK's default."""
+
+TOTAL_FOREGROUND_SAMPLES = 10_000_000
+"""Foreground voxels sampled per channel over the whole dataset, shared equally between cases."""
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Intensity statistics of a set of voxels (float64 values, in the image's own units)."""
+
+    count: int
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> IntensityStats:
+        """Statistics of a 1D array; all-NaN fields are avoided by returning zeros for an empty array."""
+        if values.size == 0:
+            return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        v = values.astype(np.float64, copy=False)
+        p005, p50, p995 = np.percentile(v, [0.5, 50.0, 99.5])
+        return cls(int(v.size), float(v.mean()), float(v.std()), float(p50), float(v.min()), float(v.max()),
+                   float(p005), float(p995))
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """One case. Tuples follow the ``(z, y, x)`` array order; ``crop_box`` is half-open ``[start, stop)``."""
+
+    identifier: str
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    cropped_shape: tuple[int, int, int]
+    crop_box: tuple[tuple[int, int], ...]
+    intensity: tuple[IntensityStats, ...]
+    class_voxels: dict[str, int]
+    component_sizes: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Summary of a list of numbers."""
+
+    min: float
+    median: float
+    mean: float
+    max: float
+    percentile_05: float
+    percentile_95: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Distribution:
+        """Summary of ``values``; zeros when empty."""
+        if not values:
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        v = np.asarray(values, dtype=np.float64)
+        p05, p50, p95 = np.percentile(v, [5.0, 50.0, 95.0])
+        return cls(float(v.min()), float(p50), float(v.mean()), float(v.max()), float(p05), float(p95))
+
+
+@dataclass(frozen=True)
+class ClassFingerprint:
+    """One foreground class over the dataset."""
+
+    name: str
+    value: int
+    voxel_fraction: float
+    case_fraction: float
+    components_per_case: Distribution
+    component_size_voxels: Distribution
+    component_volume_mm3: Distribution
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything the planner needs about a dataset. ``cases`` and ``classes`` are sorted."""
+
+    schema_version: int
+    autoseg_version: str
+    dataset_name: str
+    dataset_root: str
+    signature: str
+    channel_names: tuple[str, ...]
+    labels: dict[str, int]
+    num_cases: int
+    median_spacing_mm: tuple[float, float, float]
+    median_shape: tuple[float, float, float]
+    median_cropped_shape: tuple[float, float, float]
+    orientations: dict[str, int]
+    orientation_consistent: bool
+    intensity: tuple[IntensityStats, ...]
+    classes: tuple[ClassFingerprint, ...]
+    cases: tuple[CaseFingerprint, ...]
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples become lists)."""
+        return asdict(self)
+
+    def sha256(self) -> str:
+        """Content hash, for plans to record which fingerprint they came from."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def crop_box_of_nonzero(image: FloatVolume) -> tuple[tuple[int, int], ...]:
+    """Bounding box ``((z0, z1), (y0, y1), (x0, x1))`` of voxels nonzero in any channel, holes filled.
+
+    Args:
+        image: ``(C, Z, Y, X)``. An all-zero image gives the full extent.
+    """
+    mask: BoolVolume = ndimage.binary_fill_holes(np.any(image != 0, axis=0))
+    if not mask.any():
+        return tuple((0, int(s)) for s in image.shape[1:])
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def fingerprint_case(
+    image: FloatVolume, labels: LabelVolume, spacing_mm: tuple[float, float, float], orientation: str,
+    identifier: str, *, samples: int, seed: int,
+) -> tuple[CaseFingerprint, list[np.ndarray]]:
+    """Fingerprint one case.
+
+    Args:
+        image: ``(C, Z, Y, X)`` float32, raw intensities.
+        labels: ``(Z, Y, X)`` uint8/uint16.
+        spacing_mm: ``(z, y, x)``.
+        samples: foreground voxels to sample per channel.
+        seed: dataset seed; the case's generator is seeded from it and the identifier.
+
+    Returns:
+        The case fingerprint and, per channel, the sampled foreground intensities (float32, 1D).
+    """
+    box = crop_box_of_nonzero(image)
+    foreground = labels > 0
+    rng = np.random.default_rng([seed, zlib.crc32(identifier.encode())])
+    positions = np.flatnonzero(foreground)
+    if positions.size > samples:
+        positions = np.sort(rng.choice(positions, size=samples, replace=False))
+    sampled = [channel.ravel()[positions].astype(np.float32) for channel in image]
+    intensity = tuple(IntensityStats.of(channel[foreground]) for channel in image)
+    values, counts = np.unique(labels, return_counts=True)
+    class_voxels = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
+    structure = ndimage.generate_binary_structure(3, CONNECTIVITY)
+    component_sizes: dict[str, list[int]] = {}
+    for value in class_voxels:
+        components, _ = ndimage.label(labels == int(value), structure=structure)
+        component_sizes[value] = sorted((int(s) for s in np.bincount(components.ravel())[1:]), reverse=True)
+    fingerprint = CaseFingerprint(
+        identifier=identifier, shape=_triple_int(labels.shape), spacing_mm=spacing_mm, orientation=orientation,
+        cropped_shape=_triple_int(tuple(b - a for a, b in box)), crop_box=box, intensity=intensity,
+        class_voxels=class_voxels, component_sizes=component_sizes,
+    )
+    return fingerprint, sampled
+
+
+def extract_fingerprint(
+    dataset: Dataset, *, num_workers: int = 1, seed: int = 0, show_progress: bool = True
+) -> Fingerprint:
+    """Fingerprint every training case of ``dataset`` (in ``num_workers`` processes) and aggregate."""
+    samples = max(1000, TOTAL_FOREGROUND_SAMPLES // max(1, len(dataset.cases)))
+    work = partial(_fingerprint_case_file, samples=samples, seed=seed)
+    results = list(map_cases(work, dataset.cases, num_workers=num_workers, description="fingerprint",
+                             show_progress=show_progress))
+    cases = tuple(r[0] for r in results)
+    sampled = [np.concatenate([r[1][c] for r in results]) for c in range(dataset.num_channels)]
+    orientations = Counter(c.orientation for c in cases)
+    fingerprint = Fingerprint(
+        schema_version=FINGERPRINT_SCHEMA_VERSION, autoseg_version=__version__, dataset_name=dataset.name,
+        dataset_root=str(dataset.root), signature=dataset_signature(dataset, seed=seed),
+        channel_names=dataset.channel_names, labels=dict(dataset.labels), num_cases=len(cases),
+        median_spacing_mm=_median_triple([c.spacing_mm for c in cases]),
+        median_shape=_median_triple([c.shape for c in cases]),
+        median_cropped_shape=_median_triple([c.cropped_shape for c in cases]),
+        orientations=dict(orientations.most_common()), orientation_consistent=len(orientations) == 1,
+        intensity=tuple(IntensityStats.of(s) for s in sampled),
+        classes=_class_fingerprints(dataset.foreground_labels, cases), cases=cases, seed=seed,
+    )
+    logger.info("fingerprinted %d case(s): median spacing %s mm, median shape %s", len(cases),
+                fingerprint.median_spacing_mm, fingerprint.median_shape)
+    return fingerprint
+
+
+def dataset_signature(dataset: Dataset, *, seed: int) -> str:
+    """sha256 of ``dataset.json`` and every case file's path, size and modification time (plus the seed)."""
+    digest = hashlib.sha256()
+    digest.update(f"schema={FINGERPRINT_SCHEMA_VERSION};seed={seed};".encode())
+    digest.update((dataset.root / "dataset.json").read_bytes())
+    for case in dataset.cases:
+        for path in case.files():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(dataset.root)}|{stat.st_size}|{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def run_fingerprint(
+    dataset: Dataset, workdir: Path, *, num_workers: int = 1, seed: int = 0, force: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Write ``workdir/fingerprint.json`` unless an up-to-date one (same signature) is already there."""
+    path = workdir / "fingerprint.json"
+    if not force and path.is_file():
+        try:
+            existing = load_fingerprint(path)
+        except FingerprintError as error:
+            logger.warning("recomputing: %s", error.message)
+        else:
+            if existing.dataset_root != str(dataset.root):
+                raise FingerprintError(f"{path} belongs to dataset {existing.dataset_root}, not {dataset.root}; "
+                                       "use another --workdir (one per dataset) or --force to replace it")
+            if existing.signature == dataset_signature(dataset, seed=seed):
+                logger.info("%s is up to date (dataset unchanged); use --force to recompute", path)
+                return path
+            logger.info("dataset changed since %s was written; recomputing", path)
+    fingerprint = extract_fingerprint(dataset, num_workers=num_workers, seed=seed, show_progress=show_progress)
+    write_json(fingerprint.to_json(), path)
+    logger.info("wrote %s", path)
+    return path
+
+
+def load_fingerprint(path: Path) -> Fingerprint:
+    """Read and validate ``fingerprint.json``.
+
+    Raises:
+        FingerprintError: missing, malformed, or written by an incompatible schema version.
+    """
+    if not path.is_file():
+        raise FingerprintError(f"{path}: no fingerprint; run 'autoseg fingerprint DATASET' first")
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        version = data.get("schema_version")
+        if version != FINGERPRINT_SCHEMA_VERSION:
+            raise FingerprintError(f"{path}: schema_version {version}; this autoseg reads "
+                                   f"{FINGERPRINT_SCHEMA_VERSION}. Re-run 'autoseg fingerprint'.")
+        return _fingerprint_from_json(data)
+    except FingerprintError:
+        raise
+    except (ImageReadError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise FingerprintError(f"{path}: malformed fingerprint ({error}); re-run 'autoseg fingerprint'") \
+            from error
+
+
+# ------------------------------------------------------------------------------------------- internals
+
+
+def _fingerprint_case_file(case: Case, *, samples: int, seed: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
+    image, labels, geometry = read_case(case)
+    assert labels is not None, "training cases have labels"
+    return fingerprint_case(image, labels, geometry.spacing_mm, geometry.orientation_code(), case.identifier,
+                            samples=samples, seed=seed)
+
+
+def _class_fingerprints(labels: Mapping[str, int], cases: Sequence[CaseFingerprint]) -> tuple[
+        ClassFingerprint, ...]:
+    total_voxels = sum(int(np.prod(c.shape)) for c in cases)
+    result = []
+    for name, value in sorted(labels.items(), key=lambda item: item[1]):
+        key = str(value)
+        sizes = [s for c in cases for s in c.component_sizes.get(key, [])]
+        volumes = [s * float(np.prod(c.spacing_mm)) for c in cases for s in c.component_sizes.get(key, [])]
+        result.append(ClassFingerprint(
+            name=name, value=value,
+            voxel_fraction=sum(c.class_voxels.get(key, 0) for c in cases) / max(1, total_voxels),
+            case_fraction=sum(key in c.class_voxels for c in cases) / max(1, len(cases)),
+            components_per_case=Distribution.of([len(c.component_sizes.get(key, [])) for c in cases]),
+            component_size_voxels=Distribution.of(sizes),
+            component_volume_mm3=Distribution.of(volumes),
+        ))
+    return tuple(result)
+
+
+def _median_triple(values: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    median = np.median(np.asarray(values, dtype=np.float64), axis=0)
+    return float(median[0]), float(median[1]), float(median[2])
+
+
+def _triple_int(values: Sequence[int]) -> tuple[int, int, int]:
+    return int(values[0]), int(values[1]), int(values[2])
+
+
+def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
+    def triple(v: Sequence[Any]) -> tuple[float, float, float]:
+        return float(v[0]), float(v[1]), float(v[2])
+
+    cases = tuple(
+        CaseFingerprint(
+            identifier=str(c["identifier"]), shape=_triple_int(c["shape"]), spacing_mm=triple(c["spacing_mm"]),
+            orientation=str(c["orientation"]), cropped_shape=_triple_int(c["cropped_shape"]),
+            crop_box=tuple((int(a), int(b)) for a, b in c["crop_box"]),
+            intensity=tuple(IntensityStats(**s) for s in c["intensity"]),
+            class_voxels={str(k): int(v) for k, v in c["class_voxels"].items()},
+            component_sizes={str(k): [int(s) for s in v] for k, v in c["component_sizes"].items()},
+        )
+        for c in data["cases"]
+    )
+    classes = tuple(
+        ClassFingerprint(
+            name=str(c["name"]), value=int(c["value"]), voxel_fraction=float(c["voxel_fraction"]),
+            case_fraction=float(c["case_fraction"]),
+            components_per_case=Distribution(**c["components_per_case"]),
+            component_size_voxels=Distribution(**c["component_size_voxels"]),
+            component_volume_mm3=Distribution(**c["component_volume_mm3"]),
+        )
+        for c in data["classes"]
+    )
+    return Fingerprint(
+        schema_version=int(data["schema_version"]), autoseg_version=str(data["autoseg_version"]),
+        dataset_name=str(data["dataset_name"]), dataset_root=str(data["dataset_root"]),
+        signature=str(data["signature"]), channel_names=tuple(str(n) for n in data["channel_names"]),
+        labels={str(k): int(v) for k, v in data["labels"].items()}, num_cases=int(data["num_cases"]),
+        median_spacing_mm=triple(data["median_spacing_mm"]), median_shape=triple(data["median_shape"]),
+        median_cropped_shape=triple(data["median_cropped_shape"]),
+        orientations={str(k): int(v) for k, v in data["orientations"].items()},
+        orientation_consistent=bool(data["orientation_consistent"]),
+        intensity=tuple(IntensityStats(**s) for s in data["intensity"]), classes=classes, cases=cases,
+        seed=int(data["seed"]),
+    )

@@ -1,0 +1,425 @@
+"""All image file formats, behind one module.
+
+Only this module imports SimpleITK and nibabel. Every other module sees numpy arrays plus a :class:`Geometry`.
+
+Axis convention (documented in ``docs/conventions.md``):
+
+* arrays are indexed ``(Z, Y, X)``: the last array axis is the fastest-varying one, the file's first index ``i``;
+* ``Geometry.spacing_mm`` and ``Geometry.origin_mm`` list ``(z, y, x)``;
+* physical coordinates are the DICOM/ITK patient frame (LPS: +x left, +y posterior, +z superior), also listed
+  ``(z, y, x)``;
+* ``Geometry.direction`` is the 3x3 direction-cosine matrix, row-major, with rows and columns both in that reversed
+  order, so that ``point_zyx = origin + direction @ (spacing * index_zyx)``.
+
+Supported formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``).
+Writing reproduces the geometry that was read, to float tolerance, and the voxel values exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from autoseg.errors import ImageReadError, ImageWriteError
+from autoseg.types import AnyArray, FloatVolume, LabelVolume, Triple
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File endings autoseg reads and writes, longest first so that ``.nii.gz`` wins over ``.nii``."""
+
+IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a ``(Z, Y, X)`` array sits in patient space.
+
+    Attributes:
+        spacing_mm: voxel size ``(z, y, x)`` in millimetres.
+        origin_mm: physical position of voxel ``(0, 0, 0)``, ``(z, y, x)`` in LPS millimetres.
+        direction: 3x3 direction cosines, row-major, rows = physical ``(z, y, x)``, columns = array axes.
+    """
+
+    spacing_mm: Triple
+    origin_mm: Triple
+    direction: tuple[float, ...] = IDENTITY_DIRECTION
+
+    def direction_matrix(self) -> np.ndarray:
+        """The direction as a ``(3, 3)`` float64 array (rows physical ``z, y, x``; columns array axes)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def index_to_physical(self, index_zyx: Sequence[float]) -> np.ndarray:
+        """Physical ``(z, y, x)`` LPS position in mm of a (possibly fractional) array index ``(z, y, x)``."""
+        scaled = np.asarray(self.spacing_mm, dtype=np.float64) * np.asarray(index_zyx, dtype=np.float64)
+        result: np.ndarray = np.asarray(self.origin_mm, dtype=np.float64) + self.direction_matrix() @ scaled
+        return result
+
+    def orientation_code(self) -> str:
+        """Three letters saying where the file's index axes ``i, j, k`` point, e.g. ``"LPS"`` or ``"RAS"``.
+
+        This is the convention of nibabel's ``aff2axcodes``: identity DICOM/ITK direction gives ``"LPS"``.
+        """
+        itk = self.direction_matrix()[::-1, ::-1]  # rows physical x, y, z; columns index i, j, k
+        letters = (("R", "L"), ("A", "P"), ("I", "S"))
+        code = ""
+        for column in range(3):
+            axis = int(np.argmax(np.abs(itk[:, column])))
+            code += letters[axis][int(itk[axis, column] > 0)]
+        return code
+
+    def differences(self, other: Geometry, *, tolerance: float = 1e-4) -> list[str]:
+        """Human-readable differences to ``other`` beyond ``tolerance`` (relative for spacing, mm for origin)."""
+        found: list[str] = []
+        spacing_a, spacing_b = np.asarray(self.spacing_mm), np.asarray(other.spacing_mm)
+        if not np.allclose(spacing_a, spacing_b, rtol=tolerance, atol=0.0):
+            found.append(f"spacing {_fmt(self.spacing_mm)} vs {_fmt(other.spacing_mm)} mm")
+        scale = max(1.0, float(np.max(np.abs(spacing_a))))
+        if not np.allclose(self.origin_mm, other.origin_mm, rtol=0.0, atol=tolerance * scale * 10):
+            found.append(f"origin {_fmt(self.origin_mm)} vs {_fmt(other.origin_mm)} mm")
+        if not np.allclose(self.direction, other.direction, rtol=0.0, atol=tolerance * 10):
+            found.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+        return found
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """What a file's header says, read without its voxels.
+
+    Attributes:
+        path: the file.
+        shape: array shape in autoseg order: ``(Z, Y, X)`` for 3D, ``(T, Z, Y, X)`` for 4D, ``(Y, X)`` for 2D.
+        geometry: spatial geometry of the first three axes (2D files get z spacing 1 mm).
+        dtype: numpy dtype name of the stored voxels, e.g. ``"float32"``.
+        components: values per voxel (1 for scalar images; more for vector or RGB files).
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    geometry: Geometry
+    dtype: str
+    components: int
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial (+ time) dimensions of the file."""
+        return len(self.shape)
+
+
+def split_ending(path: Path) -> tuple[str, str]:
+    """Split a file name into ``(stem, ending)`` for a supported ending; the ending is ``""`` otherwise."""
+    name = path.name
+    for ending in SUPPORTED_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)], name[-len(ending) :]
+    return name, ""
+
+
+def read_header(path: Path) -> VolumeInfo:
+    """Read a file's header only (fast; no voxel data).
+
+    Raises:
+        ImageReadError: the file is missing, of an unsupported format, or its header is corrupt.
+    """
+    _check_readable(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with _itk_errors(path, "cannot read the header"):
+        reader.ReadImageInformation()
+    size = tuple(int(s) for s in reader.GetSize())
+    dtype = _pixel_id_to_dtype(reader.GetPixelIDValue(), path)
+    geometry = _geometry_from_parts(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), len(size))
+    return VolumeInfo(path, size[::-1], geometry, dtype, int(reader.GetNumberOfComponents()))
+
+
+def read_array(path: Path) -> tuple[AnyArray, Geometry]:
+    """Read voxels as stored (any dtype) plus geometry.
+
+    NIfTI voxels are read with nibabel: SimpleITK's NIfTI reader silently turns NaN and Inf into 0 (measured with
+    SimpleITK 2.5, see ``docs/design.md``), which would hide broken images. The geometry always comes from
+    SimpleITK, so that reading and writing share one convention.
+
+    Returns:
+        The array in ``(Z, Y, X)`` order (``(T, Z, Y, X)`` for a 4D file) and the geometry of its spatial axes.
+
+    Raises:
+        ImageReadError: unreadable, truncated or corrupt file, or vector-valued voxels.
+    """
+    info = read_header(path)
+    if info.components != 1:
+        raise ImageReadError(
+            f"{path}: has {info.components} values per voxel (vector or RGB image); store one scalar volume per "
+            "channel"
+        )
+    if split_ending(path)[1] in (".nii", ".nii.gz"):
+        array = _read_nifti_voxels(path, info.shape)
+    else:
+        with _itk_errors(path, "cannot read"):
+            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return array, info.geometry
+
+
+def _read_nifti_voxels(path: Path, shape: tuple[int, ...]) -> AnyArray:
+    try:
+        loaded: Any = nib.load(str(path))
+        data = np.asanyarray(loaded.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
+        raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    if data.size != int(np.prod(shape)):
+        raise ImageReadError(f"{path}: header and voxel data disagree ({data.shape} vs {shape[::-1]})")
+    data = data.reshape(data.shape[: len(shape)] if data.ndim > len(shape) else data.shape)
+    array: AnyArray = np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1])).reshape(shape)
+    return array
+
+
+def read_image(paths: Sequence[Path]) -> tuple[FloatVolume, Geometry]:
+    """Read one 3D file per channel into a ``(C, Z, Y, X)`` float32 array.
+
+    All channels must share shape and geometry; the first channel's geometry is returned.
+
+    Raises:
+        ImageReadError: a file is unreadable, not 3D, or disagrees with the first channel.
+    """
+    if not paths:
+        raise ImageReadError("no image file given")
+    channels: list[FloatVolume] = []
+    first_geometry: Geometry | None = None
+    for path in paths:
+        array, geometry = read_array(path)
+        _require_3d(array, path)
+        if first_geometry is None:
+            first_geometry = geometry
+        else:
+            _require_same_grid(channels[0].shape, first_geometry, array.shape, geometry, paths[0], path)
+        channels.append(array.astype(np.float32, copy=False))
+    assert first_geometry is not None
+    return np.stack(channels), first_geometry
+
+
+def read_channels_4d(path: Path) -> tuple[FloatVolume, Geometry]:
+    """Read a Medical Segmentation Decathlon multi-modal 4D file (channels on its 4th axis) as ``(C, Z, Y, X)``."""
+    array, geometry = read_array(path)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise ImageReadError(f"{path}: expected a 4D file with one channel per volume, got {array.ndim}D")
+    return array.astype(np.float32, copy=False), geometry
+
+
+def read_labels(path: Path) -> tuple[LabelVolume, Geometry]:
+    """Read a 3D label map as uint8 (uint16 when a value exceeds 255).
+
+    Raises:
+        ImageReadError: unreadable file, not 3D, negative / non-integer / non-finite values, or values > 65535.
+    """
+    array, geometry = read_array(path)
+    _require_3d(array, path)
+    return labels_to_unsigned(array, path), geometry
+
+
+def labels_to_unsigned(array: AnyArray, path: Path) -> LabelVolume:
+    """Convert a stored label array (any numeric dtype) to uint8/uint16, refusing values that are not labels."""
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ImageReadError(f"{path}: label map contains NaN or Inf")
+        if not np.array_equal(array, np.round(array)):
+            raise ImageReadError(f"{path}: label map has non-integer values (e.g. {_first_fraction(array)})")
+    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        raise ImageReadError(f"{path}: label map has dtype {array.dtype}; expected integers")
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low < 0:
+        raise ImageReadError(f"{path}: label map has negative value {low}")
+    if high > 65535:
+        raise ImageReadError(f"{path}: label value {high} exceeds 65535")
+    dtype = np.uint8 if high <= 255 else np.uint16
+    result: LabelVolume = array.astype(dtype)
+    return result
+
+
+def write_image(image: FloatVolume | AnyArray, geometry: Geometry, path: Path) -> None:
+    """Write a ``(Z, Y, X)`` array (any numeric dtype, stored as is) atomically with ``geometry``.
+
+    A ``(1, Z, Y, X)`` array is written as its single channel.
+
+    Raises:
+        ImageWriteError: unsupported ending, wrong shape, or the file system refused.
+    """
+    array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ImageWriteError(f"{path}: expected a (Z, Y, X) array to write, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    sitk_image.SetSpacing(tuple(float(v) for v in geometry.spacing_mm[::-1]))
+    sitk_image.SetOrigin(tuple(float(v) for v in geometry.origin_mm[::-1]))
+    sitk_image.SetDirection(tuple(float(v) for v in geometry.direction_matrix()[::-1, ::-1].ravel()))
+    _write_atomically(sitk_image, path)
+
+
+def write_labels(labels: LabelVolume, geometry: Geometry, path: Path) -> None:
+    """Write a ``(Z, Y, X)`` label map atomically as uint8 (uint16 if a value exceeds 255)."""
+    write_image(labels_to_unsigned(np.asarray(labels), path), geometry, path)
+
+
+def write_json(data: object, path: Path) -> None:
+    """Write indented JSON with stable key order, atomically (temporary file, then rename)."""
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_text_atomically(text, path)
+
+
+def read_json(path: Path) -> object:
+    """Read a JSON file.
+
+    Raises:
+        ImageReadError: missing file or invalid JSON, naming the file.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ImageReadError(f"{path}: not valid JSON ({error})") from None
+
+
+def write_text_atomically(text: str, path: Path) -> None:
+    """Write a text file through a temporary file in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------- internals
+
+
+def limit_threads(count: int) -> None:
+    """Cap SimpleITK's own threads (call once in each worker process of a process pool)."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, count))
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def _first_fraction(array: AnyArray) -> float:
+    flat = array.ravel().astype(np.float64)
+    index = int(np.argmax(flat != np.round(flat)))
+    return float(flat[index])
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file does not exist")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, expected an image file")
+    if not split_ending(path)[1]:
+        raise ImageReadError(
+            f"{path}: unsupported file type; autoseg reads {', '.join(SUPPORTED_ENDINGS)} (DICOM: convert-dicom)"
+        )
+
+
+def _require_3d(array: AnyArray, path: Path) -> None:
+    if array.ndim != 3:
+        kind = "4D" if array.ndim == 4 else f"{array.ndim}D"
+        raise ImageReadError(f"{path}: is {kind} with shape {array.shape} (autoseg order); expected a 3D volume")
+
+
+def _require_same_grid(
+    shape_a: tuple[int, ...], geometry_a: Geometry, shape_b: tuple[int, ...], geometry_b: Geometry,
+    path_a: Path, path_b: Path,
+) -> None:
+    if tuple(shape_a[-3:]) != tuple(shape_b[-3:]):
+        raise ImageReadError(f"{path_b}: shape {shape_b[-3:]} differs from {path_a.name} {shape_a[-3:]}")
+    differences = geometry_a.differences(geometry_b)
+    if differences:
+        raise ImageReadError(f"{path_b}: geometry differs from {path_a.name}: " + "; ".join(differences))
+
+
+def _geometry_from_parts(
+    spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float], ndim: int
+) -> Geometry:
+    """Convert ITK (x, y, z[, t]) metadata to a (z, y, x) Geometry of the spatial axes."""
+    dim = len(spacing)
+    spatial = min(dim, 3)
+    matrix = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:spatial, :spatial]
+    spacing3 = [float(s) for s in spacing[:spatial]]
+    origin3 = [float(o) for o in origin[:spatial]]
+    if spatial == 2:  # a 2D file: one slice, 1 mm thick, in the x-y plane
+        full = np.eye(3)
+        full[:2, :2] = matrix
+        matrix, spacing3, origin3 = full, [*spacing3, 1.0], [*origin3, 0.0]
+    reversed_direction = matrix[::-1, ::-1]
+    return Geometry(
+        spacing_mm=(spacing3[2], spacing3[1], spacing3[0]),
+        origin_mm=(origin3[2], origin3[1], origin3[0]),
+        direction=tuple(float(v) for v in reversed_direction.ravel()),
+    )
+
+
+_DTYPES = {
+    "sitkUInt8": "uint8", "sitkInt8": "int8", "sitkUInt16": "uint16", "sitkInt16": "int16",
+    "sitkUInt32": "uint32", "sitkInt32": "int32", "sitkUInt64": "uint64", "sitkInt64": "int64",
+    "sitkFloat32": "float32", "sitkFloat64": "float64",
+}
+
+
+def _pixel_id_to_dtype(pixel_id: int, path: Path) -> str:
+    for sitk_name, dtype in _DTYPES.items():
+        vector_name = sitk_name.replace("sitk", "sitkVector", 1)
+        if pixel_id in (getattr(sitk, sitk_name, None), getattr(sitk, vector_name, None)):
+            return dtype
+    raise ImageReadError(f"{path}: unsupported voxel type {sitk.GetPixelIDValueAsString(pixel_id)}")
+
+
+@contextlib.contextmanager
+def _itk_errors(path: Path, what: str) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as error:
+        raise ImageReadError(f"{path}: {what} ({_short_itk_message(str(error))})") from error
+
+
+def _short_itk_message(message: str) -> str:
+    """The informative part of an ITK exception text, on one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", line) for line in lines
+              if not line.startswith("Exception thrown in SimpleITK") and not line.startswith("/")]
+    text = " ".join(useful) or (lines[-1] if lines else "unknown error")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _write_atomically(image: sitk.Image, path: Path) -> None:
+    stem, ending = split_ending(path)
+    if not ending:
+        raise ImageWriteError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compress = ending in (".nii.gz", ".nrrd", ".mha")
+    with tempfile.TemporaryDirectory(prefix=f".{stem}.", dir=path.parent) as scratch:
+        temporary = Path(scratch) / path.name  # same name, so a .mhd header names its final data file
+        try:
+            sitk.WriteImage(image, str(temporary), compress)
+        except RuntimeError as error:
+            raise ImageWriteError(f"{path}: cannot write ({_short_itk_message(str(error))})") from error
+        companions = [p for p in Path(scratch).iterdir() if p.name != path.name]
+        for companion in companions:  # MetaImage .mhd: data file first, header last
+            companion.replace(path.parent / companion.name)
+        temporary.replace(path)

@@ -1,0 +1,42 @@
+"""Benchmark ``autoseg verify`` and ``autoseg fingerprint`` on a dataset with 1 and 2 processes.
+
+Usage: ``python benchmarks/bench_verify_fingerprint.py [DATASET] [--repeats 3]`` (default DATASET: hippocampus).
+Prints a Markdown table for ``docs/benchmarks.md``: median wall time and median peak memory of the process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from measure import measure
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", nargs="?", default="hippocampus")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    autoseg = [sys.executable, "-m", "autoseg"]
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print("| command | processes | median wall (s) | runs (s) | median peak RSS, process tree (MiB) |")
+    print("|---|---|---|---|---|")
+    for processes in (1, 2):
+        with tempfile.TemporaryDirectory() as workdir:
+            commands = {
+                "verify": [*autoseg, "verify", args.dataset, "-q", "-np", str(processes)],
+                "fingerprint": [*autoseg, "fingerprint", args.dataset, "-q", "-np", str(processes), "--force",
+                                "--workdir", str(Path(workdir))],
+            }
+            for name, command in commands.items():
+                result = measure(command, repeats=args.repeats)
+                runs = ", ".join(f"{w:.2f}" for w in result.wall_s)
+                print(f"| {name} | {processes} | {result.median_wall_s:.2f} | {runs} | {result.median_peak_mb:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

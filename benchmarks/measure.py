@@ -1,0 +1,59 @@
+"""Run a command repeatedly and measure its wall time and peak memory (whole process tree), for benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Medians over repeated runs. Memory is the peak of the summed RSS of the process and its children."""
+
+    wall_s: list[float]
+    peak_tree_rss_mb: list[float]
+
+    @property
+    def median_wall_s(self) -> float:
+        """Median wall time in seconds."""
+        return statistics.median(self.wall_s)
+
+    @property
+    def median_peak_mb(self) -> float:
+        """Median of the peak process-tree RSS in MiB."""
+        return statistics.median(self.peak_tree_rss_mb)
+
+
+def run_once(command: Sequence[str], *, interval_s: float = 0.02) -> tuple[float, float]:
+    """Run ``command``; return (wall seconds, peak RSS of the process tree in MiB). Raises if it fails."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(process.pid)
+    peak = 0
+    while process.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(interval_s)
+    wall = time.perf_counter() - start
+    _, stderr = process.communicate()
+    if process.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {stderr.decode()[-2000:]}")
+    return wall, peak / 2**20
+
+
+def measure(command: Sequence[str], *, repeats: int = 3) -> Measurement:
+    """Run ``command`` ``repeats`` times and collect the figures."""
+    walls, peaks = [], []
+    for _ in range(repeats):
+        wall, peak = run_once(command)
+        walls.append(wall)
+        peaks.append(peak)
+    return Measurement(walls, peaks)

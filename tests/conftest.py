@@ -1,0 +1,41 @@
+"""Shared fixtures: a seeded generator, a tiny nnU-Net dataset, and the real-data root (skips when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_case, write_nnunet_dataset
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """The tests' only source of randomness."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Four tiny two-class cases in the nnU-Net v2 layout."""
+    cases = {f"case_{i:03d}": tiny_case(rng) for i in range(4)}
+    return write_nnunet_dataset(tmp_path / "Dataset001_Tiny", cases)
+
+
+def real_data_root() -> Path | None:
+    """``$AUTOSEG_DATA`` or ``../shared/data`` next to the project, if it exists."""
+    candidates = [os.environ.get("AUTOSEG_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The real-data folder; the test is skipped cleanly when it is absent."""
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real data not found: set AUTOSEG_DATA or provide ../shared/data")
+    return root
