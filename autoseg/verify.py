@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 ANISOTROPY_WARNING_RATIO = 3.0
 """Median spacing ratio (coarsest / finest axis) above which verify warns."""
 
+INTENSITY_SCALE_WARNING_RATIO = 100.0
+"""Cases whose largest intensities differ by more than this factor get a warning (unnormalised MR, mixed units)."""
+
 RARE_CLASS_FRACTION = 0.5
 """A class present in fewer than this fraction of cases gets a warning."""
 
@@ -42,6 +45,7 @@ class CaseSummary:
     orientation: str
     image_dtypes: tuple[str, ...]
     label_values: tuple[int, ...]
+    channel_max_abs: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def check_case(case: Case, labels: Sequence[int], num_channels: int) -> tuple[Ca
     present = _check_label_values(case.label_path, label_array, labels, case.identifier, problems)
     summary = CaseSummary(case.identifier, (shape[0], shape[1], shape[2]), reference_geometry.spacing_mm,
                           reference_geometry.orientation_code(),
-                          tuple(str(a.dtype) for _, (a, _g) in images), present)
+                          tuple(str(a.dtype) for _, (a, _g) in images), present,
+                          tuple(float(np.max(np.abs(a))) if a.size else 0.0 for _, (a, _g) in images))
     return summary, problems
 
 
@@ -152,10 +157,24 @@ def dataset_warnings(dataset: Dataset, summaries: Sequence[CaseSummary]) -> list
         listed = ", ".join(f"{n} {d}" for d, n in dtypes.most_common())
         found.append(Problem("warning", f"mixed image dtypes across cases ({listed}); fine, all are read as "
                                         "float32", json_path))
+    found.extend(_intensity_scale_warnings(dataset, summaries))
     orientations = Counter(s.orientation for s in summaries)
     if len(orientations) > 1:
         listed = ", ".join(f"{n} {o}" for o, n in orientations.most_common())
         found.append(Problem("warning", f"mixed orientations across cases ({listed})", json_path))
+    return found
+
+
+def _intensity_scale_warnings(dataset: Dataset, summaries: Sequence[CaseSummary]) -> list[Problem]:
+    found = []
+    for channel, name in enumerate(dataset.channel_names):
+        maxima = [s.channel_max_abs[channel] for s in summaries if len(s.channel_max_abs) > channel]
+        positive = [m for m in maxima if m > 0]
+        if len(positive) > 1 and max(positive) / min(positive) > INTENSITY_SCALE_WARNING_RATIO:
+            found.append(Problem("warning", f"channel {channel} ({name}): the largest intensity ranges from "
+                                            f"{min(positive):.4g} to {max(positive):.4g} between cases; normalise "
+                                            "per image (z-score), not with one dataset-wide scale",
+                                 dataset.root / "dataset.json"))
     return found
 
 

@@ -1,7 +1,8 @@
 """Benchmark ``autoseg verify`` and ``autoseg fingerprint`` on a dataset with 1 and 2 processes.
 
 Usage: ``python benchmarks/bench_verify_fingerprint.py [DATASET] [--repeats 3]`` (default DATASET: hippocampus).
-Prints a Markdown table for ``docs/benchmarks.md``: median wall time and median peak memory of the process tree.
+Prints a Markdown table for ``docs/benchmarks.md``: median wall time and median peak memory (PSS) of the process
+tree.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def main() -> None:
     args = parser.parse_args()
     autoseg = [sys.executable, "-m", "autoseg"]
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print("| command | processes | median wall (s) | runs (s) | median peak RSS, process tree (MiB) |")
+    print("| command | processes | median wall (s) | runs (s) | median peak memory, process tree (MiB) |")
     print("|---|---|---|---|---|")
+    startup = measure([*autoseg, "--help"], repeats=args.repeats)
+    print(f"| startup (autoseg --help) | - | {startup.median_wall_s:.2f} | "
+          f"{', '.join(f'{w:.2f}' for w in startup.wall_s)} | {startup.median_peak_mb:.0f} |")
     for processes in (1, 2):
         with tempfile.TemporaryDirectory() as workdir:
             commands = {

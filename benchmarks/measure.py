@@ -13,7 +13,7 @@ import psutil
 
 @dataclass(frozen=True)
 class Measurement:
-    """Medians over repeated runs. Memory is the peak of the summed RSS of the process and its children."""
+    """Medians over repeated runs. Memory is the peak of the summed PSS (else RSS) of the process and its children."""
 
     wall_s: list[float]
     peak_tree_rss_mb: list[float]
@@ -25,8 +25,16 @@ class Measurement:
 
     @property
     def median_peak_mb(self) -> float:
-        """Median of the peak process-tree RSS in MiB."""
+        """Median of the peak process-tree memory in MiB."""
         return statistics.median(self.peak_tree_rss_mb)
+
+
+def _resident_bytes(process: psutil.Process) -> int:
+    """Proportional set size where the OS reports it (shared pages of forked workers counted once), else RSS."""
+    try:
+        return int(process.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(process.memory_info().rss)
 
 
 def run_once(command: Sequence[str], *, interval_s: float = 0.02) -> tuple[float, float]:
@@ -38,7 +46,7 @@ def run_once(command: Sequence[str], *, interval_s: float = 0.02) -> tuple[float
     while process.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            peak = max(peak, sum(_resident_bytes(p) for p in tree))
         except psutil.Error:
             pass
         time.sleep(interval_s)

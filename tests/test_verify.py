@@ -164,6 +164,7 @@ def test_warnings_do_not_fail(tmp_path: Path, rng: np.random.Generator) -> None:
         if i > 0:
             labels[labels == 2] = 1  # class 2 only in one case
         dtype = np.int16 if i % 2 else np.float32
+        image = image * 1000.0 if i == 2 else image  # one case on another intensity scale
         cases[f"c{i}"] = (image.round().astype(dtype), labels, Geometry((5.0, 0.7, 0.7), (0.0, 0.0, 0.0)))
     root = write_nnunet_dataset(tmp_path / "warn", cases)
     float_label = root / "labelsTr" / "c0.nii.gz"
@@ -176,6 +177,7 @@ def test_warnings_do_not_fail(tmp_path: Path, rng: np.random.Generator) -> None:
     assert "extreme anisotropy" in text
     assert "mixed image dtypes" in text
     assert "stored as float32; its values are integers" in text
+    assert "channel 0 (CT): the largest intensity ranges from" in text
     assert main(["verify", str(root), "-q"]) == 0
 
 

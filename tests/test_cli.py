@@ -1,0 +1,96 @@
+"""The CLI contract: commands with --help, work directory, exit codes, no tracebacks, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoseg import commands
+from autoseg.catalogue import default_catalogue_path
+from autoseg.cli import main
+from autoseg.demo import DEMO_CONFIG
+
+COMMAND_NAMES = [name for name, *_ in commands.COMMANDS]
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("verify", "fingerprint", "synth", "demo"):
+        assert name in out
+
+
+@pytest.mark.parametrize("name", COMMAND_NAMES)
+def test_each_command_has_help_with_workdir(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--workdir" in out
+    assert "--debug" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["verify"]) == 2
+    assert main(["fingerprint", "x", "-np", "0"]) == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_workdir_defaults_to_environment_then_autoseg_work(
+    monkeypatch: pytest.MonkeyPatch, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOSEG_WORKDIR", raising=False)
+    assert main(["fingerprint", str(tiny_dataset), "-q"]) == 0
+    assert (tmp_path / "autoseg-work" / "fingerprint.json").is_file()
+    monkeypatch.setenv("AUTOSEG_WORKDIR", str(tmp_path / "from-env"))
+    assert main(["fingerprint", str(tiny_dataset), "-q"]) == 0
+    assert (tmp_path / "from-env" / "fingerprint.json").is_file()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text("{broken")
+    plain = subprocess.run([sys.executable, "-m", "autoseg", "fingerprint", str(tmp_path / "ds"), "-q",
+                            "--workdir", str(tmp_path / "w")], capture_output=True, text=True, check=False)
+    assert plain.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert "dataset.json: not valid JSON" in plain.stderr
+    debug = subprocess.run([sys.executable, "-m", "autoseg", "fingerprint", str(tmp_path / "ds"), "-q", "--debug",
+                            "--workdir", str(tmp_path / "w")], capture_output=True, text=True, check=False)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr
+
+
+def test_unexpected_exceptions_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                            tiny_dataset: Path) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("autoseg.verify.verify_dataset", explode)
+    assert main(["verify", str(tiny_dataset), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: boom" in err
+    assert "--debug" in err
+
+
+def test_demo_config_matches_catalogue() -> None:
+    catalogue = json.loads(default_catalogue_path().read_text())
+    assert catalogue["datasets"]["synthetic-demo"]["generator"] == DEMO_CONFIG.to_json()
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "-q", "-np", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "verify:      6 cases, 0 errors" in out
+    assert "fingerprint: median spacing" in out
+    assert (workdir / "fingerprint.json").is_file()
+    stamp = (workdir / "fingerprint.json").stat().st_mtime_ns
+    assert main(["demo", "--workdir", str(workdir), "-q"]) == 0
+    assert (workdir / "fingerprint.json").stat().st_mtime_ns == stamp
