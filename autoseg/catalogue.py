@@ -1,7 +1,7 @@
 """The dataset catalogue (``datasets.json`` at the top of the project) and DATASET argument resolution.
 
-A DATASET argument is a folder path, or a catalogue name: a real dataset found under the data root, or a synthetic
-one generated (once) into the cache folder from the generator parameters the catalogue records.
+A DATASET argument is a folder path, or a catalogue name: a real dataset found under the data root, or a
+synthetic one generated (once) into the cache folder from the generator parameters the catalogue records.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class CatalogueEntry:
         name: catalogue key, e.g. ``"hippocampus"``.
         kind: ``"real"`` (lives under the data root) or ``"synthetic"`` (generated).
         description: one sentence.
-        layout: ``"nnunet-v2"``/``"msd"`` (usable as DATASET), or ``"files"``, ``"dicom"``, ``"dicom-rtstruct"``,
+        layout: ``"nnunet-v2"``/``"msd"`` (usable as DATASET), or ``"files"``, ``"dicom"``,
+        ``"dicom-rtstruct"``,
             ``"dicom-seg"`` (raw material for other commands).
         location: folder relative to the data root (real datasets).
         generator: generator parameters (synthetic datasets).
@@ -56,8 +57,9 @@ class Catalogue:
     def entry(self, name: str) -> CatalogueEntry:
         """The entry called ``name``; :class:`CatalogueError` listing the known names otherwise."""
         if name not in self.entries:
-            raise CatalogueError(f"'{name}' is not in the catalogue {self.path}; known: "
-                                 f"{', '.join(sorted(self.entries))}")
+            raise CatalogueError(
+                f"'{name}' is not in the catalogue {self.path}; known: {', '.join(sorted(self.entries))}"
+            )
         return self.entries[name]
 
 
@@ -83,9 +85,14 @@ def load_catalogue(path: Path) -> Catalogue:
         data = read_json(path)
     except ImageReadError as error:
         raise CatalogueError(error.message) from None
-    if not isinstance(data, dict) or data.get("schema_version") != CATALOGUE_SCHEMA_VERSION \
-            or not isinstance(data.get("datasets"), dict):
-        raise CatalogueError(f"{path}: expected schema_version {CATALOGUE_SCHEMA_VERSION} and a 'datasets' object")
+    if (
+        not isinstance(data, dict)
+        or data.get("schema_version") != CATALOGUE_SCHEMA_VERSION
+        or not isinstance(data.get("datasets"), dict)
+    ):
+        raise CatalogueError(
+            f"{path}: expected schema_version {CATALOGUE_SCHEMA_VERSION} and a 'datasets' object"
+        )
     entries = {name: _parse_entry(path, name, raw) for name, raw in data["datasets"].items()}
     return Catalogue(path, entries)
 
@@ -93,12 +100,18 @@ def load_catalogue(path: Path) -> Catalogue:
 def synthetic_folder(entry: CatalogueEntry, cache_dir: Path) -> Path:
     """Where a synthetic entry is generated: named after the entry and a hash of its parameters."""
     assert entry.generator is not None
-    digest = hashlib.sha256(json.dumps(entry.generator.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+    text = json.dumps(entry.generator.to_json(), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     return cache_dir / f"{entry.name}-{digest}"
 
 
 def resolve_dataset(
-    argument: str, *, catalogue_path: Path, data_root: Path | None, cache_dir: Path, num_workers: int = 1,
+    argument: str,
+    *,
+    catalogue_path: Path,
+    data_root: Path | None,
+    cache_dir: Path,
+    num_workers: int = 1,
     show_progress: bool = True,
 ) -> Path:
     """Turn a DATASET argument into a dataset folder.
@@ -106,7 +119,8 @@ def resolve_dataset(
     An existing folder wins over a catalogue name. A synthetic entry is generated on first use.
 
     Raises:
-        UsageError: neither a folder nor a catalogue name, a real dataset absent from the data root, or an entry
+        UsageError: neither a folder nor a catalogue name, a real dataset absent from the data root, or an
+        entry
             whose layout is not a training dataset.
     """
     as_path = Path(argument).expanduser()
@@ -117,30 +131,39 @@ def resolve_dataset(
         raise UsageError(f"{argument}: no such dataset folder")
     catalogue = load_catalogue(catalogue_path)
     if argument not in catalogue.entries:
-        raise UsageError(f"{argument}: neither a dataset folder nor a catalogue name (known: "
-                         f"{', '.join(sorted(catalogue.entries))})")
+        raise UsageError(
+            f"{argument}: neither a dataset folder nor a catalogue name (known: "
+            f"{', '.join(sorted(catalogue.entries))})"
+        )
     entry = catalogue.entries[argument]
     if entry.kind == "synthetic":
         assert entry.generator is not None
         folder = synthetic_folder(entry, cache_dir)
-        return write_synthetic_dataset(entry.generator, folder, num_workers=num_workers,
-                                       show_progress=show_progress)
+        return write_synthetic_dataset(
+            entry.generator, folder, num_workers=num_workers, show_progress=show_progress
+        )
     root = data_root if data_root is not None else default_data_root(catalogue.path)
     assert entry.location is not None
     folder = root / entry.location
     if not folder.is_dir():
-        raise UsageError(f"{argument}: catalogue dataset expected at {folder}, which does not exist; pass "
-                         "--data-root or set AUTOSEG_DATA to the folder holding it")
+        raise UsageError(
+            f"{argument}: catalogue dataset expected at {folder}, which does not exist; pass "
+            "--data-root or set AUTOSEG_DATA to the folder holding it"
+        )
     if entry.layout not in USABLE_LAYOUTS:
-        raise UsageError(f"{argument}: {folder} holds '{entry.layout}' data, not a training dataset in the "
-                         "nnU-Net v2 or MSD layout")
+        raise UsageError(
+            f"{argument}: {folder} holds '{entry.layout}' data, not a training dataset in the "
+            "nnU-Net v2 or MSD layout"
+        )
     return folder.resolve()
 
 
 def _parse_entry(path: Path, name: str, raw: Any) -> CatalogueEntry:
     if not isinstance(raw, dict) or raw.get("kind") not in ("real", "synthetic"):
-        raise CatalogueError(f"{path}: entry '{name}' needs \"kind\": \"real\" or \"synthetic\"")
-    details = {k: v for k, v in raw.items() if k not in ("kind", "description", "layout", "location", "generator")}
+        raise CatalogueError(f'{path}: entry \'{name}\' needs "kind": "real" or "synthetic"')
+    details = {
+        k: v for k, v in raw.items() if k not in ("kind", "description", "layout", "location", "generator")
+    }
     description = str(raw.get("description", ""))
     if raw["kind"] == "synthetic":
         if not isinstance(raw.get("generator"), dict):

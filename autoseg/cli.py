@@ -1,6 +1,7 @@
 """The ``autoseg`` command line: a thin layer that parses flags, calls a stage and prints its outcome.
 
-Exit codes: 0 success, 1 a data problem (the message names the file), 2 a usage problem (bad flag, unknown name).
+Exit codes: 0 success, 1 a data problem (the message names the file), 2 a usage problem (bad flag, unknown
+name).
 No traceback is shown unless ``--debug`` is given.
 """
 
@@ -44,15 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # an autoseg bug or an unforeseen environment problem: one line, no traceback
         if args.debug:
             raise
-        print(f"autoseg: internal error: {type(error).__name__}: {error} (re-run with --debug for the "
-              "traceback and report it)", file=sys.stderr)
+        print(
+            f"autoseg: internal error: {type(error).__name__}: {error} (re-run with --debug for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: one sub-command per stage, each with the common options."""
     parser = argparse.ArgumentParser(
-        prog="autoseg", description="Self-configuring segmentation of 3D medical images.",
+        prog="autoseg",
+        description="Self-configuring segmentation of 3D medical images.",
         epilog="Run 'autoseg COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
@@ -70,18 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
-    group.add_argument("--workdir", type=Path, default=Path(os.environ.get("AUTOSEG_WORKDIR", "autoseg-work")),
-                       help="work directory holding everything autoseg makes for one dataset "
-                            "(default: $AUTOSEG_WORKDIR, else ./autoseg-work)")
-    group.add_argument("--datasets-file", type=Path, default=None,
-                       help="dataset catalogue (default: the project's datasets.json)")
-    group.add_argument("--data-root", type=Path, default=_env_path("AUTOSEG_DATA"),
-                       help="folder holding the catalogue's real datasets (default: $AUTOSEG_DATA, else "
-                            "../shared/data next to datasets.json)")
-    group.add_argument("--cache-dir", type=Path, default=_default_cache_dir(),
-                       help="where catalogue synthetic datasets are generated (default: ~/.cache/autoseg/datasets)")
+    group.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("AUTOSEG_WORKDIR", "autoseg-work")),
+        help="work directory holding everything autoseg makes for one dataset "
+        "(default: $AUTOSEG_WORKDIR, else ./autoseg-work)",
+    )
+    group.add_argument(
+        "--datasets-file",
+        type=Path,
+        default=None,
+        help="dataset catalogue (default: the project's datasets.json)",
+    )
+    group.add_argument(
+        "--data-root",
+        type=Path,
+        default=_env_path("AUTOSEG_DATA"),
+        help="folder holding the catalogue's real datasets (default: $AUTOSEG_DATA, else "
+        "../shared/data next to datasets.json)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=_default_cache_dir(),
+        help="where catalogue synthetic datasets are generated (default: ~/.cache/autoseg/datasets)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-    group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only; no progress bars")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only; no progress bars"
+    )
     group.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     return common
 

@@ -25,13 +25,22 @@ def positive_int(text: str) -> int:
 
 
 def _num_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-np", "--num-processes", dest="num_workers", type=positive_int, default=1,
-                        help="worker processes over cases (default: 1)")
+    parser.add_argument(
+        "-np",
+        "--num-processes",
+        dest="num_workers",
+        type=positive_int,
+        default=1,
+        help="worker processes over cases (default: 1)",
+    )
 
 
 def _dataset_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", metavar="DATASET",
-                        help="dataset folder (nnU-Net v2 or MSD layout) or a name from datasets.json")
+    parser.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="dataset folder (nnU-Net v2 or MSD layout) or a name from datasets.json",
+    )
 
 
 def _catalogue_path(args: argparse.Namespace) -> Path:
@@ -40,9 +49,14 @@ def _catalogue_path(args: argparse.Namespace) -> Path:
 
 
 def _dataset_folder(args: argparse.Namespace) -> Path:
-    return resolve_dataset(args.dataset, catalogue_path=_catalogue_path(args), data_root=args.data_root,
-                           cache_dir=args.cache_dir, num_workers=args.num_workers,
-                           show_progress=not args.quiet)
+    return resolve_dataset(
+        args.dataset,
+        catalogue_path=_catalogue_path(args),
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        num_workers=args.num_workers,
+        show_progress=not args.quiet,
+    )
 
 
 # ------------------------------------------------------------------------------------------- verify
@@ -63,9 +77,23 @@ def run_verify_command(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     if args.json is not None:
-        write_json({"root": str(report.root), "cases_checked": report.cases_checked, "ok": report.ok,
-                    "problems": [{"severity": p.severity, "path": str(p.path) if p.path else None,
-                                  "case": p.case, "message": p.message} for p in report.problems]}, args.json)
+        write_json(
+            {
+                "root": str(report.root),
+                "cases_checked": report.cases_checked,
+                "ok": report.ok,
+                "problems": [
+                    {
+                        "severity": p.severity,
+                        "path": str(p.path) if p.path else None,
+                        "case": p.case,
+                        "message": p.message,
+                    }
+                    for p in report.problems
+                ],
+            },
+            args.json,
+        )
     return 0 if report.ok else 1
 
 
@@ -75,9 +103,14 @@ def run_verify_command(args: argparse.Namespace) -> int:
 def _fingerprint_arguments(parser: argparse.ArgumentParser) -> None:
     _dataset_argument(parser)
     _num_workers(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the foreground voxel sample (default: 0)")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute even if fingerprint.json is up to date, or belongs to another dataset")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the foreground voxel sample (default: 0)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute even if fingerprint.json is up to date, or belongs to another dataset",
+    )
 
 
 def run_fingerprint_command(args: argparse.Namespace) -> int:
@@ -86,8 +119,14 @@ def run_fingerprint_command(args: argparse.Namespace) -> int:
     from autoseg.fingerprint import run_fingerprint
 
     dataset = load_dataset(_dataset_folder(args))
-    path = run_fingerprint(dataset, args.workdir, num_workers=args.num_workers, seed=args.seed,
-                           force=args.force, show_progress=not args.quiet)
+    path = run_fingerprint(
+        dataset,
+        args.workdir,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
     print(path)
     return 0
 
@@ -100,18 +139,40 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 
     default = SynthConfig()
     parser.add_argument("out", metavar="OUT", type=Path, help="folder to create (nnU-Net v2 layout)")
-    parser.add_argument("--preset", default=None,
-                        help="start from a synthetic entry of datasets.json, e.g. synthetic-ct; flags override it")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="start from a synthetic entry of datasets.json, e.g. synthetic-ct; flags override it",
+    )
     parser.add_argument("--cases", type=int, default=None, help=f"number of cases (default: {default.cases})")
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                        help=f"median case shape in voxels (default: {' '.join(map(str, default.shape))})")
-    parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                        help=f"voxel spacing in mm (default: {' '.join(map(str, default.spacing_mm))})")
-    parser.add_argument("--classes", type=int, default=None,
-                        help=f"foreground classes, 1-8 (default: {default.classes})")
-    parser.add_argument("--channels", type=int, default=None, help=f"image channels (default: {default.channels})")
-    parser.add_argument("--modality", choices=("CT", "MR"), default=None,
-                        help=f"intensity model (default: {default.modality})")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help=f"median case shape in voxels (default: {' '.join(map(str, default.shape))})",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help=f"voxel spacing in mm (default: {' '.join(map(str, default.spacing_mm))})",
+    )
+    parser.add_argument(
+        "--classes", type=int, default=None, help=f"foreground classes, 1-8 (default: {default.classes})"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=None, help=f"image channels (default: {default.channels})"
+    )
+    parser.add_argument(
+        "--modality",
+        choices=("CT", "MR"),
+        default=None,
+        help=f"intensity model (default: {default.modality})",
+    )
     parser.add_argument("--seed", type=int, default=None, help=f"random seed (default: {default.seed})")
     parser.add_argument("--file-ending", default=None, help=f"file ending (default: {default.file_ending})")
     _num_workers(parser)
@@ -127,11 +188,20 @@ def run_synth_command(args: argparse.Namespace) -> int:
         if entry.generator is None:
             raise UsageError(f"--preset {args.preset}: not a synthetic catalogue entry")
         base = entry.generator.to_json()
-    overrides = {"cases": args.cases, "shape": args.shape, "spacing_mm": args.spacing, "classes": args.classes,
-                 "channels": args.channels, "modality": args.modality, "seed": args.seed,
-                 "file_ending": args.file_ending}
+    overrides = {
+        "cases": args.cases,
+        "shape": args.shape,
+        "spacing_mm": args.spacing,
+        "classes": args.classes,
+        "channels": args.channels,
+        "modality": args.modality,
+        "seed": args.seed,
+        "file_ending": args.file_ending,
+    }
     config = SynthConfig.from_json({**base, **{k: v for k, v in overrides.items() if v is not None}})
-    print(write_synthetic_dataset(config, args.out, num_workers=args.num_workers, show_progress=not args.quiet))
+    print(
+        write_synthetic_dataset(config, args.out, num_workers=args.num_workers, show_progress=not args.quiet)
+    )
     return 0
 
 
@@ -151,11 +221,31 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
-    ("verify", "check a dataset and report every problem, naming the file", _verify_arguments,
-     run_verify_command),
-    ("fingerprint", "record spacings, shapes, intensities and class statistics in WORKDIR/fingerprint.json",
-     _fingerprint_arguments, run_fingerprint_command),
-    ("synth", "write an anatomy-like synthetic dataset (nnU-Net v2 layout)", _synth_arguments, run_synth_command),
-    ("demo", "run the pipeline end to end on a built-in synthetic dataset", _demo_arguments, run_demo_command),
+COMMANDS: list[
+    tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = [
+    (
+        "verify",
+        "check a dataset and report every problem, naming the file",
+        _verify_arguments,
+        run_verify_command,
+    ),
+    (
+        "fingerprint",
+        "record spacings, shapes, intensities and class statistics in WORKDIR/fingerprint.json",
+        _fingerprint_arguments,
+        run_fingerprint_command,
+    ),
+    (
+        "synth",
+        "write an anatomy-like synthetic dataset (nnU-Net v2 layout)",
+        _synth_arguments,
+        run_synth_command,
+    ),
+    (
+        "demo",
+        "run the pipeline end to end on a built-in synthetic dataset",
+        _demo_arguments,
+        run_demo_command,
+    ),
 ]

@@ -19,8 +19,8 @@ Medical Segmentation Decathlon::
 
 MSD images hold all channels in one file (a 4D file when there is more than one channel).
 
-:func:`scan_dataset` never raises for problems in the data: it returns them, so that ``autoseg verify`` can report
-all of them at once. :func:`load_dataset` raises :class:`DatasetError` listing every error.
+:func:`scan_dataset` never raises for problems in the data: it returns them, so that ``autoseg verify`` can
+report all of them at once. :func:`load_dataset` raises :class:`DatasetError` listing every error.
 """
 
 from __future__ import annotations
@@ -155,8 +155,9 @@ def load_dataset(root: Path) -> Dataset:
     dataset, problems = scan_dataset(root)
     errors = [p.line() for p in problems if p.severity == "error"]
     if dataset is None or errors:
-        raise DatasetError(f"{root}: dataset has {len(errors)} problem(s); run 'autoseg verify {root}'",
-                           details=errors)
+        raise DatasetError(
+            f"{root}: dataset has {len(errors)} problem(s); run 'autoseg verify {root}'", details=errors
+        )
     if not dataset.cases:
         raise DatasetError(f"{root}: no complete training case found")
     return dataset
@@ -188,12 +189,16 @@ def _read_dataset_json(root: Path, problems: list[Problem]) -> dict[str, Any] | 
     if not isinstance(meta, dict):
         problems.append(Problem("error", "must hold a JSON object", path))
         return None
-    problems.extend(Problem("error", f"key '{k}' appears more than once (duplicate case identifier?)", path)
-                    for k in sorted(set(duplicates)))
+    problems.extend(
+        Problem("error", f"key '{k}' appears more than once (duplicate case identifier?)", path)
+        for k in sorted(set(duplicates))
+    )
     return meta
 
 
-def _parse_labels(meta: Mapping[str, Any], path: Path, problems: list[Problem], *, msd: bool) -> dict[str, int]:
+def _parse_labels(
+    meta: Mapping[str, Any], path: Path, problems: list[Problem], *, msd: bool
+) -> dict[str, int]:
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
         problems.append(Problem("error", "'labels' must be a non-empty object", path))
@@ -204,12 +209,19 @@ def _parse_labels(meta: Mapping[str, Any], path: Path, problems: list[Problem], 
         if isinstance(number, str) and number.strip().lstrip("-").isdigit():
             number = int(number)
         if isinstance(number, list):
-            problems.append(Problem("error", f"label '{name}' is a region {number}; region-based labels are "
-                                             "not supported, give each class one integer value", path))
+            problems.append(
+                Problem(
+                    "error",
+                    f"label '{name}' is a region {number}; region-based labels are "
+                    "not supported, give each class one integer value",
+                    path,
+                )
+            )
             continue
         if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 65535:
-            problems.append(Problem("error", f"label '{name}' has value {number!r}; expected an integer "
-                                             "0..65535", path))
+            problems.append(
+                Problem("error", f"label '{name}' has value {number!r}; expected an integer 0..65535", path)
+            )
             continue
         if number in labels.values():
             problems.append(Problem("error", f"label value {number} is declared twice", path))
@@ -228,11 +240,12 @@ def _parse_channels(meta: Mapping[str, Any], path: Path, problems: list[Problem]
     try:
         indexed = {int(k): str(v) for k, v in raw.items()}
     except ValueError:
-        problems.append(Problem("error", f"'{key}' keys must be channel indices \"0\", \"1\", ...", path))
+        problems.append(Problem("error", f'\'{key}\' keys must be channel indices "0", "1", ...', path))
         return ()
     if sorted(indexed) != list(range(len(indexed))):
-        problems.append(Problem("error", f"'{key}' indices must be 0..{len(indexed) - 1}, got "
-                                         f"{sorted(indexed)}", path))
+        problems.append(
+            Problem("error", f"'{key}' indices must be 0..{len(indexed) - 1}, got {sorted(indexed)}", path)
+        )
         return ()
     return tuple(indexed[i] for i in range(len(indexed)))
 
@@ -244,8 +257,9 @@ def _check_num_training(dataset: Dataset, problems: list[Problem]) -> None:
         problems.append(Problem("warning", "'numTraining' is missing", path))
     elif declared != len(dataset.cases) + _incomplete_count(problems):
         found = len(dataset.cases) + _incomplete_count(problems)
-        problems.append(Problem("error", f"numTraining is {declared} but {found} training case(s) were found",
-                                path))
+        problems.append(
+            Problem("error", f"numTraining is {declared} but {found} training case(s) were found", path)
+        )
 
 
 def _incomplete_count(problems: Sequence[Problem]) -> int:
@@ -257,7 +271,9 @@ def _parse_num_training(meta: Mapping[str, Any], path: Path, problems: list[Prob
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        problems.append(Problem("error", f"'numTraining' must be a non-negative integer, got {value!r}", path))
+        problems.append(
+            Problem("error", f"'numTraining' must be a non-negative integer, got {value!r}", path)
+        )
         return None
     return value
 
@@ -274,8 +290,11 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     labels = _parse_labels(meta, path, problems, msd=False)
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
-        problems.append(Problem("error", f"'file_ending' is {ending!r}; autoseg reads "
-                                         f"{', '.join(SUPPORTED_ENDINGS)}", path))
+        problems.append(
+            Problem(
+                "error", f"'file_ending' is {ending!r}; autoseg reads {', '.join(SUPPORTED_ENDINGS)}", path
+            )
+        )
         return None
     num_training = _parse_num_training(meta, path, problems)
     if not channels:
@@ -285,17 +304,34 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     else:
         cases = _cases_from_folders(root, "imagesTr", "labelsTr", ending, len(channels), problems)
     test_cases = _cases_from_folders(root, "imagesTs", None, ending, len(channels), problems)
-    return Dataset(root, "nnunet-v2", str(meta.get("name", root.name)), channels, labels, num_training, ending,
-                   tuple(cases), tuple(test_cases), meta)
+    return Dataset(
+        root,
+        "nnunet-v2",
+        str(meta.get("name", root.name)),
+        channels,
+        labels,
+        num_training,
+        ending,
+        tuple(cases),
+        tuple(test_cases),
+        meta,
+    )
 
 
 def _cases_from_folders(
-    root: Path, images_dir: str, labels_dir: str | None, ending: str, num_channels: int, problems: list[Problem]
+    root: Path,
+    images_dir: str,
+    labels_dir: str | None,
+    ending: str,
+    num_channels: int,
+    problems: list[Problem],
 ) -> list[Case]:
     images_root = root / images_dir
     if not images_root.is_dir():
         if labels_dir is not None:
-            problems.append(Problem("error", "missing folder (nnU-Net v2 layout expects imagesTr/)", images_root))
+            problems.append(
+                Problem("error", "missing folder (nnU-Net v2 layout expects imagesTr/)", images_root)
+            )
         return []
     channel_files: dict[str, dict[int, Path]] = {}
     for file in sorted(images_root.iterdir()):
@@ -306,14 +342,24 @@ def _cases_from_folders(
     if labels_dir is not None:
         labels_root = root / labels_dir
         if not labels_root.is_dir():
-            problems.append(Problem("error", "missing folder (nnU-Net v2 layout expects labelsTr/)", labels_root))
+            problems.append(
+                Problem("error", "missing folder (nnU-Net v2 layout expects labelsTr/)", labels_root)
+            )
         else:
             label_files = _label_files(labels_root, ending, problems)
     identifiers = sorted(set(channel_files) | set(label_files))
     cases = []
     for identifier in identifiers:
-        case = _assemble_case(root / images_dir, identifier, channel_files.get(identifier, {}),
-                              label_files.get(identifier), labels_dir is not None, ending, num_channels, problems)
+        case = _assemble_case(
+            root / images_dir,
+            identifier,
+            channel_files.get(identifier, {}),
+            label_files.get(identifier),
+            labels_dir is not None,
+            ending,
+            num_channels,
+            problems,
+        )
         if case is not None:
             cases.append(case)
     return cases
@@ -326,13 +372,19 @@ def _match_channel_file(file: Path, ending: str, problems: list[Problem]) -> tup
         problems.append(Problem("warning", "unexpected folder, ignored", file))
         return None
     if not file.name.endswith(ending):
-        problems.append(Problem("warning", f"file does not end with the dataset's file_ending '{ending}'; "
-                                           "ignored", file))
+        problems.append(
+            Problem("warning", f"file does not end with the dataset's file_ending '{ending}'; ignored", file)
+        )
         return None
     match = _CHANNEL_SUFFIX.match(file.name[: -len(ending)])
     if match is None:
-        problems.append(Problem("error", "image file name lacks the 4-digit channel suffix "
-                                         f"(expected CASE_0000{ending})", file))
+        problems.append(
+            Problem(
+                "error",
+                f"image file name lacks the 4-digit channel suffix (expected CASE_0000{ending})",
+                file,
+            )
+        )
         return None
     return match["case"], int(match["channel"])
 
@@ -350,19 +402,32 @@ def _label_files(labels_root: Path, ending: str, problems: list[Problem]) -> dic
 
 
 def _assemble_case(
-    images_root: Path, identifier: str, channels: dict[int, Path], label: Path | None, labelled: bool,
-    ending: str, num_channels: int, problems: list[Problem],
+    images_root: Path,
+    identifier: str,
+    channels: dict[int, Path],
+    label: Path | None,
+    labelled: bool,
+    ending: str,
+    num_channels: int,
+    problems: list[Problem],
 ) -> Case | None:
     complete = True
     for index in range(num_channels):
         if index not in channels:
             expected = images_root / f"{identifier}_{index:04d}{ending}"
-            problems.append(Problem("error", f"missing channel {index} file of case '{identifier}'", expected,
-                                    identifier))
+            problems.append(
+                Problem("error", f"missing channel {index} file of case '{identifier}'", expected, identifier)
+            )
             complete = False
     for extra in sorted(set(channels) - set(range(num_channels))):
-        problems.append(Problem("error", f"channel {extra} is not declared in channel_names "
-                                         f"({num_channels} channel(s))", channels[extra], identifier))
+        problems.append(
+            Problem(
+                "error",
+                f"channel {extra} is not declared in channel_names ({num_channels} channel(s))",
+                channels[extra],
+                identifier,
+            )
+        )
     if labelled and label is None:
         expected = images_root.parent / "labelsTr" / f"{identifier}{ending}"
         problems.append(Problem("error", f"missing label file of case '{identifier}'", expected, identifier))
@@ -380,14 +445,29 @@ def _cases_from_listing(
     for identifier, entry in sorted(listing.items()):
         images = entry.get("images") if isinstance(entry, dict) else None
         label = entry.get("label") if isinstance(entry, dict) else None
-        if not isinstance(images, list) or not all(isinstance(i, str) for i in images) \
-                or not isinstance(label, str):
-            problems.append(Problem("error", f"'dataset' entry '{identifier}' needs 'images' (list of paths) "
-                                             "and 'label' (path)", path, identifier))
+        if (
+            not isinstance(images, list)
+            or not all(isinstance(i, str) for i in images)
+            or not isinstance(label, str)
+        ):
+            problems.append(
+                Problem(
+                    "error",
+                    f"'dataset' entry '{identifier}' needs 'images' (list of paths) and 'label' (path)",
+                    path,
+                    identifier,
+                )
+            )
             continue
         if len(images) != num_channels:
-            problems.append(Problem("error", f"case '{identifier}' lists {len(images)} image(s) for "
-                                             f"{num_channels} channel(s)", path, identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    f"case '{identifier}' lists {len(images)} image(s) for {num_channels} channel(s)",
+                    path,
+                    identifier,
+                )
+            )
             continue
         resolved = [_resolve_inside(root, p, identifier, problems) for p in [*images, label]]
         if any(r is None for r in resolved):
@@ -418,23 +498,48 @@ def _scan_msd(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Data
         if case is None:
             continue
         if case.identifier in seen:
-            problems.append(Problem("error", f"duplicate case identifier '{case.identifier}' in 'training'",
-                                    path, case.identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    f"duplicate case identifier '{case.identifier}' in 'training'",
+                    path,
+                    case.identifier,
+                )
+            )
             continue
         seen.add(case.identifier)
         ending = ending or split_ending(case.image_paths[0])[1]
         cases.append(case)
-    test_cases = [Case(split_ending(p)[0], (p,), None, len(channels) > 1) for p in
-                  (_resolve_inside(root, t, None, problems) for t in meta.get("test", []) if isinstance(t, str))
-                  if p is not None and p.is_file()]
-    return Dataset(root, "msd", str(meta.get("name", root.name)), channels, labels, num_training,
-                   ending or ".nii.gz", tuple(sorted(cases, key=lambda c: c.identifier)), tuple(test_cases), meta)
+    test_cases = [
+        Case(split_ending(p)[0], (p,), None, len(channels) > 1)
+        for p in (
+            _resolve_inside(root, t, None, problems) for t in meta.get("test", []) if isinstance(t, str)
+        )
+        if p is not None and p.is_file()
+    ]
+    return Dataset(
+        root,
+        "msd",
+        str(meta.get("name", root.name)),
+        channels,
+        labels,
+        num_training,
+        ending or ".nii.gz",
+        tuple(sorted(cases, key=lambda c: c.identifier)),
+        tuple(test_cases),
+        meta,
+    )
 
 
-def _msd_case(root: Path, entry: Any, number: int, multichannel: bool, problems: list[Problem]) -> Case | None:
+def _msd_case(
+    root: Path, entry: Any, number: int, multichannel: bool, problems: list[Problem]
+) -> Case | None:
     path = root / "dataset.json"
-    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) \
-            or not isinstance(entry.get("label"), str):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("image"), str)
+        or not isinstance(entry.get("label"), str)
+    ):
         problems.append(Problem("error", f"training entry {number} needs 'image' and 'label' paths", path))
         return None
     identifier = split_ending(Path(entry["image"]))[0]
@@ -448,14 +553,22 @@ def _msd_case(root: Path, entry: Any, number: int, multichannel: bool, problems:
 # ------------------------------------------------------------------------------------------- shared helpers
 
 
-def _resolve_inside(root: Path, relative: str, identifier: str | None, problems: list[Problem]) -> Path | None:
+def _resolve_inside(
+    root: Path, relative: str, identifier: str | None, problems: list[Problem]
+) -> Path | None:
     """Resolve a path listed in dataset.json; report it when it leaves the dataset folder."""
     candidate = Path(relative)
     joined = candidate if candidate.is_absolute() else root / candidate
     resolved = Path(*joined.parts).resolve()
     if not resolved.is_relative_to(root):
-        problems.append(Problem("error", f"path '{relative}' escapes the dataset folder {root}",
-                                root / "dataset.json", identifier))
+        problems.append(
+            Problem(
+                "error",
+                f"path '{relative}' escapes the dataset folder {root}",
+                root / "dataset.json",
+                identifier,
+            )
+        )
         return None
     return resolved
 
@@ -481,10 +594,13 @@ def read_case(case: Case) -> tuple[FloatVolume, LabelVolume | None, Geometry]:
         return image, None, geometry
     labels, label_geometry = read_labels(case.label_path)
     if labels.shape != image.shape[1:]:
-        raise ImageReadError(f"{case.label_path}: shape {labels.shape} differs from the image's "
-                             f"{image.shape[1:]} ({case.image_paths[0].name})")
+        raise ImageReadError(
+            f"{case.label_path}: shape {labels.shape} differs from the image's "
+            f"{image.shape[1:]} ({case.image_paths[0].name})"
+        )
     differences = geometry.differences(label_geometry)
     if differences:
-        raise ImageReadError(f"{case.label_path}: geometry differs from {case.image_paths[0].name}: "
-                             + "; ".join(differences))
+        raise ImageReadError(
+            f"{case.label_path}: geometry differs from {case.image_paths[0].name}: " + "; ".join(differences)
+        )
     return image, labels, geometry

@@ -17,8 +17,16 @@ from autoseg.verify import verify_dataset
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONFIG = SynthConfig(cases=6, shape=(20, 48, 48), spacing_mm=(2.5, 1.5, 1.5), classes=3, channels=1,
-                          modality="CT", seed=0, file_ending=".nii.gz")
+DEMO_CONFIG = SynthConfig(
+    cases=6,
+    shape=(20, 48, 48),
+    spacing_mm=(2.5, 1.5, 1.5),
+    classes=3,
+    channels=1,
+    modality="CT",
+    seed=0,
+    file_ending=".nii.gz",
+)
 """The demo dataset; the same parameters as the ``synthetic-demo`` entry of ``datasets.json``."""
 
 
@@ -27,13 +35,15 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
 
     Re-running is cheap: each stage skips work that is up to date.
     """
-    raw = write_synthetic_dataset(DEMO_CONFIG, workdir / "raw", num_workers=num_workers,
-                                  show_progress=show_progress)
+    raw = write_synthetic_dataset(
+        DEMO_CONFIG, workdir / "raw", num_workers=num_workers, show_progress=show_progress
+    )
     lines = [f"synth:       {DEMO_CONFIG.cases} synthetic CT cases in {raw}"]
     report = verify_dataset(raw, num_workers=num_workers, show_progress=show_progress)
     if not report.ok:
-        raise DatasetError("the demo dataset failed verification (an autoseg bug)",
-                           details=[p.line() for p in report.errors])
+        raise DatasetError(
+            "the demo dataset failed verification (an autoseg bug)", details=[p.line() for p in report.errors]
+        )
     lines.append(f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)")
     path = run_fingerprint(load_dataset(raw), workdir, num_workers=num_workers, show_progress=show_progress)
     fingerprint = load_fingerprint(path)
@@ -41,8 +51,10 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
     shape = " x ".join(f"{s:.0f}" for s in fingerprint.median_shape)
     lines.append(f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> {path}")
     for cls in fingerprint.classes:
-        lines.append(f"             class {cls.value} {cls.name:<12} {100 * cls.voxel_fraction:6.2f}% of voxels, "
-                     f"in {100 * cls.case_fraction:.0f}% of cases, "
-                     f"{cls.components_per_case.median:.0f} component(s) per case")
+        lines.append(
+            f"             class {cls.value} {cls.name:<12} {100 * cls.voxel_fraction:6.2f}% of voxels, "
+            f"in {100 * cls.case_fraction:.0f}% of cases, "
+            f"{cls.components_per_case.median:.0f} component(s) per case"
+        )
     lines.append("next stages (plan, preprocess, train, predict, evaluate) join the demo as they land")
     return lines

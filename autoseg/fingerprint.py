@@ -1,12 +1,12 @@
 """``autoseg fingerprint``: what the planner needs to know about a dataset, in ``fingerprint.json``.
 
-Per case: spacing, shape, orientation, and the bounding box / shape after cropping to the nonzero region of all
-channels. Per channel: intensity statistics of the foreground (label > 0) from a seeded sample of foreground voxels,
-plus per-case statistics. Per class: voxel fraction, fraction of cases where present, and the number and size of its
-connected components. Across cases: whether the orientation is consistent.
+Per case: spacing, shape, orientation, and the bounding box / shape after cropping to the nonzero region of
+all channels. Per channel: intensity statistics of the foreground (label > 0) from a seeded sample of
+foreground voxels, plus per-case statistics. Per class: voxel fraction, fraction of cases where present, and
+the number and size of its connected components. Across cases: whether the orientation is consistent.
 
-The result is deterministic (the sample of each case is seeded from the case identifier, so worker count and order
-do not matter) and is recomputed only when the dataset's files change (:func:`dataset_signature`).
+The result is deterministic (the sample of each case is seeded from the case identifier, so worker count and
+order do not matter) and is recomputed only when the dataset's files change (:func:`dataset_signature`).
 """
 
 from __future__ import annotations
@@ -62,8 +62,16 @@ class IntensityStats:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         v = values.astype(np.float64, copy=False)
         p005, p50, p995 = np.percentile(v, [0.5, 50.0, 99.5])
-        return cls(int(v.size), float(v.mean()), float(v.std()), float(p50), float(v.min()), float(v.max()),
-                   float(p005), float(p995))
+        return cls(
+            int(v.size),
+            float(v.mean()),
+            float(v.std()),
+            float(p50),
+            float(v.min()),
+            float(v.max()),
+            float(p005),
+            float(p995),
+        )
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,14 @@ def crop_box_of_nonzero(image: FloatVolume) -> tuple[tuple[int, int], ...]:
 
 
 def fingerprint_case(
-    image: FloatVolume, labels: LabelVolume, spacing_mm: tuple[float, float, float], orientation: str,
-    identifier: str, *, samples: int, seed: int,
+    image: FloatVolume,
+    labels: LabelVolume,
+    spacing_mm: tuple[float, float, float],
+    orientation: str,
+    identifier: str,
+    *,
+    samples: int,
+    seed: int,
 ) -> tuple[CaseFingerprint, list[np.ndarray]]:
     """Fingerprint one case.
 
@@ -195,9 +209,15 @@ def fingerprint_case(
         components, _ = ndimage.label(labels == int(value), structure=structure)
         component_sizes[value] = sorted((int(s) for s in np.bincount(components.ravel())[1:]), reverse=True)
     fingerprint = CaseFingerprint(
-        identifier=identifier, shape=_triple_int(labels.shape), spacing_mm=spacing_mm, orientation=orientation,
-        cropped_shape=_triple_int(tuple(b - a for a, b in box)), crop_box=box, intensity=intensity,
-        class_voxels=class_voxels, component_sizes=component_sizes,
+        identifier=identifier,
+        shape=_triple_int(labels.shape),
+        spacing_mm=spacing_mm,
+        orientation=orientation,
+        cropped_shape=_triple_int(tuple(b - a for a, b in box)),
+        crop_box=box,
+        intensity=intensity,
+        class_voxels=class_voxels,
+        component_sizes=component_sizes,
     )
     return fingerprint, sampled
 
@@ -208,24 +228,43 @@ def extract_fingerprint(
     """Fingerprint every training case of ``dataset`` (in ``num_workers`` processes) and aggregate."""
     samples = max(1000, TOTAL_FOREGROUND_SAMPLES // max(1, len(dataset.cases)))
     work = partial(_fingerprint_case_file, samples=samples, seed=seed)
-    results = list(map_cases(work, dataset.cases, num_workers=num_workers, description="fingerprint",
-                             show_progress=show_progress))
+    results = list(
+        map_cases(
+            work,
+            dataset.cases,
+            num_workers=num_workers,
+            description="fingerprint",
+            show_progress=show_progress,
+        )
+    )
     cases = tuple(r[0] for r in results)
     sampled = [np.concatenate([r[1][c] for r in results]) for c in range(dataset.num_channels)]
     orientations = Counter(c.orientation for c in cases)
     fingerprint = Fingerprint(
-        schema_version=FINGERPRINT_SCHEMA_VERSION, autoseg_version=__version__, dataset_name=dataset.name,
-        dataset_root=str(dataset.root), signature=dataset_signature(dataset, seed=seed),
-        channel_names=dataset.channel_names, labels=dict(dataset.labels), num_cases=len(cases),
+        schema_version=FINGERPRINT_SCHEMA_VERSION,
+        autoseg_version=__version__,
+        dataset_name=dataset.name,
+        dataset_root=str(dataset.root),
+        signature=dataset_signature(dataset, seed=seed),
+        channel_names=dataset.channel_names,
+        labels=dict(dataset.labels),
+        num_cases=len(cases),
         median_spacing_mm=_median_triple([c.spacing_mm for c in cases]),
         median_shape=_median_triple([c.shape for c in cases]),
         median_cropped_shape=_median_triple([c.cropped_shape for c in cases]),
-        orientations=dict(orientations.most_common()), orientation_consistent=len(orientations) == 1,
+        orientations=dict(orientations.most_common()),
+        orientation_consistent=len(orientations) == 1,
         intensity=tuple(IntensityStats.of(s) for s in sampled),
-        classes=_class_fingerprints(dataset.foreground_labels, cases), cases=cases, seed=seed,
+        classes=_class_fingerprints(dataset.foreground_labels, cases),
+        cases=cases,
+        seed=seed,
     )
-    logger.info("fingerprinted %d case(s): median spacing %s mm, median shape %s", len(cases),
-                fingerprint.median_spacing_mm, fingerprint.median_shape)
+    logger.info(
+        "fingerprinted %d case(s): median spacing %s mm, median shape %s",
+        len(cases),
+        fingerprint.median_spacing_mm,
+        fingerprint.median_shape,
+    )
     return fingerprint
 
 
@@ -242,7 +281,12 @@ def dataset_signature(dataset: Dataset, *, seed: int) -> str:
 
 
 def run_fingerprint(
-    dataset: Dataset, workdir: Path, *, num_workers: int = 1, seed: int = 0, force: bool = False,
+    dataset: Dataset,
+    workdir: Path,
+    *,
+    num_workers: int = 1,
+    seed: int = 0,
+    force: bool = False,
     show_progress: bool = True,
 ) -> Path:
     """Write ``workdir/fingerprint.json`` unless an up-to-date one (same signature) is already there."""
@@ -254,13 +298,17 @@ def run_fingerprint(
             logger.warning("recomputing: %s", error.message)
         else:
             if existing.dataset_root != str(dataset.root):
-                raise FingerprintError(f"{path} belongs to dataset {existing.dataset_root}, not {dataset.root}; "
-                                       "use another --workdir (one per dataset) or --force to replace it")
+                raise FingerprintError(
+                    f"{path} belongs to dataset {existing.dataset_root}, not {dataset.root}; "
+                    "use another --workdir (one per dataset) or --force to replace it"
+                )
             if existing.signature == dataset_signature(dataset, seed=seed):
                 logger.info("%s is up to date (dataset unchanged); use --force to recompute", path)
                 return path
             logger.info("dataset changed since %s was written; recomputing", path)
-    fingerprint = extract_fingerprint(dataset, num_workers=num_workers, seed=seed, show_progress=show_progress)
+    fingerprint = extract_fingerprint(
+        dataset, num_workers=num_workers, seed=seed, show_progress=show_progress
+    )
     write_json(fingerprint.to_json(), path)
     logger.info("wrote %s", path)
     return path
@@ -280,42 +328,58 @@ def load_fingerprint(path: Path) -> Fingerprint:
             raise TypeError("not a JSON object")
         version = data.get("schema_version")
         if version != FINGERPRINT_SCHEMA_VERSION:
-            raise FingerprintError(f"{path}: schema_version {version}; this autoseg reads "
-                                   f"{FINGERPRINT_SCHEMA_VERSION}. Re-run 'autoseg fingerprint'.")
+            raise FingerprintError(
+                f"{path}: schema_version {version}; this autoseg reads "
+                f"{FINGERPRINT_SCHEMA_VERSION}. Re-run 'autoseg fingerprint'."
+            )
         return _fingerprint_from_json(data)
     except FingerprintError:
         raise
     except (ImageReadError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise FingerprintError(f"{path}: malformed fingerprint ({error}); re-run 'autoseg fingerprint'") \
-            from error
+        raise FingerprintError(
+            f"{path}: malformed fingerprint ({error}); re-run 'autoseg fingerprint'"
+        ) from error
 
 
 # ------------------------------------------------------------------------------------------- internals
 
 
-def _fingerprint_case_file(case: Case, *, samples: int, seed: int) -> tuple[CaseFingerprint, list[np.ndarray]]:
+def _fingerprint_case_file(
+    case: Case, *, samples: int, seed: int
+) -> tuple[CaseFingerprint, list[np.ndarray]]:
     image, labels, geometry = read_case(case)
     assert labels is not None, "training cases have labels"
-    return fingerprint_case(image, labels, geometry.spacing_mm, geometry.orientation_code(), case.identifier,
-                            samples=samples, seed=seed)
+    return fingerprint_case(
+        image,
+        labels,
+        geometry.spacing_mm,
+        geometry.orientation_code(),
+        case.identifier,
+        samples=samples,
+        seed=seed,
+    )
 
 
-def _class_fingerprints(labels: Mapping[str, int], cases: Sequence[CaseFingerprint]) -> tuple[
-        ClassFingerprint, ...]:
+def _class_fingerprints(
+    labels: Mapping[str, int], cases: Sequence[CaseFingerprint]
+) -> tuple[ClassFingerprint, ...]:
     total_voxels = sum(int(np.prod(c.shape)) for c in cases)
     result = []
     for name, value in sorted(labels.items(), key=lambda item: item[1]):
         key = str(value)
         sizes = [s for c in cases for s in c.component_sizes.get(key, [])]
         volumes = [s * float(np.prod(c.spacing_mm)) for c in cases for s in c.component_sizes.get(key, [])]
-        result.append(ClassFingerprint(
-            name=name, value=value,
-            voxel_fraction=sum(c.class_voxels.get(key, 0) for c in cases) / max(1, total_voxels),
-            case_fraction=sum(key in c.class_voxels for c in cases) / max(1, len(cases)),
-            components_per_case=Distribution.of([len(c.component_sizes.get(key, [])) for c in cases]),
-            component_size_voxels=Distribution.of(sizes),
-            component_volume_mm3=Distribution.of(volumes),
-        ))
+        result.append(
+            ClassFingerprint(
+                name=name,
+                value=value,
+                voxel_fraction=sum(c.class_voxels.get(key, 0) for c in cases) / max(1, total_voxels),
+                case_fraction=sum(key in c.class_voxels for c in cases) / max(1, len(cases)),
+                components_per_case=Distribution.of([len(c.component_sizes.get(key, [])) for c in cases]),
+                component_size_voxels=Distribution.of(sizes),
+                component_volume_mm3=Distribution.of(volumes),
+            )
+        )
     return tuple(result)
 
 
@@ -334,8 +398,11 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
 
     cases = tuple(
         CaseFingerprint(
-            identifier=str(c["identifier"]), shape=_triple_int(c["shape"]), spacing_mm=triple(c["spacing_mm"]),
-            orientation=str(c["orientation"]), cropped_shape=_triple_int(c["cropped_shape"]),
+            identifier=str(c["identifier"]),
+            shape=_triple_int(c["shape"]),
+            spacing_mm=triple(c["spacing_mm"]),
+            orientation=str(c["orientation"]),
+            cropped_shape=_triple_int(c["cropped_shape"]),
             crop_box=tuple((int(a), int(b)) for a, b in c["crop_box"]),
             intensity=tuple(IntensityStats(**s) for s in c["intensity"]),
             class_voxels={str(k): int(v) for k, v in c["class_voxels"].items()},
@@ -345,7 +412,9 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
     )
     classes = tuple(
         ClassFingerprint(
-            name=str(c["name"]), value=int(c["value"]), voxel_fraction=float(c["voxel_fraction"]),
+            name=str(c["name"]),
+            value=int(c["value"]),
+            voxel_fraction=float(c["voxel_fraction"]),
             case_fraction=float(c["case_fraction"]),
             components_per_case=Distribution(**c["components_per_case"]),
             component_size_voxels=Distribution(**c["component_size_voxels"]),
@@ -354,14 +423,21 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
         for c in data["classes"]
     )
     return Fingerprint(
-        schema_version=int(data["schema_version"]), autoseg_version=str(data["autoseg_version"]),
-        dataset_name=str(data["dataset_name"]), dataset_root=str(data["dataset_root"]),
-        signature=str(data["signature"]), channel_names=tuple(str(n) for n in data["channel_names"]),
-        labels={str(k): int(v) for k, v in data["labels"].items()}, num_cases=int(data["num_cases"]),
-        median_spacing_mm=triple(data["median_spacing_mm"]), median_shape=triple(data["median_shape"]),
+        schema_version=int(data["schema_version"]),
+        autoseg_version=str(data["autoseg_version"]),
+        dataset_name=str(data["dataset_name"]),
+        dataset_root=str(data["dataset_root"]),
+        signature=str(data["signature"]),
+        channel_names=tuple(str(n) for n in data["channel_names"]),
+        labels={str(k): int(v) for k, v in data["labels"].items()},
+        num_cases=int(data["num_cases"]),
+        median_spacing_mm=triple(data["median_spacing_mm"]),
+        median_shape=triple(data["median_shape"]),
         median_cropped_shape=triple(data["median_cropped_shape"]),
         orientations={str(k): int(v) for k, v in data["orientations"].items()},
         orientation_consistent=bool(data["orientation_consistent"]),
-        intensity=tuple(IntensityStats(**s) for s in data["intensity"]), classes=classes, cases=cases,
+        intensity=tuple(IntensityStats(**s) for s in data["intensity"]),
+        classes=classes,
+        cases=cases,
         seed=int(data["seed"]),
     )

@@ -4,12 +4,12 @@ Only this module imports SimpleITK and nibabel. Every other module sees numpy ar
 
 Axis convention (documented in ``docs/conventions.md``):
 
-* arrays are indexed ``(Z, Y, X)``: the last array axis is the fastest-varying one, the file's first index ``i``;
+* arrays are indexed ``(Z, Y, X)``: the last array axis varies fastest and is the file's first index ``i``;
 * ``Geometry.spacing_mm`` and ``Geometry.origin_mm`` list ``(z, y, x)``;
 * physical coordinates are the DICOM/ITK patient frame (LPS: +x left, +y posterior, +z superior), also listed
   ``(z, y, x)``;
-* ``Geometry.direction`` is the 3x3 direction-cosine matrix, row-major, with rows and columns both in that reversed
-  order, so that ``point_zyx = origin + direction @ (spacing * index_zyx)``.
+* ``Geometry.direction`` is the 3x3 direction-cosine matrix, row-major, rows and columns both in that
+  reversed order, so that ``point_zyx = origin + direction @ (spacing * index_zyx)``.
 
 Supported formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``).
 Writing reproduces the geometry that was read, to float tolerance, and the voxel values exactly.
@@ -79,7 +79,7 @@ class Geometry:
         return code
 
     def differences(self, other: Geometry, *, tolerance: float = 1e-4) -> list[str]:
-        """Human-readable differences to ``other`` beyond ``tolerance`` (relative for spacing, mm for origin)."""
+        """Readable differences to ``other`` beyond ``tolerance`` (relative for spacing, mm for origin)."""
         found: list[str] = []
         spacing_a, spacing_b = np.asarray(self.spacing_mm), np.asarray(other.spacing_mm)
         if not np.allclose(spacing_a, spacing_b, rtol=tolerance, atol=0.0):
@@ -145,12 +145,13 @@ def read_header(path: Path) -> VolumeInfo:
 def read_array(path: Path) -> tuple[AnyArray, Geometry]:
     """Read voxels as stored (any dtype) plus geometry.
 
-    NIfTI voxels are read with nibabel: SimpleITK's NIfTI reader silently turns NaN and Inf into 0 (measured with
-    SimpleITK 2.5, see ``docs/design.md``), which would hide broken images. The geometry always comes from
-    SimpleITK, so that reading and writing share one convention.
+    NIfTI voxels are read with nibabel: SimpleITK's NIfTI reader silently turns NaN and Inf into 0 (measured
+    with SimpleITK 2.5, see ``docs/design.md``), which would hide broken images. The geometry always comes
+    from SimpleITK, so that reading and writing share one convention.
 
     Returns:
-        The array in ``(Z, Y, X)`` order (``(T, Z, Y, X)`` for a 4D file) and the geometry of its spatial axes.
+        The array in ``(Z, Y, X)`` order (``(T, Z, Y, X)`` for a 4D file) and the geometry of its spatial
+        axes.
 
     Raises:
         ImageReadError: unreadable, truncated or corrupt file, or vector-valued voxels.
@@ -158,8 +159,8 @@ def read_array(path: Path) -> tuple[AnyArray, Geometry]:
     info = read_header(path)
     if info.components != 1:
         raise ImageReadError(
-            f"{path}: has {info.components} values per voxel (vector or RGB image); store one scalar volume per "
-            "channel"
+            f"{path}: has {info.components} values per voxel (vector or RGB image); "
+            "store one scalar volume per channel"
         )
     if split_ending(path)[1] in (".nii", ".nii.gz"):
         array = _read_nifti_voxels(path, info.shape)
@@ -207,7 +208,7 @@ def read_image(paths: Sequence[Path]) -> tuple[FloatVolume, Geometry]:
 
 
 def read_channels_4d(path: Path) -> tuple[FloatVolume, Geometry]:
-    """Read a Medical Segmentation Decathlon multi-modal 4D file (channels on its 4th axis) as ``(C, Z, Y, X)``."""
+    """Read an MSD multi-modal 4D file (channels on its 4th axis) as ``(C, Z, Y, X)`` float32."""
     array, geometry = read_array(path)
     if array.ndim == 3:
         array = array[None]
@@ -220,7 +221,8 @@ def read_labels(path: Path) -> tuple[LabelVolume, Geometry]:
     """Read a 3D label map as uint8 (uint16 when a value exceeds 255).
 
     Raises:
-        ImageReadError: unreadable file, not 3D, negative / non-integer / non-finite values, or values > 65535.
+        ImageReadError: unreadable file, not 3D, negative / non-integer / non-finite values, or values >
+        65535.
     """
     array, geometry = read_array(path)
     _require_3d(array, path)
@@ -228,7 +230,7 @@ def read_labels(path: Path) -> tuple[LabelVolume, Geometry]:
 
 
 def labels_to_unsigned(array: AnyArray, path: Path) -> LabelVolume:
-    """Convert a stored label array (any numeric dtype) to uint8/uint16, refusing values that are not labels."""
+    """Convert a stored label array (any numeric dtype) to uint8/uint16; refuse values that are not labels."""
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise ImageReadError(f"{path}: label map contains NaN or Inf")
@@ -308,7 +310,7 @@ def write_text_atomically(text: str, path: Path) -> None:
         raise
 
 
-# --------------------------------------------------------------------------------------------------- internals
+# ------------------------------------------------------------------------------------------------ internals
 
 
 def limit_threads(count: int) -> None:
@@ -333,19 +335,26 @@ def _check_readable(path: Path) -> None:
         raise ImageReadError(f"{path}: is a folder, expected an image file")
     if not split_ending(path)[1]:
         raise ImageReadError(
-            f"{path}: unsupported file type; autoseg reads {', '.join(SUPPORTED_ENDINGS)} (DICOM: convert-dicom)"
+            f"{path}: unsupported file type; autoseg reads {', '.join(SUPPORTED_ENDINGS)} "
+            "(DICOM: convert-dicom)"
         )
 
 
 def _require_3d(array: AnyArray, path: Path) -> None:
     if array.ndim != 3:
         kind = "4D" if array.ndim == 4 else f"{array.ndim}D"
-        raise ImageReadError(f"{path}: is {kind} with shape {array.shape} (autoseg order); expected a 3D volume")
+        raise ImageReadError(
+            f"{path}: is {kind} with shape {array.shape} (autoseg order); expected a 3D volume"
+        )
 
 
 def _require_same_grid(
-    shape_a: tuple[int, ...], geometry_a: Geometry, shape_b: tuple[int, ...], geometry_b: Geometry,
-    path_a: Path, path_b: Path,
+    shape_a: tuple[int, ...],
+    geometry_a: Geometry,
+    shape_b: tuple[int, ...],
+    geometry_b: Geometry,
+    path_a: Path,
+    path_b: Path,
 ) -> None:
     if tuple(shape_a[-3:]) != tuple(shape_b[-3:]):
         raise ImageReadError(f"{path_b}: shape {shape_b[-3:]} differs from {path_a.name} {shape_a[-3:]}")
@@ -376,9 +385,16 @@ def _geometry_from_parts(
 
 
 _DTYPES = {
-    "sitkUInt8": "uint8", "sitkInt8": "int8", "sitkUInt16": "uint16", "sitkInt16": "int16",
-    "sitkUInt32": "uint32", "sitkInt32": "int32", "sitkUInt64": "uint64", "sitkInt64": "int64",
-    "sitkFloat32": "float32", "sitkFloat64": "float64",
+    "sitkUInt8": "uint8",
+    "sitkInt8": "int8",
+    "sitkUInt16": "uint16",
+    "sitkInt16": "int16",
+    "sitkUInt32": "uint32",
+    "sitkInt32": "int32",
+    "sitkUInt64": "uint64",
+    "sitkInt64": "int64",
+    "sitkFloat32": "float32",
+    "sitkFloat64": "float64",
 }
 
 
@@ -401,8 +417,11 @@ def _itk_errors(path: Path, what: str) -> Iterator[None]:
 def _short_itk_message(message: str) -> str:
     """The informative part of an ITK exception text, on one line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    useful = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", line) for line in lines
-              if not line.startswith("Exception thrown in SimpleITK") and not line.startswith("/")]
+    useful = [
+        re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", line)
+        for line in lines
+        if not line.startswith("Exception thrown in SimpleITK") and not line.startswith("/")
+    ]
     text = " ".join(useful) or (lines[-1] if lines else "unknown error")
     return text if len(text) <= 300 else text[:297] + "..."
 

@@ -18,7 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 def map_cases(
-    function: Callable[[T], R], items: Sequence[T], *, num_workers: int = 1, description: str = "cases",
+    function: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    num_workers: int = 1,
+    description: str = "cases",
     show_progress: bool = True,
 ) -> Iterator[R]:
     """Yield ``function(item)`` for every item, in input order.

@@ -1,8 +1,8 @@
 """Array type aliases shared by every stage.
 
 Axis convention (see ``docs/conventions.md``): arrays are indexed ``(Z, Y, X)`` (slowest to fastest), image
-arrays carry a leading channel axis ``(C, Z, Y, X)``, and every spacing, origin, shape or patch tuple follows the
-same ``(z, y, x)`` order.
+arrays carry a leading channel axis ``(C, Z, Y, X)``, and every spacing, origin, shape or patch tuple follows
+the same ``(z, y, x)`` order.
 """
 
 from __future__ import annotations

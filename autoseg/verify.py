@@ -1,7 +1,8 @@
 """``autoseg verify``: check every case of a raw dataset and report all problems, each naming its file.
 
-Errors make the dataset unusable (missing or corrupt files, mismatched grids, undeclared or non-integer labels,
-NaN/Inf, 4D where 3D is expected, a wrong ``numTraining``, duplicate identifiers, paths escaping the folder).
+Errors make the dataset unusable (missing or corrupt files, mismatched grids, undeclared or non-integer
+labels, NaN/Inf, 4D where 3D is expected, a wrong ``numTraining``, duplicate identifiers, paths escaping the
+folder).
 Warnings do not (a class absent from most cases, extreme anisotropy, mixed dtypes, mixed orientations, float
 label files with integer values). The input is only read, never modified.
 """
@@ -29,7 +30,7 @@ ANISOTROPY_WARNING_RATIO = 3.0
 """Median spacing ratio (coarsest / finest axis) above which verify warns."""
 
 INTENSITY_SCALE_WARNING_RATIO = 100.0
-"""Cases whose largest intensities differ by more than this factor get a warning (unnormalised MR, mixed units)."""
+"""Cases whose largest intensities differ by more than this factor get a warning (unnormalised MR)."""
 
 RARE_CLASS_FRACTION = 0.5
 """A class present in fewer than this fraction of cases gets a warning."""
@@ -73,8 +74,10 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         """The report as text lines: every problem, then a one-line verdict."""
-        verdict = (f"{self.root}: {self.cases_checked} case(s) checked, {len(self.errors)} error(s), "
-                   f"{len(self.warnings)} warning(s)")
+        verdict = (
+            f"{self.root}: {self.cases_checked} case(s) checked, {len(self.errors)} error(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
         return [p.line() for p in (*self.errors, *self.warnings)] + [verdict]
 
 
@@ -91,8 +94,9 @@ def verify_dataset(root: Path, *, num_workers: int = 1, show_progress: bool = Tr
         return VerifyReport(root.resolve(), tuple(problems), 0)
     check = partial(check_case, labels=dataset.label_values, num_channels=dataset.num_channels)
     summaries: list[CaseSummary] = []
-    for summary, case_problems in map_cases(check, dataset.cases, num_workers=num_workers,
-                                            description="verify", show_progress=show_progress):
+    for summary, case_problems in map_cases(
+        check, dataset.cases, num_workers=num_workers, description="verify", show_progress=show_progress
+    ):
         problems.extend(case_problems)
         if summary is not None:
             summaries.append(summary)
@@ -101,7 +105,9 @@ def verify_dataset(root: Path, *, num_workers: int = 1, show_progress: bool = Tr
     return VerifyReport(dataset.root, tuple(problems), len(dataset.cases))
 
 
-def check_case(case: Case, labels: Sequence[int], num_channels: int) -> tuple[CaseSummary | None, list[Problem]]:
+def check_case(
+    case: Case, labels: Sequence[int], num_channels: int
+) -> tuple[CaseSummary | None, list[Problem]]:
     """Read every file of one case and report what is wrong with it.
 
     Returns:
@@ -118,20 +124,37 @@ def check_case(case: Case, labels: Sequence[int], num_channels: int) -> tuple[Ca
     shape = tuple(int(s) for s in reference_array.shape[-3:])
     for path, (array, geometry) in [*images[1:], (case.label_path, (label_array, label_geometry))]:
         if tuple(array.shape[-3:]) != shape:
-            problems.append(Problem("error", f"shape {tuple(array.shape[-3:])} differs from "
-                                             f"{reference_path.name} {shape}", path, case.identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    f"shape {tuple(array.shape[-3:])} differs from {reference_path.name} {shape}",
+                    path,
+                    case.identifier,
+                )
+            )
             continue
         differences = reference_geometry.differences(geometry)
         if differences:
-            problems.append(Problem("error", f"geometry differs from {reference_path.name}: "
-                                             + "; ".join(differences), path, case.identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    f"geometry differs from {reference_path.name}: " + "; ".join(differences),
+                    path,
+                    case.identifier,
+                )
+            )
     if any(p.severity == "error" for p in problems):
         return None, problems
     present = _check_label_values(case.label_path, label_array, labels, case.identifier, problems)
-    summary = CaseSummary(case.identifier, (shape[0], shape[1], shape[2]), reference_geometry.spacing_mm,
-                          reference_geometry.orientation_code(),
-                          tuple(str(a.dtype) for _, (a, _g) in images), present,
-                          tuple(float(np.max(np.abs(a))) if a.size else 0.0 for _, (a, _g) in images))
+    summary = CaseSummary(
+        case.identifier,
+        (shape[0], shape[1], shape[2]),
+        reference_geometry.spacing_mm,
+        reference_geometry.orientation_code(),
+        tuple(str(a.dtype) for _, (a, _g) in images),
+        present,
+        tuple(float(np.max(np.abs(a))) if a.size else 0.0 for _, (a, _g) in images),
+    )
     return summary, problems
 
 
@@ -145,18 +168,35 @@ def dataset_warnings(dataset: Dataset, summaries: Sequence[CaseSummary]) -> list
     for name, value in dataset.foreground_labels.items():
         fraction = presence[value] / len(summaries)
         if fraction < RARE_CLASS_FRACTION:
-            found.append(Problem("warning", f"class '{name}' ({value}) is present in only {presence[value]} of "
-                                            f"{len(summaries)} case(s)", json_path))
+            found.append(
+                Problem(
+                    "warning",
+                    f"class '{name}' ({value}) is present in only {presence[value]} of "
+                    f"{len(summaries)} case(s)",
+                    json_path,
+                )
+            )
     median = np.median(np.array([s.spacing_mm for s in summaries]), axis=0)
     if float(median.max() / median.min()) > ANISOTROPY_WARNING_RATIO:
-        found.append(Problem("warning", f"extreme anisotropy: median spacing (z, y, x) = "
-                                        f"{tuple(round(float(m), 3) for m in median)} mm, ratio "
-                                        f"{float(median.max() / median.min()):.1f}", json_path))
+        found.append(
+            Problem(
+                "warning",
+                f"extreme anisotropy: median spacing (z, y, x) = "
+                f"{tuple(round(float(m), 3) for m in median)} mm, ratio "
+                f"{float(median.max() / median.min()):.1f}",
+                json_path,
+            )
+        )
     dtypes = Counter(d for s in summaries for d in s.image_dtypes)
     if len(dtypes) > 1:
         listed = ", ".join(f"{n} {d}" for d, n in dtypes.most_common())
-        found.append(Problem("warning", f"mixed image dtypes across cases ({listed}); fine, all are read as "
-                                        "float32", json_path))
+        found.append(
+            Problem(
+                "warning",
+                f"mixed image dtypes across cases ({listed}); fine, all are read as float32",
+                json_path,
+            )
+        )
     found.extend(_intensity_scale_warnings(dataset, summaries))
     orientations = Counter(s.orientation for s in summaries)
     if len(orientations) > 1:
@@ -171,10 +211,15 @@ def _intensity_scale_warnings(dataset: Dataset, summaries: Sequence[CaseSummary]
         maxima = [s.channel_max_abs[channel] for s in summaries if len(s.channel_max_abs) > channel]
         positive = [m for m in maxima if m > 0]
         if len(positive) > 1 and max(positive) / min(positive) > INTENSITY_SCALE_WARNING_RATIO:
-            found.append(Problem("warning", f"channel {channel} ({name}): the largest intensity ranges from "
-                                            f"{min(positive):.4g} to {max(positive):.4g} between cases; normalise "
-                                            "per image (z-score), not with one dataset-wide scale",
-                                 dataset.root / "dataset.json"))
+            found.append(
+                Problem(
+                    "warning",
+                    f"channel {channel} ({name}): the largest intensity ranges from "
+                    f"{min(positive):.4g} to {max(positive):.4g} between cases; normalise "
+                    "per image (z-score), not with one dataset-wide scale",
+                    dataset.root / "dataset.json",
+                )
+            )
     return found
 
 
@@ -190,11 +235,19 @@ def _read_channels(
         expected_ndim = 4 if case.channels_in_one_file else 3
         if array.ndim != expected_ndim:
             kind = f"{array.ndim}D with shape {array.shape}"
-            problems.append(Problem("error", f"is {kind}; expected a {expected_ndim}D volume", path, case.identifier))
+            problems.append(
+                Problem("error", f"is {kind}; expected a {expected_ndim}D volume", path, case.identifier)
+            )
             continue
         if case.channels_in_one_file and array.shape[0] != num_channels:
-            problems.append(Problem("error", f"holds {array.shape[0]} channel(s); dataset.json declares "
-                                             f"{num_channels}", path, case.identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    f"holds {array.shape[0]} channel(s); dataset.json declares {num_channels}",
+                    path,
+                    case.identifier,
+                )
+            )
             continue
         if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
             bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -210,8 +263,14 @@ def _read_label(case: Case, problems: list[Problem]) -> tuple[AnyArray, Geometry
     if content is None:
         return None
     if content[0].ndim != 3:
-        problems.append(Problem("error", f"is {content[0].ndim}D with shape {content[0].shape}; expected a 3D "
-                                         "label map", case.label_path, case.identifier))
+        problems.append(
+            Problem(
+                "error",
+                f"is {content[0].ndim}D with shape {content[0].shape}; expected a 3D label map",
+                case.label_path,
+                case.identifier,
+            )
+        )
         return None
     return content
 
@@ -233,20 +292,38 @@ def _check_label_values(
         finite = np.isfinite(values)
         if not np.all(finite) or not np.array_equal(values[finite], np.round(values[finite])):
             sample = np.unique(values[finite][values[finite] != np.round(values[finite])])[:5]
-            problems.append(Problem("error", "label map has non-integer values "
-                                             f"(e.g. {', '.join(f'{v:g}' for v in sample) or 'NaN/Inf'})",
-                                    path, identifier))
+            problems.append(
+                Problem(
+                    "error",
+                    "label map has non-integer values "
+                    f"(e.g. {', '.join(f'{v:g}' for v in sample) or 'NaN/Inf'})",
+                    path,
+                    identifier,
+                )
+            )
             return ()
-        problems.append(Problem("warning", f"label map is stored as {array.dtype}; its values are integers, "
-                                           "so it is accepted", path, identifier))
+        problems.append(
+            Problem(
+                "warning",
+                f"label map is stored as {array.dtype}; its values are integers, so it is accepted",
+                path,
+                identifier,
+            )
+        )
     elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         problems.append(Problem("error", f"label map has dtype {array.dtype}", path, identifier))
         return ()
     present = tuple(int(v) for v in np.unique(array))
     undeclared = sorted(set(present) - set(declared))
     if undeclared:
-        problems.append(Problem("error", f"label value(s) {undeclared} not declared in dataset.json "
-                                         f"(declared: {list(declared)})", path, identifier))
+        problems.append(
+            Problem(
+                "error",
+                f"label value(s) {undeclared} not declared in dataset.json (declared: {list(declared)})",
+                path,
+                identifier,
+            )
+        )
     if present == (0,):
         problems.append(Problem("warning", "label map has no foreground", path, identifier))
     return present

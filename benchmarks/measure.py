@@ -13,7 +13,7 @@ import psutil
 
 @dataclass(frozen=True)
 class Measurement:
-    """Medians over repeated runs. Memory is the peak of the summed PSS (else RSS) of the process and its children."""
+    """Repeated runs. Memory: the peak of the summed PSS (else RSS) of the process and its children."""
 
     wall_s: list[float]
     peak_tree_rss_mb: list[float]
@@ -30,7 +30,7 @@ class Measurement:
 
 
 def _resident_bytes(process: psutil.Process) -> int:
-    """Proportional set size where the OS reports it (shared pages of forked workers counted once), else RSS."""
+    """Proportional set size where the OS has it (pages shared by forked workers counted once), else RSS."""
     try:
         return int(process.memory_full_info().pss)
     except (AttributeError, psutil.AccessDenied):

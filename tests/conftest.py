@@ -25,7 +25,10 @@ def tiny_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
 
 def real_data_root() -> Path | None:
     """``$AUTOSEG_DATA`` or ``../shared/data`` next to the project, if it exists."""
-    candidates = [os.environ.get("AUTOSEG_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "data")]
+    candidates = [
+        os.environ.get("AUTOSEG_DATA"),
+        str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)

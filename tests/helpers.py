@@ -13,8 +13,10 @@ from autoseg.io import Geometry, write_image, write_labels
 TinyCase = tuple[np.ndarray, np.ndarray, Geometry]
 
 
-def tiny_case(rng: np.random.Generator, shape: tuple[int, int, int] = (12, 16, 16), channels: int = 1) -> TinyCase:
-    """One box the network can learn: image (C, Z, Y, X) float32, labels (Z, Y, X) uint8 with classes 1 and 2."""
+def tiny_case(
+    rng: np.random.Generator, shape: tuple[int, int, int] = (12, 16, 16), channels: int = 1
+) -> TinyCase:
+    """A box the network can learn: image (C, Z, Y, X) float32, labels (Z, Y, X) uint8, classes 1 and 2."""
     labels = np.zeros(shape, np.uint8)
     labels[4:8, 5:11, 5:11] = 1
     labels[5:7, 7:9, 7:9] = 2
@@ -24,8 +26,13 @@ def tiny_case(rng: np.random.Generator, shape: tuple[int, int, int] = (12, 16, 1
 
 
 def write_nnunet_dataset(
-    root: Path, cases: Mapping[str, TinyCase], *, labels: Mapping[str, int] | None = None,
-    channel_names: Sequence[str] = ("CT",), ending: str = ".nii.gz", num_training: int | None = None,
+    root: Path,
+    cases: Mapping[str, TinyCase],
+    *,
+    labels: Mapping[str, int] | None = None,
+    channel_names: Sequence[str] = ("CT",),
+    ending: str = ".nii.gz",
+    num_training: int | None = None,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset: dataset.json, imagesTr/CASE_XXXX, labelsTr/CASE."""
     for identifier, (image, label, geometry) in cases.items():
@@ -45,5 +52,8 @@ def write_nnunet_dataset(
 
 def tree_digest(root: Path) -> dict[str, tuple[int, int, bytes]]:
     """Every file under root with its size, mtime and content, to prove a command changed nothing."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -12,24 +12,45 @@ from autoseg.cli import main
 from autoseg.dataset import load_dataset
 from autoseg.errors import CatalogueError, UsageError
 
-TINY_GENERATOR = {"cases": 2, "shape": [16, 24, 24], "spacing_mm": [2.0, 1.0, 1.0], "classes": 2, "channels": 1,
-                  "modality": "MR", "seed": 5, "file_ending": ".nii.gz"}
+TINY_GENERATOR = {
+    "cases": 2,
+    "shape": [16, 24, 24],
+    "spacing_mm": [2.0, 1.0, 1.0],
+    "classes": 2,
+    "channels": 1,
+    "modality": "MR",
+    "seed": 5,
+    "file_ending": ".nii.gz",
+}
 
 
 def _catalogue(tmp_path: Path) -> Path:
     path = tmp_path / "datasets.json"
-    path.write_text(json.dumps({"schema_version": 1, "datasets": {
-        "tiny-synth": {"kind": "synthetic", "description": "tiny", "generator": TINY_GENERATOR},
-        "realset": {"kind": "real", "layout": "nnunet-v2", "location": "realset"},
-        "dicoms": {"kind": "real", "layout": "dicom", "location": "dicoms"},
-    }}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "datasets": {
+                    "tiny-synth": {"kind": "synthetic", "description": "tiny", "generator": TINY_GENERATOR},
+                    "realset": {"kind": "real", "layout": "nnunet-v2", "location": "realset"},
+                    "dicoms": {"kind": "real", "layout": "dicom", "location": "dicoms"},
+                },
+            }
+        )
+    )
     return path
 
 
 def test_project_catalogue_is_valid_and_names_the_shared_data() -> None:
     catalogue = load_catalogue(default_catalogue_path())
-    assert {"synthetic-demo", "synthetic-ct", "synthetic-mr", "synthetic-ct-large", "hippocampus",
-            "lung-ct-rtstruct"} <= set(catalogue.entries)
+    assert {
+        "synthetic-demo",
+        "synthetic-ct",
+        "synthetic-mr",
+        "synthetic-ct-large",
+        "hippocampus",
+        "lung-ct-rtstruct",
+    } <= set(catalogue.entries)
     for entry in catalogue.entries.values():
         assert entry.description
         assert "licence" in entry.details and "source" in entry.details
@@ -41,13 +62,23 @@ def test_project_catalogue_is_valid_and_names_the_shared_data() -> None:
 
 def test_synthetic_entry_is_generated_on_first_use(tmp_path: Path) -> None:
     catalogue = _catalogue(tmp_path)
-    folder = resolve_dataset("tiny-synth", catalogue_path=catalogue, data_root=None, cache_dir=tmp_path / "cache",
-                             show_progress=False)
+    folder = resolve_dataset(
+        "tiny-synth",
+        catalogue_path=catalogue,
+        data_root=None,
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
     assert folder == synthetic_folder(load_catalogue(catalogue).entry("tiny-synth"), tmp_path / "cache")
     assert len(load_dataset(folder).cases) == 2
     stamp = (folder / "dataset.json").stat().st_mtime_ns
-    again = resolve_dataset("tiny-synth", catalogue_path=catalogue, data_root=None, cache_dir=tmp_path / "cache",
-                            show_progress=False)
+    again = resolve_dataset(
+        "tiny-synth",
+        catalogue_path=catalogue,
+        data_root=None,
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
     assert again == folder and (folder / "dataset.json").stat().st_mtime_ns == stamp
 
 
@@ -57,8 +88,10 @@ def test_real_entry_resolves_under_the_data_root(tmp_path: Path, tiny_dataset: P
         resolve_dataset("realset", catalogue_path=catalogue, data_root=tmp_path / "data", cache_dir=tmp_path)
     (tmp_path / "data").mkdir()
     tiny_dataset.rename(tmp_path / "data" / "realset")
-    assert resolve_dataset("realset", catalogue_path=catalogue, data_root=tmp_path / "data",
-                           cache_dir=tmp_path) == (tmp_path / "data" / "realset").resolve()
+    assert (
+        resolve_dataset("realset", catalogue_path=catalogue, data_root=tmp_path / "data", cache_dir=tmp_path)
+        == (tmp_path / "data" / "realset").resolve()
+    )
     (tmp_path / "data" / "dicoms").mkdir()
     with pytest.raises(UsageError, match="holds 'dicom' data, not a training dataset"):
         resolve_dataset("dicoms", catalogue_path=catalogue, data_root=tmp_path / "data", cache_dir=tmp_path)
@@ -74,7 +107,9 @@ def test_unknown_names_list_the_known_ones(tmp_path: Path, capsys: pytest.Captur
 
 def test_malformed_catalogues_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "datasets.json"
-    path.write_text('{"schema_version": 1, "datasets": {"x": {"kind": "synthetic", "generator": {"classes": 99}}}}')
+    path.write_text(
+        '{"schema_version": 1, "datasets": {"x": {"kind": "synthetic", "generator": {"classes": 99}}}}'
+    )
     with pytest.raises(CatalogueError, match="entry 'x'"):
         load_catalogue(path)
     path.write_text("[]")
@@ -92,7 +127,9 @@ def test_cli_takes_catalogue_names(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "w" / "fingerprint.json").is_file()
 
 
-def test_real_hippocampus_by_name(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_hippocampus_by_name(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["verify", "hippocampus", "--data-root", str(data_root), "-q", "-np", "2"]) == 0
     out = capsys.readouterr().out
     assert "195 case(s) checked, 0 error(s)" in out

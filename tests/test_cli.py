@@ -55,19 +55,47 @@ def test_workdir_defaults_to_environment_then_autoseg_work(
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "dataset.json").write_text("{broken")
-    plain = subprocess.run([sys.executable, "-m", "autoseg", "fingerprint", str(tmp_path / "ds"), "-q",
-                            "--workdir", str(tmp_path / "w")], capture_output=True, text=True, check=False)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoseg",
+            "fingerprint",
+            str(tmp_path / "ds"),
+            "-q",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert plain.returncode == 1
     assert "Traceback" not in plain.stderr
     assert "dataset.json: not valid JSON" in plain.stderr
-    debug = subprocess.run([sys.executable, "-m", "autoseg", "fingerprint", str(tmp_path / "ds"), "-q", "--debug",
-                            "--workdir", str(tmp_path / "w")], capture_output=True, text=True, check=False)
+    debug = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoseg",
+            "fingerprint",
+            str(tmp_path / "ds"),
+            "-q",
+            "--debug",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
 
 
-def test_unexpected_exceptions_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                            tiny_dataset: Path) -> None:
+def test_unexpected_exceptions_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_dataset: Path
+) -> None:
     def explode(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 

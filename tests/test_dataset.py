@@ -60,9 +60,14 @@ def test_msd_layout_with_4d_multichannel_images(tmp_path: Path, rng: np.random.G
         nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0), affine), root / "labelsTr" / f"{name}.nii.gz")
         (root / "imagesTr" / f"._{name}.nii.gz").write_bytes(b"junk")  # as in the real MSD archives
         training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
-    meta = {"name": "Prostate", "modality": {"0": "T2", "1": "ADC"},
-            "labels": {"0": "background", "1": "PZ", "2": "TZ"}, "numTraining": 2, "training": training,
-            "test": []}
+    meta = {
+        "name": "Prostate",
+        "modality": {"0": "T2", "1": "ADC"},
+        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+        "numTraining": 2,
+        "training": training,
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     dataset = load_dataset(root)
     assert dataset.layout == "msd"

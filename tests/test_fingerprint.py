@@ -34,9 +34,9 @@ def test_crop_box_covers_nonzero_voxels_of_any_channel() -> None:
 
 def test_case_fingerprint_is_exact() -> None:
     labels = np.zeros((10, 12, 14), np.uint8)
-    labels[1:3, 1:3, 1:3] = 1          # 8 voxels
-    labels[6:9, 6:9, 6:9] = 1          # 27 voxels, a second component
-    labels[6:8, 1:2, 10:12] = 2        # 4 voxels
+    labels[1:3, 1:3, 1:3] = 1  # 8 voxels
+    labels[6:9, 6:9, 6:9] = 1  # 27 voxels, a second component
+    labels[6:8, 1:2, 10:12] = 2  # 4 voxels
     image = np.zeros((1, 10, 12, 14), np.float32)
     image[0, 1:9, 1:10, 1:13] = 5.0
     image[0][labels == 1] = np.arange(35, dtype=np.float32)
@@ -155,7 +155,9 @@ def test_cli_fingerprint_stops_on_a_corrupt_case(
 
 @pytest.mark.slow
 def test_real_hippocampus_fingerprint(data_root: Path, tmp_path: Path) -> None:
-    path = run_fingerprint(load_dataset(data_root / "hippocampus"), tmp_path, num_workers=2, show_progress=False)
+    path = run_fingerprint(
+        load_dataset(data_root / "hippocampus"), tmp_path, num_workers=2, show_progress=False
+    )
     fingerprint = load_fingerprint(path)
     assert fingerprint.num_cases == 195
     assert fingerprint.median_spacing_mm == (1.0, 1.0, 1.0)

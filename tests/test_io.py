@@ -38,8 +38,12 @@ AFFINES = {
     "RAS": np.diag([0.8, 0.9, 2.5, 1.0]),
     "LPS": np.diag([-0.8, -0.9, 2.5, 1.0]),
     "flipped": np.diag([0.8, -0.9, -2.5, 1.0]),
-    "oblique": np.block([[_rotation(17.0, 0) @ _rotation(-9.0, 2) @ np.diag([0.8, 0.9, 2.5]),
-                          np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]),
+    "oblique": np.block(
+        [
+            [_rotation(17.0, 0) @ _rotation(-9.0, 2) @ np.diag([0.8, 0.9, 2.5]), np.zeros((3, 1))],
+            [np.zeros((1, 3)), np.ones((1, 1))],
+        ]
+    ),
 }
 for _affine in AFFINES.values():
     _affine[:3, 3] = (-91.5, 12.25, 40.0)
@@ -126,7 +130,9 @@ def test_read_image_stacks_channels_and_rejects_mismatch(tmp_path: Path) -> None
     assert image.shape == (2, 3, 4, 5)
     assert image.dtype == np.float32
     assert read_geometry == geometry
-    write_image(np.ones((3, 4, 5), np.int16), Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), tmp_path / "c2.nii.gz")
+    write_image(
+        np.ones((3, 4, 5), np.int16), Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), tmp_path / "c2.nii.gz"
+    )
     with pytest.raises(ImageReadError, match=r"c2\.nii\.gz: geometry differs .*spacing"):
         read_image([tmp_path / "c0.nii.gz", tmp_path / "c2.nii.gz"])
 
@@ -138,7 +144,9 @@ def test_labels_are_converted_to_unsigned_and_checked(tmp_path: Path) -> None:
     assert labels.dtype == np.uint16
     assert labels.tolist() == [[[0, 1], [2, 300]]]
     write_image(np.array([[[0, 1.5]]], np.float32), geometry, tmp_path / "half.nii.gz")
-    with pytest.raises(ImageReadError, match=r"half\.nii\.gz: label map has non-integer values \(e\.g\. 1\.5\)"):
+    with pytest.raises(
+        ImageReadError, match=r"half\.nii\.gz: label map has non-integer values \(e\.g\. 1\.5\)"
+    ):
         read_labels(tmp_path / "half.nii.gz")
     write_image(np.array([[[0, -1]]], np.int16), geometry, tmp_path / "negative.nii.gz")
     with pytest.raises(ImageReadError, match="negative value -1"):

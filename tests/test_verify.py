@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -54,11 +54,15 @@ def _nan_image(root: Path) -> None:
 
 
 def _four_d_image(root: Path) -> None:
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 12, 2), np.float32), np.diag([0.8, 0.8, 3.0, 1.0])), _image(root))
+    nib.save(
+        nib.Nifti1Image(np.zeros((16, 16, 12, 2), np.float32), np.diag([0.8, 0.8, 3.0, 1.0])), _image(root)
+    )
 
 
 def _extra_channel(root: Path) -> None:
-    write_image(np.zeros((12, 16, 16), np.int16), Geometry((3.0, 0.8, 0.8), (0.0, 0.0, 0.0)), _image(root, channel=1))
+    write_image(
+        np.zeros((12, 16, 16), np.int16), Geometry((3.0, 0.8, 0.8), (0.0, 0.0, 0.0)), _image(root, channel=1)
+    )
 
 
 def _msd_escape(root: Path) -> None:
@@ -67,17 +71,31 @@ def _msd_escape(root: Path) -> None:
     del meta["channel_names"]
     meta["modality"] = {"0": "CT"}
     meta["labels"] = {"0": "background", "1": "organ", "2": "core"}
-    meta["training"] = [{"image": f"./imagesTr/case_00{i}_0000.nii.gz", "label": f"./labelsTr/case_00{i}.nii.gz"}
-                        for i in range(4)]
+    meta["training"] = [
+        {"image": f"./imagesTr/case_00{i}_0000.nii.gz", "label": f"./labelsTr/case_00{i}.nii.gz"}
+        for i in range(4)
+    ]
     meta["training"][3] = {"image": "../outside.nii.gz", "label": "/etc/passwd"}
     (root / "dataset.json").write_text(json.dumps(meta))
 
 
 def _duplicate_identifier(root: Path) -> None:
-    listing = {f"case_00{i}": {"images": [f"imagesTr/case_00{i}_0000.nii.gz"], "label": f"labelsTr/case_00{i}.nii.gz"}
-               for i in range(4)}
-    text = json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "core": 2},
-                       "numTraining": 4, "file_ending": ".nii.gz", "dataset": listing})
+    listing = {
+        f"case_00{i}": {
+            "images": [f"imagesTr/case_00{i}_0000.nii.gz"],
+            "label": f"labelsTr/case_00{i}.nii.gz",
+        }
+        for i in range(4)
+    }
+    text = json.dumps(
+        {
+            "channel_names": {"0": "CT"},
+            "labels": {"background": 0, "organ": 1, "core": 2},
+            "numTraining": 4,
+            "file_ending": ".nii.gz",
+            "dataset": listing,
+        }
+    )
     entry = '"case_001": {"images": ["imagesTr/case_002_0000.nii.gz"], "label": "labelsTr/case_002.nii.gz"}'
     (root / "dataset.json").write_text(text.replace('"case_003":', entry + ', "case_003":'))
 
@@ -85,29 +103,63 @@ def _duplicate_identifier(root: Path) -> None:
 # (what breaks the dataset, a regex the error line must match, the file the error must name)
 ERRORS: dict[str, tuple[Breaker, str, Callable[[Path], Path]]] = {
     "missing label": (lambda r: _label(r).unlink(), "missing label file of case 'case_001'", _label),
-    "missing channel": (lambda r: _edit_json(r, channel_names={"0": "CT", "1": "PET"}),
-                        "missing channel 1 file of case 'case_001'", lambda r: _image(r, channel=1)),
-    "corrupt file": (lambda r: _image(r).write_bytes(_image(r).read_bytes()[:100]), "unreadable or corrupt",
-                     _image),
-    "shape mismatch": (lambda r: _rewrite_label(r, lambda a: a[:-1]), r"shape \(11, 16, 16\) differs", _label),
-    "spacing mismatch": (lambda r: _rewrite_label_geometry(r, spacing_mm=(2.0, 0.8, 0.8)),
-                         "geometry differs .*spacing", _label),
-    "origin mismatch": (lambda r: _rewrite_label_geometry(r, origin_mm=(0.0, 5.0, 0.0)),
-                        "geometry differs .*origin", _label),
-    "direction mismatch": (lambda r: _rewrite_label_geometry(r, direction=(1, 0, 0, 0, -1, 0, 0, 0, 1)),
-                           "geometry differs .*direction", _label),
-    "undeclared label": (lambda r: _rewrite_label(r, lambda a: np.where(a == 2, 7, a).astype(np.uint8)),
-                         r"label value\(s\) \[7\] not declared", _label),
-    "non-integer label": (lambda r: _rewrite_label(r, lambda a: a.astype(np.float32) * 0.5),
-                          r"non-integer values \(e\.g\. 0\.5\)", _label),
+    "missing channel": (
+        lambda r: _edit_json(r, channel_names={"0": "CT", "1": "PET"}),
+        "missing channel 1 file of case 'case_001'",
+        lambda r: _image(r, channel=1),
+    ),
+    "corrupt file": (
+        lambda r: _image(r).write_bytes(_image(r).read_bytes()[:100]),
+        "unreadable or corrupt",
+        _image,
+    ),
+    "shape mismatch": (
+        lambda r: _rewrite_label(r, lambda a: a[:-1]),
+        r"shape \(11, 16, 16\) differs",
+        _label,
+    ),
+    "spacing mismatch": (
+        lambda r: _rewrite_label_geometry(r, spacing_mm=(2.0, 0.8, 0.8)),
+        "geometry differs .*spacing",
+        _label,
+    ),
+    "origin mismatch": (
+        lambda r: _rewrite_label_geometry(r, origin_mm=(0.0, 5.0, 0.0)),
+        "geometry differs .*origin",
+        _label,
+    ),
+    "direction mismatch": (
+        lambda r: _rewrite_label_geometry(r, direction=(1, 0, 0, 0, -1, 0, 0, 0, 1)),
+        "geometry differs .*direction",
+        _label,
+    ),
+    "undeclared label": (
+        lambda r: _rewrite_label(r, lambda a: np.where(a == 2, 7, a).astype(np.uint8)),
+        r"label value\(s\) \[7\] not declared",
+        _label,
+    ),
+    "non-integer label": (
+        lambda r: _rewrite_label(r, lambda a: a.astype(np.float32) * 0.5),
+        r"non-integer values \(e\.g\. 0\.5\)",
+        _label,
+    ),
     "NaN image": (_nan_image, r"2 NaN/Inf voxel\(s\)", _image),
     "4D image": (_four_d_image, "is 4D .*expected a 3D volume", _image),
-    "numTraining": (lambda r: _edit_json(r, numTraining=5), "numTraining is 5 but 4 training case",
-                    lambda r: r / "dataset.json"),
-    "duplicate identifier": (_duplicate_identifier, "key 'case_001' appears more than once",
-                             lambda r: r / "dataset.json"),
-    "escaping path": (_msd_escape, r"path '\.\./outside\.nii\.gz' escapes the dataset folder",
-                      lambda r: r / "dataset.json"),
+    "numTraining": (
+        lambda r: _edit_json(r, numTraining=5),
+        "numTraining is 5 but 4 training case",
+        lambda r: r / "dataset.json",
+    ),
+    "duplicate identifier": (
+        _duplicate_identifier,
+        "key 'case_001' appears more than once",
+        lambda r: r / "dataset.json",
+    ),
+    "escaping path": (
+        _msd_escape,
+        r"path '\.\./outside\.nii\.gz' escapes the dataset folder",
+        lambda r: r / "dataset.json",
+    ),
     "undeclared channel": (_extra_channel, "channel 1 is not declared", lambda r: _image(r, channel=1)),
 }
 
@@ -135,7 +187,9 @@ def test_escaping_absolute_path_is_reported_too(tiny_dataset: Path) -> None:
     assert any("'/etc/passwd' escapes" in m for m in messages)
 
 
-def test_clean_dataset_passes_and_is_untouched(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_clean_dataset_passes_and_is_untouched(
+    tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = tree_digest(tiny_dataset)
     report = verify_dataset(tiny_dataset, show_progress=False)
     assert report.ok, report.lines()
@@ -201,8 +255,10 @@ def test_missing_dataset_json_and_bad_labels(tmp_path: Path, capsys: pytest.Capt
     assert "missing dataset.json" in capsys.readouterr().out
     root = tmp_path / "bad"
     root.mkdir()
-    (root / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"organ": 1, "x": [1, 2]}, '
-                                       '"numTraining": 0, "file_ending": ".nii.gz"}')
+    (root / "dataset.json").write_text(
+        '{"channel_names": {"0": "CT"}, "labels": {"organ": 1, "x": [1, 2]}, '
+        '"numTraining": 0, "file_ending": ".nii.gz"}'
+    )
     (root / "imagesTr").mkdir()
     (root / "labelsTr").mkdir()
     lines = verify_dataset(root, show_progress=False).lines()
