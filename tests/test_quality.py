@@ -23,5 +23,7 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     if shutil.which("mypy") is None:
         pytest.skip("mypy not installed (pip install -e '.[test]')")
-    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
