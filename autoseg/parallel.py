@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -15,6 +16,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
+
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+"""Workers start from a clean server process, never by forking a parent that may hold threads (tqdm's monitor,
+BLAS or PyTorch pools): forking a threaded process can deadlock, and Python 3.12+ warns about it."""
 
 
 def map_cases(
@@ -39,7 +44,10 @@ def map_cases(
             return
         workers = min(num_workers, len(items))
         logger.debug("running %s over %d items in %d processes", description, len(items), workers)
-        with ProcessPoolExecutor(max_workers=workers, initializer=limit_threads, initargs=(1,)) as pool:
+        context = multiprocessing.get_context(_START_METHOD)
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=limit_threads, initargs=(1,)
+        ) as pool:
             for result in pool.map(function, items, chunksize=1):
                 yield result
                 bar.update()
