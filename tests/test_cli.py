@@ -122,3 +122,21 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.C
     stamp = (workdir / "fingerprint.json").stat().st_mtime_ns
     assert main(["demo", "--workdir", str(workdir), "-q"]) == 0
     assert (workdir / "fingerprint.json").stat().st_mtime_ns == stamp
+
+
+def test_synth_command_writes_a_dataset_that_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ct"
+    argv = ["synth", str(out), "--cases", "2", "--shape", "16", "24", "24", "--spacing", "3", "1", "1"]
+    assert main([*argv, "--classes", "4", "--modality", "MR", "--channels", "2", "--seed", "7", "-q"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["numTraining"] == 2 and len(meta["channel_names"]) == 2 and len(meta["labels"]) == 5
+    assert meta["autoseg_synth"]["spacing_mm"] == [3.0, 1.0, 1.0]
+    assert main(["verify", str(out), "-q"]) == 0
+    preset = tmp_path / "preset"
+    assert main(["synth", str(preset), "--preset", "synthetic-demo", "--cases", "2", "-q"]) == 0
+    generator = json.loads((preset / "dataset.json").read_text())["autoseg_synth"]
+    assert generator == {**DEMO_CONFIG.to_json(), "cases": 2}
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "bad"), "--classes", "99", "-q"]) == 2
+    assert "classes" in capsys.readouterr().err
+    assert main(["synth", str(preset), "--cases", "3", "-q"]) == 2  # a different dataset already lives there
