@@ -124,7 +124,9 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.C
     assert (workdir / "fingerprint.json").stat().st_mtime_ns == stamp
 
 
-def test_synth_command_writes_a_dataset_that_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synth_command_writes_a_dataset_that_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ct"
     argv = ["synth", str(out), "--cases", "2", "--shape", "16", "24", "24", "--spacing", "3", "1", "1"]
     assert main([*argv, "--classes", "4", "--modality", "MR", "--channels", "2", "--seed", "7", "-q"]) == 0
