@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from autoseg import __version__
 from autoseg.errors import AutosegError
 
@@ -32,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     command: Command = args.command
     try:
-        return command(args)
+        with logging_redirect_tqdm():  # log lines print above progress bars instead of through them
+            return command(args)
     except AutosegError as error:
         if args.debug:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on an interactive terminal, unless --quiet (piped output and CI logs stay clean)."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _num_workers(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +61,7 @@ def _dataset_folder(args: argparse.Namespace) -> Path:
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         num_workers=args.num_workers,
-        show_progress=not args.quiet,
+        show_progress=_progress(args),
     )
 
 
@@ -73,7 +79,9 @@ def run_verify_command(args: argparse.Namespace) -> int:
     from autoseg.io import write_json
     from autoseg.verify import verify_dataset
 
-    report = verify_dataset(_dataset_folder(args), num_workers=args.num_workers, show_progress=not args.quiet)
+    report = verify_dataset(
+        _dataset_folder(args), num_workers=args.num_workers, show_progress=_progress(args)
+    )
     for line in report.lines():
         print(line)
     if args.json is not None:
@@ -125,7 +133,7 @@ def run_fingerprint_command(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         seed=args.seed,
         force=args.force,
-        show_progress=not args.quiet,
+        show_progress=_progress(args),
     )
     print(path)
     return 0
@@ -200,7 +208,7 @@ def run_synth_command(args: argparse.Namespace) -> int:
     }
     config = SynthConfig.from_json({**base, **{k: v for k, v in overrides.items() if v is not None}})
     print(
-        write_synthetic_dataset(config, args.out, num_workers=args.num_workers, show_progress=not args.quiet)
+        write_synthetic_dataset(config, args.out, num_workers=args.num_workers, show_progress=_progress(args))
     )
     return 0
 
@@ -216,7 +224,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """``autoseg demo``: the pipeline end to end on the built-in synthetic dataset."""
     from autoseg.demo import run_demo
 
-    for line in run_demo(args.workdir, num_workers=args.num_workers, show_progress=not args.quiet):
+    for line in run_demo(args.workdir, num_workers=args.num_workers, show_progress=_progress(args)):
         print(line)
     return 0
 

@@ -50,10 +50,11 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
     spacing = " x ".join(f"{s:.2f}" for s in fingerprint.median_spacing_mm)
     shape = " x ".join(f"{s:.0f}" for s in fingerprint.median_shape)
     lines.append(f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> {path}")
+    width = max(len(c.name) for c in fingerprint.classes)
     for cls in fingerprint.classes:
         lines.append(
-            f"             class {cls.value} {cls.name:<12} {100 * cls.voxel_fraction:6.2f}% of voxels, "
-            f"in {100 * cls.case_fraction:.0f}% of cases, "
+            f"{'':13}class {cls.value} {cls.name:<{width}}  {100 * cls.voxel_fraction:5.2f}% of voxels, "
+            f"in {100 * cls.case_fraction:3.0f}% of cases, "
             f"{cls.components_per_case.median:.0f} component(s) per case"
         )
     lines.append("next stages (plan, preprocess, train, predict, evaluate) join the demo as they land")

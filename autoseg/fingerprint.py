@@ -260,10 +260,10 @@ def extract_fingerprint(
         seed=seed,
     )
     logger.info(
-        "fingerprinted %d case(s): median spacing %s mm, median shape %s",
+        "fingerprinted %d case(s): median spacing %s mm, median shape %s voxels",
         len(cases),
-        fingerprint.median_spacing_mm,
-        fingerprint.median_shape,
+        " x ".join(f"{s:.3g}" for s in fingerprint.median_spacing_mm),
+        " x ".join(f"{s:.0f}" for s in fingerprint.median_shape),
     )
     return fingerprint
 
