@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     from autoseg import commands as stage_commands
 
-    for name, help_text, add_arguments, function in stage_commands.COMMANDS:
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
-        add_arguments(sub)
-        sub.set_defaults(command=function)
+    for spec in stage_commands.COMMANDS:
+        sub = commands.add_parser(spec.name, parents=[common], help=spec.help, description=spec.help)
+        spec.add_arguments(sub)
+        sub.set_defaults(command=spec.run)
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.catalogue import default_catalogue_path, load_catalogue, resolve_dataset
@@ -213,6 +214,73 @@ def run_synth_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- plan
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--planner",
+        default=None,
+        help="planner preset (see 'autoseg planners'; default: 'default' with a GPU, else 'cpu')",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device training will run on (default: cuda if a GPU is visible, else cpu)",
+    )
+    parser.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="GPU memory to plan for (default: the preset's reference, e.g. 8)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        default=None,
+        metavar="DURATION",
+        help="cpu preset: training time to plan for, e.g. 2h, 90m (default: 2h)",
+    )
+    parser.add_argument(
+        "--cpu-gflops",
+        type=float,
+        default=None,
+        help="cpu preset: convolution throughput to assume instead of measuring it",
+    )
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """``autoseg plan``: WORKDIR/fingerprint.json -> WORKDIR/plans.json."""
+    from autoseg.plan_stage import PlanRequest, run_plan
+
+    request = PlanRequest(
+        planner=args.planner,
+        device=args.device,
+        gpu_memory_gb=args.gpu_memory,
+        time_budget=args.time_budget,
+        cpu_gflops=args.cpu_gflops,
+    )
+    path = run_plan(args.workdir, request)
+    print(path)
+    return 0
+
+
+def _planners_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options of its own
+
+
+def run_planners_command(args: argparse.Namespace) -> int:
+    """``autoseg planners``: list the presets."""
+    import planners
+
+    names = planners.available_planners()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {planners.describe(name)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- demo
 
 
@@ -229,28 +297,44 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[
-    tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = [
-    (
+@dataclass(frozen=True)
+class CommandSpec:
+    """One sub-command: its name, one-line help, how to add its flags, and what runs it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS = [
+    CommandSpec(
         "verify",
         "check a dataset and report every problem, naming the file",
         _verify_arguments,
         run_verify_command,
     ),
-    (
+    CommandSpec(
         "fingerprint",
         "record spacings, shapes, intensities and class statistics in WORKDIR/fingerprint.json",
         _fingerprint_arguments,
         run_fingerprint_command,
     ),
-    (
+    CommandSpec(
+        "plan",
+        "derive the configurations (spacing, topology, patch, batch) from "
+        "WORKDIR/fingerprint.json into WORKDIR/plans.json",
+        _plan_arguments,
+        run_plan_command,
+    ),
+    CommandSpec("planners", "list the planner presets", _planners_arguments, run_planners_command),
+    CommandSpec(
         "synth",
         "write an anatomy-like synthetic dataset (nnU-Net v2 layout)",
         _synth_arguments,
         run_synth_command,
     ),
-    (
+    CommandSpec(
         "demo",
         "run the pipeline end to end on a built-in synthetic dataset",
         _demo_arguments,

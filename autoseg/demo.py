@@ -1,7 +1,7 @@
 """``autoseg demo``: the whole pipeline on a small built-in synthetic dataset, as far as it is built.
 
-Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it. Each later stage (plan,
-preprocess, train, predict, evaluate) is added here as it lands.
+Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it. Each later stage
+(preprocess, train, predict, evaluate) is added here as it lands.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 from autoseg.dataset import load_dataset
 from autoseg.errors import DatasetError
 from autoseg.fingerprint import load_fingerprint, run_fingerprint
+from autoseg.plan_stage import PlanRequest, default_device, run_plan
+from autoseg.plans import load_plans
 from autoseg.synth import SynthConfig, write_synthetic_dataset
 from autoseg.verify import verify_dataset
 
@@ -28,6 +30,9 @@ DEMO_CONFIG = SynthConfig(
     file_ending=".nii.gz",
 )
 """The demo dataset; the same parameters as the ``synthetic-demo`` entry of ``datasets.json``."""
+
+DEMO_TIME_BUDGET = "10m"
+"""On a CPU the demo plans with the ``cpu`` preset for this training time."""
 
 
 def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True) -> list[str]:
@@ -57,5 +62,13 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
             f"in {100 * cls.case_fraction:3.0f}% of cases, "
             f"{cls.components_per_case.median:.0f} component(s) per case"
         )
-    lines.append("next stages (plan, preprocess, train, predict, evaluate) join the demo as they land")
+    request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
+    plans = load_plans(run_plan(workdir, request))
+    for name, config in plans.configurations.items():
+        lines.append(
+            f"plan:        {name:<11} patch {'x'.join(map(str, config.patch_size))}, batch "
+            f"{config.batch_size}, {config.network.num_stages} stages, features "
+            f"{list(config.network.features_per_stage)}"
+        )
+    lines.append("next stages (preprocess, train, predict, evaluate) join the demo as they land")
     return lines

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.fingerprint import Fingerprint
 from autoseg.io import Geometry, write_image, write_labels
 
 TinyCase = tuple[np.ndarray, np.ndarray, Geometry]
@@ -57,3 +58,63 @@ def tree_digest(root: Path) -> dict[str, tuple[int, int, bytes]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def make_fingerprint(
+    spacings: Sequence[tuple[float, float, float]],
+    shapes: Sequence[tuple[int, int, int]],
+    *,
+    channel_names: Sequence[str] = ("MRI",),
+    labels: Mapping[str, int] | None = None,
+    cropped_fraction: float = 1.0,
+) -> Fingerprint:
+    """A hand-made fingerprint: a case per (spacing, shape) pair; crops keep ``cropped_fraction`` per axis."""
+    from autoseg.fingerprint import (
+        FINGERPRINT_SCHEMA_VERSION,
+        CaseFingerprint,
+        Distribution,
+        IntensityStats,
+    )
+
+    labels = dict(labels or {"background": 0, "a": 1, "b": 2})
+    stats = IntensityStats(1000, 100.0, 20.0, 98.0, 10.0, 300.0, 40.0, 180.0)
+    cases = []
+    for index, (spacing, shape) in enumerate(zip(spacings, shapes, strict=True)):
+        cropped = tuple(max(1, round(s * cropped_fraction)) for s in shape)
+        cases.append(
+            CaseFingerprint(
+                identifier=f"case_{index:03d}",
+                shape=shape,
+                spacing_mm=spacing,
+                orientation="LPS",
+                cropped_shape=(cropped[0], cropped[1], cropped[2]),
+                crop_box=tuple((0, c) for c in cropped),
+                intensity=(stats,) * len(channel_names),
+                class_voxels={str(v): 100 for v in labels.values() if v},
+                component_sizes={},
+            )
+        )
+    median = np.median(np.array(shapes, dtype=float), axis=0)
+    empty = Distribution(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    from autoseg.fingerprint import ClassFingerprint
+
+    classes = tuple(ClassFingerprint(n, v, 0.01, 1.0, empty, empty, empty) for n, v in labels.items() if v)
+    return Fingerprint(
+        schema_version=FINGERPRINT_SCHEMA_VERSION,
+        autoseg_version="test",
+        dataset_name="handmade",
+        dataset_root="/nowhere",
+        signature="0" * 64,
+        channel_names=tuple(channel_names),
+        labels=labels,
+        num_cases=len(cases),
+        median_spacing_mm=tuple(np.median(np.array(spacings), axis=0).tolist()),
+        median_shape=(float(median[0]), float(median[1]), float(median[2])),
+        median_cropped_shape=(float(median[0]), float(median[1]), float(median[2])),
+        orientations={"LPS": len(cases)},
+        orientation_consistent=True,
+        intensity=(stats,) * len(channel_names),
+        classes=classes,
+        cases=tuple(cases),
+        seed=0,
+    )

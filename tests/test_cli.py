@@ -14,7 +14,7 @@ from autoseg.catalogue import default_catalogue_path
 from autoseg.cli import main
 from autoseg.demo import DEMO_CONFIG
 
-COMMAND_NAMES = [name for name, *_ in commands.COMMANDS]
+COMMAND_NAMES = [spec.name for spec in commands.COMMANDS]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,3 +142,46 @@ def test_synth_command_writes_a_dataset_that_verifies(
     assert main(["synth", str(tmp_path / "bad"), "--classes", "99", "-q"]) == 2
     assert "classes" in capsys.readouterr().err
     assert main(["synth", str(preset), "--cases", "3", "-q"]) == 2  # a different dataset already lives there
+
+
+def test_plan_and_planners_commands(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "w"
+    assert main(["plan", "--workdir", str(workdir), "-q"]) == 1
+    assert "run 'autoseg fingerprint DATASET' first" in capsys.readouterr().err
+    assert main(["fingerprint", str(tiny_dataset), "--workdir", str(workdir), "-q"]) == 0
+    assert main(["plan", "--workdir", str(workdir), "--planner", "default", "--gpu-memory", "4", "-q"]) == 0
+    plans = json.loads((workdir / "plans.json").read_text())
+    assert plans["planner"] == "default" and plans["planner_options"]["gpu_memory_gb"] == 4.0
+    assert (
+        main(
+            [
+                "plan",
+                "--workdir",
+                str(workdir),
+                "--planner",
+                "cpu",
+                "--cpu-gflops",
+                "30",
+                "--time-budget",
+                "30m",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    cpu = json.loads((workdir / "plans.json").read_text())
+    assert cpu["planner"] == "cpu" and cpu["device"] == "cpu" and cpu["planner_options"]["cpu_gflops"] == 30.0
+    assert main(["plan", "--workdir", str(workdir), "--planner", "cpu", "--time-budget", "30m", "-q"]) == 0
+    assert (workdir / "plans.json").read_text() == json.dumps(cpu, indent=2) + "\n"  # throughput reused
+    capsys.readouterr()
+    assert main(["plan", "--workdir", str(workdir), "--planner", "cpu", "--gpu-memory", "8", "-q"]) == 2
+    assert "does not take gpu_memory_gb" in capsys.readouterr().err
+    assert main(["plan", "--workdir", str(workdir), "--planner", "nope", "-q"]) == 2
+    assert main(["plan", "--workdir", str(workdir), "--planner", "cpu", "--time-budget", "soon", "-q"]) == 2
+    assert "'soon' is not a duration" in capsys.readouterr().err
+    assert main(["planners"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("default", "cpu", "resenc-m", "resenc-l"):
+        assert name in listing

@@ -1,0 +1,187 @@
+"""What a configuration must fit: GPU memory (nnU-Net's way) or, on a CPU, a training-time budget.
+
+:class:`MemoryBudget` sizes a configuration so the estimated training memory (:mod:`autoseg.cost`) fits the
+GPU. :class:`TimeBudget` sizes it so the default schedule fits a wall-clock budget, from the measured
+convolution throughput of this machine (:func:`measure_conv_throughput`) and the configuration's convolution
+work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoseg.cost import estimate_training_memory, training_gflops
+from autoseg.errors import UsageError
+from autoseg.plans import NetworkPlan, TrainingSchedule
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Fit the estimated training memory into ``memory_gb`` x ``usable_fraction``.
+
+    ``usable_fraction`` leaves room for cuDNN workspaces and allocator fragmentation, which the model does not
+    count. On CUDA, activations are 2 bytes (mixed precision); on a CPU, 4.
+    """
+
+    memory_gb: float
+    device: Literal["cpu", "cuda"] = "cuda"
+    usable_fraction: float = 0.85
+    default_schedule: TrainingSchedule = field(default_factory=TrainingSchedule)
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per kept activation element."""
+        return 2 if self.device == "cuda" else 4
+
+    def largest_batch(
+        self, net: NetworkPlan, patch: Sequence[int], in_channels: int, num_classes: int
+    ) -> int:
+        """Samples that fit: (budget - parameter state) / (activations + transient per sample)."""
+        one = estimate_training_memory(
+            net, patch, 1, in_channels, num_classes, activation_bytes=self.activation_bytes
+        )
+        free = self.memory_gb * GIB * self.usable_fraction - one.parameters
+        return max(0, int(free // (one.activations + one.transient)))
+
+    def describe(
+        self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
+    ) -> tuple[float, str]:
+        """Estimated memory in GB and a sentence for the plan's ``why``."""
+        estimate = estimate_training_memory(
+            net, patch, batch, in_channels, num_classes, activation_bytes=self.activation_bytes
+        )
+        total = estimate.total / GIB
+        return total, (
+            f"estimated training memory {total:.2f} GB (activations {estimate.activations / GIB:.2f}, "
+            f"parameters+gradients+momentum {estimate.parameters / GIB:.3f}, transient "
+            f"{estimate.transient / GIB:.2f}) of a {self.memory_gb:g} GB {self.device} budget used to "
+            f"{100 * self.usable_fraction:.0f}%"
+        )
+
+    def schedule(
+        self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
+    ) -> TrainingSchedule:
+        """nnU-Net's default schedule."""
+        return self.default_schedule
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """Fit ``minimum_iterations`` training iterations into ``seconds`` on this CPU (and the batch into RAM).
+
+    Seconds per iteration = convolution work / measured throughput + a fixed per-iteration overhead (data
+    augmentation, optimiser step, Python), both recorded in the plan.
+    """
+
+    seconds: float
+    gflops_per_second: float
+    memory_gb: float = 8.0
+    minimum_iterations: int = 4000
+    iterations_per_epoch: int = 100
+    overhead_seconds: float = 0.05
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    def seconds_per_iteration(
+        self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
+    ) -> float:
+        """Estimated wall time of one training iteration on this machine."""
+        work = training_gflops(net, patch, batch, in_channels, num_classes)
+        return work / self.gflops_per_second + self.overhead_seconds
+
+    def largest_batch(
+        self, net: NetworkPlan, patch: Sequence[int], in_channels: int, num_classes: int
+    ) -> int:
+        """Samples per batch such that ``minimum_iterations`` fit the time budget and the batch fits RAM."""
+        per_iteration = self.seconds / self.minimum_iterations - self.overhead_seconds
+        per_sample = training_gflops(net, patch, 1, in_channels, num_classes) / self.gflops_per_second
+        by_time = int(per_iteration // per_sample) if per_iteration > 0 else 0
+        by_memory = MemoryBudget(self.memory_gb, "cpu", 0.8).largest_batch(
+            net, patch, in_channels, num_classes
+        )
+        return min(by_time, by_memory)
+
+    def describe(
+        self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
+    ) -> tuple[float, str]:
+        """Estimated memory in GB and a sentence with the time estimate."""
+        memory = estimate_training_memory(net, patch, batch, in_channels, num_classes).total / GIB
+        seconds = self.seconds_per_iteration(net, patch, batch, in_channels, num_classes)
+        work = training_gflops(net, patch, batch, in_channels, num_classes)
+        return memory, (
+            f"estimated {seconds:.2f} s per iteration ({work:.1f} "
+            f"GFLOP at a measured {self.gflops_per_second:.1f} GFLOP/s + {self.overhead_seconds:g} s "
+            f"overhead): {int(self.seconds // seconds)} iterations in the {format_duration(self.seconds)} "
+            f"budget (at least {self.minimum_iterations} wanted); {memory:.2f} GB of RAM"
+        )
+
+    def schedule(
+        self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
+    ) -> TrainingSchedule:
+        """As many epochs of ``iterations_per_epoch`` as fit the budget."""
+        seconds = self.seconds_per_iteration(net, patch, batch, in_channels, num_classes)
+        epochs = max(1, int(self.seconds // (seconds * self.iterations_per_epoch)))
+        return TrainingSchedule(epochs, self.iterations_per_epoch, round(seconds, 4))
+
+
+def measure_conv_throughput(*, repeats: int = 5, channels: int = 32, size: int = 32) -> float:
+    """GFLOP/s of a 3D conv block (conv, instance norm, leaky ReLU), forward and backward, on this CPU.
+
+    The median of ``repeats`` timed passes after a warm-up (about 0.2 s each on 2 cores), with PyTorch's
+    current thread settings: the machine may be shared, and the median resists a passing load.
+    """
+    import torch
+
+    from autoseg.network import ConvBlock
+
+    block = ConvBlock(3, channels, channels, (3, 3, 3), (1, 1, 1))
+    x = torch.randn(2, channels, size, size, size, requires_grad=True)
+    work = 3 * 2.0 * 27 * channels * channels * size**3 * 2 / 1e9
+    block(x).sum().backward()  # warm-up: allocations, kernel selection
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(x).sum().backward()
+        rates.append(work / (time.perf_counter() - start))
+    throughput = float(sorted(rates)[len(rates) // 2])
+    logger.info(
+        "measured convolution throughput: %.1f GFLOP/s (median of %d, %d threads)",
+        throughput,
+        repeats,
+        torch.get_num_threads(),
+    )
+    return throughput
+
+
+def parse_duration(text: str) -> float:
+    """``"2h"``, ``"90m"``, ``"1h30m"``, ``"3600"`` or ``"45s"`` -> seconds.
+
+    Raises:
+        UsageError: not a duration.
+    """
+    cleaned = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", cleaned)
+    if not parts or "".join(n + u for n, u in parts) != cleaned:
+        raise UsageError(f"'{text}' is not a duration; use e.g. 2h, 90m, 1h30m or 3600")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"duration '{text}' must be positive")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as ``1h30m``-style text."""
+    minutes = math.ceil(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
