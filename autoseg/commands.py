@@ -266,6 +266,89 @@ def run_plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocess_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--configurations",
+        nargs="+",
+        default=None,
+        metavar="CONFIG",
+        help="configurations to preprocess (default: every planned one)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the stored foreground samples (default: 0)"
+    )
+
+
+def _preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    _preprocess_options(parser)
+    _num_workers(parser)
+
+
+def run_preprocess_command(args: argparse.Namespace) -> int:
+    """``autoseg preprocess``: plans.json -> WORKDIR/preprocessed."""
+    from autoseg.preprocess_stage import run_preprocess
+
+    folders = run_preprocess(
+        args.workdir,
+        args.configurations,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        show_progress=_progress(args),
+    )
+    for name, folder in folders.items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+def _plan_and_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    _dataset_argument(parser)
+    _plan_arguments(parser)
+    _preprocess_options(parser)
+    _num_workers(parser)
+
+
+def run_plan_and_preprocess_command(args: argparse.Namespace) -> int:
+    """``autoseg plan_and_preprocess DATASET``: verify, fingerprint, plan, preprocess."""
+    from autoseg.dataset import load_dataset
+    from autoseg.errors import DatasetError
+    from autoseg.fingerprint import run_fingerprint
+    from autoseg.plan_stage import PlanRequest, run_plan
+    from autoseg.preprocess_stage import run_preprocess
+    from autoseg.verify import verify_dataset
+
+    folder = _dataset_folder(args)
+    report = verify_dataset(folder, num_workers=args.num_workers, show_progress=_progress(args))
+    if not report.ok:
+        raise DatasetError(
+            f"{folder}: verification found {len(report.errors)} error(s); fix them first",
+            details=[p.line() for p in report.errors],
+        )
+    for warning in report.warnings:
+        logger.warning("%s", warning.line())
+    run_fingerprint(
+        load_dataset(folder), args.workdir, num_workers=args.num_workers, show_progress=_progress(args)
+    )
+    request = PlanRequest(
+        planner=args.planner,
+        device=args.device,
+        gpu_memory_gb=args.gpu_memory,
+        time_budget=args.time_budget,
+        cpu_gflops=args.cpu_gflops,
+    )
+    run_plan(args.workdir, request)
+    folders = run_preprocess(
+        args.workdir,
+        args.configurations,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        show_progress=_progress(args),
+    )
+    for name, path in folders.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _planners_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options of its own
 
@@ -326,6 +409,18 @@ COMMANDS = [
         "WORKDIR/fingerprint.json into WORKDIR/plans.json",
         _plan_arguments,
         run_plan_command,
+    ),
+    CommandSpec(
+        "preprocess",
+        "crop, normalise, resample and store every case of the planned configurations",
+        _preprocess_arguments,
+        run_preprocess_command,
+    ),
+    CommandSpec(
+        "plan_and_preprocess",
+        "verify, fingerprint, plan and preprocess a dataset in one command",
+        _plan_and_preprocess_arguments,
+        run_plan_and_preprocess_command,
     ),
     CommandSpec("planners", "list the planner presets", _planners_arguments, run_planners_command),
     CommandSpec(

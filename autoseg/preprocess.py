@@ -1,0 +1,209 @@
+"""Preprocessing of one case: crop to the nonzero region, normalise, resample; and its exact inverse.
+
+``preprocess_case`` turns a raw case into training-ready arrays at a configuration's spacing, plus the
+properties needed to undo it; ``restore_to_original`` maps a prediction in preprocessed space back to the
+original grid (resample, then uncrop). Storage and the parallel, resumable run over a dataset live in
+:mod:`autoseg.preprocess_stage`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autoseg.fingerprint import crop_box_of_nonzero
+from autoseg.io import Geometry
+from autoseg.plans import ChannelNormalization, ConfigurationPlan
+from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
+from autoseg.types import FloatVolume, LabelVolume
+
+FOREGROUND_SAMPLES = 10_000
+"""Foreground voxel locations stored per class and case, for oversampling."""
+
+MIN_FOREGROUND_COVERAGE = 0.01
+"""...but at least this fraction of a class's voxels, so large structures are sampled everywhere."""
+
+
+@dataclass(frozen=True)
+class CaseProperties:
+    """All that is needed to map a preprocessed case back to its original image.
+
+    Tuples are ``(z, y, x)``; ``crop_box`` is half-open ``[start, stop)`` in original voxels.
+    """
+
+    identifier: str
+    original_shape: tuple[int, int, int]
+    original_geometry: Geometry
+    crop_box: tuple[tuple[int, int], ...]
+    cropped_shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    preprocessed_shape: tuple[int, int, int]
+    classes_present: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible dict."""
+        geometry = self.original_geometry
+        return {
+            "identifier": self.identifier,
+            "original_shape": list(self.original_shape),
+            "original_geometry": {
+                "spacing_mm": list(geometry.spacing_mm),
+                "origin_mm": list(geometry.origin_mm),
+                "direction": list(geometry.direction),
+            },
+            "crop_box": [list(b) for b in self.crop_box],
+            "cropped_shape": list(self.cropped_shape),
+            "spacing_mm": list(self.spacing_mm),
+            "preprocessed_shape": list(self.preprocessed_shape),
+            "classes_present": list(self.classes_present),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaseProperties:
+        """Inverse of :meth:`to_json`."""
+        g = data["original_geometry"]
+        return cls(
+            identifier=str(data["identifier"]),
+            original_shape=_int3(data["original_shape"]),
+            original_geometry=Geometry(
+                _float3(g["spacing_mm"]), _float3(g["origin_mm"]), tuple(float(v) for v in g["direction"])
+            ),
+            crop_box=tuple((int(a), int(b)) for a, b in data["crop_box"]),
+            cropped_shape=_int3(data["cropped_shape"]),
+            spacing_mm=_float3(data["spacing_mm"]),
+            preprocessed_shape=_int3(data["preprocessed_shape"]),
+            classes_present=tuple(int(c) for c in data["classes_present"]),
+        )
+
+
+@dataclass(frozen=True)
+class PreprocessedCase:
+    """A case ready for training: ``image`` ``(C, Z, Y, X)`` float32 normalised, ``labels`` ``(Z, Y, X)``, and
+    per foreground class a sample of its voxel locations ``(N, 3)`` int32 (``(z, y, x)``)."""
+
+    image: FloatVolume
+    labels: LabelVolume | None
+    properties: CaseProperties
+    foreground: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def preprocess_case(
+    image: FloatVolume,
+    labels: LabelVolume | None,
+    geometry: Geometry,
+    config: ConfigurationPlan,
+    *,
+    identifier: str = "case",
+    seed: int = 0,
+) -> PreprocessedCase:
+    """Crop to the nonzero region of all channels, normalise per channel, resample to the plan's spacing.
+
+    Args:
+        image: ``(C, Z, Y, X)`` float32, raw intensities (modified in place only after cropping copies it).
+        labels: ``(Z, Y, X)`` uint8/uint16, or ``None`` for an unlabelled case.
+        geometry: the image's geometry.
+        config: the configuration to preprocess for.
+        identifier, seed: seed the foreground sample (with the identifier, so it is order independent).
+    """
+    box = crop_box_of_nonzero(image)
+    region = tuple(slice(a, b) for a, b in box)
+    cropped = np.array(image[(slice(None), *region)], dtype=np.float32)
+    cropped_labels = None if labels is None else labels[region]
+    mask = np.any(cropped != 0, axis=0)
+    normalise(cropped, config.normalization, mask)
+    shape = target_shape(cropped.shape[1:], geometry.spacing_mm, config.spacing_mm)
+    resampled = resample_image(cropped, shape, config.resampling)
+    del cropped
+    resampled_labels = (
+        None if cropped_labels is None else resample_labels(cropped_labels, shape, config.resampling)
+    )
+    foreground = (
+        {}
+        if resampled_labels is None
+        else sample_foreground(
+            resampled_labels, np.random.default_rng([seed, zlib.crc32(identifier.encode())])
+        )
+    )
+    properties = CaseProperties(
+        identifier=identifier,
+        original_shape=_int3(image.shape[1:]),
+        original_geometry=geometry,
+        crop_box=box,
+        cropped_shape=_int3(tuple(b - a for a, b in box)),
+        spacing_mm=config.spacing_mm,
+        preprocessed_shape=shape,
+        classes_present=tuple(sorted(foreground)),
+    )
+    return PreprocessedCase(resampled, resampled_labels, properties, foreground)
+
+
+def normalise(image: FloatVolume, schemes: Sequence[ChannelNormalization], nonzero: np.ndarray) -> None:
+    """Normalise ``(C, Z, Y, X)`` float32 in place, channel by channel, as the plan says.
+
+    ``nonzero`` is the ``(Z, Y, X)`` mask of voxels nonzero in any channel; with ``use_nonzero_mask`` the
+    statistics come from inside it and the outside is set to 0.
+    """
+    if len(schemes) != image.shape[0]:
+        raise ValueError(f"{len(schemes)} normalisation scheme(s) for {image.shape[0]} channel(s)")
+    for channel, scheme in zip(image, schemes, strict=True):
+        if scheme.scheme == "ct":
+            assert scheme.clip_low is not None and scheme.clip_high is not None
+            assert scheme.mean is not None and scheme.std is not None
+            np.clip(channel, scheme.clip_low, scheme.clip_high, out=channel)
+            channel -= scheme.mean
+            channel /= max(scheme.std, 1e-8)
+            continue
+        inside = channel[nonzero] if scheme.use_nonzero_mask else channel
+        mean, std = (float(inside.mean()), float(inside.std())) if inside.size else (0.0, 1.0)
+        channel -= mean
+        channel /= max(std, 1e-8)
+        if scheme.use_nonzero_mask:
+            channel[~nonzero] = 0.0
+
+
+def sample_foreground(labels: LabelVolume, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Per foreground class present, up to :data:`FOREGROUND_SAMPLES` voxel locations ``(N, 3)`` int32 (at
+    least
+    :data:`MIN_FOREGROUND_COVERAGE` of the class's voxels), sorted."""
+    found: dict[int, np.ndarray] = {}
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        flat = np.flatnonzero(labels == value)
+        count = max(min(FOREGROUND_SAMPLES, flat.size), math.ceil(flat.size * MIN_FOREGROUND_COVERAGE))
+        chosen = np.sort(rng.choice(flat, size=count, replace=False)) if count < flat.size else flat
+        found[int(value)] = np.stack(np.unravel_index(chosen, labels.shape), axis=1).astype(np.int32)
+    return found
+
+
+def restore_labels(labels: LabelVolume, properties: CaseProperties, config: ConfigurationPlan) -> LabelVolume:
+    """A ``(Z, Y, X)`` label map in preprocessed space -> the original grid (resample per class, uncrop)."""
+    restored = resample_labels(labels, properties.cropped_shape, config.resampling)
+    full = np.zeros(properties.original_shape, dtype=labels.dtype)
+    full[tuple(slice(a, b) for a, b in properties.crop_box)] = restored
+    return full
+
+
+def restore_probabilities(probabilities: FloatVolume, properties: CaseProperties) -> FloatVolume:
+    """``(K, Z, Y, X)`` probabilities in preprocessed space -> the original grid; outside the crop box the
+    background (class 0) has probability 1."""
+    restored = resample_probabilities(probabilities, properties.cropped_shape)
+    full = np.zeros((probabilities.shape[0], *properties.original_shape), dtype=np.float32)
+    full[0] = 1.0
+    full[(slice(None), *(slice(a, b) for a, b in properties.crop_box))] = restored
+    return full
+
+
+def _int3(values: Sequence[Any]) -> tuple[int, int, int]:
+    a, b, c = (int(v) for v in values)
+    return a, b, c
+
+
+def _float3(values: Sequence[Any]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
