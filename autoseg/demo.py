@@ -1,7 +1,7 @@
 """``autoseg demo``: the whole pipeline on a small built-in synthetic dataset, as far as it is built.
 
-Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it. Each later stage
-(preprocess, train, predict, evaluate) is added here as it lands.
+Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it. Each
+later stage (train, predict, evaluate) is added here as it lands.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from autoseg.errors import DatasetError
 from autoseg.fingerprint import load_fingerprint, run_fingerprint
 from autoseg.plan_stage import PlanRequest, default_device, run_plan
 from autoseg.plans import load_plans
+from autoseg.preprocess_stage import run_preprocess
 from autoseg.synth import SynthConfig, write_synthetic_dataset
 from autoseg.verify import verify_dataset
 
@@ -70,5 +71,10 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
             f"{config.batch_size}, {config.network.num_stages} stages, features "
             f"{list(config.network.features_per_stage)}"
         )
-    lines.append("next stages (preprocess, train, predict, evaluate) join the demo as they land")
+    folders = run_preprocess(workdir, num_workers=num_workers, show_progress=show_progress)
+    for folder in sorted(set(folders.values())):
+        names = ", ".join(sorted(n for n, f in folders.items() if f == folder))
+        cases = sum(1 for p in folder.iterdir() if (p / "properties.json").is_file())
+        lines.append(f"preprocess:  {cases} cases for {names} -> {folder}")
+    lines.append("next stages (train, predict, evaluate) join the demo as they land")
     return lines
