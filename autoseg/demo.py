@@ -1,7 +1,7 @@
 """``autoseg demo``: the whole pipeline on a small built-in synthetic dataset, as far as it is built.
 
-Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it. Each
-later stage (train, predict, evaluate) is added here as it lands.
+Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it.
+Each later stage (train, predict, evaluate) is added here as it lands.
 """
 
 from __future__ import annotations

@@ -291,10 +291,11 @@ def plan_configuration(
     spacing: tuple[float, float, float],
     dims: int,
     normalization: tuple[ChannelNormalization, ...],
-    *,
-    batch_dice: bool = True,
 ) -> ConfigurationPlan:
-    """One configuration (2D or 3D) at ``spacing``; ``batch_dice`` computes Dice over the whole batch."""
+    """One configuration (2D or 3D) at ``spacing``. Dice is computed over the whole batch in 2D (where one
+    batch
+    holds slices of many cases) and per sample in 3D, as nnU-Net does."""
+    batch_dice = dims == 2
     in_channels, num_classes = len(fingerprint.channel_names), len(fingerprint.labels)
     median = median_shape_at(fingerprint, spacing)
     patch, net, why_patch = fit_patch(median[-dims:], spacing, budget, architecture, in_channels, num_classes)
@@ -306,9 +307,9 @@ def plan_configuration(
         "cost": why_cost,
         "network": _why_network(net, spacing[-dims:]),
         "resampling": _why_resampling(spacing),
-        "batch_dice": "Dice over the whole batch (nnU-Net's choice for 2d and 3d_fullres)"
+        "batch_dice": "2D: Dice over the whole batch of slices (nnU-Net's choice)"
         if batch_dice
-        else "Dice per sample (nnU-Net's choice for the low-resolution stage)",
+        else "3D: Dice per sample (nnU-Net's choice)",
     }
     return ConfigurationPlan(
         dims=dims,
@@ -342,9 +343,7 @@ def plan_lowres(
             if np.any(coarsest / low > 2)
             else low * LOWRES_SPACING_STEP
         )
-        config = plan_configuration(
-            fingerprint, budget, architecture, _rounded(low), 3, normalization, batch_dice=False
-        )
+        config = plan_configuration(fingerprint, budget, architecture, _rounded(low), 3, normalization)
         if math.prod(config.patch_size) / math.prod(config.median_shape) >= LOWRES_COVERAGE:
             why = dict(
                 config.why,
