@@ -193,18 +193,17 @@ def read_image(paths: Sequence[Path]) -> tuple[FloatVolume, Geometry]:
     """
     if not paths:
         raise ImageReadError("no image file given")
-    channels: list[FloatVolume] = []
-    first_geometry: Geometry | None = None
-    for path in paths:
+    first, first_geometry = read_array(paths[0])
+    _require_3d(first, paths[0])
+    image = np.empty((len(paths), *first.shape), np.float32)  # filled channel by channel: one copy in memory
+    image[0] = first
+    del first
+    for channel, path in enumerate(paths[1:], start=1):
         array, geometry = read_array(path)
         _require_3d(array, path)
-        if first_geometry is None:
-            first_geometry = geometry
-        else:
-            _require_same_grid(channels[0].shape, first_geometry, array.shape, geometry, paths[0], path)
-        channels.append(array.astype(np.float32, copy=False))
-    assert first_geometry is not None
-    return np.stack(channels), first_geometry
+        _require_same_grid(image.shape[1:], first_geometry, array.shape, geometry, paths[0], path)
+        image[channel] = array
+    return image, first_geometry
 
 
 def read_channels_4d(path: Path) -> tuple[FloatVolume, Geometry]:

@@ -100,11 +100,13 @@ def preprocess_case(
     *,
     identifier: str = "case",
     seed: int = 0,
+    in_place: bool = False,
 ) -> PreprocessedCase:
     """Crop to the nonzero region of all channels, normalise per channel, resample to the plan's spacing.
 
     Args:
-        image: ``(C, Z, Y, X)`` float32, raw intensities (modified in place only after cropping copies it).
+        image: ``(C, Z, Y, X)`` float32, raw intensities; normalised in place when ``in_place`` (saves a copy
+            of the volume on large scans), otherwise left untouched.
         labels: ``(Z, Y, X)`` uint8/uint16, or ``None`` for an unlabelled case.
         geometry: the image's geometry.
         config: the configuration to preprocess for.
@@ -112,7 +114,9 @@ def preprocess_case(
     """
     box = crop_box_of_nonzero(image)
     region = tuple(slice(a, b) for a, b in box)
-    cropped = np.array(image[(slice(None), *region)], dtype=np.float32)
+    cropped = image[(slice(None), *region)]
+    if not in_place or cropped.dtype != np.float32:
+        cropped = np.array(cropped, dtype=np.float32)
     cropped_labels = None if labels is None else labels[region]
     mask = np.any(cropped != 0, axis=0)
     normalise(cropped, config.normalization, mask)

@@ -177,7 +177,9 @@ def _preprocess_job(
         raise PreprocessError(
             f"case '{case.identifier}': {error.message}; nothing was written for it"
         ) from None
-    result = preprocess_case(image, labels, geometry, config, identifier=case.identifier, seed=seed)
+    result = preprocess_case(
+        image, labels, geometry, config, identifier=case.identifier, seed=seed, in_place=True
+    )
     del image, labels
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{case.identifier}.partial-", dir=out))

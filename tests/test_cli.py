@@ -118,8 +118,8 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert "verify:      6 cases, 0 errors" in out
     assert "fingerprint: median spacing" in out
-    assert "plan:        3d_fullres" in out
-    assert "preprocess:  6 cases for 2d, 3d_fullres" in out
+    assert "plan:        3d_fullres" in out  # sizes depend on the measured CPU throughput
+    assert "preprocess:  6 cases for 2d" in out and "3d_fullres -> " in out
     assert (workdir / "fingerprint.json").is_file()
     stamp = (workdir / "fingerprint.json").stat().st_mtime_ns
     assert main(["demo", "--workdir", str(workdir), "-q"]) == 0
