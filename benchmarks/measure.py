@@ -37,10 +37,12 @@ def _resident_bytes(process: psutil.Process) -> int:
         return int(process.memory_info().rss)
 
 
-def run_once(command: Sequence[str], *, interval_s: float = 0.02) -> tuple[float, float]:
+def run_once(
+    command: Sequence[str], *, interval_s: float = 0.02, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Run ``command``; return (wall seconds, peak RSS of the process tree in MiB). Raises if it fails."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = psutil.Process(process.pid)
     peak = 0
     while process.poll() is None:
