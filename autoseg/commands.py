@@ -8,9 +8,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.catalogue import default_catalogue_path, load_catalogue, resolve_dataset
 from autoseg.errors import UsageError
+
+if TYPE_CHECKING:
+    from autoseg.plan_stage import PlanRequest
 
 logger = logging.getLogger(__name__)
 
@@ -250,19 +254,23 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_plan_command(args: argparse.Namespace) -> int:
-    """``autoseg plan``: WORKDIR/fingerprint.json -> WORKDIR/plans.json."""
-    from autoseg.plan_stage import PlanRequest, run_plan
+def _plan_request(args: argparse.Namespace) -> PlanRequest:
+    from autoseg.plan_stage import PlanRequest
 
-    request = PlanRequest(
+    return PlanRequest(
         planner=args.planner,
         device=args.device,
         gpu_memory_gb=args.gpu_memory,
         time_budget=args.time_budget,
         cpu_gflops=args.cpu_gflops,
     )
-    path = run_plan(args.workdir, request)
-    print(path)
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """``autoseg plan``: WORKDIR/fingerprint.json -> WORKDIR/plans.json."""
+    from autoseg.plan_stage import run_plan
+
+    print(run_plan(args.workdir, _plan_request(args)))
     return 0
 
 
@@ -289,16 +297,21 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
     """``autoseg preprocess``: plans.json -> WORKDIR/preprocessed."""
     from autoseg.preprocess_stage import run_preprocess
 
-    folders = run_preprocess(
-        args.workdir,
-        args.configurations,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        show_progress=_progress(args),
+    _print_folders(
+        run_preprocess(
+            args.workdir,
+            args.configurations,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            show_progress=_progress(args),
+        )
     )
+    return 0
+
+
+def _print_folders(folders: dict[str, Path]) -> None:
     for name, folder in folders.items():
         print(f"{name}: {folder}")
-    return 0
 
 
 def _plan_and_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,42 +323,18 @@ def _plan_and_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_plan_and_preprocess_command(args: argparse.Namespace) -> int:
     """``autoseg plan_and_preprocess DATASET``: verify, fingerprint, plan, preprocess."""
-    from autoseg.dataset import load_dataset
-    from autoseg.errors import DatasetError
-    from autoseg.fingerprint import run_fingerprint
-    from autoseg.plan_stage import PlanRequest, run_plan
-    from autoseg.preprocess_stage import run_preprocess
-    from autoseg.verify import verify_dataset
+    from autoseg.pipeline import plan_and_preprocess
 
-    folder = _dataset_folder(args)
-    report = verify_dataset(folder, num_workers=args.num_workers, show_progress=_progress(args))
-    if not report.ok:
-        raise DatasetError(
-            f"{folder}: verification found {len(report.errors)} error(s); fix them first",
-            details=[p.line() for p in report.errors],
-        )
-    for warning in report.warnings:
-        logger.warning("%s", warning.line())
-    run_fingerprint(
-        load_dataset(folder), args.workdir, num_workers=args.num_workers, show_progress=_progress(args)
-    )
-    request = PlanRequest(
-        planner=args.planner,
-        device=args.device,
-        gpu_memory_gb=args.gpu_memory,
-        time_budget=args.time_budget,
-        cpu_gflops=args.cpu_gflops,
-    )
-    run_plan(args.workdir, request)
-    folders = run_preprocess(
+    _, folders = plan_and_preprocess(
+        _dataset_folder(args),
         args.workdir,
+        _plan_request(args),
         args.configurations,
         num_workers=args.num_workers,
         seed=args.seed,
         show_progress=_progress(args),
     )
-    for name, path in folders.items():
-        print(f"{name}: {path}")
+    _print_folders(folders)
     return 0
 
 

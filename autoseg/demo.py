@@ -9,14 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autoseg.dataset import load_dataset
-from autoseg.errors import DatasetError
-from autoseg.fingerprint import load_fingerprint, run_fingerprint
-from autoseg.plan_stage import PlanRequest, default_device, run_plan
+from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.pipeline import plan_and_preprocess
+from autoseg.plan_stage import PlanRequest, default_device
 from autoseg.plans import load_plans
-from autoseg.preprocess_stage import run_preprocess
 from autoseg.synth import SynthConfig, write_synthetic_dataset
-from autoseg.verify import verify_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +41,36 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
     raw = write_synthetic_dataset(
         DEMO_CONFIG, workdir / "raw", num_workers=num_workers, show_progress=show_progress
     )
-    lines = [f"synth:       {DEMO_CONFIG.cases} synthetic CT cases in {raw}"]
-    report = verify_dataset(raw, num_workers=num_workers, show_progress=show_progress)
-    if not report.ok:
-        raise DatasetError(
-            "the demo dataset failed verification (an autoseg bug)", details=[p.line() for p in report.errors]
+    request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
+    report, folders = plan_and_preprocess(
+        raw, workdir, request, num_workers=num_workers, show_progress=show_progress
+    )
+    lines = [
+        f"synth:       {DEMO_CONFIG.cases} synthetic CT cases in {raw}",
+        f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)",
+    ]
+    lines += _fingerprint_lines(load_fingerprint(workdir / "fingerprint.json"), workdir)
+    for name, config in load_plans(workdir / "plans.json").configurations.items():
+        lines.append(
+            f"plan:        {name:<11} patch {'x'.join(map(str, config.patch_size))}, batch "
+            f"{config.batch_size}, {config.network.num_stages} stages, features "
+            f"{list(config.network.features_per_stage)}"
         )
-    lines.append(f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)")
-    path = run_fingerprint(load_dataset(raw), workdir, num_workers=num_workers, show_progress=show_progress)
-    fingerprint = load_fingerprint(path)
+    for folder in sorted(set(folders.values())):
+        names = ", ".join(sorted(n for n, f in folders.items() if f == folder))
+        cases = sum(1 for p in folder.iterdir() if (p / "properties.json").is_file())
+        lines.append(f"preprocess:  {cases} cases for {names} -> {folder}")
+    lines.append("next stages (train, predict, evaluate) join the demo as they land")
+    return lines
+
+
+def _fingerprint_lines(fingerprint: Fingerprint, workdir: Path) -> list[str]:
     spacing = " x ".join(f"{s:.2f}" for s in fingerprint.median_spacing_mm)
     shape = " x ".join(f"{s:.0f}" for s in fingerprint.median_shape)
-    lines.append(f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> {path}")
+    lines = [
+        f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> "
+        f"{workdir / 'fingerprint.json'}"
+    ]
     width = max(len(c.name) for c in fingerprint.classes)
     for cls in fingerprint.classes:
         lines.append(
@@ -63,18 +78,4 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
             f"in {100 * cls.case_fraction:3.0f}% of cases, "
             f"{cls.components_per_case.median:.0f} component(s) per case"
         )
-    request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
-    plans = load_plans(run_plan(workdir, request))
-    for name, config in plans.configurations.items():
-        lines.append(
-            f"plan:        {name:<11} patch {'x'.join(map(str, config.patch_size))}, batch "
-            f"{config.batch_size}, {config.network.num_stages} stages, features "
-            f"{list(config.network.features_per_stage)}"
-        )
-    folders = run_preprocess(workdir, num_workers=num_workers, show_progress=show_progress)
-    for folder in sorted(set(folders.values())):
-        names = ", ".join(sorted(n for n, f in folders.items() if f == folder))
-        cases = sum(1 for p in folder.iterdir() if (p / "properties.json").is_file())
-        lines.append(f"preprocess:  {cases} cases for {names} -> {folder}")
-    lines.append("next stages (train, predict, evaluate) join the demo as they land")
     return lines

@@ -1,0 +1,49 @@
+"""Stages chained: what ``autoseg plan_and_preprocess`` and the demo run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoseg.dataset import load_dataset
+from autoseg.errors import DatasetError
+from autoseg.fingerprint import run_fingerprint
+from autoseg.plan_stage import PlanRequest, run_plan
+from autoseg.preprocess_stage import run_preprocess
+from autoseg.verify import VerifyReport, verify_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def plan_and_preprocess(
+    dataset_folder: Path,
+    workdir: Path,
+    request: PlanRequest,
+    configurations: Sequence[str] | None = None,
+    *,
+    num_workers: int = 1,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> tuple[VerifyReport, dict[str, Path]]:
+    """Verify (stop on any error), fingerprint, plan and preprocess; each stage skips work that is up to date.
+
+    Returns:
+        The verification report and, per configuration, its preprocessed data folder.
+    """
+    report = verify_dataset(dataset_folder, num_workers=num_workers, show_progress=show_progress)
+    if not report.ok:
+        raise DatasetError(
+            f"{dataset_folder}: verification found {len(report.errors)} error(s); fix them first",
+            details=[p.line() for p in report.errors],
+        )
+    for warning in report.warnings:
+        logger.warning("%s", warning.line())
+    run_fingerprint(
+        load_dataset(dataset_folder), workdir, num_workers=num_workers, show_progress=show_progress
+    )
+    run_plan(workdir, request)
+    folders = run_preprocess(
+        workdir, configurations, num_workers=num_workers, seed=seed, show_progress=show_progress
+    )
+    return report, folders
