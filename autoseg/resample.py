@@ -20,6 +20,7 @@ from functools import partial
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from autoseg.plans import ResamplingPlan
 from autoseg.types import FloatVolume, LabelVolume
@@ -120,9 +121,13 @@ def _resample_with_plan(
 ) -> np.ndarray:
     if separate is None or volume.shape[separate] == shape[separate]:
         return resample_volume(volume, shape, order, out=out)
-    if separate == 0 and order_separate == 0:  # nearest slice along z, then each slab in plane
+    if separate == 0 and order_separate == 0:  # nearest slice along z, then each slice in plane
         index = nearest_index(volume.shape[0], shape[0])
         result = np.empty(tuple(shape), np.float32) if out is None else out
+        if order >= 2:
+            for j, i in enumerate(index):
+                _resample_slice(volume[i], shape[1:], order, result[j])
+            return result
         rows = max(1, SLAB_VOXELS // max(1, shape[1] * shape[2]))
         for j0 in range(0, shape[0], rows):
             j1 = min(shape[0], j0 + rows)
@@ -162,6 +167,27 @@ def _nearest(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     for j0 in range(0, shape[0], step):
         out[j0 : j0 + step] = volume[depth[j0 : j0 + step]][:, rows][:, :, columns]
     return out
+
+
+def _resample_slice(plane: np.ndarray, shape: Sequence[int], order: int, out: np.ndarray) -> None:
+    """In-plane spline resampling of one 2D slice with SciPy (same grid convention as ITK's path).
+
+    Measured (``docs/design.md``): a cubic spline on 2D slices takes a quarter of the time per core that ITK's
+    3D B-spline needs for the same in-plane resampling, since ITK evaluates 64 taps where 16 suffice.
+    """
+    if tuple(plane.shape) == tuple(shape):
+        out[...] = plane
+        return
+    ratio = [n / m for n, m in zip(plane.shape, shape, strict=True)]
+    ndimage.affine_transform(
+        np.asarray(plane, dtype=np.float32),
+        ratio,
+        offset=[0.5 * r - 0.5 for r in ratio],
+        output_shape=tuple(shape),
+        output=out,
+        order=order,
+        mode="reflect",
+    )
 
 
 def nearest_index(n: int, m: int) -> np.ndarray:
