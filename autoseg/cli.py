@@ -123,14 +123,14 @@ def _default_cache_dir() -> Path:
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
-    logging.getLogger("autoseg").setLevel(level)
-    logging.getLogger("planners").setLevel(level)
+    for name in ("autoseg", "planners"):  # INFO always reaches file logs (training.log); the console filters
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -338,6 +338,83 @@ def run_plan_and_preprocess_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("fold", metavar="FOLD", help="fold 0-4 of splits.json, or 'all'")
+    parser.add_argument(
+        "-c",
+        "--configuration",
+        default=None,
+        help="configuration (default: 3d_fullres, or 2d where that is all that was planned)",
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs (default: the plan's schedule)"
+    )
+    parser.add_argument(
+        "--iters-per-epoch",
+        type=positive_int,
+        default=None,
+        help="training iterations per epoch (default: the plan's schedule)",
+    )
+    parser.add_argument(
+        "--val-iters",
+        type=positive_int,
+        default=50,
+        help="validation batches per epoch for the pseudo-Dice (default: 50)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation and sampling (default: 0)"
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (slower; bitwise-repeatable on the CPU)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        default=None,
+        metavar="DURATION",
+        help="shorten the schedule to end within this time, e.g. 45m (the lr follows)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="augmentation worker processes (default: CPU count - 1, at most 8; 0: none)",
+    )
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """``autoseg train FOLD``: train one fold, then predict and score its validation cases."""
+    from autoseg.budgets import parse_duration
+    from autoseg.plan_stage import default_device
+    from autoseg.plans import load_plans
+    from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
+
+    configuration = args.configuration
+    if configuration is None:
+        planned = load_plans(args.workdir / "plans.json").configurations
+        configuration = "3d_fullres" if "3d_fullres" in planned else "2d"
+    config = TrainConfig(
+        configuration=configuration,
+        fold=args.fold,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iters_per_epoch,
+        validation_iterations=args.val_iters,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        time_limit_s=parse_duration(args.time_limit) if args.time_limit else None,
+        num_workers=args.num_workers,
+        device=args.device or default_device(),
+    )
+    summary = train_fold(args.workdir, config, resume=args.resume, show_progress=_progress(args))
+    print(
+        f"{run_dir_of(args.workdir, config)}: validation mean Dice per class {summary['mean_dice_per_class']}"
+    )
+    return 0
+
+
 def _planners_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options of its own
 
@@ -410,6 +487,12 @@ COMMANDS = [
         "verify, fingerprint, plan and preprocess a dataset in one command",
         _plan_and_preprocess_arguments,
         run_plan_and_preprocess_command,
+    ),
+    CommandSpec(
+        "train",
+        "train one fold of a configuration (resumable), then validate it",
+        _train_arguments,
+        run_train_command,
     ),
     CommandSpec("planners", "list the planner presets", _planners_arguments, run_planners_command),
     CommandSpec(

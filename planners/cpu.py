@@ -55,7 +55,7 @@ class CpuPlanner:
             name = "3d_fullres" if "3d_fullres" in plans.configurations else "2d"
             config = plans.configurations[name]
             coverage = math.prod(config.patch_size) / math.prod(config.median_shape[-config.dims :])
-            if coverage >= MIN_PATCH_COVERAGE:
+            if coverage >= MIN_PATCH_COVERAGE or width == WIDTHS[-1]:
                 break
             logger.info(
                 "width %d leaves a %s patch covering %.0f%% of the median image; trying narrower",

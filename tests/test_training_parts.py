@@ -59,6 +59,8 @@ def test_splits_file_is_made_once_and_checked(tmp_path: Path) -> None:
     with pytest.raises(SplitsError, match="does not match the dataset"):
         load_or_create_splits(tmp_path, [*CASES, "new_case"])
     assert json.loads((tmp_path / "splits.json").read_text())[0]["val"] == first[0]["val"]
+    small = load_or_create_splits(tmp_path / "small", CASES[:3])
+    assert len(small) == 3 and all(len(s["val"]) == 1 for s in small)  # fewer cases than folds
 
 
 def test_soft_dice_and_loss_values() -> None:

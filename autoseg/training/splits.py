@@ -90,6 +90,12 @@ def load_or_create_splits(
                 "longer compare)"
             )
         return [{"train": list(s["train"]), "val": list(s["val"])} for s in data]
+    available = len({(groups or {}).get(c, c) for c in identifiers})
+    if 2 <= available < folds:
+        logger.warning(
+            "only %d case group(s): %d-fold cross-validation instead of %d", available, available, folds
+        )
+        folds = available
     splits = make_splits(identifiers, folds=folds, seed=seed, groups=groups)
     write_json(splits, path)
     logger.info(

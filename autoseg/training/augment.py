@@ -1,0 +1,99 @@
+"""Data augmentation with batchgenerators, as nnU-Net: spatial (rotation, scaling), noise, blur, brightness,
+contrast, low-resolution simulation, gamma, mirroring.
+
+For anisotropic 3D plans (a separate coarse z axis) rotation is in-plane only (around z) and the
+low-resolution simulation leaves z alone, because rotating thick slices out of plane invents data the scanner
+never measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+ROTATION_3D = math.radians(30)
+ROTATION_IN_PLANE = math.pi
+SCALE_RANGE = (0.7, 1.4)
+
+
+def rotation_ranges(dims: int, in_plane_only: bool) -> tuple[tuple[float, float], ...]:
+    """Rotation ranges (radians) around batchgenerators' x, y, z: for our (z, y, x) arrays, its "x" rotation
+    is
+    in the (y, x) plane, i.e. around z."""
+    if dims == 2 or in_plane_only:
+        return (-ROTATION_IN_PLANE, ROTATION_IN_PLANE), (0.0, 0.0), (0.0, 0.0)
+    return ((-ROTATION_3D, ROTATION_3D),) * 3
+
+
+def enlarged_patch(patch_size: Sequence[int], dims: int, in_plane_only: bool) -> tuple[int, ...]:
+    """The patch to cut before the spatial transform, so rotation and down-scaling find image, not padding."""
+    size = np.array(patch_size, dtype=np.float64)
+    if dims == 2 or in_plane_only:
+        plane = size[-2:]
+        diagonal = float(np.hypot(*plane))
+        grown = np.concatenate([size[:-2], [diagonal, diagonal]])
+    else:
+        grown = np.full_like(size, float(np.linalg.norm(size)))
+        grown = np.minimum(grown, size * 1.5)
+    return tuple(math.ceil(g) for g in np.maximum(grown, size))
+
+
+def training_transforms(patch_size: Sequence[int], *, in_plane_only: bool) -> AbstractTransform:
+    """The augmentation pipeline for ``patch_size`` (``(z, y, x)`` or ``(y, x)``)."""
+    dims = len(patch_size)
+    angle_x, angle_y, angle_z = rotation_ranges(dims, in_plane_only)
+    ignore_axes = (0,) if (dims == 3 and in_plane_only) else None
+    return Compose(
+        [
+            SpatialTransform(
+                tuple(patch_size),
+                patch_center_dist_from_border=None,
+                do_elastic_deform=False,
+                do_rotation=True,
+                angle_x=angle_x,
+                angle_y=angle_y,
+                angle_z=angle_z,
+                do_scale=True,
+                scale=SCALE_RANGE,
+                border_mode_data="constant",
+                border_cval_data=0,
+                order_data=3,
+                border_mode_seg="constant",
+                border_cval_seg=0,
+                order_seg=1,
+                random_crop=False,
+                p_rot_per_sample=0.2,
+                p_scale_per_sample=0.2,
+                p_el_per_sample=0.0,
+            ),
+            GaussianNoiseTransform(p_per_sample=0.1),
+            GaussianBlurTransform(
+                (0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5
+            ),
+            BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+            ContrastAugmentationTransform(p_per_sample=0.15),
+            SimulateLowResolutionTransform(
+                zoom_range=(0.5, 1.0),
+                per_channel=True,
+                p_per_channel=0.5,
+                order_downsample=0,
+                order_upsample=3,
+                p_per_sample=0.25,
+                ignore_axes=ignore_axes,
+            ),
+            GammaTransform((0.7, 1.5), True, True, retain_stats=True, p_per_sample=0.1),
+            GammaTransform((0.7, 1.5), False, True, retain_stats=True, p_per_sample=0.3),
+            MirrorTransform(tuple(range(dims))),
+        ]
+    )

@@ -1,0 +1,156 @@
+"""Training batches from preprocessed cases, augmented in background worker processes.
+
+:class:`PatchBatches` is an endless stream of ``{"image": (B, C, ...) float32, "target": (B, ...) int64}``
+batches. Its randomness derives from ``(seed, epoch, worker)`` only, so an epoch's data can be reproduced,
+which is what makes ``--resume`` exact. batchgenerators draws from the global generators of NumPy and
+``random``: they get private seeded states, swapped in only while a transform runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from autoseg.errors import AutosegError
+from autoseg.preprocess_stage import StoredCase, load_case
+from autoseg.training.augment import enlarged_patch, training_transforms
+from autoseg.training.sampling import forced_foreground, sample_patch
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerError(AutosegError):
+    """An augmentation worker died or stopped answering."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What to sample: cases of a data folder, patch and batch size, augmentation on or off."""
+
+    folder: Path
+    identifiers: tuple[str, ...]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    augment: bool
+    in_plane_only: bool
+    seed: int
+
+
+class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
+    """Endless batches for one epoch's seed; split across workers by giving each its own generator."""
+
+    def __init__(self, spec: BatchSpec, epoch: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = np.random.default_rng([self.spec.seed, self.epoch, worker])
+        private = _GlobalRandomState(int(rng.integers(2**31)))
+        spec = self.spec
+        transform = (
+            training_transforms(spec.patch_size, in_plane_only=spec.in_plane_only) if spec.augment else None
+        )
+        size = (
+            enlarged_patch(spec.patch_size, len(spec.patch_size), spec.in_plane_only)
+            if spec.augment
+            else spec.patch_size
+        )
+        cases: dict[str, StoredCase] = {}
+        forced = forced_foreground(spec.batch_size)
+        while True:
+            images, targets = [], []
+            for index in range(spec.batch_size):
+                identifier = spec.identifiers[int(rng.integers(len(spec.identifiers)))]
+                if identifier not in cases:
+                    cases[identifier] = load_case(spec.folder, identifier)
+                case = cases[identifier]
+                assert case.labels is not None
+                image, target = sample_patch(
+                    case.image,
+                    case.labels,
+                    case.foreground,
+                    size,
+                    rng,
+                    force_foreground=index >= spec.batch_size - forced,
+                )
+                images.append(image)
+                targets.append(target)
+            batch = {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
+            if transform is not None:
+                with private:
+                    batch = transform(**batch)
+            yield {
+                "image": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
+                "target": torch.from_numpy(np.rint(batch["seg"][:, 0]).astype(np.int64)),
+            }
+
+
+class _GlobalRandomState:
+    """Seeded states for the global generators batchgenerators draws from (NumPy's and Python's ``random``),
+    swapped in only while a transform runs, so the caller's global state is never touched."""
+
+    def __init__(self, seed: int) -> None:
+        self.numpy = np.random.RandomState(seed).get_state()
+        self.python = random.Random(seed).getstate()
+        self.saved: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> None:
+        self.saved = (np.random.get_state(), random.getstate())  # noqa: NPY002
+        np.random.set_state(self.numpy)  # noqa: NPY002
+        random.setstate(self.python)
+
+    def __exit__(self, *exc: object) -> None:
+        self.numpy, self.python = np.random.get_state(), random.getstate()  # noqa: NPY002
+        assert self.saved is not None
+        np.random.set_state(self.saved[0])  # noqa: NPY002
+        random.setstate(self.saved[1])
+
+
+def epoch_batches(
+    spec: BatchSpec, epoch: int, *, num_workers: int, timeout_s: float = 600.0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``epoch``, produced by ``num_workers`` processes (0: in this process).
+
+    Raises:
+        WorkerError: a worker died (killed, out of memory, crashed) or produced nothing for ``timeout_s``.
+    """
+    loader = DataLoader(
+        PatchBatches(spec, epoch),
+        batch_size=None,
+        num_workers=num_workers,
+        timeout=timeout_s if num_workers else 0,
+        prefetch_factor=2 if num_workers else None,
+    )
+    iterator = iter(loader)
+    while True:
+        try:
+            yield next(iterator)
+        except RuntimeError as error:
+            text = str(error)
+            if "worker" in text.lower() or "timed out" in text.lower():
+                raise WorkerError(
+                    f"an augmentation worker failed ({text.splitlines()[0]}); the run stopped. "
+                    "Free memory or lower --num-workers, then --resume"
+                ) from None
+            raise
+
+
+def default_workers(cpu_count: int | None) -> int:
+    """Augmentation workers: one per core, leaving one for the training process, at most 8."""
+    return max(1, min(8, (cpu_count or 2) - 1))
+
+
+def split_batches(batch_size: int, ranks: int) -> Sequence[int]:
+    """How a global batch is shared across ``ranks`` processes (the first ranks take the remainder)."""
+    return [batch_size // ranks + (1 if r < batch_size % ranks else 0) for r in range(ranks)]

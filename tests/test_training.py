@@ -1,0 +1,197 @@
+"""Training a fold: outputs, checkpoints, exact resume (also after kill -9), determinism, dead workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.training import loop
+from autoseg.training.checkpoint import CheckpointError, load_checkpoint
+from autoseg.training.data import BatchSpec, WorkerError, epoch_batches
+from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, tiny_dataset: Path) -> Path:
+    """A work directory with the tiny dataset planned (fixed CPU throughput) and preprocessed."""
+    workdir = tmp_path / "work"
+    argv = [
+        "plan_and_preprocess",
+        str(tiny_dataset),
+        "--workdir",
+        str(workdir),
+        "--planner",
+        "cpu",
+        "--cpu-gflops",
+        "100",
+        "-c",
+        "3d_fullres",
+        "-q",
+    ]
+    assert main(argv) == 0
+    return workdir
+
+
+def _config(**changes: object) -> TrainConfig:
+    base = {
+        "fold": "all",
+        "epochs": 2,
+        "iterations_per_epoch": 2,
+        "validation_iterations": 1,
+        "num_workers": 0,
+        "deterministic": True,
+    }
+    return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    network: dict[str, torch.Tensor] = load_checkpoint(path)["network"]
+    return network
+
+
+def test_a_fold_trains_and_writes_everything(prepared: Path) -> None:
+    summary = train_fold(prepared, _config(fold="0"), show_progress=False)
+    run = run_dir_of(prepared, _config(fold="0"))
+    for name in (
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "log.jsonl",
+        "progress.png",
+        "training.log",
+        "train_config.json",
+        "plans.json",
+    ):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert {"train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_seconds"} <= set(
+        records[0]
+    )
+    assert records[1]["lr"] < records[0]["lr"] == pytest.approx(1e-2)
+    splits = json.loads((prepared / "splits.json").read_text())
+    validation = splits[0]["val"]
+    assert sorted(summary["cases"]) == sorted(validation)
+    assert set(summary["mean_dice_per_class"]) == {"organ", "core"}
+    for case in validation:
+        assert (run / "validation" / f"{case}.nii.gz").is_file()
+    assert load_checkpoint(run / "checkpoint_final.pt")["state"]["epoch"] == 2
+
+
+def test_checkpoints_refuse_pickles(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"network": object()}))
+    with pytest.raises(CheckpointError, match="not a readable autoseg checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train_fold(prepared, _config(fold="all"), show_progress=False)
+    straight = _weights(run_dir_of(prepared, _config()) / "checkpoint_final.pt")
+    interrupted = prepared / "second"
+    interrupted.mkdir()
+    for name in ("plans.json", "fingerprint.json", "preprocessed"):
+        (interrupted / name).symlink_to(prepared / name)
+    calls = {"n": 0}
+
+    def crash_after_first_epoch(*args: object) -> None:
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "plot_progress", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(interrupted, _config(), show_progress=False)
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="pass --resume"):
+        train_fold(interrupted, _config(), show_progress=False)
+    train_fold(interrupted, _config(), resume=True, show_progress=False)
+    resumed = _weights(run_dir_of(interrupted, _config()) / "checkpoint_final.pt")
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+    records = (run_dir_of(interrupted, _config()) / "log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [0, 1]
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared: Path) -> None:
+    results = []
+    for index, seed in enumerate((3, 3, 4)):
+        workdir = prepared / f"run{index}"
+        workdir.mkdir()
+        for name in ("plans.json", "fingerprint.json", "preprocessed"):
+            (workdir / name).symlink_to(prepared / name)
+        train_fold(workdir, _config(epochs=1, seed=seed), show_progress=False)
+        results.append(_weights(run_dir_of(workdir, _config()) / "checkpoint_final.pt"))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
+
+
+def test_a_dead_worker_fails_the_run_clearly(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr("autoseg.training.data.sample_patch", die)
+    folder = prepared / "preprocessed" / "3d_fullres"
+    spec = BatchSpec(folder, ("case_000",), (8, 8, 8), 2, False, False, 0)
+    with pytest.raises(WorkerError, match="augmentation worker failed"):
+        next(epoch_batches(spec, 0, num_workers=1, timeout_s=60))
+
+
+def test_batches_have_the_planned_shape_and_are_augmented(prepared: Path) -> None:
+    folder = prepared / "preprocessed" / "3d_fullres"
+    spec = BatchSpec(folder, ("case_000", "case_001"), (8, 12, 12), 3, True, False, 0)
+    batch = next(epoch_batches(spec, 0, num_workers=0))
+    assert batch["image"].shape == (3, 1, 8, 12, 12) and batch["image"].dtype == torch.float32
+    assert batch["target"].shape == (3, 8, 12, 12) and batch["target"].dtype == torch.int64
+    assert set(np.unique(batch["target"].numpy())) <= {0, 1, 2}
+    again = next(epoch_batches(spec, 0, num_workers=0))
+    assert torch.equal(batch["image"], again["image"])  # an epoch's data is reproducible
+    other = next(epoch_batches(spec, 1, num_workers=0))
+    assert not torch.equal(batch["image"], other["image"])
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume(prepared: Path) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "autoseg",
+        "train",
+        "all",
+        "--workdir",
+        str(prepared),
+        "--epochs",
+        "6",
+        "--iters-per-epoch",
+        "3",
+        "--val-iters",
+        "1",
+        "--num-workers",
+        "0",
+        "-q",
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run_dir_of(prepared, _config()) / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-epoch (or between epochs): no clean-up runs
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = len(log.read_text().splitlines())
+    assert 2 <= done < 6
+    assert subprocess.run([*argv, "--resume"], capture_output=True, check=False).returncode == 0
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(6))  # continuous: no gap, no repeat
+    assert load_checkpoint(log.parent / "checkpoint_final.pt")["state"]["epoch"] == 6
