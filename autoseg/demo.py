@@ -1,7 +1,7 @@
 """``autoseg demo``: the whole pipeline on a small built-in synthetic dataset, as far as it is built.
 
-Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it.
-Each later stage (train, predict, evaluate) is added here as it lands.
+Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it,
+train fold 0 for a short schedule and validate it. Prediction and evaluation join as they land.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from autoseg.pipeline import plan_and_preprocess
 from autoseg.plan_stage import PlanRequest, default_device
 from autoseg.plans import load_plans
 from autoseg.synth import SynthConfig, write_synthetic_dataset
+from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ DEMO_CONFIG = SynthConfig(
     file_ending=".nii.gz",
 )
 """The demo dataset; the same parameters as the ``synthetic-demo`` entry of ``datasets.json``."""
+
+DEMO_EPOCHS = 8
+DEMO_ITERATIONS = 25
+"""A short schedule: the point is to show every stage working, not a converged model."""
 
 DEMO_TIME_BUDGET = "10m"
 """On a CPU the demo plans with the ``cpu`` preset for this training time."""
@@ -60,7 +65,28 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
         names = ", ".join(sorted(n for n, f in folders.items() if f == folder))
         cases = sum(1 for p in folder.iterdir() if (p / "properties.json").is_file())
         lines.append(f"preprocess:  {cases} cases for {names} -> {folder}")
-    lines.append("next stages (train, predict, evaluate) join the demo as they land")
+    plans = load_plans(workdir / "plans.json")
+    configuration = "3d_fullres" if "3d_fullres" in plans.configurations else "2d"
+    train_config = TrainConfig(
+        configuration=configuration,
+        fold="0",
+        epochs=DEMO_EPOCHS,
+        iterations_per_epoch=DEMO_ITERATIONS,
+        validation_iterations=5,
+        device=default_device(),
+    )
+    run_dir = run_dir_of(workdir, train_config)
+    resume = (run_dir / "checkpoint_latest.pt").is_file()
+    summary = train_fold(workdir, train_config, resume=resume, show_progress=show_progress)
+    dice = ", ".join(
+        f"{name} {value:.3f}" if value is not None else f"{name} n/a"
+        for name, value in summary["mean_dice_per_class"].items()
+    )
+    lines.append(
+        f"train:       {configuration} fold 0, {DEMO_EPOCHS} x {DEMO_ITERATIONS} iterations -> {run_dir}"
+    )
+    lines.append(f"             validation Dice per class: {dice}")
+    lines.append("next stages (predict, evaluate) join the demo as they land")
     return lines
 
 

@@ -120,6 +120,7 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.C
     assert "fingerprint: median spacing" in out
     assert "plan:        3d_fullres" in out  # sizes depend on the measured CPU throughput
     assert "preprocess:  6 cases for 2d" in out and "3d_fullres -> " in out
+    assert "train:       3d_fullres fold 0" in out and "validation Dice per class: organ" in out
     assert (workdir / "fingerprint.json").is_file()
     stamp = (workdir / "fingerprint.json").stat().st_mtime_ns
     assert main(["demo", "--workdir", str(workdir), "-q"]) == 0
