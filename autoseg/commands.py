@@ -383,6 +383,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="augmentation worker processes (default: CPU count - 1, at most 8; 0: none)",
     )
+    parser.add_argument(
+        "--groups",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="case -> patient mapping (JSON or CSV) used when splits.json is first made, so "
+        "that one patient never sits in two folds",
+    )
 
 
 def run_train_command(args: argparse.Namespace) -> int:
@@ -407,6 +415,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         time_limit_s=parse_duration(args.time_limit) if args.time_limit else None,
         num_workers=args.num_workers,
         device=args.device or default_device(),
+        groups_file=str(args.groups) if args.groups else None,
     )
     summary = train_fold(args.workdir, config, resume=args.resume, show_progress=_progress(args))
     print(

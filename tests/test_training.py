@@ -195,3 +195,41 @@ def test_kill_minus_9_then_resume(prepared: Path) -> None:
     epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
     assert epochs == list(range(6))  # continuous: no gap, no repeat
     assert load_checkpoint(log.parent / "checkpoint_final.pt")["state"]["epoch"] == 6
+
+
+def test_time_limit_shortens_the_schedule() -> None:
+    state = loop.RunState(epoch=2, epochs=100, seconds=20.0)
+    records = [{"epoch_seconds": 10.0}, {"epoch_seconds": 10.0}]
+    loop._apply_time_limit(state, _config(time_limit_s=45.0), records)
+    assert state.epochs == 4  # 25 s left at 10 s per epoch: two more epochs
+    loop._apply_time_limit(state, _config(time_limit_s=None), records)
+    assert state.epochs == 4
+
+
+def test_train_command_with_patient_groups(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    groups = prepared / "patients.csv"
+    groups.write_text("case,patient\ncase_000,p1\ncase_001,p1\ncase_002,p2\ncase_003,p2\n")
+    argv = [
+        "train",
+        "0",
+        "--workdir",
+        str(prepared),
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--val-iters",
+        "1",
+        "--num-workers",
+        "0",
+        "--groups",
+        str(groups),
+        "-q",
+    ]
+    assert main(argv) == 0
+    assert "validation mean Dice per class" in capsys.readouterr().out
+    splits = json.loads((prepared / "splits.json").read_text())
+    assert len(splits) == 2  # two patients: two folds
+    assert sorted(sorted(s["val"]) for s in splits) == [["case_000", "case_001"], ["case_002", "case_003"]]
+    assert main(argv) == 2  # the run exists: --resume or delete it
+    assert "pass --resume" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.data import BatchSpec, default_workers, epoch_batches
 from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
 from autoseg.training.progress import plot_progress, read_log, write_log
-from autoseg.training.splits import load_or_create_splits
+from autoseg.training.splits import load_or_create_splits, read_groups
 from autoseg.training.validation import validate_fold
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class TrainConfig:
     time_limit_s: float | None = None
     num_workers: int | None = None
     device: str = "cpu"
+    groups_file: str | None = None
 
 
 @dataclass
@@ -90,7 +91,8 @@ def train_fold(
         raise UsageError(f"{config.configuration} is not preprocessed in {workdir}; run 'autoseg preprocess'")
     dataset = load_dataset(Path(load_fingerprint(workdir / "fingerprint.json").dataset_root))
     identifiers = [c.identifier for c in dataset.cases]
-    train_ids, val_ids = _fold_cases(workdir, identifiers, config.fold)
+    groups = read_groups(Path(config.groups_file), identifiers) if config.groups_file else None
+    train_ids, val_ids = _fold_cases(workdir, identifiers, config.fold, groups)
     run_dir = run_dir_of(workdir, config)
     if (run_dir / "checkpoint_latest.pt").is_file() and not resume:
         raise UsageError(
@@ -136,10 +138,12 @@ def train_fold(
         handler.close()
 
 
-def _fold_cases(workdir: Path, identifiers: list[str], fold: str) -> tuple[list[str], list[str]]:
+def _fold_cases(
+    workdir: Path, identifiers: list[str], fold: str, groups: dict[str, str] | None
+) -> tuple[list[str], list[str]]:
     if fold == "all":
         return identifiers, identifiers
-    splits = load_or_create_splits(workdir, identifiers)
+    splits = load_or_create_splits(workdir, identifiers, groups=groups)
     if not fold.isdigit() or int(fold) >= len(splits):
         raise UsageError(f"fold '{fold}' is not 0..{len(splits) - 1} or 'all'")
     return splits[int(fold)]["train"], splits[int(fold)]["val"]
