@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -384,6 +385,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="augmentation worker processes (default: CPU count - 1, at most 8; 0: none)",
     )
     parser.add_argument(
+        "--num-gpus",
+        type=positive_int,
+        default=1,
+        help="data-parallel training on this many GPUs (DDP; or start autoseg under torchrun)",
+    )
+    parser.add_argument(
         "--groups",
         type=Path,
         default=None,
@@ -417,7 +424,19 @@ def run_train_command(args: argparse.Namespace) -> int:
         device=args.device or default_device(),
         groups_file=str(args.groups) if args.groups else None,
     )
-    summary = train_fold(args.workdir, config, resume=args.resume, show_progress=_progress(args))
+    if args.num_gpus > 1:
+        import torch
+
+        from autoseg.training.distributed import launch
+        from autoseg.training.loop import train_rank
+
+        if torch.cuda.device_count() < args.num_gpus:
+            raise UsageError(f"--num-gpus {args.num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
+        launch(args.num_gpus, train_rank, args.workdir, config, args.resume, _progress(args))
+        summary = json.loads((run_dir_of(args.workdir, config) / "validation" / "summary.json").read_text())
+    else:
+        summary = train_fold(args.workdir, config, resume=args.resume, show_progress=_progress(args)).summary
+    assert summary is not None
     print(
         f"{run_dir_of(args.workdir, config)}: validation mean Dice per class {summary['mean_dice_per_class']}"
     )

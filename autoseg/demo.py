@@ -77,7 +77,8 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
     )
     run_dir = run_dir_of(workdir, train_config)
     resume = (run_dir / "checkpoint_latest.pt").is_file()
-    summary = train_fold(workdir, train_config, resume=resume, show_progress=show_progress)
+    summary = train_fold(workdir, train_config, resume=resume, show_progress=show_progress).summary
+    assert summary is not None  # a single process is rank 0
     dice = ", ".join(
         f"{name} {value:.3f}" if value is not None else f"{name} n/a"
         for name, value in summary["mean_dice_per_class"].items()

@@ -118,3 +118,15 @@ def make_fingerprint(
         cases=tuple(cases),
         seed=0,
     )
+
+
+def distributed_train(index: int, count: int, workdir: Path, out: Path) -> None:
+    """One rank of a two-process CPU (gloo) training; saves the rank's final weights to
+    ``out/rank<index>.pt``."""
+    import torch
+
+    from autoseg.training.loop import TrainConfig, train_fold
+
+    config = TrainConfig(fold="all", epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0)
+    result = train_fold(workdir, config, show_progress=False)
+    torch.save(result.network.state_dict(), out / f"rank{index}.pt")

@@ -60,7 +60,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_fold_trains_and_writes_everything(prepared: Path) -> None:
-    summary = train_fold(prepared, _config(fold="0"), show_progress=False)
+    summary = train_fold(prepared, _config(fold="0"), show_progress=False).summary
+    assert summary is not None
     run = run_dir_of(prepared, _config(fold="0"))
     for name in (
         "checkpoint_latest.pt",
@@ -233,3 +234,26 @@ def test_train_command_with_patient_groups(prepared: Path, capsys: pytest.Captur
     assert sorted(sorted(s["val"]) for s in splits) == [["case_000", "case_001"], ["case_002", "case_003"]]
     assert main(argv) == 2  # the run exists: --resume or delete it
     assert "pass --resume" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*argv, "--num-gpus", "2"]) == 2
+        assert "PyTorch sees 0 GPU(s)" in capsys.readouterr().err
+
+
+def test_two_process_data_parallel_training_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> None:
+    from helpers import distributed_train
+
+    from autoseg.training.distributed import launch
+
+    out = tmp_path / "ranks"
+    out.mkdir()
+    launch(2, distributed_train, prepared, out)
+    first = torch.load(out / "rank0.pt", weights_only=True)
+    second = torch.load(out / "rank1.pt", weights_only=True)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    from autoseg.network import build_network
+    from autoseg.plans import load_plans
+
+    initial = build_network(load_plans(prepared / "plans.json").configuration("3d_fullres").network, 1, 3)
+    assert not all(torch.equal(first[k], v) for k, v in initial.state_dict().items())  # it did train
+    run = run_dir_of(prepared, _config())
+    assert (run / "checkpoint_final.pt").is_file() and (run / "validation" / "summary.json").is_file()

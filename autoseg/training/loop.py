@@ -15,13 +15,14 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from autoseg.dataset import load_dataset
@@ -32,7 +33,8 @@ from autoseg.network import build_network
 from autoseg.plans import ConfigurationPlan, Plans, load_plans
 from autoseg.preprocess_stage import read_folder_mapping
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
-from autoseg.training.data import BatchSpec, default_workers, epoch_batches
+from autoseg.training.data import BatchSpec, default_workers, epoch_batches, split_batches
+from autoseg.training.distributed import Rank, barrier, init_from_environment
 from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
 from autoseg.training.progress import plot_progress, read_log, write_log
 from autoseg.training.splits import load_or_create_splits, read_groups
@@ -75,6 +77,15 @@ class RunState:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class FoldResult:
+    """What a fold's training leaves: its folder, the validation summary (rank 0 only) and the network."""
+
+    run_dir: Path
+    summary: dict[str, Any] | None
+    network: nn.Module
+
+
 def run_dir_of(workdir: Path, config: TrainConfig) -> Path:
     """``WORKDIR/trained/<configuration>/fold_<fold>``."""
     return workdir / "trained" / config.configuration / f"fold_{config.fold}"
@@ -82,8 +93,10 @@ def run_dir_of(workdir: Path, config: TrainConfig) -> Path:
 
 def train_fold(
     workdir: Path, config: TrainConfig, *, resume: bool = False, show_progress: bool = True
-) -> dict[str, Any]:
-    """Train (or resume) one fold and validate it; returns the validation summary."""
+) -> FoldResult:
+    """Train (or resume) one fold and validate it. Inside a process group (``--num-gpus`` or torchrun) every
+    rank
+    trains its share of the batch and rank 0 writes."""
     plans = load_plans(workdir / "plans.json")
     plan = plans.configuration(config.configuration)
     folder = workdir / "preprocessed" / read_folder_mapping(workdir).get(config.configuration, "")
@@ -92,19 +105,32 @@ def train_fold(
     dataset = load_dataset(Path(load_fingerprint(workdir / "fingerprint.json").dataset_root))
     identifiers = [c.identifier for c in dataset.cases]
     groups = read_groups(Path(config.groups_file), identifiers) if config.groups_file else None
-    train_ids, val_ids = _fold_cases(workdir, identifiers, config.fold, groups)
+    rank = init_from_environment(torch.device(config.device).type)
+    train_ids, val_ids = _fold_cases(workdir, identifiers, config.fold, groups) if rank.writes else ([], [])
+    barrier()  # rank 0 made splits.json; the others read it now
+    if not rank.writes:
+        train_ids, val_ids = _fold_cases(workdir, identifiers, config.fold, groups)
+    share = split_batches(plan.batch_size, rank.count)[rank.index]
+    if share < 1:
+        raise UsageError(f"batch size {plan.batch_size} cannot be shared by {rank.count} processes")
     run_dir = run_dir_of(workdir, config)
     if (run_dir / "checkpoint_latest.pt").is_file() and not resume:
         raise UsageError(
             f"{run_dir} already holds a training run; pass --resume to continue it, or delete it"
         )
+    barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _file_log(run_dir / "training.log")
+    handler = _file_log(run_dir / "training.log") if rank.writes else None
     try:
         device = torch.device(config.device)
         network, optimizer, scaler, state = _setup(plans, plan, config, device, run_dir, resume)
-        write_json(asdict(config), run_dir / "train_config.json")
-        write_json(plans.to_json(), run_dir / "plans.json")
+        if rank.count > 1:
+            network = DistributedDataParallel(
+                network, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if rank.writes:
+            write_json(asdict(config), run_dir / "train_config.json")
+            write_json(plans.to_json(), run_dir / "plans.json")
         _train_epochs(
             network,
             optimizer,
@@ -119,23 +145,42 @@ def train_fold(
                 folder,
                 tuple(train_ids),
                 plan.patch_size,
-                plan.batch_size,
+                share,
                 True,
                 plan.resampling.separate_axis is not None,
-                config.seed,
+                config.seed + 1009 * rank.index,
             ),
-            BatchSpec(
-                folder, tuple(val_ids), plan.patch_size, plan.batch_size, False, False, config.seed + 1
-            ),
-            show_progress,
+            BatchSpec(folder, tuple(val_ids), plan.patch_size, share, False, False, config.seed + 1),
+            show_progress and rank.writes,
+            rank,
         )
-        cases = [c for c in dataset.cases if c.identifier in set(val_ids)]
-        summary = validate_fold(network, cases, folder, plan, plans.labels, run_dir / "validation", device)
-        logger.info("fold %s validation: mean Dice %s", config.fold, summary["mean_dice_per_class"])
-        return summary
+        summary = None
+        if rank.writes:
+            cases = [c for c in dataset.cases if c.identifier in set(val_ids)]
+            summary = validate_fold(
+                _unwrap(network), cases, folder, plan, plans.labels, run_dir / "validation", device
+            )
+            logger.info("fold %s validation: mean Dice %s", config.fold, summary["mean_dice_per_class"])
+        barrier()
+        return FoldResult(run_dir, summary, _unwrap(network))
     finally:
-        logging.getLogger("autoseg").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("autoseg").removeHandler(handler)
+            handler.close()
+
+
+def train_rank(
+    index: int, count: int, workdir: Path, config: TrainConfig, resume: bool, show_progress: bool
+) -> None:
+    """Entry of one spawned process of ``--num-gpus``: rank ``index`` trains on GPU ``index``."""
+    del count  # the process group knows it
+    device = f"cuda:{index}" if config.device.startswith("cuda") else config.device
+    train_fold(workdir, replace(config, device=device), resume=resume, show_progress=show_progress)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    module: nn.Module = network.module if isinstance(network, DistributedDataParallel) else network
+    return module
 
 
 def _fold_cases(
@@ -198,10 +243,15 @@ def _train_epochs(
     train: BatchSpec,
     validation: BatchSpec,
     show_progress: bool,
+    rank: Rank,
 ) -> None:
     loss_function = DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice))
     iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
-    workers = config.num_workers if config.num_workers is not None else default_workers(os.cpu_count())
+    workers = (
+        config.num_workers
+        if config.num_workers is not None
+        else max(0, default_workers(os.cpu_count()) // rank.count)
+    )
     records = read_log(run_dir / "log.jsonl", before_epoch=state.epoch)
     class_names = [n for n, v in sorted(plans.labels.items(), key=lambda i: i[1]) if v]
     started = time.monotonic() - state.seconds
@@ -262,8 +312,10 @@ def _train_epochs(
         state.epoch += 1
         state.seconds = time.monotonic() - started
         _apply_time_limit(state, config, records)
-        _save(network, optimizer, scaler, state, run_dir, records, class_names)
-    save_checkpoint(_checkpoint(network, optimizer, scaler, state), run_dir / "checkpoint_final.pt")
+        if rank.writes:
+            _save(network, optimizer, scaler, state, run_dir, records, class_names)
+    if rank.writes:
+        save_checkpoint(_checkpoint(network, optimizer, scaler, state), run_dir / "checkpoint_final.pt")
 
 
 def _run_iterations(

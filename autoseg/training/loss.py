@@ -87,4 +87,6 @@ class DeepSupervisionLoss(nn.Module):
         for weight, logits in zip(weights, outputs, strict=True):
             if weight:
                 total = total + weight * self.loss(logits, downsample_target(target, logits.shape[2:]))
+            else:  # keep the coarsest head in the graph with zero gradient (DDP expects every parameter used)
+                total = total + 0.0 * logits.sum()
         return total
