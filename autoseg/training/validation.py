@@ -39,33 +39,24 @@ def predict_preprocessed(
         assert isinstance(output, torch.Tensor)
         return output.float().softmax(1)
 
+    def slide(volume: torch.Tensor) -> np.ndarray:
+        """One image ``(C, *spatial)`` -> probabilities ``(K, *spatial)``, Gaussian-weighted windows, step 0.5."""
+        result = sliding_window_inference(
+            volume[None].to(device),
+            patch,
+            1,
+            run,
+            overlap=0.5,
+            mode="gaussian",
+            sigma_scale=0.125,
+            padding_mode="constant",
+        )
+        return np.asarray(result[0].cpu().numpy(), dtype=np.float32)
+
     with torch.inference_mode():
         if config.dims == 3:
-            probabilities = sliding_window_inference(
-                tensor[None].to(device),
-                patch,
-                1,
-                run,
-                overlap=0.5,
-                mode="gaussian",
-                sigma_scale=0.125,
-                padding_mode="constant",
-            )
-            return np.asarray(probabilities[0].cpu().numpy(), dtype=np.float32)
-        slices = []
-        for z in range(tensor.shape[1]):  # 2D: slice by slice
-            window = sliding_window_inference(
-                tensor[:, z][None].to(device),
-                patch,
-                1,
-                run,
-                overlap=0.5,
-                mode="gaussian",
-                sigma_scale=0.125,
-                padding_mode="constant",
-            )
-            slices.append(window[0].cpu().numpy())
-        return np.stack(slices, axis=1).astype(np.float32)
+            return slide(tensor)
+        return np.stack([slide(tensor[:, z]) for z in range(tensor.shape[1])], axis=1)  # 2D: slice by slice
 
 
 def dice_per_class(
