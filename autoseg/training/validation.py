@@ -40,7 +40,7 @@ def predict_preprocessed(
         return output.float().softmax(1)
 
     def slide(volume: torch.Tensor) -> np.ndarray:
-        """One image ``(C, *spatial)`` -> probabilities ``(K, *spatial)``, Gaussian-weighted windows, step 0.5."""
+        """``(C, *spatial)`` -> probabilities ``(K, *spatial)``; Gaussian-weighted windows, step 0.5."""
         result = sliding_window_inference(
             volume[None].to(device),
             patch,
