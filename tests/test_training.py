@@ -201,10 +201,13 @@ def test_kill_minus_9_then_resume(prepared: Path) -> None:
 def test_time_limit_shortens_the_schedule() -> None:
     state = loop.RunState(epoch=2, epochs=100, seconds=20.0)
     records = [{"epoch_seconds": 10.0}, {"epoch_seconds": 10.0}]
-    loop._apply_time_limit(state, _config(time_limit_s=45.0), records)
+    loop._apply_time_limit(state, _config(time_limit_s=45.0), records, 100)
     assert state.epochs == 4  # 25 s left at 10 s per epoch: two more epochs
-    loop._apply_time_limit(state, _config(time_limit_s=None), records)
+    loop._apply_time_limit(state, _config(time_limit_s=None), records, 100)
     assert state.epochs == 4
+    faster = [{"epoch_seconds": 2.0}] * 5  # the machine got quieter: the schedule grows back, up to the plan
+    loop._apply_time_limit(state, _config(time_limit_s=45.0), faster, 10)
+    assert state.epochs == 10
 
 
 def test_train_command_with_patient_groups(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -311,7 +311,7 @@ def _train_epochs(
         )
         state.epoch += 1
         state.seconds = time.monotonic() - started
-        _apply_time_limit(state, config, records)
+        _apply_time_limit(state, config, records, config.epochs or plan.schedule.epochs)
         if rank.writes:
             _save(network, optimizer, scaler, state, run_dir, records, class_names)
     if rank.writes:
@@ -378,21 +378,20 @@ def _validate_patches(
     return float(np.mean(losses)), [float(d) for d in dice]
 
 
-def _apply_time_limit(state: RunState, config: TrainConfig, records: list[dict[str, Any]]) -> None:
-    """Shorten the schedule so that it ends within ``time_limit_s`` (the learning rate follows the new
-    length)."""
+def _apply_time_limit(
+    state: RunState, config: TrainConfig, records: list[dict[str, Any]], planned: int
+) -> None:
+    """Fit the schedule into ``time_limit_s``: as many epochs as the recent epoch time allows, never more than
+    ``planned``. Re-evaluated every epoch, so a slow spell (a busy machine) does not shorten the run for good;
+    the learning rate follows the new length."""
     if config.time_limit_s is None or not records:
         return
     per_epoch = float(np.median([r["epoch_seconds"] for r in records[-5:]]))
     fit = state.epoch + int(max(0.0, config.time_limit_s - state.seconds) // per_epoch)
-    if fit < state.epochs:
-        logger.info(
-            "time limit: %d epochs instead of %d (%.1f s per epoch)",
-            max(fit, state.epoch),
-            state.epochs,
-            per_epoch,
-        )
-        state.epochs = max(fit, state.epoch)
+    epochs = max(state.epoch, min(planned, fit))
+    if epochs != state.epochs:
+        logger.info("time limit: %d epochs instead of %d (%.1f s per epoch)", epochs, state.epochs, per_epoch)
+        state.epochs = epochs
 
 
 def _checkpoint(
