@@ -260,3 +260,23 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(prepared: Path
     assert not all(torch.equal(first[k], v) for k, v in initial.state_dict().items())  # it did train
     run = run_dir_of(prepared, _config())
     assert (run / "checkpoint_final.pt").is_file() and (run / "validation" / "summary.json").is_file()
+
+
+def test_2d_configuration_trains_and_validates(tmp_path: Path, tiny_dataset: Path) -> None:
+    workdir = tmp_path / "w2d"
+    argv = [
+        "plan_and_preprocess",
+        str(tiny_dataset),
+        "--workdir",
+        str(workdir),
+        "--planner",
+        "cpu",
+        "--cpu-gflops",
+        "100",
+        "-q",
+    ]
+    assert main(argv) == 0
+    config = _config(configuration="2d", epochs=1)
+    summary = train_fold(workdir, config, show_progress=False).summary
+    assert summary is not None and set(summary["mean_dice_per_class"]) == {"organ", "core"}
+    assert (run_dir_of(workdir, config) / "validation" / "case_000.nii.gz").is_file()
