@@ -130,3 +130,21 @@ def distributed_train(index: int, count: int, workdir: Path, out: Path) -> None:
     config = TrainConfig(fold="all", epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0)
     result = train_fold(workdir, config, show_progress=False)
     torch.save(result.network.state_dict(), out / f"rank{index}.pt")
+
+
+def plan_and_preprocess_argv(
+    dataset: Path, workdir: Path, *configurations: str, gflops: str = "100"
+) -> list[str]:
+    """``autoseg plan_and_preprocess`` argv: cpu preset at a fixed throughput (deterministic plans), quiet."""
+    argv = [
+        "plan_and_preprocess",
+        str(dataset),
+        "--workdir",
+        str(workdir),
+        "--planner",
+        "cpu",
+        "--cpu-gflops",
+        gflops,
+        "-q",
+    ]
+    return [*argv, "-c", *configurations] if configurations else argv

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import plan_and_preprocess_argv
 
 from autoseg.cli import main
 from autoseg.io import Geometry
@@ -218,19 +219,7 @@ def test_plan_and_preprocess_command(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path / "w"
-    argv = [
-        "plan_and_preprocess",
-        str(tiny_dataset),
-        "--workdir",
-        str(workdir),
-        "--planner",
-        "cpu",
-        "--cpu-gflops",
-        "20",
-        "-c",
-        "3d_fullres",
-        "-q",
-    ]
+    argv = plan_and_preprocess_argv(tiny_dataset, workdir, "3d_fullres", gflops="20")
     assert main(argv) == 0
     assert "3d_fullres:" in capsys.readouterr().out
     assert (workdir / "preprocessed" / "3d_fullres" / "case_000" / "properties.json").is_file()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import plan_and_preprocess_argv
 
 from autoseg.cli import main
 from autoseg.training import loop
@@ -25,19 +26,7 @@ from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 def prepared(tmp_path: Path, tiny_dataset: Path) -> Path:
     """A work directory with the tiny dataset planned (fixed CPU throughput) and preprocessed."""
     workdir = tmp_path / "work"
-    argv = [
-        "plan_and_preprocess",
-        str(tiny_dataset),
-        "--workdir",
-        str(workdir),
-        "--planner",
-        "cpu",
-        "--cpu-gflops",
-        "100",
-        "-c",
-        "3d_fullres",
-        "-q",
-    ]
+    argv = plan_and_preprocess_argv(tiny_dataset, workdir, "3d_fullres")
     assert main(argv) == 0
     return workdir
 
@@ -264,17 +253,7 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(prepared: Path
 
 def test_2d_configuration_trains_and_validates(tmp_path: Path, tiny_dataset: Path) -> None:
     workdir = tmp_path / "w2d"
-    argv = [
-        "plan_and_preprocess",
-        str(tiny_dataset),
-        "--workdir",
-        str(workdir),
-        "--planner",
-        "cpu",
-        "--cpu-gflops",
-        "100",
-        "-q",
-    ]
+    argv = plan_and_preprocess_argv(tiny_dataset, workdir)
     assert main(argv) == 0
     config = _config(configuration="2d", epochs=1)
     summary = train_fold(workdir, config, show_progress=False).summary
