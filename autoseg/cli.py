@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     from autoseg import commands as stage_commands
+    from autoseg import commands_inference
 
-    for spec in stage_commands.COMMANDS:
+    for spec in [*stage_commands.COMMANDS, *commands_inference.COMMANDS]:
         sub = commands.add_parser(spec.name, parents=[common], help=spec.help, description=spec.help)
         spec.add_arguments(sub)
         sub.set_defaults(command=spec.run)

@@ -1,0 +1,106 @@
+"""CLI commands after training: ``predict``, ``export-model``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoseg.commands import CommandSpec, _progress, positive_int
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i", "--input", dest="inputs", type=Path, required=True, metavar="IN",
+        help="an image file, a folder of image files (CASE_0000.nii.gz... per channel), a DICOM series "
+        "folder, or a folder of several DICOM series",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "-m", "--model", type=Path, default=None, metavar="MODEL",
+        help="a work directory or an exported model file (.zip); default: --workdir",
+    )  # fmt: skip
+    parser.add_argument("-c", "--configuration", default=None, help="configuration (default: the best one)")
+    parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD", help="folds to ensemble")
+    parser.add_argument(
+        "--preset", choices=("fast", "accurate"), default="accurate",
+        help="accurate: all folds, mirroring, step 0.5 (default); fast: one fold, no mirroring, step 0.75",
+    )  # fmt: skip
+    parser.add_argument("--step", type=float, default=None, help="window step as a fraction of the patch")
+    parser.add_argument("--no-tta", dest="mirror", action="store_false", default=None, help="no mirroring")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    parser.add_argument(
+        "--format", dest="formats", nargs="+", default=["nifti"], choices=("nifti", "dicom-seg", "rtstruct"),
+        help="output format(s); dicom-seg and rtstruct need a DICOM input series (default: nifti)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-probabilities", action="store_true", help="also write CASE_probabilities.npz (float16)"
+    )
+    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+    parser.add_argument(
+        "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
+    )
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """``autoseg predict -i IN -o OUT``: segment new scans."""
+    from autoseg.predict import PredictRequest, run_predict
+    from autoseg.predict_outputs import OutputOptions
+
+    request = PredictRequest(
+        inputs=args.inputs,
+        output=args.output,
+        model=args.model or args.workdir,
+        configuration=args.configuration,
+        folds=tuple(args.folds) if args.folds else None,
+        preset=args.preset,
+        step=args.step,
+        mirror=args.mirror,
+        device=args.device,
+        windows_per_batch=args.windows_per_batch,
+        checkpoint=args.checkpoint,
+        outputs=OutputOptions(
+            formats=tuple(dict.fromkeys(args.formats)), save_probabilities=args.save_probabilities
+        ),
+    )
+    outputs = run_predict(request, show_progress=_progress(args))
+    print(f"{len(outputs)} case(s) predicted into {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- export-model
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, metavar="OUT.zip", help="the model file to write")
+    parser.add_argument("-c", "--configuration", default=None, help="configuration (default: the best one)")
+    parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD", help="folds (default: all)")
+    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    """``autoseg export-model OUT.zip``: one file holding everything predict needs."""
+    from autoseg.model import export_model
+
+    path = export_model(
+        args.workdir, args.out, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint
+    )
+    print(f"model written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+COMMANDS = [
+    CommandSpec(
+        "predict",
+        "segment NIfTI/NRRD/MHA files or DICOM series with a trained model (NIfTI, DICOM SEG, RTSTRUCT out)",
+        _predict_arguments,
+        run_predict_command,
+    ),
+    CommandSpec(
+        "export-model",
+        "write a trained configuration (plans, weights, post-processing, checksums) into one .zip file",
+        _export_arguments,
+        run_export_command,
+    ),
+]

@@ -1,0 +1,306 @@
+"""Trained models: load one from a work directory or an exported model file, and export one.
+
+An exported model is a zip file holding plain data only:
+
+```
+autoseg_model.json      manifest: format and autoseg versions, configuration, folds, SHA-256 of each entry
+plans.json              the plan the networks were trained with
+dataset.json            labels and channel names
+postprocessing.json     the post-processing chosen on cross-validation (when one was chosen)
+folds/fold_<k>.pt       the network weights of each fold, a tensor dictionary (loaded with weights_only)
+```
+
+Loading verifies every checksum, refuses entries that would escape a folder (absolute paths, ``..``, links)
+and entries the manifest does not list, and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import stat
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoseg import __version__
+from autoseg.errors import AutosegError
+from autoseg.io import read_json
+from autoseg.network import build_network
+from autoseg.plans import Plans, load_plans, plans_from_json
+from autoseg.training.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT_VERSION = 1
+MANIFEST = "autoseg_model.json"
+CHECKPOINTS = ("final", "best", "latest")
+
+
+class ModelError(AutosegError):
+    """A trained model cannot be found, read or trusted."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The weights of one configuration's folds, with the plan they need.
+
+    Attributes:
+        plans: the plans the folds were trained with.
+        configuration: e.g. ``3d_fullres``.
+        weights: fold name (``"0"``... or ``"all"``) -> network state dict, on the CPU.
+        postprocessing: the content of ``postprocessing.json`` (``None``: none chosen).
+        source: where the model came from, for messages.
+    """
+
+    plans: Plans
+    configuration: str
+    weights: dict[str, dict[str, torch.Tensor]]
+    postprocessing: dict[str, Any] | None = None
+    source: str = ""
+    folds: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folds", tuple(sorted(self.weights)))
+
+    def networks(self, device: str | torch.device, folds: Sequence[str] | None = None) -> list[nn.Module]:
+        """The folds' networks (all, or ``folds``) in eval mode on ``device``."""
+        chosen = list(folds) if folds else list(self.folds)
+        missing = [f for f in chosen if f not in self.weights]
+        if missing:
+            raise ModelError(
+                f"{self.source}: fold(s) {', '.join(missing)} not in the model; "
+                f"it has {', '.join(self.folds)}"
+            )
+        plan = self.plans.configuration(self.configuration)
+        networks: list[nn.Module] = []
+        for fold in chosen:
+            network = build_network(plan.network, len(self.plans.channel_names), len(self.plans.labels))
+            try:
+                network.load_state_dict(self.weights[fold])
+            except RuntimeError as error:
+                raise ModelError(
+                    f"{self.source}: fold {fold}'s weights do not fit the plan's network "
+                    f"({str(error).splitlines()[0][:200]})"
+                ) from None
+            networks.append(network.to(device).eval())
+        return networks
+
+
+def load_model(
+    source: Path,
+    *,
+    configuration: str | None = None,
+    folds: Sequence[str] | None = None,
+    checkpoint: str = "final",
+) -> TrainedModel:
+    """A model from a work directory (``WORKDIR/trained/<configuration>/fold_<k>/checkpoint_<checkpoint>.pt``)
+    or from a file written by :func:`export_model`."""
+    if source.is_file():
+        return _load_exported(source, configuration, folds)
+    if not source.is_dir():
+        raise ModelError(f"{source}: no such model (a work directory or an exported .zip model file)")
+    return _load_workdir(source, configuration, folds, checkpoint)
+
+
+def trained_configurations(workdir: Path) -> list[str]:
+    """Configurations with at least one fold holding a final checkpoint."""
+    root = workdir / "trained"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if any(p.glob("fold_*/checkpoint_final.pt")))
+
+
+def _load_workdir(
+    workdir: Path, configuration: str | None, folds: Sequence[str] | None, checkpoint: str
+) -> TrainedModel:
+    if checkpoint not in CHECKPOINTS:
+        raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'")
+    if not (workdir / "plans.json").is_file():
+        raise ModelError(f"{workdir}: no plans.json; not an autoseg work directory")
+    plans = load_plans(workdir / "plans.json")
+    name = configuration or _default_configuration(workdir)
+    plans.configuration(name)
+    run_root = workdir / "trained" / name
+    available = sorted(
+        p.parent.name.removeprefix("fold_") for p in run_root.glob(f"fold_*/checkpoint_{checkpoint}.pt")
+    )
+    chosen = list(folds) if folds else available
+    if not chosen:
+        raise ModelError(
+            f"{run_root}: no fold has a checkpoint_{checkpoint}.pt; train first ('autoseg train')"
+        )
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for fold in chosen:
+        path = run_root / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        if not path.is_file():
+            raise ModelError(f"{path}: missing; trained folds of {name}: {', '.join(available) or 'none'}")
+        weights[fold] = load_checkpoint(path)["network"]
+    postprocessing_path = run_root / "postprocessing.json"
+    postprocessing = _as_dict(read_json(postprocessing_path)) if postprocessing_path.is_file() else None
+    logger.info("model: %s, configuration %s, folds %s", workdir, name, ", ".join(chosen))
+    return TrainedModel(plans, name, weights, postprocessing, str(workdir))
+
+
+def _default_configuration(workdir: Path) -> str:
+    """The configuration ``find_best_configuration`` chose, else ``3d_fullres`` if trained, else the only
+    one."""
+    best = workdir / "best_configuration.json"
+    if best.is_file():
+        chosen = _as_dict(read_json(best)).get("configuration")
+        if isinstance(chosen, str):
+            return chosen
+    trained = trained_configurations(workdir)
+    if "3d_fullres" in trained or not trained:
+        return "3d_fullres"
+    if len(trained) == 1:
+        return trained[0]
+    raise ModelError(
+        f"{workdir}: several configurations are trained ({', '.join(trained)}); choose one with -c"
+    )
+
+
+def export_model(
+    workdir: Path,
+    out: Path,
+    *,
+    configuration: str | None = None,
+    folds: Sequence[str] | None = None,
+    checkpoint: str = "final",
+) -> Path:
+    """Write a self-contained model file (see the module docstring) atomically; returns ``out``."""
+    model = _load_workdir(workdir, configuration, folds, checkpoint)
+    entries: dict[str, bytes] = {
+        "plans.json": _json_bytes(model.plans.to_json()),
+        "dataset.json": _json_bytes(
+            {
+                "name": model.plans.dataset_name,
+                "labels": model.plans.labels,
+                "channel_names": dict(enumerate(model.plans.channel_names)),
+            }
+        ),
+    }
+    if model.postprocessing is not None:
+        entries["postprocessing.json"] = _json_bytes(model.postprocessing)
+    for fold, state in model.weights.items():
+        buffer = io.BytesIO()
+        torch.save({"network": state}, buffer)
+        entries[f"folds/fold_{fold}.pt"] = buffer.getvalue()
+    manifest = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "autoseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "configuration": model.configuration,
+        "folds": list(model.folds),
+        "checkpoint": checkpoint,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, _json_bytes(manifest))
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        temporary.replace(out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    logger.info("exported %s folds %s to %s", model.configuration, ", ".join(model.folds), out)
+    return out
+
+
+def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] | None) -> TrainedModel:
+    entries = _read_verified_entries(path)
+    manifest = _as_dict(json.loads(entries[MANIFEST]))
+    name = str(manifest.get("configuration"))
+    if configuration is not None and configuration != name:
+        raise ModelError(f"{path}: the model holds configuration {name}, not {configuration}")
+    try:
+        plans = plans_from_json(_as_dict(json.loads(entries["plans.json"])))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{path}: plans.json is not a valid autoseg plan ({error})") from None
+    available = [str(f) for f in manifest.get("folds", [])]
+    chosen = list(folds) if folds else available
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for fold in chosen:
+        key = f"folds/fold_{fold}.pt"
+        if key not in entries:
+            raise ModelError(f"{path}: fold {fold} is not in the model; it has {', '.join(available)}")
+        weights[fold] = _read_weights(entries[key], f"{path}:{key}")
+    postprocessing = (
+        _as_dict(json.loads(entries["postprocessing.json"])) if "postprocessing.json" in entries else None
+    )
+    return TrainedModel(plans, name, weights, postprocessing, str(path))
+
+
+def _read_verified_entries(path: Path) -> dict[str, bytes]:
+    """Every entry of a model file, after checking names, the manifest and the checksums."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ModelError(f"{path}: not a readable model file ({error})") from None
+    with archive:
+        for info in archive.infolist():
+            _check_entry(info, path)
+        names = set(archive.namelist())
+        if MANIFEST not in names:
+            raise ModelError(f"{path}: no {MANIFEST}; not an autoseg model file")
+        manifest = _as_dict(json.loads(archive.read(MANIFEST)))
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+            raise ModelError(
+                f"{path}: model format {version}; this autoseg reads up to {MODEL_FORMAT_VERSION}. "
+                "Upgrade autoseg."
+            )
+        listed = _as_dict(manifest.get("files", {}))
+        unexpected = sorted(names - set(listed) - {MANIFEST})
+        if unexpected:
+            raise ModelError(f"{path}: entries not in the manifest: {', '.join(unexpected[:5])}")
+        entries = {MANIFEST: archive.read(MANIFEST)}
+        for name, digest in listed.items():
+            if name not in names:
+                raise ModelError(f"{path}: {name} is listed in the manifest but missing")
+            data = archive.read(name)
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ModelError(f"{path}: checksum mismatch for {name}; the file is corrupt or was modified")
+            entries[name] = data
+    return entries
+
+
+def _check_entry(info: zipfile.ZipInfo, path: Path) -> None:
+    """Refuse entries that would land outside a folder they are extracted to, and links."""
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise ModelError(f"{path}: entry '{name}' would escape the model folder; refusing the file")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise ModelError(f"{path}: entry '{name}' is a symbolic link; refusing the file")
+
+
+def _read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
+        raise ModelError(f"{where}: not loadable as weights only ({type(error).__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("network"), Mapping):
+        raise ModelError(f"{where}: no network weights")
+    return dict(state["network"])
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_bytes(data: object) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode()

@@ -1,0 +1,260 @@
+"""``autoseg predict``: segment new scans with a trained model, in the input's exact geometry.
+
+Per case: preprocess as in training (crop, normalise, resample), slide the folds' networks over the image
+(:mod:`autoseg.inference`), bring the probabilities back to the original grid, take the argmax, apply the
+post-processing chosen on cross-validation, write the outputs. The next case is read and preprocessed in a
+background thread while the current one is predicted, and the previous one is exported in another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from autoseg import __version__
+from autoseg.errors import AutosegError, UsageError
+from autoseg.inference import InferenceSettings, predict_probabilities
+from autoseg.io import Geometry, write_json
+from autoseg.model import TrainedModel, load_model
+from autoseg.plans import ConfigurationPlan
+from autoseg.predict_inputs import InputCase, find_input_cases, read_input_case
+from autoseg.predict_outputs import CaseOutput, OutputOptions, write_case_outputs
+from autoseg.preprocess import CaseProperties, preprocess_case, restore_probabilities
+from autoseg.types import FloatVolume
+
+logger = logging.getLogger(__name__)
+
+OutputFormat = Literal["nifti", "dicom-seg", "rtstruct"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Speed/accuracy trade-off: which folds, whether to mirror, how far apart the windows are."""
+
+    all_folds: bool
+    mirror: bool
+    step: float
+
+
+PRESETS = {"fast": Preset(all_folds=False, mirror=False, step=0.75), "accurate": Preset(True, True, 0.5)}
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What ``autoseg predict`` was asked; ``None`` fields come from the preset."""
+
+    inputs: Path
+    output: Path
+    model: Path
+    configuration: str | None = None
+    folds: tuple[str, ...] | None = None
+    preset: str = "accurate"
+    step: float | None = None
+    mirror: bool | None = None
+    device: str = "auto"
+    windows_per_batch: int = 1
+    checkpoint: str = "final"
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case read and preprocessed, waiting for the networks."""
+
+    case: InputCase
+    image: FloatVolume
+    properties: CaseProperties
+
+
+def predict_case(
+    image: FloatVolume,
+    geometry: Geometry,
+    networks: Sequence[nn.Module],
+    plan: ConfigurationPlan,
+    num_classes: int,
+    settings: InferenceSettings,
+) -> FloatVolume:
+    """Class probabilities ``(K, Z, Y, X)`` float32 on the image's own grid.
+
+    Args:
+        image: ``(C, Z, Y, X)`` float32 raw intensities (HU for CT); normalised in place.
+        geometry: the image's geometry.
+        networks: the folds' networks, in eval mode on ``settings.device``.
+        plan: the configuration they were trained with.
+    """
+    prepared = preprocess_case(image, None, geometry, plan, in_place=True)
+    probabilities = predict_probabilities(networks, prepared.image, plan.patch_size, num_classes, settings)
+    return restore_probabilities(probabilities, prepared.properties)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; other names are checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: PyTorch sees no CUDA GPU on this machine")
+    return name
+
+
+def inference_settings(request: PredictRequest, plan: ConfigurationPlan, device: str) -> InferenceSettings:
+    """The preset's settings with the request's explicit choices on top; mirroring over every spatial axis
+    (training mirrors them all)."""
+    if request.preset not in PRESETS:
+        raise UsageError(f"unknown preset '{request.preset}'; choose {', '.join(PRESETS)}")
+    preset = PRESETS[request.preset]
+    mirror = preset.mirror if request.mirror is None else request.mirror
+    step = preset.step if request.step is None else request.step
+    if not 0.0 < step <= 1.0:
+        raise UsageError(f"--step must be in (0, 1], got {step}")
+    return InferenceSettings(
+        step=step,
+        mirror_axes=tuple(range(plan.dims)) if mirror else (),
+        windows_per_batch=request.windows_per_batch,
+        device=device,
+    )
+
+
+def chosen_folds(request: PredictRequest, model: TrainedModel) -> list[str]:
+    """``-f`` if given; else all the model's folds (``accurate``) or the first (``fast``)."""
+    if request.folds:
+        return list(request.folds)
+    preset = PRESETS.get(request.preset, PRESETS["accurate"])
+    return list(model.folds) if preset.all_folds else list(model.folds[:1])
+
+
+def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[CaseOutput]:
+    """Predict every case of ``request.inputs`` into ``request.output``; writes ``predict.json`` too.
+
+    A case that fails (unreadable, inconsistent) is reported and skipped; the others are written, then
+    an :class:`AutosegError` lists the failures.
+    """
+    model = load_model(request.model, configuration=request.configuration, checkpoint=request.checkpoint)
+    plan = model.plans.configuration(model.configuration)
+    if plan.previous_stage is not None:
+        raise UsageError(
+            f"{model.configuration} is a cascade stage; predicting cascades is not supported yet"
+        )
+    device = resolve_device(request.device)
+    settings = inference_settings(request, plan, device)
+    folds = chosen_folds(request, model)
+    networks = model.networks(device, folds)
+    cases = find_input_cases(request.inputs, len(model.plans.channel_names))
+    request.outputs.check_inputs(cases)
+    logger.info(
+        "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s",
+        len(cases),
+        model.configuration,
+        ", ".join(folds),
+        settings.step,
+        settings.mirror_axes or "off",
+        device,
+    )
+    outputs, failures = _predict_all(
+        cases, model, networks, settings, request.outputs, request.output, show_progress
+    )
+    write_json(
+        {
+            "autoseg_version": __version__,
+            "model": model.source,
+            "configuration": model.configuration,
+            "folds": folds,
+            "settings": asdict(settings),
+            "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
+            "failures": failures,
+        },
+        request.output / "predict.json",
+    )
+    if failures:
+        raise AutosegError(f"{len(failures)} of {len(cases)} case(s) failed", details=failures)
+    return outputs
+
+
+def _predict_all(
+    cases: Sequence[InputCase],
+    model: TrainedModel,
+    networks: Sequence[nn.Module],
+    settings: InferenceSettings,
+    output_options: OutputOptions,
+    out: Path,
+    show_progress: bool,
+) -> tuple[list[CaseOutput], list[str]]:
+    """The pipeline: read ahead in one thread, predict here, export in another (one case in flight each)."""
+    plan = model.plans.configuration(model.configuration)
+    outputs: list[CaseOutput] = []
+    failures: list[str] = []
+    pending: Future[CaseOutput] | None = None
+    bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not show_progress)
+    with ThreadPoolExecutor(1, "autoseg-read") as reader, ThreadPoolExecutor(1, "autoseg-export") as exporter:
+        for _, prepared in _read_ahead(cases, reader, plan):
+            if isinstance(prepared, str):
+                failures.append(prepared)
+                bar.update()
+                continue
+            started = time.perf_counter()
+            probabilities = predict_probabilities(
+                networks, prepared.image, plan.patch_size, len(model.plans.labels), settings
+            )
+            seconds = time.perf_counter() - started
+            if pending is not None:
+                _collect(pending, outputs, failures)
+            pending = exporter.submit(_export, prepared, probabilities, model, output_options, out, seconds)
+            bar.update()
+        if pending is not None:
+            _collect(pending, outputs, failures)
+    bar.close()
+    return outputs, failures
+
+
+def _read_ahead(
+    cases: Sequence[InputCase], reader: ThreadPoolExecutor, plan: ConfigurationPlan
+) -> Iterator[tuple[InputCase, PreparedCase | str]]:
+    """Yield each case preprocessed (or an error line), reading the next one while the caller works."""
+    futures: list[Future[PreparedCase]] = []
+    for index, case in enumerate(cases):
+        if not futures:
+            futures.append(reader.submit(_prepare, case, plan))
+        if index + 1 < len(cases):
+            futures.append(reader.submit(_prepare, cases[index + 1], plan))
+        future = futures.pop(0)
+        try:
+            yield case, future.result()
+        except AutosegError as error:
+            yield case, f"{case.identifier}: {error.message}"
+
+
+def _prepare(case: InputCase, plan: ConfigurationPlan) -> PreparedCase:
+    image, geometry = read_input_case(case)
+    prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=True)
+    return PreparedCase(case, prepared.image, prepared.properties)
+
+
+def _export(
+    prepared: PreparedCase,
+    probabilities: FloatVolume,
+    model: TrainedModel,
+    options: OutputOptions,
+    out: Path,
+    seconds: float,
+) -> CaseOutput:
+    restored = restore_probabilities(probabilities, prepared.properties)
+    del probabilities
+    written = write_case_outputs(
+        prepared.case, restored, prepared.properties.original_geometry, model, options, out
+    )
+    return replace(written, predict_seconds=round(seconds, 3))
+
+
+def _collect(future: Future[CaseOutput], outputs: list[CaseOutput], failures: list[str]) -> None:
+    try:
+        outputs.append(future.result())
+    except AutosegError as error:
+        failures.append(error.message)

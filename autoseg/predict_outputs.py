@@ -1,0 +1,147 @@
+"""What ``autoseg predict`` writes per case: a NIfTI label map, a DICOM SEG, an RTSTRUCT, probabilities,
+instances and a reviewer report, all on the input's own grid and geometry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoseg.errors import UsageError
+from autoseg.io import Geometry, write_labels
+from autoseg.types import FloatVolume, LabelVolume
+
+if TYPE_CHECKING:
+    from autoseg.model import TrainedModel
+    from autoseg.predict_inputs import InputCase
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("nifti", "dicom-seg", "rtstruct")
+DICOM_FORMATS = ("dicom-seg", "rtstruct")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write per case.
+
+    Attributes:
+        formats: any of ``nifti`` (``CASE.nii.gz``), ``dicom-seg`` (``CASE_seg.dcm``), ``rtstruct``
+            (``CASE_rtstruct.dcm``); the DICOM ones need a DICOM input series.
+        save_probabilities: also ``CASE_probabilities.npz`` (``probabilities`` ``(K, Z, Y, X)`` float16 on the
+            input's grid, ``labels`` the class names in channel order).
+        instances: class names (or values) whose separate objects get their own ids (``CASE_instances``).
+        split_touching: split touching objects of those classes with a watershed.
+        report: a reviewer PNG and a structure table per case.
+    """
+
+    formats: tuple[str, ...] = ("nifti",)
+    save_probabilities: bool = False
+    instances: tuple[str, ...] = ()
+    split_touching: bool = False
+    report: bool = False
+
+    def check_inputs(self, cases: Sequence[InputCase]) -> None:
+        """Refuse before any work what cannot be written: DICOM outputs of non-DICOM inputs."""
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise UsageError(
+                f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+            )
+        wanted = [f for f in self.formats if f in DICOM_FORMATS]
+        not_dicom = [c.identifier for c in cases if not c.is_dicom]
+        if wanted and not_dicom:
+            raise UsageError(
+                f"--format {' '.join(wanted)} references the input's DICOM instances, "
+                "but these inputs are not "
+                f"DICOM series: {', '.join(not_dicom[:5])}{'...' if len(not_dicom) > 5 else ''}"
+            )
+
+
+@dataclass(frozen=True)
+class CaseOutput:
+    """What was written for one case."""
+
+    identifier: str
+    files: tuple[Path, ...]
+    volumes_ml: dict[str, float]
+    predict_seconds: float = 0.0
+
+
+def labels_from_probabilities(probabilities: FloatVolume) -> LabelVolume:
+    """Argmax over ``(K, Z, Y, X)`` as uint8 (uint16 beyond 256 classes)."""
+    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+    labels: LabelVolume = probabilities.argmax(0).astype(dtype)
+    return labels
+
+
+def write_case_outputs(
+    case: InputCase,
+    probabilities: FloatVolume,
+    geometry: Geometry,
+    model: TrainedModel,
+    options: OutputOptions,
+    out: Path,
+) -> CaseOutput:
+    """Argmax, post-processing, then every requested output of one case.
+
+    Args:
+        probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
+        geometry: the input's geometry (written unchanged).
+    """
+    labels = postprocess(labels_from_probabilities(probabilities), model.postprocessing, geometry.spacing_mm)
+    names = {value: name for name, value in model.plans.labels.items() if value != 0}
+    files: list[Path] = []
+    if "nifti" in options.formats:
+        files.append(out / f"{case.identifier}.nii.gz")
+        write_labels(labels, geometry, files[-1])
+    if "dicom-seg" in options.formats:
+        from autoseg.dicom.seg import write_dicom_seg
+
+        files.append(out / f"{case.identifier}_seg.dcm")
+        write_dicom_seg(labels, case.series, names, files[-1])
+    if "rtstruct" in options.formats:
+        from autoseg.dicom.rtstruct import write_rtstruct
+
+        files.append(out / f"{case.identifier}_rtstruct.dcm")
+        write_rtstruct(labels, case.series, names, files[-1])
+    if options.save_probabilities:
+        files.append(out / f"{case.identifier}_probabilities.npz")
+        _save_probabilities(probabilities, list(model.plans.labels), files[-1])
+    voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=max(names, default=0) + 1)
+    volumes = {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
+    logger.info("%s: %s", case.identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
+    return CaseOutput(case.identifier, tuple(files), volumes)
+
+
+def postprocess(
+    labels: LabelVolume, choice: dict[str, Any] | None, spacing_mm: Sequence[float]
+) -> LabelVolume:
+    """Apply the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
+    if choice is None:
+        return labels
+    from autoseg.postprocess import apply_postprocessing, postprocessing_from_json
+
+    return apply_postprocessing(labels, postprocessing_from_json(choice), tuple(spacing_mm))
+
+
+def _save_probabilities(probabilities: FloatVolume, class_names: Sequence[str], path: Path) -> None:
+    """``np.savez_compressed`` through a temporary file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(handle)
+    try:
+        np.savez_compressed(
+            temporary, probabilities=probabilities.astype(np.float16), labels=np.asarray(class_names)
+        )
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
