@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 
 from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import geometry_from_dicom, slice_axes
+from autoseg.dicom.writing import PATIENT_STUDY_KEYWORDS
 from autoseg.io import Geometry
 from autoseg.types import FloatVolume
 
@@ -266,10 +267,10 @@ def read_series(series: DicomSeries) -> tuple[FloatVolume, Geometry]:
 def read_source_headers(series: DicomSeries) -> list[Dataset]:
     """Headers (no pixels) of the series' files in slice order, for writers that reference the source.
 
-    Empty SOPInstanceUID/SOPClassUID (anonymised data) are filled from the file meta information. Empty
-    StudyInstanceUID, SeriesInstanceUID or FrameOfReferenceUID are replaced by UIDs derived from the instance
-    UIDs (the same on every call) and a warning is logged: the output then references UIDs that the source
-    files do not carry.
+    Missing Patient/Study attributes are added empty. Empty SOPInstanceUID/SOPClassUID (anonymised data)
+    are filled from the file meta information. Empty StudyInstanceUID, SeriesInstanceUID or
+    FrameOfReferenceUID are replaced by UIDs derived from the instance UIDs (the same on every call) and a
+    warning is logged: the output then references UIDs that the source files do not carry.
     """
     filled = _filled_uids(series)
     headers: list[Dataset] = []
@@ -281,6 +282,9 @@ def read_source_headers(series: DicomSeries) -> list[Dataset]:
         header.SOPClassUID = series.sop_class_uid
         for keyword, value in filled.items():
             setattr(header, keyword, value)
+        for keyword in PATIENT_STUDY_KEYWORDS:  # type 2 in derived objects: present, possibly empty
+            if keyword not in header:
+                setattr(header, keyword, "")
         headers.append(header)
     return headers
 
