@@ -42,3 +42,31 @@ def data_root() -> Path:
     if root is None:
         pytest.skip("real data not found: set AUTOSEG_DATA or provide ../shared/data")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work directory with two folds of the tiny dataset trained a few iterations (shared, read-only)."""
+    from helpers import plan_and_preprocess_argv
+
+    from autoseg.cli import main
+    from autoseg.training.loop import TrainConfig, train_fold
+
+    root = tmp_path_factory.mktemp("trained")
+    generator = np.random.default_rng(0)
+    dataset = write_nnunet_dataset(
+        root / "Dataset001_Tiny", {f"case_{i:03d}": tiny_case(generator) for i in range(5)}
+    )
+    workdir = root / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
+    for fold in ("0", "1"):
+        config = TrainConfig(
+            fold=fold,
+            epochs=1,
+            iterations_per_epoch=2,
+            validation_iterations=1,
+            num_workers=0,
+            deterministic=True,
+        )
+        train_fold(workdir, config, show_progress=False)
+    return workdir

@@ -1,0 +1,141 @@
+"""``autoseg predict``: inputs, outputs in the input's exact geometry, failures, presets, model files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import tiny_case
+
+from autoseg.cli import main
+from autoseg.io import Geometry, read_header, read_labels, write_image
+from autoseg.model import load_model
+from autoseg.predict import PredictRequest, chosen_folds, inference_settings
+from autoseg.predict_inputs import PredictInputError, find_input_cases
+
+
+def _rotation(degrees: float) -> tuple[float, ...]:
+    """An oblique direction: rotated about the array's z axis, in (z, y, x) rows and columns."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return (1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c)
+
+
+GEOMETRIES = {
+    "LPS": Geometry((3.0, 0.8, 0.8), (10.0, -20.0, 30.0)),
+    "RAS": Geometry((3.0, 0.8, 0.8), (10.0, 20.0, -30.0), (1, 0, 0, 0, -1, 0, 0, 0, -1)),
+    "flipped": Geometry((3.0, 0.8, 0.8), (10.0, -20.0, 30.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1)),
+    "oblique": Geometry((3.0, 0.8, 0.8), (1.5, -2.5, 3.5), _rotation(17.0)),
+}
+
+
+def _predict(inputs: Path, out: Path, model: Path, *extra: str) -> int:
+    return main(["predict", "-i", str(inputs), "-o", str(out), "-m", str(model), "-q", *extra])
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_output_has_the_input_geometry_exactly(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, name: str
+) -> None:
+    image, _, _ = tiny_case(rng, shape=(10, 18, 14))
+    geometry = GEOMETRIES[name]
+    write_image(image[0], geometry, tmp_path / "in" / "scan_0000.nii.gz")
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, "--preset", "fast") == 0
+    source, result = tmp_path / "in" / "scan_0000.nii.gz", tmp_path / "out" / "scan.nii.gz"
+    header = read_header(result)
+    assert header.shape == (10, 18, 14)
+    assert not header.geometry.differences(read_header(source).geometry, tolerance=1e-6)
+    np.testing.assert_allclose(nib.load(result).affine, nib.load(source).affine, atol=1e-5)
+    assert read_labels(result)[0].dtype == np.uint8
+
+
+def test_a_flipped_copy_predicts_the_flipped_segmentation(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Mirroring over every axis makes the ensemble equivariant to flips of the array (windows aside)."""
+    image, _, geometry = tiny_case(rng, shape=(8, 16, 16))
+    write_image(image[0], geometry, tmp_path / "in" / "a_0000.nii.gz")
+    write_image(image[0, :, :, ::-1], geometry, tmp_path / "in" / "b_0000.nii.gz")
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, "--save-probabilities") == 0
+    a = np.load(tmp_path / "out" / "a_probabilities.npz")["probabilities"].astype(np.float32)
+    b = np.load(tmp_path / "out" / "b_probabilities.npz")["probabilities"].astype(np.float32)
+    assert a.shape == (3, 8, 16, 16)
+    np.testing.assert_allclose(a.sum(0), 1.0, atol=2e-3)  # stored as float16
+    np.testing.assert_allclose(a, b[..., ::-1], atol=2e-3)
+
+
+def test_exported_model_predicts_like_the_work_directory(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    image, _, geometry = tiny_case(rng)
+    write_image(image[0], geometry, tmp_path / "scan.nii.gz")  # a single file without a channel suffix
+    assert main(["export-model", str(tmp_path / "m.zip"), "--workdir", str(trained_workdir), "-q"]) == 0
+    assert _predict(tmp_path / "scan.nii.gz", tmp_path / "a", trained_workdir) == 0
+    assert _predict(tmp_path / "scan.nii.gz", tmp_path / "b", tmp_path / "m.zip") == 0
+    labels_a, labels_b = (
+        read_labels(tmp_path / "a" / "scan.nii.gz")[0],
+        read_labels(tmp_path / "b" / "scan.nii.gz")[0],
+    )
+    np.testing.assert_array_equal(labels_a, labels_b)
+    record = json.loads((tmp_path / "b" / "predict.json").read_text())
+    assert record["folds"] == ["0", "1"] and record["settings"]["mirror_axes"] == [0, 1, 2]
+
+
+def test_a_broken_case_is_reported_and_the_others_are_written(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, _, geometry = tiny_case(rng)
+    write_image(image[0], geometry, tmp_path / "in" / "good_0000.nii.gz")
+    (tmp_path / "in" / "broken_0000.nii.gz").write_bytes(b"not a nifti")
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, "--preset", "fast") == 1
+    assert "broken" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "predict.json"]
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["failures"][0].startswith("broken")
+
+
+def test_dicom_outputs_need_dicom_inputs(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, _, geometry = tiny_case(rng)
+    write_image(image[0], geometry, tmp_path / "in" / "scan_0000.nii.gz")
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, "--format", "rtstruct") == 2
+    assert "not DICOM series: scan" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inputs_are_grouped_by_case_and_channel(tmp_path: Path, rng: np.random.Generator) -> None:
+    image, _, geometry = tiny_case(rng)
+    for name in ("a_0000", "a_0001", "b_0000", "b_0001"):
+        write_image(image[0], geometry, tmp_path / f"{name}.nii.gz")
+    cases = find_input_cases(tmp_path, 2)
+    assert [(c.identifier, [f.name for f in c.files]) for c in cases] == [
+        ("a", ["a_0000.nii.gz", "a_0001.nii.gz"]),
+        ("b", ["b_0000.nii.gz", "b_0001.nii.gz"]),
+    ]
+    assert [f.name for f in find_input_cases(tmp_path / "a_0001.nii.gz", 2)[0].files] == [
+        "a_0000.nii.gz",
+        "a_0001.nii.gz",
+    ]
+    (tmp_path / "b_0001.nii.gz").unlink()
+    with pytest.raises(PredictInputError) as error:
+        find_input_cases(tmp_path, 2)
+    assert "b: missing channel(s) 0001" in error.value.lines()[1]
+    with pytest.raises(PredictInputError, match="no such file"):
+        find_input_cases(tmp_path / "nothing", 1)
+
+
+def test_presets_choose_folds_mirroring_and_step(trained_workdir: Path) -> None:
+    model = load_model(trained_workdir)
+    plan = model.plans.configuration(model.configuration)
+    fast = PredictRequest(Path("i"), Path("o"), trained_workdir, preset="fast")
+    accurate = PredictRequest(Path("i"), Path("o"), trained_workdir)
+    assert chosen_folds(fast, model) == ["0"] and chosen_folds(accurate, model) == ["0", "1"]
+    assert inference_settings(fast, plan, "cpu").mirror_axes == ()
+    assert inference_settings(fast, plan, "cpu").step == 0.75
+    assert inference_settings(accurate, plan, "cpu").mirror_axes == (0, 1, 2)
+    overridden = PredictRequest(Path("i"), Path("o"), trained_workdir, step=0.6, mirror=False, folds=("1",))
+    assert inference_settings(overridden, plan, "cpu").step == 0.6
+    assert chosen_folds(overridden, model) == ["1"]
