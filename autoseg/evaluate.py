@@ -1,0 +1,276 @@
+"""``autoseg evaluate``: score predicted label files against reference label files.
+
+:func:`run_evaluate` pairs prediction and reference files by case name, checks that each pair shares one grid,
+computes the metrics of :mod:`autoseg.metrics` per case and class (optionally in worker processes) and writes
+``summary.json``, ``metrics.csv`` and ``metrics.png`` (:mod:`autoseg.evaluation_report`). The metric functions
+are re-exported here: ``dice_per_label`` (fast, counts only) and ``evaluate_case`` (everything).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from autoseg.dataset import Problem, _parse_labels
+from autoseg.errors import ImageReadError
+from autoseg.evaluation_report import EvaluationSummary, MetricStats, summarize, write_report
+from autoseg.io import Geometry, read_json, read_labels, split_ending
+from autoseg.metrics import (
+    DEFAULT_TOLERANCE_MM,
+    METRIC_NAMES,
+    ClassMetrics,
+    EvaluationError,
+    OverlapCounts,
+    dice_per_label,
+    evaluate_case,
+    overlap_counts,
+    surface_distances_mm,
+)
+from autoseg.metrics import _class_metrics as class_metrics_from
+from autoseg.parallel import map_cases
+from autoseg.types import LabelVolume
+
+__all__ = [
+    "DEFAULT_TOLERANCE_MM",
+    "METRIC_NAMES",
+    "CasePair",
+    "ClassMetrics",
+    "EvaluateRequest",
+    "EvaluationError",
+    "EvaluationSummary",
+    "MetricStats",
+    "OverlapCounts",
+    "dice_per_label",
+    "evaluate_case",
+    "evaluate_pairs",
+    "match_cases",
+    "overlap_counts",
+    "read_label_names",
+    "read_pair",
+    "run_evaluate",
+    "surface_distances_mm",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """What ``autoseg evaluate`` was asked to do.
+
+    Attributes:
+        prediction: folder of predicted label files, or one file.
+        reference: folder of reference label files, or one file.
+        output: folder for ``summary.json``, ``metrics.csv`` and ``metrics.png``.
+        labels_file: a ``dataset.json`` naming the labels; without it, every nonzero value found is a class.
+        tolerance_mm: tolerance of the normalised surface Dice, mm.
+        num_workers: worker processes (1: in this process).
+        progress: show a progress bar.
+        missing_predictions: ``"error"`` (default) refuses references without a prediction; ``"ignore"``
+            evaluates the predicted cases only (e.g. one fold's validation cases against all of ``labelsTr``).
+    """
+
+    prediction: Path
+    reference: Path
+    output: Path
+    labels_file: Path | None = None
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM
+    num_workers: int = 1
+    progress: bool = True
+    missing_predictions: Literal["error", "ignore"] = "error"
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """A prediction file and its reference file, for one case."""
+
+    case: str
+    prediction: Path
+    reference: Path
+
+
+def match_cases(
+    prediction: Path, reference: Path, *, missing_predictions: Literal["error", "ignore"] = "error"
+) -> list[CasePair]:
+    """Pair prediction and reference label files by case name (file name without its image ending).
+
+    Both may be single files (one pair) or folders; endings may differ (``.nii.gz`` vs ``.nrrd``).
+
+    Raises:
+        EvaluationError: a folder is missing or holds no label file, a prediction has no reference, or
+            (with ``missing_predictions="error"``) a reference has no prediction; the message lists the cases.
+    """
+    if prediction.is_file() and reference.is_file():
+        return [CasePair(split_ending(prediction)[0], prediction, reference)]
+    predicted, actual = _label_files(prediction), _label_files(reference)
+    orphans = sorted(set(predicted) - set(actual))
+    if orphans:
+        raise EvaluationError(
+            f"{len(orphans)} prediction(s) in {prediction} have no reference in {reference}: "
+            + _list_cases(orphans)
+        )
+    missing = sorted(set(actual) - set(predicted))
+    if missing and missing_predictions == "error":
+        raise EvaluationError(
+            f"{len(missing)} reference case(s) in {reference} have no prediction in {prediction}: "
+            + _list_cases(missing)
+            + " (evaluate a subset on purpose with missing_predictions='ignore')"
+        )
+    if missing:
+        logger.info(
+            "evaluating %d predicted case(s); %d reference(s) without prediction",
+            len(predicted),
+            len(missing),
+        )
+    return [CasePair(case, predicted[case], actual[case]) for case in sorted(predicted)]
+
+
+def read_pair(pair: CasePair) -> tuple[LabelVolume, LabelVolume, Geometry]:
+    """Read a prediction and its reference and check that they share one grid.
+
+    Raises:
+        EvaluationError: shape, spacing, origin or direction differ (naming both files).
+        ImageReadError: a file is unreadable or not a label map.
+    """
+    prediction, predicted_geometry = read_labels(pair.prediction)
+    reference, geometry = read_labels(pair.reference)
+    if prediction.shape != reference.shape:
+        raise EvaluationError(
+            f"{pair.prediction}: shape {prediction.shape} differs from reference {pair.reference} "
+            f"{reference.shape} (z, y, x)"
+        )
+    differences = predicted_geometry.differences(geometry)
+    if differences:
+        raise EvaluationError(
+            f"{pair.prediction}: geometry differs from reference {pair.reference}: " + "; ".join(differences)
+        )
+    return prediction, reference, geometry
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    if folder.is_file():
+        return {split_ending(folder)[0]: folder}
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: does not exist (expected a folder of label files or one file)")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem, ending = split_ending(path)
+        if not ending or path.name.startswith("."):
+            continue
+        if stem in files:
+            raise EvaluationError(f"{folder}: case {stem} appears twice ({files[stem].name}, {path.name})")
+        files[stem] = path
+    if not files:
+        raise EvaluationError(f"{folder}: holds no label file (.nii.gz, .nii, .nrrd, .mha, ...)")
+    return files
+
+
+def _list_cases(cases: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(cases[:limit])
+    return shown + (f" and {len(cases) - limit} more" if len(cases) > limit else "")
+
+
+def evaluate_pair(
+    pair: CasePair, label_ids: Sequence[int] | None, tolerance_mm: float
+) -> tuple[str, dict[int, ClassMetrics]]:
+    """Read and evaluate one case (module level, so that worker processes can run it).
+
+    Args:
+        label_ids: classes to evaluate; ``None``: every nonzero value in prediction or reference.
+    """
+    prediction, reference, geometry = read_pair(pair)
+    found = sorted((set(np.unique(prediction).tolist()) | set(np.unique(reference).tolist())) - {0})
+    if label_ids is None:
+        label_ids = found
+    elif set(found) - set(label_ids):
+        logger.warning(
+            "%s: label value(s) %s are not declared; ignored", pair.case, sorted(set(found) - set(label_ids))
+        )
+    return pair.case, evaluate_case(
+        prediction, reference, geometry.spacing_mm, label_ids, tolerance_mm=tolerance_mm
+    )
+
+
+def evaluate_pairs(
+    pairs: Sequence[CasePair],
+    label_ids: Sequence[int] | None,
+    *,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[int, ClassMetrics]]:
+    """Evaluate many cases (in ``num_workers`` processes); classes absent from a case count as both empty."""
+    work = partial(evaluate_pair, label_ids=label_ids, tolerance_mm=tolerance_mm)
+    results = dict(
+        map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=progress)
+    )
+    classes = sorted({k for metrics in results.values() for k in metrics}) if label_ids is None else label_ids
+    both_empty = class_metrics_from(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
+    return {case: {k: metrics.get(k, both_empty) for k in classes} for case, metrics in results.items()}
+
+
+def read_label_names(path: Path) -> dict[int, str]:
+    """Foreground label value -> name from a ``dataset.json`` (nnU-Net v2 or MSD form).
+
+    Raises:
+        EvaluationError: unreadable file or malformed ``labels``.
+    """
+    try:
+        meta = read_json(path)
+    except ImageReadError as error:
+        raise EvaluationError(error.message) from None
+    raw = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(raw, dict):
+        raise EvaluationError(f"{path}: has no 'labels' object (expected a dataset.json)")
+    msd = all(str(key).strip().isdigit() for key in raw)
+    problems: list[Problem] = []
+    labels = _parse_labels(meta, path, problems, msd=msd)  # the one parser of dataset.json labels
+    if problems:
+        raise EvaluationError(f"{path}: invalid labels", details=[p.message for p in problems])
+    return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}
+
+
+def label_names_for(label_ids: Sequence[int], names: Mapping[int, str] | None) -> dict[int, str]:
+    """Names of ``label_ids`` (``label_<value>`` when no name is known)."""
+    return {k: (names or {}).get(k, f"label_{k}") for k in label_ids}
+
+
+def run_evaluate(request: EvaluateRequest) -> EvaluationSummary:
+    """Evaluate every prediction against its reference and write the report into ``request.output``.
+
+    Raises:
+        EvaluationError: unmatched cases, different grids, or a malformed labels file.
+        ImageReadError: an unreadable label file.
+    """
+    if not request.tolerance_mm > 0:
+        raise EvaluationError(f"tolerance must be positive, got {request.tolerance_mm} mm")
+    pairs = match_cases(
+        request.prediction, request.reference, missing_predictions=request.missing_predictions
+    )
+    names = read_label_names(request.labels_file) if request.labels_file is not None else None
+    label_ids = sorted(names) if names is not None else None
+    cases = evaluate_pairs(
+        pairs,
+        label_ids,
+        tolerance_mm=request.tolerance_mm,
+        num_workers=request.num_workers,
+        progress=request.progress,
+    )
+    found = sorted({k for metrics in cases.values() for k in metrics})
+    summary = summarize(cases, label_names_for(found, names), request.tolerance_mm)
+    write_report(summary, request.output)
+    logger.info(
+        "evaluated %d case(s): mean Dice %.4f over %d class(es); wrote %s",
+        len(cases),
+        summary.mean_dice,
+        len(found),
+        request.output,
+    )
+    return summary
