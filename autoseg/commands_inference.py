@@ -41,6 +41,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
     )
+    parser.add_argument(
+        "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+        help="network arithmetic; auto: float16 autocast on CUDA, float32 on CPU",
+    )  # fmt: skip
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (3D)")
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -59,6 +64,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         device=args.device,
         windows_per_batch=args.windows_per_batch,
+        precision=args.precision,
+        channels_last=args.channels_last,
         checkpoint=args.checkpoint,
         outputs=OutputOptions(
             formats=tuple(dict.fromkeys(args.formats)), save_probabilities=args.save_probabilities

@@ -62,6 +62,8 @@ class PredictRequest:
     mirror: bool | None = None
     device: str = "auto"
     windows_per_batch: int = 1
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    channels_last: bool = False
     checkpoint: str = "final"
     outputs: OutputOptions = field(default_factory=OutputOptions)
 
@@ -120,6 +122,8 @@ def inference_settings(request: PredictRequest, plan: ConfigurationPlan, device:
         mirror_axes=tuple(range(plan.dims)) if mirror else (),
         windows_per_batch=request.windows_per_batch,
         device=device,
+        precision=request.precision,
+        channels_last=request.channels_last,
     )
 
 
