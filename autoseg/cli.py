@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.command
     try:
         with logging_redirect_tqdm():  # log lines print above progress bars instead of through them
+            for handler in logging.getLogger().handlers:  # tqdm's replacement handler does not copy the level
+                handler.setLevel(_console_level(args.verbose, args.quiet))
             return command(args)
     except AutosegError as error:
         if args.debug:
@@ -123,10 +125,14 @@ def _default_cache_dir() -> Path:
     return Path(base) / "autoseg" / "datasets"
 
 
+def _console_level(verbose: bool, quiet: bool) -> int:
+    return logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    handler.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    handler.setLevel(_console_level(verbose, quiet))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)

@@ -75,7 +75,7 @@ def test_a_flipped_copy_predicts_the_flipped_segmentation(
 
 
 def test_exported_model_predicts_like_the_work_directory(
-    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image, _, geometry = tiny_case(rng)
     write_image(image[0], geometry, tmp_path / "scan.nii.gz")  # a single file without a channel suffix
@@ -87,6 +87,7 @@ def test_exported_model_predicts_like_the_work_directory(
         read_labels(tmp_path / "b" / "scan.nii.gz")[0],
     )
     np.testing.assert_array_equal(labels_a, labels_b)
+    assert "INFO" not in capsys.readouterr().err  # -q keeps the console to warnings and errors
     record = json.loads((tmp_path / "b" / "predict.json").read_text())
     assert record["folds"] == ["0", "1"] and record["settings"]["mirror_axes"] == [0, 1, 2]
 
