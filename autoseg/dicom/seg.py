@@ -96,7 +96,8 @@ def read_dicom_seg_masks(path: Path, series: DicomSeries) -> dict[str, BoolVolum
     frames = _frames(dataset, path)
     threshold = 0.5 * float(dataset.get("MaximumFractionalValue", 1) or 1)
     for index, frame in enumerate(dataset.PerFrameFunctionalGroupsSequence):
-        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        segment = _frame_item(dataset, frame, "SegmentIdentificationSequence")
+        number = int(segment.ReferencedSegmentNumber) if segment is not None else 1
         z = _frame_slice(dataset, frame, geometry, shape, f"{path}: frame {index + 1}")
         masks[names.get(number, f"segment {number}")][z] |= frames[index] > threshold
     return masks
@@ -156,23 +157,37 @@ def _build(
     path: Path,
 ) -> hd.seg.Segmentation:
     try:
-        return hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=segments,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=generate_uid(),
-            series_number=902,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer=algorithm_name,
-            manufacturer_model_name=algorithm_name,
-            software_versions=algorithm_version,
-            device_serial_number="none",
-            series_description=f"{algorithm_name} segmentation",
-        )
+        with warnings.catch_warnings():
+            # highdicom re-validates the source's PatientName and warns on single-component names such as
+            # "JANCT000", which are common in real data and harmless: copy them as they are.
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            return _segmentation(sources, segments, descriptions, algorithm_name, algorithm_version)
     except (ValueError, TypeError, AttributeError) as error:
         raise DicomError(f"{path}: cannot build the DICOM SEG ({error})") from None
+
+
+def _segmentation(
+    sources: list[Dataset],
+    segments: np.ndarray,
+    descriptions: list[hd.seg.SegmentDescription],
+    algorithm_name: str,
+    algorithm_version: str,
+) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=segments,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=902,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm_name,
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        device_serial_number="none",
+        series_description=f"{algorithm_name} segmentation",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ reading

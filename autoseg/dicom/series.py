@@ -285,6 +285,8 @@ def read_source_headers(series: DicomSeries) -> list[Dataset]:
         for keyword in PATIENT_STUDY_KEYWORDS:  # type 2 in derived objects: present, possibly empty
             if keyword not in header:
                 setattr(header, keyword, "")
+        if "SpecificCharacterSet" in header and not header.SpecificCharacterSet:
+            del header.SpecificCharacterSet  # empty means the default repertoire; highdicom refuses ''
         headers.append(header)
     return headers
 
