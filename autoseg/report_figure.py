@@ -282,7 +282,8 @@ def _figure(
     colours = structure_colours([r.value for r in rows])
     for column, view in enumerate(views):
         _draw_view(figure.add_subplot(grid[0, column]), view, colours, window)
-    _draw_flags(figure.add_subplot(grid[1, :]), reasons)
+    confidence_known = any(r.mean_confidence is not None for r in rows)
+    _draw_flags(figure.add_subplot(grid[1, :]), reasons, confidence_known)
     _draw_table(figure.add_subplot(grid[2, :]), shown, colours, blocks, len(ordered) - len(shown))
     figure.text(0.01, 1 - 0.3 / inches, title, fontsize=13, fontweight="bold", va="center")
     figure.text(0.01, 1 - 0.6 / inches, subtitle, fontsize=8.5, va="center", color="0.3")
@@ -292,6 +293,8 @@ def _figure(
 def _draw_view(
     axes: Axes, view: SliceView, colours: dict[int, tuple[float, float, float]], window: tuple[float, float]
 ) -> None:
+    from matplotlib import patheffects
+
     axes.imshow(
         view.image,
         cmap="gray",
@@ -319,22 +322,21 @@ def _draw_view(
     axes.set_yticks([])
     axes.set_title(f"{view.name}, {view.caption}", fontsize=9)
     left, right, top, bottom = view.edges
-    style: dict[str, Any] = {
-        "transform": axes.transAxes,
-        "color": "yellow",
-        "fontsize": 11,
-        "fontweight": "bold",
-    }
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]  # readable on any grey
+    style: dict[str, Any] = {"transform": axes.transAxes, "color": "yellow", "fontsize": 11}
+    style.update(fontweight="bold", path_effects=outline)
     axes.text(0.02, 0.5, left, ha="left", va="center", **style)
     axes.text(0.98, 0.5, right, ha="right", va="center", **style)
     axes.text(0.5, 0.98, top, ha="center", va="top", **style)
     axes.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
 
 
-def _draw_flags(axes: Axes, reasons: Sequence[str]) -> None:
+def _draw_flags(axes: Axes, reasons: Sequence[str], confidence_known: bool) -> None:
     axes.axis("off")
     if not reasons:
         message = "No flags: every structure is within what the training data shows."
+        if not confidence_known:
+            message += " (Confidence not checked: no probabilities.)"
         axes.text(
             0.0,
             0.5,
