@@ -26,8 +26,8 @@ from skimage import draw, measure
 from autoseg import __version__
 from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import index_to_patient, patient_to_index
-from autoseg.dicom.series import DicomSeries, read_header, read_source_headers, series_geometry
-from autoseg.dicom.writing import copy_patient_and_study, save_atomically
+from autoseg.dicom.series import DicomSeries, read_header, series_geometry
+from autoseg.dicom.writing import copy_patient_and_study, read_source_headers, save_atomically
 from autoseg.io import Geometry
 from autoseg.types import BoolVolume, LabelVolume
 

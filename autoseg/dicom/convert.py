@@ -1,0 +1,318 @@
+"""``convert-dicom``: DICOM image series + RTSTRUCT/SEG cases -> an nnU-Net v2 style training dataset.
+
+Input layout: a folder with one sub-folder per case (each holding one image series and one or more RTSTRUCT
+or SEG files, in any sub-folders), or one case folder: a folder that holds DICOM files directly, or whose
+sub-folders together (not one by one) hold a series and its annotation, e.g. ``case/ct/`` + ``case/seg/``.
+Such a folder is one case named after the folder. Output::
+
+    OUTPUT/imagesTr/<case>_0000.nii.gz   the series (HU for CT), geometry exactly that of the DICOM series
+    OUTPUT/labelsTr/<case>.nii.gz        uint8/uint16 label map on the same grid
+    OUTPUT/dataset.json                  channel_names from the modality, labels, numTraining, file_ending
+    OUTPUT/label_mapping.json            the mapping used (the one given, or the one made from the names)
+
+Structures map to labels through a :class:`~autoseg.dicom.mapping.LabelMapping`. Where structures overlap,
+the higher label value wins. Each file is written atomically, the label map last; re-running rewrites the same
+files. A case without any non-empty mapped structure is reported, skipped, and files a previous run wrote
+for it are removed, so the dataset never holds half a case.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from autoseg.dicom.errors import DicomError
+from autoseg.dicom.mapping import LabelMapping, load_mapping, mapping_from_names, save_mapping
+from autoseg.dicom.rtstruct import read_rtstruct
+from autoseg.dicom.seg import read_dicom_seg_masks
+from autoseg.dicom.series import DicomObject, DicomSeries, read_header, read_series, scan_folder
+from autoseg.errors import AutosegError
+from autoseg.io import write_image, write_json, write_labels
+from autoseg.types import BoolVolume, FloatVolume, LabelVolume
+
+logger = logging.getLogger(__name__)
+
+FILE_ENDING = ".nii.gz"
+MAPPING_FILE = "label_mapping.json"
+_CHANNEL_NAMES = {"CT": "CT", "MR": "MRI", "PT": "PET"}
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    """What to convert.
+
+    Attributes:
+        input_dir: folder of case sub-folders, or one case folder.
+        output_dir: dataset folder to write (created; existing cases are overwritten).
+        mapping_file: JSON label mapping (see :mod:`autoseg.dicom.mapping`); ``None`` maps every structure
+            name found to its own label, in sorted order, and writes that mapping to the output.
+    """
+
+    input_dir: Path
+    output_dir: Path
+    mapping_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """What happened to one case.
+
+    Attributes:
+        case: case identifier (file stem in the dataset).
+        source: the case folder.
+        status: ``"written"`` or ``"skipped"``.
+        voxels: label name -> voxel count written (after overlaps were resolved).
+        unknown_rois: structure names in the case's files that the mapping does not cover.
+        missing_labels: mapping labels with no (non-empty) structure in this case.
+        overlap_voxels: voxels claimed by more than one label (the higher value was kept).
+        message: why the case was skipped, if it was.
+    """
+
+    case: str
+    source: Path
+    status: Literal["written", "skipped"]
+    voxels: dict[str, int] = field(default_factory=dict)
+    unknown_rois: tuple[str, ...] = ()
+    missing_labels: tuple[str, ...] = ()
+    overlap_voxels: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """The result: one report per case, the labels of ``dataset.json`` and the mapping used."""
+
+    output_dir: Path
+    cases: tuple[CaseReport, ...]
+    labels: dict[str, int]
+    mapping: LabelMapping
+
+    @property
+    def written(self) -> tuple[CaseReport, ...]:
+        """Cases in the dataset."""
+        return tuple(c for c in self.cases if c.status == "written")
+
+    @property
+    def skipped(self) -> tuple[CaseReport, ...]:
+        """Cases left out, each with its reason."""
+        return tuple(c for c in self.cases if c.status == "skipped")
+
+
+@dataclass(frozen=True)
+class _Case:
+    name: str
+    folder: Path
+    series: DicomSeries
+    annotations: tuple[DicomObject, ...]
+
+
+def convert_dicom(request: ConvertRequest) -> ConvertReport:
+    """Convert DICOM cases into an nnU-Net v2 style dataset (see the module docstring for the layouts).
+
+    Raises:
+        DicomError: no case found, an invalid mapping file, cases of different modalities, or every case
+            skipped. A problem in one case (unreadable series, no annotation...) skips that case instead.
+    """
+    cases, reports = _discover(request.input_dir)
+    if not cases:
+        raise DicomError(f"{request.input_dir}: no case with an image series and an RTSTRUCT/SEG found")
+    if request.mapping_file is not None:
+        mapping = load_mapping(request.mapping_file)
+    else:
+        mapping = mapping_from_names(name for case in cases for name in _structure_names(case))
+        logger.info("no mapping given: every structure name gets its own label (see %s)", MAPPING_FILE)
+    save_mapping(mapping, request.output_dir / MAPPING_FILE)
+    modality = _common_modality(cases)
+    for case in cases:
+        reports.append(_convert_case(case, mapping, request.output_dir))
+    written = [r for r in reports if r.status == "written"]
+    if not written:
+        raise DicomError(
+            f"{request.input_dir}: no case could be converted",
+            details=[f"{r.case}: {r.message}" for r in reports],
+        )
+    meta = {
+        "name": request.output_dir.name,
+        "channel_names": {"0": _CHANNEL_NAMES.get(modality, modality or "image")},
+        "labels": mapping.values(),
+        "numTraining": len(written),
+        "file_ending": FILE_ENDING,
+    }
+    write_json(meta, request.output_dir / "dataset.json")
+    ordered = tuple(sorted(reports, key=lambda r: r.case))
+    return ConvertReport(request.output_dir, ordered, mapping.values(), mapping)
+
+
+def read_structures(annotation: DicomObject, series: DicomSeries) -> dict[str, BoolVolume]:
+    """Structure name -> ``(Z, Y, X)`` bool mask on the series grid, from an RTSTRUCT or a SEG file."""
+    if annotation.modality == "RTSTRUCT":
+        return read_rtstruct(annotation.path, series)
+    return read_dicom_seg_masks(annotation.path, series)
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+def _case_folders(input_dir: Path) -> list[Path]:
+    if not input_dir.is_dir():
+        raise DicomError(f"{input_dir}: is not a folder")
+    if any(p.is_file() and read_header(p) is not None for p in input_dir.iterdir()):
+        return [input_dir]
+    return sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _discover(input_dir: Path) -> tuple[list[_Case], list[CaseReport]]:
+    cases: list[_Case] = []
+    skipped: list[CaseReport] = []
+    names: set[str] = set()
+    folders = _case_folders(input_dir)
+    for folder in folders:
+        name = _unique(_case_name(folder), names)
+        try:
+            cases.append(_pair(name, folder))
+        except AutosegError as error:
+            logger.warning("%s: skipped: %s", folder, error.message)
+            skipped.append(CaseReport(name, folder, "skipped", message=" ".join(error.lines())))
+    if not cases and folders != [input_dir]:
+        try:  # e.g. case/ct + case/seg: the sub-folders are parts of one case
+            return [_pair(_case_name(input_dir), input_dir)], []
+        except AutosegError:
+            pass
+    return cases, skipped
+
+
+def _case_name(folder: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", folder.name).strip("_") or "case"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _pair(name: str, folder: Path) -> _Case:
+    scan = scan_folder(folder)
+    annotations = tuple(o for o in scan.others if o.modality in ("RTSTRUCT", "SEG"))
+    if not annotations:
+        raise DicomError(f"{folder}: holds no RTSTRUCT or SEG file")
+    if not scan.series:
+        raise DicomError(f"{folder}: holds no image series for its {annotations[0].modality}")
+    frames = {a.frame_of_reference_uid for a in annotations} - {""}
+    series = [
+        s for s in scan.series if not frames or s.frame_of_reference_uid in frames or len(scan.series) == 1
+    ]
+    if len(series) != 1:
+        raise DicomError(
+            f"{folder}: cannot tell which of {len(scan.series)} image series the annotations belong to; "
+            "keep one series per case folder",
+            details=[s.summary() for s in scan.series],
+        )
+    return _Case(name, folder, series[0], annotations)
+
+
+def _structure_names(case: _Case) -> list[str]:
+    names: list[str] = []
+    for annotation in case.annotations:
+        header = read_header(annotation.path)
+        if header is None:
+            continue
+        if annotation.modality == "RTSTRUCT":
+            names += [str(r.get("ROIName", "")) for r in header.get("StructureSetROISequence", [])]
+        else:
+            names += [str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])]
+    return [n for n in names if n.strip()]
+
+
+def _common_modality(cases: list[_Case]) -> str:
+    modalities = sorted({case.series.modality for case in cases})
+    if len(modalities) > 1:
+        raise DicomError(
+            f"cases mix modalities {modalities}; one dataset holds one channel of one modality",
+            details=[f"{c.name}: {c.series.modality}" for c in cases],
+        )
+    return modalities[0]
+
+
+# ------------------------------------------------------------------------------------------------ one case
+
+
+def _convert_case(case: _Case, mapping: LabelMapping, output_dir: Path) -> CaseReport:
+    image_path = output_dir / "imagesTr" / f"{case.name}_0000{FILE_ENDING}"
+    label_path = output_dir / "labelsTr" / f"{case.name}{FILE_ENDING}"
+    try:
+        image, geometry = read_series(case.series)
+        structures = _all_structures(case)
+    except AutosegError as error:
+        _remove_stale(image_path, label_path)
+        return CaseReport(case.name, case.folder, "skipped", message=" ".join(error.lines()))
+    labels, report = _label_map(case, structures, mapping)
+    if report.status == "skipped":
+        logger.warning("%s: skipped: %s", case.folder, report.message)
+        _remove_stale(image_path, label_path)
+        return report
+    write_image(_compact(image), geometry, image_path)
+    write_labels(labels, geometry, label_path)
+    logger.info("%s: written as %s (%s)", case.folder, case.name, report.voxels)
+    return report
+
+
+def _all_structures(case: _Case) -> dict[str, BoolVolume]:
+    structures: dict[str, BoolVolume] = {}
+    for annotation in case.annotations:
+        for name, mask in read_structures(annotation, case.series).items():
+            structures[name] = structures[name] | mask if name in structures else mask
+    return structures
+
+
+def _label_map(
+    case: _Case, structures: dict[str, BoolVolume], mapping: LabelMapping
+) -> tuple[LabelVolume, CaseReport]:
+    shape = (len(case.series.instances), case.series.instances[0].rows, case.series.instances[0].columns)
+    by_label: dict[str, BoolVolume] = {}
+    unknown: list[str] = []
+    for name, mask in structures.items():
+        label = mapping.label_for(name)
+        if label is None:
+            unknown.append(name)
+        elif mask.any():
+            by_label[label] = by_label[label] | mask if label in by_label else mask
+    missing = tuple(name for name in mapping.labels if name not in by_label)
+    dtype = np.uint16 if max(r.value for r in mapping.labels.values()) > 255 else np.uint8
+    labels = np.zeros(shape, dtype)
+    claimed = np.zeros(shape, np.uint8)
+    for name in sorted(by_label, key=lambda n: mapping.labels[n].value):
+        labels[by_label[name]] = mapping.labels[name].value
+        claimed += by_label[name]
+    voxels = {name: int(np.sum(labels == mapping.labels[name].value)) for name in by_label}
+    status: Literal["written", "skipped"] = "written" if by_label else "skipped"
+    message = (
+        "" if by_label else f"no non-empty structure matches the mapping (structures: {sorted(structures)})"
+    )
+    overlap = int(np.sum(claimed > 1))
+    report = CaseReport(
+        case.name, case.folder, status, voxels, tuple(sorted(unknown)), missing, overlap, message
+    )  # fmt: skip
+    return labels, report
+
+
+def _compact(image: FloatVolume) -> np.ndarray:
+    """int16 when every value is an integer in range (CT in HU, most MR), else float32: a smaller file."""
+    info = np.iinfo(np.int16)
+    if image.size and np.all(np.mod(image, 1) == 0) and info.min <= image.min() and image.max() <= info.max:
+        return image.astype(np.int16)
+    return image
+
+
+def _remove_stale(*paths: Path) -> None:
+    for path in paths:
+        if path.exists():
+            logger.info("%s: removed (left from an earlier conversion of a case skipped now)", path)
+            path.unlink()
