@@ -296,20 +296,35 @@ def read_json(path: Path) -> object:
 
 def write_text_atomically(text: str, path: Path) -> None:
     """Write a text file through a temporary file in the same folder, then rename it into place."""
+    with atomic_target(path) as temporary, temporary.open("w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` to write into; renamed onto ``path`` when the block succeeds, removed
+    when it fails, so ``path`` is never half-written.
+
+    The file gets the permissions a plain ``open`` would give (0666 minus the umask), not ``mkstemp``'s 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        temporary.chmod(0o666 & ~_UMASK)
+        yield temporary
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ internals
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
 
 
 def limit_threads(count: int) -> None:

@@ -4,8 +4,6 @@ instances and a reviewer report, all on the input's own grid and geometry."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoseg.errors import UsageError
-from autoseg.io import Geometry, write_labels
+from autoseg.io import Geometry, atomic_target, write_labels
 from autoseg.types import FloatVolume, LabelVolume
 
 if TYPE_CHECKING:
@@ -134,14 +132,7 @@ def postprocess(
 
 def _save_probabilities(probabilities: FloatVolume, class_names: Sequence[str], path: Path) -> None:
     """``np.savez_compressed`` through a temporary file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_target(path) as temporary, temporary.open("wb") as stream:
         np.savez_compressed(
-            temporary, probabilities=probabilities.astype(np.float16), labels=np.asarray(class_names)
+            stream, probabilities=probabilities.astype(np.float16), labels=np.asarray(class_names)
         )
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -3,14 +3,13 @@ written atomically (temporary file in the same folder, then rename)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.io import atomic_target
 
 
 class CheckpointError(AutosegError):
@@ -19,15 +18,8 @@ class CheckpointError(AutosegError):
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` (tensors, dicts, lists, numbers, strings) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_target(path) as temporary:
         torch.save(state, temporary)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, *, device: str | torch.device = "cpu") -> dict[str, Any]:
