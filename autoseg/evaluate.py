@@ -124,7 +124,7 @@ def match_cases(
             + " (evaluate a subset on purpose with missing_predictions='ignore')"
         )
     if missing:
-        logger.info(
+        logger.debug(
             "evaluating %d predicted case(s); %d reference(s) without prediction",
             len(predicted),
             len(missing),
