@@ -13,7 +13,7 @@ import pytest
 from helpers import make_fingerprint
 from matplotlib.figure import Figure
 
-from autoseg.errors import UsageError
+from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry
 from autoseg.report import (
     ClassReference,
@@ -184,7 +184,6 @@ def test_failed_rendering_leaves_the_previous_report_untouched(
     path.write_bytes(b"previous report")
 
     def broken_savefig(self: Figure, *args: object, **kwargs: object) -> None:
-        Path(str(args[0])).write_bytes(b"half a PNG")
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
@@ -193,6 +192,16 @@ def test_failed_rendering_leaves_the_previous_report_untouched(
         render_report(labels.astype(np.float32), labels, GEOMETRY, rows, path, title="case")
     assert path.read_bytes() == b"previous report"
     assert [p.name for p in tmp_path.iterdir()] == ["case_report.png"]
+
+
+def test_unwritable_report_folder_is_an_image_write_error(tmp_path: Path) -> None:
+    labels, _ = usual_case()
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    rows = structure_table(labels, None, GEOMETRY, NAMES, None)
+    with pytest.raises(ImageWriteError, match="cannot write the report"):
+        render_report(
+            labels.astype(np.float32), labels, GEOMETRY, rows, tmp_path / "taken" / "r.png", title="x"
+        )
 
 
 @pytest.mark.parametrize(
