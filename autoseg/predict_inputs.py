@@ -145,13 +145,16 @@ def _dicom_cases(folder: Path, num_channels: int) -> list[InputCase]:
 
 
 def _series_names(folder: Path, series: Sequence[Any]) -> list[str]:
-    """The folder's name for one series; else the folder name plus the series' number or description."""
+    """Output names: the input folder's name for one series; the sub-folder path of each series when every
+    series has a folder of its own; else the folder name plus the series description (or UID tail)."""
     if len(series) == 1:
         return [folder.name]
-    names: list[str] = []
-    for index, item in enumerate(series):
-        label = str(getattr(item, "series_number", "") or getattr(item, "description", "") or index)
-        names.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{folder.name}_{label}").strip("_"))
+    homes = [item.files[0].parent for item in series]
+    if len(set(homes)) == len(homes):
+        names = ["_".join(home.relative_to(folder).parts) or folder.name for home in homes]
+    else:
+        names = [f"{folder.name}_{item.description or item.series_instance_uid[-8:]}" for item in series]
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "series" for name in names]
     if len(set(names)) != len(names):
         names = [f"{name}_{index}" for index, name in enumerate(names)]
     return names

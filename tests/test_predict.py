@@ -147,3 +147,28 @@ def test_presets_choose_folds_mirroring_and_step(trained_workdir: Path) -> None:
     overridden = PredictRequest(Path("i"), Path("o"), trained_workdir, step=0.6, mirror=False, folds=("1",))
     assert inference_settings(overridden, plan, "cpu").step == 0.6
     assert chosen_folds(overridden, model) == ["1"]
+
+
+@pytest.mark.realdata
+def test_dicom_series_in_nifti_seg_and_rtstruct_out(
+    trained_workdir: Path, tmp_path: Path, data_root: Path
+) -> None:
+    from autoseg.dicom.rtstruct import read_rtstruct
+    from autoseg.dicom.seg import read_dicom_seg
+    from autoseg.dicom.series import read_series, single_series
+
+    source = data_root / "brain_mr_dicom" / "hippocrop" / "study1"
+    formats = ["--format", "nifti", "dicom-seg", "rtstruct", "--preset", "fast"]
+    assert _predict(source, tmp_path / "out", trained_workdir, *formats) == 0
+    series = single_series(source)
+    _, geometry = read_series(series)
+    labels, written = read_labels(tmp_path / "out" / "study1.nii.gz")
+    assert not written.differences(geometry, tolerance=1e-6)
+    seg = read_dicom_seg(tmp_path / "out" / "study1_seg.dcm", series, {"organ": 1, "core": 2})
+    np.testing.assert_array_equal(seg, labels)
+    masks = read_rtstruct(tmp_path / "out" / "study1_rtstruct.dcm", series)
+    assert set(masks) == {"organ", "core"}
+    for name, value in (("organ", 1), ("core", 2)):
+        expected = labels == value
+        overlap = 2 * np.logical_and(masks[name], expected).sum() / max(1, masks[name].sum() + expected.sum())
+        assert overlap >= 0.9 or expected.sum() < 20
