@@ -120,7 +120,10 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
     """
     cases, reports = _discover(request.input_dir)
     if not cases:
-        raise DicomError(f"{request.input_dir}: no case with an image series and an RTSTRUCT/SEG found")
+        raise DicomError(
+            f"{request.input_dir}: no case with an image series and an RTSTRUCT/SEG found",
+            details=[f"{r.case}: {r.message}" for r in reports],
+        )
     if request.mapping_file is not None:
         mapping = load_mapping(request.mapping_file)
     else:

@@ -1,0 +1,146 @@
+"""convert-dicom: DICOM cases (series + RTSTRUCT or SEG) to an nnU-Net v2 dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_helpers import write_ct_series
+
+from autoseg.dataset import load_dataset
+from autoseg.dicom.convert import ConvertRequest, convert_dicom
+from autoseg.dicom.errors import DicomError
+from autoseg.dicom.mapping import load_mapping, mapping_from_names, parse_mapping
+from autoseg.dicom.rtstruct import write_rtstruct
+from autoseg.dicom.seg import write_dicom_seg
+from autoseg.dicom.series import read_series, single_series
+from autoseg.io import read_image, read_json, read_labels
+
+MAPPING = {
+    "labels": {
+        "GTV": {"value": 1, "rois": ["gtv*"]},
+        "Lung": {"value": 2, "rois": ["lung_?", "lungs"]},
+        "Heart": {"value": 3},
+    }
+}
+
+
+def write_case(folder: Path, names: tuple[str, str], *, seg: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A 4 x 12 x 20 CT case with two structures, one RTSTRUCT (or SEG) file each, overlapping in 8 voxels.
+
+    Returns both structures' masks (uint8 0/1).
+    """
+    first, second = np.zeros((4, 12, 20), np.uint8), np.zeros((4, 12, 20), np.uint8)
+    first[1:3, 2:6, 3:8] = 1
+    second[1:3, 4:10, 6:15] = 1  # overlaps the first at rows 4-5, columns 6-7 on two slices
+    write_ct_series(folder / "ct", ((first + second) * 40).astype(np.int16))
+    series = single_series(folder / "ct")
+    for index, (name, mask) in enumerate(zip(names, (first, second), strict=True)):
+        write = write_dicom_seg if seg else write_rtstruct
+        write(mask, series, {1: name}, folder / f"structure{index}.dcm")
+    return first, second
+
+
+def test_unknown_missing_overlapping_and_skipped_cases(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    gtv, lung = write_case(cases / "a", ("GTV_primary", "Lung_L"))
+    labels = np.maximum(gtv, 2 * lung)  # the higher value wins where they overlap
+    write_rtstruct(
+        np.zeros((4, 12, 20), np.uint8),
+        single_series(cases / "a" / "ct"),
+        {1: "Couch"},
+        cases / "a" / "c.dcm",
+    )
+    write_case(cases / "b", ("Couch", "Table"))  # nothing mappable
+    write_ct_series(cases / "c" / "ct", np.zeros((2, 4, 4), np.int16))  # no RTSTRUCT
+    (tmp_path / "mapping.json").write_text(json.dumps(MAPPING))
+    stale = tmp_path / "out" / "labelsTr" / "b.nii.gz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left from an earlier run")
+    report = convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
+    a, b, c = report.cases
+    assert a.status == "written" and a.unknown_rois == ("Couch",) and a.missing_labels == ("Heart",)
+    assert a.voxels == {"GTV": int(np.sum(labels == 1)), "Lung": int(np.sum(labels == 2))}
+    assert a.overlap_voxels == 2 * 2 * 2  # rows 4-5, columns 6-7, two slices
+    assert b.status == "skipped" and "no non-empty structure" in b.message and not stale.exists()
+    assert c.status == "skipped" and "no RTSTRUCT or SEG" in c.message
+    written, _ = read_labels(tmp_path / "out" / "labelsTr" / "a.nii.gz")
+    np.testing.assert_array_equal(written, labels)  # higher value wins where GTV and Lung overlap
+    meta = read_json(tmp_path / "out" / "dataset.json")
+    assert meta == {
+        "name": "out",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "GTV": 1, "Lung": 2, "Heart": 3},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    assert load_mapping(tmp_path / "out" / "label_mapping.json") == load_mapping(tmp_path / "mapping.json")
+    assert len(load_dataset(tmp_path / "out").cases) == 1
+
+
+def test_seg_case_without_mapping_maps_every_name(tmp_path: Path) -> None:
+    kidney, aorta = write_case(tmp_path / "one_case", ("kidney", "Aorta"), seg=True)
+    report = convert_dicom(ConvertRequest(tmp_path / "one_case", tmp_path / "out"))
+    assert [c.case for c in report.written] == ["one_case"]
+    assert report.labels == {"background": 0, "Aorta": 1, "kidney": 2}  # sorted, case-insensitively
+    written, _ = read_labels(tmp_path / "out" / "labelsTr" / "one_case.nii.gz")
+    np.testing.assert_array_equal(written, np.maximum(aorta, 2 * kidney))
+    assert "Aorta" in load_mapping(tmp_path / "out" / "label_mapping.json").labels
+
+
+def test_mapping_validation_names_every_problem(tmp_path: Path) -> None:
+    bad = {"labels": {"background": {"value": 0}, "A": {"value": 2, "rois": []}, "B": {"value": 2, "x": 1}}}
+    with pytest.raises(DicomError, match="invalid label mapping") as caught:
+        parse_mapping(bad, "mapping.json")
+    text = "\n".join(caught.value.details)
+    assert "1 to 65535" in text and "non-empty list" in text and "more than one label" in text
+    assert "unknown keys ['x']" in text and "'background' is implicit" in text
+    with pytest.raises(DicomError, match="expected"):
+        parse_mapping({"GTV": 1}, "mapping.json")
+    shorthand = parse_mapping({"labels": {"GTV": 1}}, "m")
+    assert shorthand.label_for("gtv") == "GTV" and shorthand.label_for("GTV-2") is None
+    escaped = mapping_from_names(["Lung [L]", "lung [l]", "CTV"])
+    assert list(escaped.labels) == ["CTV", "Lung [L]"] and escaped.label_for("LUNG [L]") == "Lung [L]"
+
+
+def test_no_case_at_all_is_an_error(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "only_ct" / "ct", np.zeros((2, 4, 4), np.int16))
+    with pytest.raises(DicomError, match="no case with an image series and an RTSTRUCT/SEG") as caught:
+        convert_dicom(ConvertRequest(tmp_path, tmp_path / "out"))
+    assert caught.value.details == [f"only_ct: {tmp_path / 'only_ct'}: holds no RTSTRUCT or SEG file"]
+
+
+@pytest.mark.realdata
+def test_lung_rtstruct_dataset(data_root: Path, tmp_path: Path) -> None:
+    source = data_root / "lung_ct_rtstruct"
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"labels": {"GTV": {"value": 1, "rois": ["GTV*"]}}}))
+    report = convert_dicom(ConvertRequest(source, tmp_path / "out", mapping))
+    assert [c.case for c in report.written] == ["pat_1", "pat_2", "pat_3", "pat_4"]
+    dataset = load_dataset(tmp_path / "out")
+    assert dataset.labels == {"background": 0, "GTV": 1} and dataset.channel_names == ("CT",)
+    for case in dataset.cases:
+        image, geometry = read_image(case.image_paths)
+        dicom_image, dicom_geometry = read_series(single_series(source / case.identifier))
+        assert geometry.differences(dicom_geometry, tolerance=1e-6) == []
+        np.testing.assert_array_equal(image, dicom_image)
+        assert case.label_path is not None
+        labels, label_geometry = read_labels(case.label_path)
+        assert label_geometry == geometry and labels.shape == image.shape[1:] and labels.any()
+    first = (tmp_path / "out" / "labelsTr" / "pat_1.nii.gz").read_bytes()
+    again = convert_dicom(ConvertRequest(source, tmp_path / "out", mapping))  # idempotent re-run
+    assert again.cases == report.cases
+    assert (tmp_path / "out" / "labelsTr" / "pat_1.nii.gz").read_bytes() == first
+
+
+@pytest.mark.realdata
+def test_dicom_seg_ct3slice_as_one_case(data_root: Path, tmp_path: Path) -> None:
+    shutil.copytree(data_root / "dicom_seg_ct3slice", tmp_path / "liver_case")
+    report = convert_dicom(ConvertRequest(tmp_path / "liver_case", tmp_path / "out"))
+    (case,) = report.written
+    assert case.case == "liver_case" and report.labels == {"background": 0, "Liver": 1}
+    labels, _ = read_labels(tmp_path / "out" / "labelsTr" / "liver_case.nii.gz")
+    assert labels.shape == (3, 512, 512) and case.voxels["Liver"] == int(labels.sum()) > 10_000
