@@ -1,4 +1,4 @@
-"""CLI commands after training: ``predict``, ``export-model``."""
+"""CLI commands after training: ``predict``, ``export-model``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -97,6 +97,58 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prediction", type=Path, metavar="PRED", help="predicted label file or folder")
+    parser.add_argument("reference", type=Path, metavar="REF", help="reference label file or folder")
+    parser.add_argument(
+        "--labels", type=Path, default=None, metavar="dataset.json",
+        help="names the classes; without it every nonzero value found is a class",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, metavar="OUT",
+        help="folder for summary.json, metrics.csv, metrics.png (default: PRED, or PRED's folder for a file)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tolerance", type=float, default=2.0, metavar="MM", help="surface Dice tolerance (default: 2 mm)"
+    )
+    parser.add_argument(
+        "--ignore-missing", action="store_true", help="evaluate only the references that have a prediction"
+    )
+    parser.add_argument(
+        "-np", "--num-processes", dest="num_workers", type=positive_int, default=1,
+        help="worker processes over cases (default: 1)",
+    )  # fmt: skip
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """``autoseg evaluate PRED REF``: per case and class metrics, a summary, a CSV and box plots."""
+    from autoseg.evaluate import EvaluateRequest, run_evaluate
+
+    output = args.output or (args.prediction if args.prediction.is_dir() else args.prediction.parent)
+    summary = run_evaluate(
+        EvaluateRequest(
+            prediction=args.prediction,
+            reference=args.reference,
+            output=output,
+            labels_file=args.labels,
+            tolerance_mm=args.tolerance,
+            num_workers=args.num_workers,
+            progress=_progress(args),
+            missing_predictions="ignore" if args.ignore_missing else "error",
+        )
+    )
+    print(f"{len(summary.cases)} case(s); metrics in {output}/summary.json, metrics.csv, metrics.png")
+    print(f"{'class':<24} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'ASSD mm':>8} {'NSD':>7}")
+    for value, name in summary.labels.items():
+        stats = summary.per_class[value]
+        row = [stats[m].mean for m in ("dice", "iou", "hd95_mm", "assd_mm", "surface_dice")]
+        print(f"{name:<24} " + " ".join(f"{v:>{w}.3f}" for v, w in zip(row, (7, 7, 8, 8, 7), strict=True)))
+    return 0
+
+
 COMMANDS = [
     CommandSpec(
         "predict",
@@ -109,5 +161,11 @@ COMMANDS = [
         "write a trained configuration (plans, weights, post-processing, checksums) into one .zip file",
         _export_arguments,
         run_export_command,
+    ),
+    CommandSpec(
+        "evaluate",
+        "score predicted label maps against references: Dice, IoU, HD95, ASSD, surface Dice, volumes",
+        _evaluate_arguments,
+        run_evaluate_command,
     ),
 ]
