@@ -208,6 +208,17 @@ def test_rtstruct_round_trip_on_oblique_series(tmp_path: Path) -> None:
     )
 
 
+def test_rtstruct_round_trip_of_random_noise_is_exact(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Holes, islands, diagonal-only neighbours and one-pixel structures, on an oblique series."""
+    labels = (rng.random((3, 30, 17)) < 0.45).astype(np.uint8) + (rng.random((3, 30, 17)) < 0.2)
+    write_ct_series(tmp_path / "s", labels.astype(np.int16), orientation=oblique_orientation(-23.0))
+    series = single_series(tmp_path / "s")
+    write_rtstruct(labels, series, {1: "a", 2: "b"}, tmp_path / "rs.dcm")
+    masks = read_rtstruct(tmp_path / "rs.dcm", series)
+    np.testing.assert_array_equal(masks["a"], labels == 1)
+    np.testing.assert_array_equal(masks["b"], labels == 2)
+
+
 def test_mask_outlines_give_inner_contour_for_a_hole() -> None:
     ring = np.zeros((7, 9), bool)
     ring[1:6, 1:8] = True
