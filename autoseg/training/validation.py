@@ -1,8 +1,9 @@
-"""End of a fold: predict its validation cases with a sliding window, in their original geometry, and score
-them.
+"""End of a fold: predict its validation cases as ``autoseg predict --preset accurate`` does for one fold
+(Gaussian sliding window, step 0.5, mirroring over every axis), in their original geometry, and score them.
 
-This is the simplest correct prediction (Gaussian-weighted sliding window with MONAI, step 0.5, no mirroring);
-the predict issue replaces it with the full inference path.
+Each case leaves ``<case>.nii.gz`` (the label map) and ``<case>.npz`` (``probabilities`` ``(K, Z, Y, X)``
+float16 on the original grid), which ``find_best_configuration`` averages to score ensembles and on which
+the post-processing is chosen.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers.utils import sliding_window_inference
 from torch import nn
 
 from autoseg.dataset import Case
-from autoseg.io import read_labels, write_json, write_labels
+from autoseg.inference import InferenceSettings, predict_probabilities
+from autoseg.io import atomic_target, read_labels, write_json, write_labels
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocess import restore_probabilities
 from autoseg.preprocess_stage import load_case
@@ -29,34 +30,24 @@ logger = logging.getLogger(__name__)
 def predict_preprocessed(
     network: nn.Module, image: np.ndarray, config: ConfigurationPlan, device: torch.device, num_classes: int
 ) -> np.ndarray:
-    """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image."""
+    """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image, with
+    mirroring over every spatial axis."""
     network.eval()
-    tensor = torch.from_numpy(np.array(image, dtype=np.float32))  # a writable copy of the memory map
-    patch = tuple(config.patch_size)
+    settings = InferenceSettings(mirror_axes=tuple(range(config.dims)), device=str(device))
+    return predict_probabilities([network], image, config.patch_size, num_classes, settings)
 
-    def run(window: torch.Tensor) -> torch.Tensor:
-        output = network(window)
-        assert isinstance(output, torch.Tensor)
-        return output.float().softmax(1)
 
-    def slide(volume: torch.Tensor) -> np.ndarray:
-        """``(C, *spatial)`` -> probabilities ``(K, *spatial)``; Gaussian-weighted windows, step 0.5."""
-        result = sliding_window_inference(
-            volume[None].to(device),
-            patch,
-            1,
-            run,
-            overlap=0.5,
-            mode="gaussian",
-            sigma_scale=0.125,
-            padding_mode="constant",
-        )
-        return np.asarray(result[0].cpu().numpy(), dtype=np.float32)
+def save_probabilities(probabilities: np.ndarray, path: Path) -> None:
+    """``(K, Z, Y, X)`` probabilities as float16 in a compressed ``.npz`` (key ``probabilities``),
+    atomically."""
+    with atomic_target(path) as temporary, temporary.open("wb") as stream:
+        np.savez_compressed(stream, probabilities=probabilities.astype(np.float16))
 
-    with torch.inference_mode():
-        if config.dims == 3:
-            return slide(tensor)
-        return np.stack([slide(tensor[:, z]) for z in range(tensor.shape[1])], axis=1)  # 2D: slice by slice
+
+def load_probabilities(path: Path) -> np.ndarray:
+    """What :func:`save_probabilities` wrote, as float32."""
+    with np.load(path, allow_pickle=False) as data:
+        return np.asarray(data["probabilities"], dtype=np.float32)
 
 
 def dice_per_class(
@@ -92,6 +83,7 @@ def validate_fold(
         restored = restore_probabilities(probabilities, stored.properties)
         prediction = restored.argmax(0).astype(np.uint8 if max(labels.values()) < 256 else np.uint16)
         write_labels(prediction, stored.properties.original_geometry, out / f"{case.identifier}.nii.gz")
+        save_probabilities(restored, out / f"{case.identifier}.npz")
         assert case.label_path is not None
         reference, _ = read_labels(case.label_path)
         per_case[case.identifier] = dice_per_class(prediction, reference, foreground)
