@@ -35,7 +35,8 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY, Fingerprint
 from autoseg.io import Geometry, write_json, write_text_atomically
-from autoseg.report_figure import format_ml, intensity_window, render_report
+from autoseg.report_figure import format_ml, render_report
+from autoseg.report_views import intensity_window
 from autoseg.types import LabelVolume
 
 __all__ = [

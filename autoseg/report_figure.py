@@ -1,33 +1,23 @@
-"""The reviewer PNG of one case: three orthogonal slices with structure contours, and the structure table.
+"""The reviewer PNG of one case: four views with structure contours, then the flags and the structure table.
 
-Orientation. Each view is the array plane closest to the anatomical plane (no resampling), turned and
-flipped with the geometry's direction cosines into the radiological convention: axial seen from the feet
-(patient's right on the image left, anterior up), coronal seen from the front (right on the left, superior
-up), sagittal seen from the patient's left (anterior on the left, superior up). Every image edge carries the
-anatomical letter (R/L, A/P, S/I) of the direction it points to, computed from the geometry, and the
-subtitle gives the file's axis code (``Geometry.orientation_code``); for an oblique acquisition the subtitle
-also says by how many degrees the views are tilted from the true planes.
-
-Pixels keep their physical aspect ratio (row spacing / column spacing), so anisotropic voxels are not
-squashed. Each view shows the slice with the largest foreground area along its axis, cropped to the
-foreground's bounding box plus a margin (20 mm or 30 % of its extent, whichever is larger), so that a small
-lesion in a large field of view stays visible. The window is a CT soft-tissue window (level 40, width 400 HU)
-when the intensities look like Hounsfield units, the 0.5-99.5 percentiles otherwise.
+The views (:mod:`autoseg.report_views`) are axial, coronal and sagittal slices in the radiological
+convention, with anatomical letters on every edge, plus an axial projection of every structure. The window
+is a CT soft-tissue window (level 40, width 400 HU) when the intensities look like Hounsfield units, the
+0.5-99.5 percentiles otherwise. The subtitle gives the file's axis code (``Geometry.orientation_code``), the
+spacing, the window and, for an oblique acquisition, how far the views are tilted from the true planes.
 
 The table lists flagged structures first, then the others by decreasing volume, with each structure's
-contour colour as a swatch; with many structures (e.g. 41 in a TotalSegmentator case) it shows the first
-:data:`MAX_TABLE_ROWS` in two column blocks and says how many more are in the JSON table.
+contour colour as a swatch (the legend); with many structures (e.g. 41 in a TotalSegmentator case) it shows
+the first :data:`MAX_TABLE_ROWS` in two column blocks and says how many more are in the JSON table.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import tempfile
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +26,8 @@ import numpy.typing as npt
 
 from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry
-from autoseg.types import BoolVolume, LabelVolume
+from autoseg.report_views import SliceView, intensity_window, slice_views, tilt_degrees
+from autoseg.types import LabelVolume
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,85 +37,8 @@ if TYPE_CHECKING:
 
 MAX_TABLE_ROWS = 40
 """Structures listed in the figure (two blocks of 20); the JSON table always has all of them."""
-SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 DPI = 80
-_TOP_IN = 1.0  # inches above the views for the title, the subtitle and the view titles
-
-_VIEWS = {  # physical axes (z, y, x) = (S, P, L): normal, (row axis, row sign), (column axis, column sign)
-    "axial": (0, (1, +1), (2, +1)),
-    "coronal": (1, (0, -1), (2, +1)),
-    "sagittal": (2, (0, -1), (1, +1)),
-}
-_LETTERS = (("I", "S"), ("A", "P"), ("R", "L"))  # per physical axis (z, y, x): (negative, positive)
-
-
-@dataclass(frozen=True)
-class SliceView:
-    """One 2D view, ready to draw: rows top to bottom, columns left to right.
-
-    Attributes:
-        name: "axial", "coronal" or "sagittal".
-        image: ``(R, C)`` float32 intensities.
-        labels: ``(R, C)`` label values.
-        pixel_aspect: row spacing / column spacing (height / width of one pixel).
-        edges: anatomical letters at the (left, right, top, bottom) edges.
-        caption: which slice it is, e.g. ``"slice 12 of 40 (array axis 0)"``.
-    """
-
-    name: str
-    image: npt.NDArray[np.float32]
-    labels: LabelVolume
-    pixel_aspect: float
-    edges: tuple[str, str, str, str]
-    caption: str
-
-
-def intensity_window(image: npt.NDArray[np.float32]) -> tuple[float, float, str]:
-    """Display window ``(low, high, description)`` of a ``(Z, Y, X)`` image.
-
-    A CT soft-tissue window when the image looks like Hounsfield units (1st percentile below -500, as air
-    is, and above -3100; 99th percentile above 0), the 0.5 and 99.5 percentiles otherwise.
-    """
-    sample = image.ravel()[:: max(1, image.size // 1_000_000)].astype(np.float64)
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0, 1.0, "no finite intensities"
-    p01, p99 = np.percentile(sample, [1.0, 99.0])
-    if -3100.0 <= p01 < -500.0 and p99 > 0.0:
-        low, high = SOFT_TISSUE_WINDOW_HU
-        return low, high, "CT soft-tissue window W400 L40"
-    low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-    return low, max(high, low + 1e-6), "window 0.5-99.5 percentiles"
-
-
-def slice_views(image: npt.NDArray[np.float32], labels: LabelVolume, geometry: Geometry) -> list[SliceView]:
-    """Axial, coronal and sagittal views through the largest foreground area (see the module docstring)."""
-    axis_of, sign_of = _axis_assignment(geometry)
-    foreground = labels > 0
-    box = _display_box(foreground, geometry.spacing_mm)
-    views = []
-    for name, (normal, (row_phys, row_sign), (col_phys, col_sign)) in _VIEWS.items():
-        normal_axis, row_axis, col_axis = axis_of[normal], axis_of[row_phys], axis_of[col_phys]
-        index = _busiest_slice(foreground, normal_axis)
-        order = (normal_axis, row_axis, col_axis)
-        flips = (sign_of[row_axis] * row_sign < 0, sign_of[col_axis] * col_sign < 0)
-        planes = [_plane(volume, order, index, box, flips) for volume in (image, labels)]
-        direction = geometry.direction_matrix()
-        row_vector = direction[:, row_axis] * (-1 if flips[0] else 1)
-        col_vector = direction[:, col_axis] * (-1 if flips[1] else 1)
-        left, right = _letters(col_vector)
-        top, bottom = _letters(row_vector)
-        views.append(
-            SliceView(
-                name=name,
-                image=planes[0].astype(np.float32),
-                labels=planes[1],
-                pixel_aspect=geometry.spacing_mm[row_axis] / geometry.spacing_mm[col_axis],
-                edges=(left, right, top, bottom),
-                caption=f"slice {index + 1} of {labels.shape[normal_axis]} (array axis {normal_axis})",
-            )
-        )
-    return views
+_TOP_IN = 1.2  # inches above the views for the title, the subtitle and the view titles
 
 
 def render_report(
@@ -159,7 +73,7 @@ def render_report(
     low, high, window_text = intensity_window(image)
     if window is not None:
         (low, high), window_text = window, f"window {window[0]:g} to {window[1]:g}"
-    tilt = _tilt_degrees(geometry)
+    tilt = tilt_degrees(geometry)
     spacing = " x ".join(f"{s:.3g}" for s in geometry.spacing_mm)
     subtitle = f"file axes {geometry.orientation_code()}, spacing (z, y, x) {spacing} mm, {window_text}"
     if tilt > 1.0:
@@ -229,64 +143,6 @@ def _write_bytes_atomically(data: bytes, path: Path) -> None:
             temporary.unlink(missing_ok=True)
 
 
-def _axis_assignment(geometry: Geometry) -> tuple[dict[int, int], dict[int, int]]:
-    """Physical axis -> nearest array axis, and array axis -> +1/-1 (whether it points along that axis)."""
-    direction = geometry.direction_matrix()
-    magnitude = np.abs(direction)
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(magnitude[p[a], a] for a in range(3)))
-    axis_of = {best[a]: a for a in range(3)}
-    sign_of = {a: 1 if direction[best[a], a] >= 0 else -1 for a in range(3)}
-    return axis_of, sign_of
-
-
-def _tilt_degrees(geometry: Geometry) -> float:
-    axis_of, _ = _axis_assignment(geometry)
-    cosines = [abs(geometry.direction_matrix()[p, a]) for p, a in axis_of.items()]
-    return float(np.degrees(np.arccos(np.clip(min(cosines), 0.0, 1.0))))
-
-
-def _letters(vector: npt.NDArray[np.float64]) -> tuple[str, str]:
-    """Anatomical letters at the start and the end of an image axis pointing along ``vector`` (LPS)."""
-    axis = int(np.argmax(np.abs(vector)))
-    positive = bool(vector[axis] > 0)
-    return _LETTERS[axis][not positive], _LETTERS[axis][positive]
-
-
-def _display_box(foreground: BoolVolume, spacing_mm: tuple[float, float, float]) -> list[tuple[int, int]]:
-    """Foreground bounding box ``[(start, stop)]`` per array axis plus a margin; the whole volume if empty."""
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(np.any(foreground, axis=tuple(a for a in range(3) if a != axis)))
-        if hits.size == 0:
-            return [(0, n) for n in foreground.shape]
-        extent_mm = (hits[-1] + 1 - hits[0]) * spacing_mm[axis]
-        margin = int(np.ceil(max(20.0, 0.3 * extent_mm) / spacing_mm[axis]))
-        box.append((max(0, int(hits[0]) - margin), min(foreground.shape[axis], int(hits[-1]) + 1 + margin)))
-    return box
-
-
-def _busiest_slice(foreground: BoolVolume, axis: int) -> int:
-    areas = np.count_nonzero(foreground, axis=tuple(a for a in range(3) if a != axis))
-    return int(np.argmax(areas)) if areas.any() else foreground.shape[axis] // 2
-
-
-def _plane(
-    volume: npt.NDArray[Any],
-    order: tuple[int, int, int],
-    index: int,
-    box: Sequence[tuple[int, int]],
-    flips: tuple[bool, bool],
-) -> npt.NDArray[Any]:
-    """Slice ``index`` along ``order[0]``, rows along ``order[1]``, columns along ``order[2]``, cropped."""
-    (r0, r1), (c0, c1) = box[order[1]], box[order[2]]
-    plane = np.transpose(volume, order)[index, r0:r1, c0:c1]
-    if flips[0]:
-        plane = plane[::-1]
-    if flips[1]:
-        plane = plane[:, ::-1]
-    return np.ascontiguousarray(plane)
-
-
 def _figure(
     views: Sequence[SliceView],
     rows: Sequence[StructureRow],
@@ -302,10 +158,10 @@ def _figure(
     table_lines = -(-len(shown) // blocks) + (2 if len(ordered) > len(shown) else 1)
     reasons = [f"{r.name}: {f.reason}" for r in ordered for f in r.flags]
     flag_lines = min(len(reasons), 8) + 1
-    heights = [4.2, 0.2 * flag_lines, 0.2 * table_lines]
+    heights = [3.8, 0.2 * flag_lines, 0.2 * table_lines]
     inches = sum(heights) + _TOP_IN + 0.4  # hspace adds about 0.4 in between the rows
     figure = Figure(figsize=(13.0, inches))
-    grid = figure.add_gridspec(3, 3, height_ratios=heights, top=1 - _TOP_IN / inches, bottom=0.1 / inches)
+    grid = figure.add_gridspec(3, 4, height_ratios=heights, top=1 - _TOP_IN / inches, bottom=0.1 / inches)
     grid.update(left=0.01, right=0.99, hspace=0.12, wspace=0.05)
     colours = structure_colours([r.value for r in rows])
     for column, view in enumerate(views):
@@ -314,8 +170,8 @@ def _figure(
     unchecked += [] if any(r.mean_confidence is not None for r in rows) else ["confidence (no probabilities)"]
     _draw_flags(figure.add_subplot(grid[1, :]), reasons, unchecked)
     _draw_table(figure.add_subplot(grid[2, :]), shown, colours, blocks, ordered[len(shown) :])
-    figure.text(0.01, 1 - 0.3 / inches, title, fontsize=13, fontweight="bold", va="center")
-    figure.text(0.01, 1 - 0.6 / inches, subtitle, fontsize=8.5, va="center", color="0.3")
+    figure.text(0.01, 1 - 0.25 / inches, title, fontsize=13, fontweight="bold", va="center")
+    figure.text(0.01, 1 - 0.52 / inches, subtitle, fontsize=8.5, va="center", color="0.3")
     return figure
 
 
@@ -324,32 +180,28 @@ def _draw_view(
 ) -> None:
     from matplotlib import patheffects
 
+    low, high = view.window or window
     axes.imshow(
-        view.image,
-        cmap="gray",
-        vmin=window[0],
-        vmax=window[1],
-        aspect=view.pixel_aspect,
-        interpolation="nearest",
+        view.image, cmap="gray", vmin=low, vmax=high, aspect=view.pixel_aspect, interpolation="nearest"
     )
-    rows, columns = view.labels.shape
-    for value in np.unique(view.labels):
-        if int(value) not in colours:
-            continue  # background, or a value without a row
-        padded = np.pad(view.labels == value, 1).astype(np.float32)  # closed contours at the image edge
+    rows, columns = view.image.shape
+    for value, mask in view.outlines.items():
+        if value not in colours or not mask.any():
+            continue  # a value without a row (not in the label names)
+        padded = np.pad(mask, 1).astype(np.float32)  # closed contours at the image edge
         axes.contour(
             np.arange(-1, columns + 1),
             np.arange(-1, rows + 1),
             padded,
             levels=[0.5],
-            colors=[colours[int(value)]],
+            colors=[colours[value]],
             linewidths=1.3,
         )
     axes.set_xlim(-0.5, columns - 0.5)
     axes.set_ylim(rows - 0.5, -0.5)
     axes.set_xticks([])
     axes.set_yticks([])
-    axes.set_title(f"{view.name}, {view.caption}", fontsize=9)
+    axes.set_title(f"{view.name}\n{view.caption}", fontsize=9)
     left, right, top, bottom = view.edges
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]  # readable on any grey
     style: dict[str, Any] = {"transform": axes.transAxes, "color": "yellow", "fontsize": 11}

@@ -24,7 +24,7 @@ from autoseg.report import (
     structure_table,
     write_structure_table,
 )
-from autoseg.report_figure import slice_views
+from autoseg.report_views import slice_views
 
 NAMES = {"background": 0, "liver": 1, "tumour": 2}
 GEOMETRY = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0))  # voxel = 1 mm³ = 0.001 ml
@@ -173,7 +173,7 @@ def test_report_on_a_two_slice_anisotropic_volume_without_probabilities(tmp_path
     render_report(image, labels, geometry, rows, tmp_path / "thin.png", title="two slices")
     assert (tmp_path / "thin.png").read_bytes().startswith(PNG_SIGNATURE)
     coronal = slice_views(image, labels, geometry)[1]
-    assert coronal.labels.shape == (2, 40) and coronal.pixel_aspect == pytest.approx(5.0 / 0.7)
+    assert coronal.image.shape == (2, 40) and coronal.pixel_aspect == pytest.approx(5.0 / 0.7)
 
 
 def test_failed_rendering_leaves_the_previous_report_untouched(
@@ -219,7 +219,9 @@ def test_axial_view_is_radiological_whatever_the_file_axes(
     geometry = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(float(v) for v in direction))
     axial = slice_views(np.zeros(labels.shape, np.float32), labels, geometry)[0]
     assert axial.edges == ("R", "L", "A", "P")
-    assert np.argwhere(axial.labels)[0][1] == axial.labels.shape[1] - 1  # patient's left on the image right
+    assert (
+        np.argwhere(axial.outlines[1])[0][1] == axial.image.shape[1] - 1
+    )  # patient's left on the image right
 
 
 def test_sagittally_acquired_volume_still_shows_an_axial_view() -> None:
@@ -227,10 +229,20 @@ def test_sagittally_acquired_volume_still_shows_an_axial_view() -> None:
     geometry = Geometry((0.5, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(float(v) for v in permuted))
     labels = np.ones((6, 8, 10), np.uint8)
     views = slice_views(np.zeros(labels.shape, np.float32), labels, geometry)
-    axial, coronal, sagittal = (v.caption for v in views)
+    axial, coronal, sagittal, _ = (v.caption for v in views)
     assert "array axis 2" in axial and "array axis 1" in coronal and "array axis 0" in sagittal
-    assert views[0].labels.shape == (8, 6) and views[0].pixel_aspect == pytest.approx(1.0 / 0.5)
+    assert views[0].image.shape == (8, 6) and views[0].pixel_aspect == pytest.approx(1.0 / 0.5)
     assert views[1].edges == ("R", "L", "S", "I")
+
+
+def test_projection_view_shows_a_stray_island_that_no_slice_crosses() -> None:
+    labels = np.zeros((12, 20, 20), np.uint8)
+    labels[2:10, 2:12, 2:12] = 1
+    labels[11, 17, 17] = 1  # one-voxel island on another slice, far from the main body
+    views = slice_views(np.zeros(labels.shape, np.float32), labels, GEOMETRY)
+    assert [v.name for v in views] == ["axial", "coronal", "sagittal", "axial projection"]
+    assert np.count_nonzero(views[0].outlines[1]) == 100  # the busiest axial slice misses the island
+    assert np.count_nonzero(views[3].outlines[1]) == 101
 
 
 def test_intensity_window_recognises_hounsfield_units(rng: np.random.Generator) -> None:
