@@ -47,6 +47,7 @@ __all__ = [
     "TrainingReference",
     "intensity_window",
     "render_report",
+    "structure_confidences",
     "structure_table",
     "write_structure_table",
 ]
@@ -217,30 +218,26 @@ def structure_table(
     """
     foreground = sorted((value, name) for name, value in label_names.items() if value != 0)
     _check_probabilities(labels, probabilities, max((v for v, _ in foreground), default=0))
+    values = [v for v, _ in foreground]
     voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=(foreground[-1][0] + 1) if foreground else 1)
-    boxes = ndimage.find_objects(labels)
-    stray = sorted(set(np.flatnonzero(counts).tolist()) - {0} - {v for v, _ in foreground})
+    counts = np.bincount(labels.ravel(), minlength=max(values, default=0) + 1)
+    stray = sorted(set(np.flatnonzero(counts).tolist()) - {0, *values})
     if stray:
         logger.warning("label value(s) %s are not in the label names; left out of the report", stray)
+    confidences = {} if probabilities is None else structure_confidences(labels, probabilities, values)
+    boxes = ndimage.find_objects(labels)
     rows = []
     for value, name in foreground:
         region = boxes[value - 1] if value <= len(boxes) else None
-        mask = labels[region] == value if region is not None else np.zeros((0, 0, 0), bool)
-        confidence = None
-        if probabilities is not None and region is not None:
-            confidence = float(probabilities[value][region][mask].mean(dtype=np.float64))
         known = reference.get(value) if reference is not None else None
         row = StructureRow(
             value=value,
             name=name,
             voxels=int(counts[value]),
             volume_ml=int(counts[value]) * voxel_ml,
-            mean_confidence=confidence,
-            components=_count_components(mask),
-            training_volume_ml=(min(known.volumes_ml), max(known.volumes_ml))
-            if known and known.volumes_ml
-            else None,
+            mean_confidence=confidences.get(value),
+            components=0 if region is None else _count_components(labels[region] == value),
+            training_volume_ml=_range(known.volumes_ml) if known else None,
             flags=(),
         )
         rows.append(replace(row, flags=structure_flags(row, known, reference, rules)))
@@ -263,6 +260,20 @@ def structure_flags(
     if row.mean_confidence is not None:
         flags += _confidence_flags(row.mean_confidence, known.confidences if known else None, rules)
     return tuple(flags)
+
+
+def structure_confidences(
+    labels: LabelVolume, probabilities: npt.NDArray[np.float32], values: Sequence[int]
+) -> dict[int, float]:
+    """Mean probability of each structure's own class inside it, as in the table, for structures present."""
+    _check_probabilities(labels, probabilities, max(values, default=0))
+    boxes = ndimage.find_objects(labels)
+    found = {}
+    for value in values:
+        region = boxes[value - 1] if 0 < value <= len(boxes) else None
+        if region is not None:
+            found[value] = float(probabilities[value][region][labels[region] == value].mean(dtype=np.float64))
+    return found
 
 
 def write_structure_table(rows: Sequence[StructureRow], path: Path) -> None:
@@ -353,6 +364,10 @@ def _confidence_flags(confidence: float, training: Sequence[float] | None, rules
             where = f"{rules.confidence_percentile:g}th percentile of training"
             return [Flag("confidence", f"mean confidence {confidence:.2f} < {where} ({floor:.2f})")]
     return []
+
+
+def _range(values: Sequence[float]) -> tuple[float, float] | None:
+    return (min(values), max(values)) if values else None
 
 
 def _ml(volume_ml: float) -> str:

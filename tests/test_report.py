@@ -21,6 +21,7 @@ from autoseg.report import (
     TrainingReference,
     intensity_window,
     render_report,
+    structure_confidences,
     structure_table,
     write_structure_table,
 )
@@ -116,6 +117,18 @@ def test_confidence_below_the_training_distribution_is_flagged_when_known() -> N
     rows = structure_table(labels, probabilities, GEOMETRY, NAMES, known)
     assert rows[0].flags[0].reason.startswith("mean confidence 0.90 < 5th percentile of training (0.95")
     assert flag_kinds(structure_table(labels, probabilities, GEOMETRY, NAMES, reference()))["liver"] == []
+
+
+def test_structure_confidences_match_the_table_and_feed_the_reference() -> None:
+    labels, probabilities = usual_case()
+    probabilities[1][labels == 1] = 0.7
+    rows = structure_table(labels, probabilities, GEOMETRY, NAMES, None)
+    found = structure_confidences(labels, probabilities, [1, 2])
+    assert found == pytest.approx({1: 0.7, 2: 0.95}) == {r.value: r.mean_confidence for r in rows}
+    labels[labels == 2] = 0
+    assert structure_confidences(labels, probabilities, [1, 2]) == pytest.approx({1: 0.7})  # absent: no entry
+    known = reference().with_confidences({v: [c] for v, c in found.items()})
+    assert TrainingReference.from_json(json.loads(json.dumps(known.to_json()))) == known
 
 
 def test_structure_never_seen_in_training_is_flagged_and_no_reference_flags_nothing() -> None:
