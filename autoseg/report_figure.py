@@ -163,7 +163,7 @@ def _figure(
     figure = Figure(figsize=(13.0, inches))
     grid = figure.add_gridspec(3, 4, height_ratios=heights, top=1 - _TOP_IN / inches, bottom=0.1 / inches)
     grid.update(left=0.01, right=0.99, hspace=0.12, wspace=0.05)
-    colours = structure_colours([r.value for r in rows])
+    colours = structure_colours([r.value for r in rows if r.voxels])  # distinct among those present
     for column, view in enumerate(views):
         _draw_view(figure.add_subplot(grid[0, column]), view, colours, window)
     unchecked = [] if any(r.training_volume_ml for r in rows) else ["volumes (no training reference)"]
@@ -245,9 +245,9 @@ def _draw_table(
     blocks: int,
     hidden_rows: Sequence[StructureRow],
 ) -> None:
-    hidden, absent = len(hidden_rows), sum(not r.voxels for r in hidden_rows)
     from matplotlib.transforms import Bbox
 
+    hidden, absent = len(hidden_rows), sum(not r.voxels for r in hidden_rows)
     axes.axis("off")
     header = ["", "structure", "volume ml", "training ml", "confidence", "parts", "flags"]
     widths = [0.02, 0.17, 0.07, 0.1, 0.07, 0.04, 0.11]
@@ -262,7 +262,7 @@ def _draw_table(
         colLabels=header * blocks,
         colWidths=[w * 2 / blocks for w in widths] * blocks,
         cellLoc="left",
-        bbox=Bbox.from_bounds(0.0, footer, 0.6 * blocks if blocks < 2 else 1.0, 1.0 - footer),
+        bbox=Bbox.from_bounds(0.0, footer, 0.6 if blocks == 1 else 1.0, 1.0 - footer),
     )
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
@@ -270,7 +270,7 @@ def _draw_table(
         cell.set_edgecolor("0.85")
     for index, row in enumerate(shown):
         line, block = index % per_block, index // per_block
-        table[line + 1, block * len(header)].set_facecolor(colours[row.value])
+        table[line + 1, block * len(header)].set_facecolor(colours.get(row.value, (1.0, 1.0, 1.0)))
         for column in range(1, len(header)):
             cell = table[line + 1, block * len(header) + column]
             if row.flags:
