@@ -1,4 +1,5 @@
-"""CLI commands after training: ``predict``, ``export-model``, ``evaluate``."""
+"""CLI commands after training (``predict``, ``export-model``, ``evaluate``, ``find_best_configuration``) and
+``convert-dicom``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "-m", "--model", type=Path, default=None, metavar="MODEL",
         help="a work directory or an exported model file (.zip); default: --workdir",
     )  # fmt: skip
-    parser.add_argument("-c", "--configuration", default=None, help="configuration (default: the best one)")
+    parser.add_argument(
+        "-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+        help="configuration, or two to ensemble (default: find_best_configuration's choice, else 3d_fullres)",
+    )  # fmt: skip
     parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD", help="folds to ensemble")
     parser.add_argument(
         "--preset", choices=("fast", "accurate"), default="accurate",
@@ -57,7 +61,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         inputs=args.inputs,
         output=args.output,
         model=args.model or args.workdir,
-        configuration=args.configuration,
+        configurations=tuple(args.configurations) if args.configurations else None,
         folds=tuple(args.folds) if args.folds else None,
         preset=args.preset,
         step=args.step,
@@ -149,6 +153,77 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ find_best_configuration
+
+
+def _best_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--configurations",
+        nargs="+",
+        default=None,
+        help="configurations to compare (default: all trained)",
+    )
+    parser.add_argument(
+        "--no-ensembles", dest="ensembles", action="store_false", help="skip ensembles of two"
+    )
+    parser.add_argument(
+        "-np", "--num-processes", dest="num_workers", type=positive_int, default=1,
+        help="worker processes over cases (default: 1)",
+    )  # fmt: skip
+
+
+def run_best_command(args: argparse.Namespace) -> int:
+    """``autoseg find_best_configuration``: the configuration or ensemble and post-processing to use."""
+    from autoseg.best_configuration import format_table, run_find_best_configuration
+
+    result = run_find_best_configuration(
+        args.workdir,
+        configurations=args.configurations,
+        ensembles=args.ensembles,
+        num_workers=args.num_workers,
+        progress=_progress(args),
+    )
+    print(format_table(result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ convert-dicom
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", type=Path, metavar="SOURCE",
+        help="folder of case folders (each: one image series + an RTSTRUCT or a DICOM SEG), or one case "
+        "folder",
+    )  # fmt: skip
+    parser.add_argument("out", type=Path, metavar="OUT", help="dataset folder to write (nnU-Net v2 layout)")
+    parser.add_argument(
+        "--mapping", type=Path, default=None, metavar="FILE",
+        help='JSON: {"labels": {"GTV": {"value": 1, "rois": ["GTV*"]}}}; default: every structure name found',
+    )  # fmt: skip
+
+
+def run_convert_command(args: argparse.Namespace) -> int:
+    """``autoseg convert-dicom SOURCE OUT``: DICOM series + RTSTRUCT/SEG -> an autoseg dataset."""
+    from autoseg.dicom.convert import ConvertRequest, convert_dicom
+
+    report = convert_dicom(ConvertRequest(args.source, args.out, args.mapping))
+    for case in report.cases:
+        line = f"{case.case}: {case.status}"
+        if case.message:
+            line += f" ({case.message})"
+        if case.unknown_rois:
+            line += f"; structures not in the mapping: {', '.join(case.unknown_rois)}"
+        if case.missing_labels:
+            line += f"; missing: {', '.join(case.missing_labels)}"
+        if case.overlap_voxels:
+            line += f"; {case.overlap_voxels} overlapping voxels (higher label kept)"
+        print(line)
+    print(f"{len(report.written)} case(s) written to {report.output_dir}; labels {report.labels}")
+    return 0 if report.written else 1
+
+
 COMMANDS = [
     CommandSpec(
         "predict",
@@ -167,5 +242,18 @@ COMMANDS = [
         "score predicted label maps against references: Dice, IoU, HD95, ASSD, surface Dice, volumes",
         _evaluate_arguments,
         run_evaluate_command,
+    ),
+    CommandSpec(
+        "find_best_configuration",
+        "score every trained configuration and ensemble of two on the cross-validation; choose "
+        "post-processing",
+        _best_arguments,
+        run_best_command,
+    ),
+    CommandSpec(
+        "convert-dicom",
+        "turn DICOM series with RTSTRUCT or DICOM SEG structures into an autoseg (nnU-Net v2) dataset",
+        _convert_arguments,
+        run_convert_command,
     ),
 ]

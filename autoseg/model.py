@@ -36,6 +36,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import read_json
 from autoseg.network import build_network
 from autoseg.plans import Plans, load_plans, plans_from_json
+from autoseg.postprocess import Postprocessing, load_postprocessing, postprocessing_from_json
 from autoseg.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,14 @@ class TrainedModel:
         plans: the plans the folds were trained with.
         configuration: e.g. ``3d_fullres``.
         weights: fold name (``"0"``... or ``"all"``) -> network state dict, on the CPU.
-        postprocessing: the content of ``postprocessing.json`` (``None``: none chosen).
+        postprocessing: the post-processing chosen on cross-validation (``None``: none chosen).
         source: where the model came from, for messages.
     """
 
     plans: Plans
     configuration: str
     weights: dict[str, dict[str, torch.Tensor]]
-    postprocessing: dict[str, Any] | None = None
+    postprocessing: Postprocessing | None = None
     source: str = ""
     folds: tuple[str, ...] = field(init=False)
 
@@ -145,9 +146,19 @@ def _load_workdir(
             raise ModelError(f"{path}: missing; trained folds of {name}: {', '.join(available) or 'none'}")
         weights[fold] = load_checkpoint(path)["network"]
     postprocessing_path = run_root / "postprocessing.json"
-    postprocessing = _as_dict(read_json(postprocessing_path)) if postprocessing_path.is_file() else None
+    postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path.is_file() else None
     logger.info("model: %s, configuration %s, folds %s", workdir, name, ", ".join(chosen))
     return TrainedModel(plans, name, weights, postprocessing, str(workdir))
+
+
+def best_choice(source: Path) -> list[str] | None:
+    """The configuration(s) ``find_best_configuration`` chose in a work directory, if it ran there."""
+    best = source / "best_configuration.json"
+    if not best.is_file():
+        return None
+    data = _as_dict(read_json(best))
+    chosen = data.get("ensemble") or ([data["configuration"]] if data.get("configuration") else None)
+    return [str(c) for c in chosen] if chosen else None
 
 
 def _default_configuration(workdir: Path) -> str:
@@ -188,8 +199,9 @@ def export_model(
             }
         ),
     }
-    if model.postprocessing is not None:
-        entries["postprocessing.json"] = _json_bytes(model.postprocessing)
+    postprocessing = workdir / "trained" / model.configuration / "postprocessing.json"
+    if postprocessing.is_file():
+        entries["postprocessing.json"] = postprocessing.read_bytes()
     for fold, state in model.weights.items():
         buffer = io.BytesIO()
         torch.save({"network": state}, buffer)
@@ -237,7 +249,9 @@ def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] |
             raise ModelError(f"{path}: fold {fold} is not in the model; it has {', '.join(available)}")
         weights[fold] = _read_weights(entries[key], f"{path}:{key}")
     postprocessing = (
-        _as_dict(json.loads(entries["postprocessing.json"])) if "postprocessing.json" in entries else None
+        postprocessing_from_json(json.loads(entries["postprocessing.json"]), f"{path}:postprocessing.json")
+        if "postprocessing.json" in entries
+        else None
     )
     return TrainedModel(plans, name, weights, postprocessing, str(path))
 

@@ -170,19 +170,25 @@ def load_postprocessing(path: Path) -> Postprocessing:
         data = read_json(path)
     except ImageReadError as error:
         raise PostprocessingError(error.message) from None
+    return postprocessing_from_json(data, str(path))
+
+
+def postprocessing_from_json(data: object, where: str) -> Postprocessing:
+    """A validated :class:`Postprocessing` from the content of ``postprocessing.json``; errors name
+    ``where``."""
     if not isinstance(data, dict):
-        raise PostprocessingError(f"{path}: must hold a JSON object")
+        raise PostprocessingError(f"{where}: must hold a JSON object")
     version = data.get("schema_version")
     if version != POSTPROCESSING_SCHEMA_VERSION:
         raise PostprocessingError(
-            f"{path}: schema_version {version!r}; this autoseg reads {POSTPROCESSING_SCHEMA_VERSION}. "
+            f"{where}: schema_version {version!r}; this autoseg reads {POSTPROCESSING_SCHEMA_VERSION}. "
             "Choose the post-processing again with this version."
         )
     try:
         steps = tuple(step_from_json(step) for step in _list(data.get("steps"), "steps"))
         evidence = _evidence_from_json(data["evidence"]) if "evidence" in data else None
     except (KeyError, TypeError, ValueError) as error:
-        raise PostprocessingError(f"{path}: {_reason(error)}") from None
+        raise PostprocessingError(f"{where}: {_reason(error)}") from None
     return Postprocessing(steps, evidence)
 
 

@@ -24,8 +24,9 @@ from autoseg import __version__
 from autoseg.errors import AutosegError, UsageError
 from autoseg.inference import InferenceSettings, predict_probabilities
 from autoseg.io import Geometry, write_json
-from autoseg.model import TrainedModel, load_model
+from autoseg.model import TrainedModel, best_choice, load_model
 from autoseg.plans import ConfigurationPlan
+from autoseg.postprocess import Postprocessing, load_postprocessing
 from autoseg.predict_inputs import InputCase, find_input_cases, read_input_case
 from autoseg.predict_outputs import CaseOutput, OutputOptions, write_case_outputs
 from autoseg.preprocess import CaseProperties, preprocess_case, restore_probabilities
@@ -55,7 +56,7 @@ class PredictRequest:
     inputs: Path
     output: Path
     model: Path
-    configuration: str | None = None
+    configurations: tuple[str, ...] | None = None
     folds: tuple[str, ...] | None = None
     preset: str = "accurate"
     step: float | None = None
@@ -70,11 +71,12 @@ class PredictRequest:
 
 @dataclass(frozen=True)
 class PreparedCase:
-    """A case read and preprocessed, waiting for the networks."""
+    """A case read and preprocessed for each configuration, waiting for the networks."""
 
     case: InputCase
-    image: FloatVolume
-    properties: CaseProperties
+    geometry: Geometry
+    images: list[FloatVolume]
+    properties: list[CaseProperties]
 
 
 def predict_case(
@@ -135,43 +137,88 @@ def chosen_folds(request: PredictRequest, model: TrainedModel) -> list[str]:
     return list(model.folds) if preset.all_folds else list(model.folds[:1])
 
 
+@dataclass(frozen=True)
+class Member:
+    """One configuration of the prediction (two for an ensemble): its plan, networks and settings."""
+
+    model: TrainedModel
+    plan: ConfigurationPlan
+    networks: list[nn.Module]
+    settings: InferenceSettings
+    folds: list[str]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """What predicts every case: one member per configuration, the labels, and the post-processing."""
+
+    members: list[Member]
+    labels: dict[str, int]
+    postprocessing: Postprocessing | None
+
+
+def load_ensemble(request: PredictRequest) -> Ensemble:
+    """The configuration(s) of ``request`` (default: ``find_best_configuration``'s choice) with their networks
+    on the device; an ensemble (work directories only) uses the post-processing chosen for it."""
+    chosen = request.configurations or best_choice(request.model)
+    names: list[str | None] = list(chosen) if chosen else [None]
+    device = resolve_device(request.device)
+    members: list[Member] = []
+    for name in names:
+        model = load_model(request.model, configuration=name, checkpoint=request.checkpoint)
+        plan = model.plans.configuration(model.configuration)
+        if plan.previous_stage is not None:
+            raise UsageError(
+                f"{model.configuration} is a cascade stage; predicting cascades is not supported yet"
+            )
+        folds = chosen_folds(request, model)
+        settings = inference_settings(request, plan, device)
+        members.append(Member(model, plan, model.networks(device, folds), settings, folds))
+    first = members[0].model
+    if any(m.model.plans.labels != first.plans.labels for m in members):
+        raise UsageError("the configurations of an ensemble must share their labels")
+    postprocessing = first.postprocessing
+    if len(members) > 1:
+        path = request.model / "ensembles" / "+".join(sorted(m.model.configuration for m in members))
+        postprocessing = (
+            load_postprocessing(path / "postprocessing.json")
+            if (path / "postprocessing.json").is_file()
+            else None
+        )
+    return Ensemble(members, dict(first.plans.labels), postprocessing)
+
+
 def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[CaseOutput]:
     """Predict every case of ``request.inputs`` into ``request.output``; writes ``predict.json`` too.
 
     A case that fails (unreadable, inconsistent) is reported and skipped; the others are written, then
     an :class:`AutosegError` lists the failures.
     """
-    model = load_model(request.model, configuration=request.configuration, checkpoint=request.checkpoint)
-    plan = model.plans.configuration(model.configuration)
-    if plan.previous_stage is not None:
-        raise UsageError(
-            f"{model.configuration} is a cascade stage; predicting cascades is not supported yet"
-        )
-    device = resolve_device(request.device)
-    settings = inference_settings(request, plan, device)
-    folds = chosen_folds(request, model)
-    networks = model.networks(device, folds)
-    cases = find_input_cases(request.inputs, len(model.plans.channel_names))
+    ensemble = load_ensemble(request)
+    channels = len(ensemble.members[0].model.plans.channel_names)
+    cases = find_input_cases(request.inputs, channels)
     request.outputs.check_inputs(cases)
-    logger.info(
-        "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s",
-        len(cases),
-        model.configuration,
-        ", ".join(folds),
-        settings.step,
-        settings.mirror_axes or "off",
-        device,
-    )
-    outputs, failures = _predict_all(
-        cases, model, networks, settings, request.outputs, request.output, show_progress
-    )
+    for member in ensemble.members:
+        logger.info(
+            "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s",
+            len(cases),
+            member.model.configuration,
+            ", ".join(member.folds),
+            member.settings.step,
+            member.settings.mirror_axes or "off",
+            member.settings.device,
+        )
+    outputs, failures = _predict_all(cases, ensemble, request.outputs, request.output, show_progress)
     write_json(
         {
             "autoseg_version": __version__,
-            "model": model.source,
-            "configuration": model.configuration,
-            "folds": folds,
-            "settings": asdict(settings),
+            "model": ensemble.members[0].model.source,
+            "configurations": [m.model.configuration for m in ensemble.members],
+            "folds": ensemble.members[0].folds,
+            "settings": asdict(ensemble.members[0].settings),
+            "postprocessing": [s.describe() for s in ensemble.postprocessing.steps]
+            if ensemble.postprocessing
+            else [],
             "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
             "failures": failures,
         },
@@ -183,34 +230,29 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
 
 
 def _predict_all(
-    cases: Sequence[InputCase],
-    model: TrainedModel,
-    networks: Sequence[nn.Module],
-    settings: InferenceSettings,
-    output_options: OutputOptions,
-    out: Path,
-    show_progress: bool,
+    cases: Sequence[InputCase], ensemble: Ensemble, options: OutputOptions, out: Path, show_progress: bool
 ) -> tuple[list[CaseOutput], list[str]]:
     """The pipeline: read ahead in one thread, predict here, export in another (one case in flight each)."""
-    plan = model.plans.configuration(model.configuration)
     outputs: list[CaseOutput] = []
     failures: list[str] = []
     pending: Future[CaseOutput] | None = None
     bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not show_progress)
+    plans = [m.plan for m in ensemble.members]
     with ThreadPoolExecutor(1, "autoseg-read") as reader, ThreadPoolExecutor(1, "autoseg-export") as exporter:
-        for _, prepared in _read_ahead(cases, reader, plan):
+        for _, prepared in _read_ahead(cases, reader, plans):
             if isinstance(prepared, str):
                 failures.append(prepared)
                 bar.update()
                 continue
             started = time.perf_counter()
-            probabilities = predict_probabilities(
-                networks, prepared.image, plan.patch_size, len(model.plans.labels), settings
-            )
+            predicted = [
+                predict_probabilities(m.networks, image, m.plan.patch_size, len(ensemble.labels), m.settings)
+                for m, image in zip(ensemble.members, prepared.images, strict=True)
+            ]
             seconds = time.perf_counter() - started
             if pending is not None:
                 _collect(pending, outputs, failures)
-            pending = exporter.submit(_export, prepared, probabilities, model, output_options, out, seconds)
+            pending = exporter.submit(_export, prepared, predicted, ensemble, options, out, seconds)
             bar.update()
         if pending is not None:
             _collect(pending, outputs, failures)
@@ -219,15 +261,15 @@ def _predict_all(
 
 
 def _read_ahead(
-    cases: Sequence[InputCase], reader: ThreadPoolExecutor, plan: ConfigurationPlan
+    cases: Sequence[InputCase], reader: ThreadPoolExecutor, plans: Sequence[ConfigurationPlan]
 ) -> Iterator[tuple[InputCase, PreparedCase | str]]:
     """Yield each case preprocessed (or an error line), reading the next one while the caller works."""
     futures: list[Future[PreparedCase]] = []
     for index, case in enumerate(cases):
         if not futures:
-            futures.append(reader.submit(_prepare, case, plan))
+            futures.append(reader.submit(_prepare, case, plans))
         if index + 1 < len(cases):
-            futures.append(reader.submit(_prepare, cases[index + 1], plan))
+            futures.append(reader.submit(_prepare, cases[index + 1], plans))
         future = futures.pop(0)
         try:
             yield case, future.result()
@@ -235,24 +277,34 @@ def _read_ahead(
             yield case, f"{case.identifier}: {error.message}"
 
 
-def _prepare(case: InputCase, plan: ConfigurationPlan) -> PreparedCase:
+def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan]) -> PreparedCase:
     image, geometry = read_input_case(case)
-    prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=True)
-    return PreparedCase(case, prepared.image, prepared.properties)
+    images: list[FloatVolume] = []
+    properties: list[CaseProperties] = []
+    for index, plan in enumerate(plans):
+        last = index == len(plans) - 1  # the last configuration may normalise the image in place
+        prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=last)
+        images.append(prepared.image)
+        properties.append(prepared.properties)
+    return PreparedCase(case, geometry, images, properties)
 
 
 def _export(
     prepared: PreparedCase,
-    probabilities: FloatVolume,
-    model: TrainedModel,
+    predicted: list[FloatVolume],
+    ensemble: Ensemble,
     options: OutputOptions,
     out: Path,
     seconds: float,
 ) -> CaseOutput:
-    restored = restore_probabilities(probabilities, prepared.properties)
-    del probabilities
+    """Each configuration's probabilities back on the input's grid, averaged, then the outputs."""
+    restored = restore_probabilities(predicted[0], prepared.properties[0])
+    for probabilities, properties in zip(predicted[1:], prepared.properties[1:], strict=True):
+        restored += restore_probabilities(probabilities, properties)
+    if len(predicted) > 1:
+        restored /= len(predicted)
     written = write_case_outputs(
-        prepared.case, restored, prepared.properties.original_geometry, model, options, out
+        prepared.case, restored, prepared.geometry, ensemble.labels, ensemble.postprocessing, options, out
     )
     return replace(written, predict_seconds=round(seconds, 3))
 

@@ -7,16 +7,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autoseg.errors import UsageError
 from autoseg.io import Geometry, atomic_target, write_labels
+from autoseg.postprocess import Postprocessing, apply_postprocessing
 from autoseg.types import FloatVolume, LabelVolume
 
 if TYPE_CHECKING:
-    from autoseg.model import TrainedModel
     from autoseg.predict_inputs import InputCase
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ def write_case_outputs(
     case: InputCase,
     probabilities: FloatVolume,
     geometry: Geometry,
-    model: TrainedModel,
+    labels_by_name: dict[str, int],
+    postprocessing: Postprocessing | None,
     options: OutputOptions,
     out: Path,
 ) -> CaseOutput:
@@ -93,8 +94,8 @@ def write_case_outputs(
         probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
         geometry: the input's geometry (written unchanged).
     """
-    labels = postprocess(labels_from_probabilities(probabilities), model.postprocessing, geometry.spacing_mm)
-    names = {value: name for name, value in model.plans.labels.items() if value != 0}
+    labels = postprocess(labels_from_probabilities(probabilities), postprocessing, geometry.spacing_mm)
+    names = {value: name for name, value in labels_by_name.items() if value != 0}
     files: list[Path] = []
     if "nifti" in options.formats:
         files.append(out / f"{case.identifier}.nii.gz")
@@ -111,7 +112,7 @@ def write_case_outputs(
         write_rtstruct(labels, case.series, names, files[-1])
     if options.save_probabilities:
         files.append(out / f"{case.identifier}_probabilities.npz")
-        _save_probabilities(probabilities, list(model.plans.labels), files[-1])
+        _save_probabilities(probabilities, list(labels_by_name), files[-1])
     voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=max(names, default=0) + 1)
     volumes = {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
@@ -120,14 +121,10 @@ def write_case_outputs(
 
 
 def postprocess(
-    labels: LabelVolume, choice: dict[str, Any] | None, spacing_mm: Sequence[float]
+    labels: LabelVolume, choice: Postprocessing | None, spacing_mm: tuple[float, float, float]
 ) -> LabelVolume:
     """Apply the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
-    if choice is None:
-        return labels
-    from autoseg.postprocess import apply_postprocessing, postprocessing_from_json
-
-    return apply_postprocessing(labels, postprocessing_from_json(choice), tuple(spacing_mm))
+    return labels if choice is None else apply_postprocessing(labels, choice, spacing_mm)
 
 
 def _save_probabilities(probabilities: FloatVolume, class_names: Sequence[str], path: Path) -> None:

@@ -1,0 +1,224 @@
+"""``autoseg find_best_configuration``: which configuration, or ensemble of two, the cross-validation
+supports, and its post-processing.
+
+Every trained configuration is scored on the validation predictions of its folds (written by ``train``);
+every pair of configurations is scored by averaging the two configurations' validation probabilities case by
+case. The best mean Dice wins (a single configuration wins a tie: it is cheaper to run). The post-processing
+is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocess_choice`). Written:
+``WORKDIR/best_configuration.json`` (the choice, the table, the predict command), the post-processing next to
+the winner's folds, and the ensembles' predictions in ``WORKDIR/ensembles/<a>+<b>/cross_validation``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset import load_dataset
+from autoseg.errors import AutosegError
+from autoseg.evaluate import CasePair, evaluate_pairs, match_cases
+from autoseg.evaluation_report import summarize
+from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.io import read_header, write_json, write_labels, write_text_atomically
+from autoseg.model import trained_configurations
+from autoseg.postprocess_choice import run_choose_postprocessing
+from autoseg.training.validation import load_probabilities
+
+logger = logging.getLogger(__name__)
+
+
+class BestConfigurationError(AutosegError):
+    """Nothing to compare: no trained configuration with validation predictions."""
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A configuration or an ensemble, scored on the cross-validation cases."""
+
+    name: str
+    configurations: tuple[str, ...]
+    cases: int
+    mean_dice: float
+    dice_per_class: dict[str, float]
+
+
+@dataclass(frozen=True)
+class BestConfiguration:
+    """The outcome: every candidate, the winner, and the post-processing file chosen for it."""
+
+    candidates: tuple[CandidateScore, ...]
+    best: CandidateScore
+    postprocessing_path: str
+    dice_after_postprocessing: float
+    predict_command: str
+
+
+def run_find_best_configuration(
+    workdir: Path,
+    *,
+    configurations: Sequence[str] | None = None,
+    ensembles: bool = True,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> BestConfiguration:
+    """Score, choose, choose the post-processing, and write ``best_configuration.json`` (see the module)."""
+    fingerprint = load_fingerprint(workdir / "fingerprint.json")
+    references = _reference_folder(fingerprint)
+    folders = {c: _validation_folders(workdir, c) for c in configurations or trained_configurations(workdir)}
+    folders = {c: f for c, f in folders.items() if f}
+    if not folders:
+        raise BestConfigurationError(
+            f"{workdir}: no trained configuration has validation predictions; run 'autoseg train FOLD' first"
+        )
+    scores = [
+        _score(name, (name,), found, references, fingerprint, num_workers, progress)
+        for name, found in folders.items()
+    ]
+    if ensembles:
+        for pair in itertools.combinations(sorted(folders), 2):
+            folder = _ensemble_cross_validation(workdir, pair, folders)
+            if folder is not None:
+                scores.append(
+                    _score("+".join(pair), pair, [folder], references, fingerprint, num_workers, progress)
+                )
+    best = sorted(scores, key=lambda s: (-_finite(s.mean_dice), len(s.configurations)))[0]
+    target = _postprocessing_target(workdir, best)
+    best_folders = (
+        folders[best.name] if len(best.configurations) == 1 else [target.parent / "cross_validation"]
+    )
+    chosen = run_choose_postprocessing(
+        best_folders, references, fingerprint, target, num_workers=num_workers, progress=progress
+    )
+    after = best.mean_dice
+    if chosen.evidence is not None and chosen.evidence.dice_after:
+        after = float(np.nanmean(list(chosen.evidence.dice_after.values())))
+    command = f"autoseg predict -i INPUT -o OUTPUT --workdir {workdir} -c {' '.join(best.configurations)}"
+    result = BestConfiguration(tuple(scores), best, str(target), after, command)
+    _write(workdir, result)
+    return result
+
+
+def _reference_folder(fingerprint: Fingerprint) -> Path:
+    dataset = load_dataset(Path(fingerprint.dataset_root))
+    parents = {c.label_path.parent for c in dataset.cases if c.label_path is not None}
+    if len(parents) != 1:
+        raise BestConfigurationError(f"{fingerprint.dataset_root}: label files are not in one folder")
+    return parents.pop()
+
+
+def _validation_folders(workdir: Path, configuration: str) -> list[Path]:
+    root = workdir / "trained" / configuration
+    found = sorted(p for p in root.glob("fold_*/validation") if (p / "summary.json").is_file())
+    splits = workdir / "splits.json"
+    expected = len(json.loads(splits.read_text())) if splits.is_file() else len(found)
+    if found and len(found) < expected:
+        logger.warning(
+            "%s: %d of %d folds validated; its cross-validation covers only those folds' cases",
+            configuration,
+            len(found),
+            expected,
+        )
+    return found
+
+
+def _score(
+    name: str,
+    configurations: tuple[str, ...],
+    folders: Sequence[Path],
+    references: Path,
+    fingerprint: Fingerprint,
+    num_workers: int,
+    progress: bool,
+) -> CandidateScore:
+    pairs: list[CasePair] = []
+    for folder in folders:
+        pairs += match_cases(folder, references, missing_predictions="ignore")
+    labels = {v: n for n, v in fingerprint.labels.items() if v != 0}
+    cases = evaluate_pairs(pairs, sorted(labels), num_workers=num_workers, progress=progress)
+    summary = summarize(cases, labels, 2.0)
+    per_class = {labels[k]: summary.per_class[k]["dice"].mean for k in labels}
+    logger.info("%s: mean Dice %.4f on %d case(s)", name, summary.mean_dice, len(cases))
+    return CandidateScore(name, configurations, len(cases), summary.mean_dice, per_class)
+
+
+def _ensemble_cross_validation(
+    workdir: Path, pair: tuple[str, str], folders: dict[str, list[Path]]
+) -> Path | None:
+    """Average the two configurations' validation probabilities per case; ``None`` when they do not cover
+    the same cases with probabilities."""
+    members = [{p.stem: p for f in folders[c] for p in f.glob("*.npz")} for c in pair]
+    common = sorted(set(members[0]) & set(members[1]))
+    if not common:
+        logger.warning("%s: no common validation case with probabilities; ensemble skipped", "+".join(pair))
+        return None
+    out = workdir / "ensembles" / "+".join(pair) / "cross_validation"
+    for case in common:
+        target = out / f"{case}.nii.gz"
+        if target.is_file():
+            continue
+        probabilities = load_probabilities(members[0][case]) + load_probabilities(members[1][case])
+        geometry = read_header(members[0][case].with_suffix(".nii.gz")).geometry
+        write_labels(probabilities.argmax(0).astype(np.uint8), geometry, target)
+    return out
+
+
+def _postprocessing_target(workdir: Path, best: CandidateScore) -> Path:
+    if len(best.configurations) == 1:
+        return workdir / "trained" / best.name / "postprocessing.json"
+    return workdir / "ensembles" / best.name / "postprocessing.json"
+
+
+def _finite(value: float) -> float:
+    return value if not math.isnan(value) else -1.0
+
+
+def _write(workdir: Path, result: BestConfiguration) -> None:
+    best = result.best
+    data = {
+        "configuration": best.configurations[0] if len(best.configurations) == 1 else None,
+        "ensemble": list(best.configurations) if len(best.configurations) > 1 else None,
+        "mean_dice": best.mean_dice,
+        "mean_dice_after_postprocessing": result.dice_after_postprocessing,
+        "postprocessing": result.postprocessing_path,
+        "predict_command": result.predict_command,
+        "candidates": [asdict(c) for c in result.candidates],
+    }
+    write_json(_nan_to_none(data), workdir / "best_configuration.json")
+    write_text_atomically(format_table(result) + "\n", workdir / "best_configuration.md")
+
+
+def format_table(result: BestConfiguration) -> str:
+    """A markdown table of the candidates, the winner marked, and the predict command."""
+    classes = list(result.best.dice_per_class)
+    lines = [
+        "| candidate | cases | mean Dice | " + " | ".join(classes) + " |",
+        "|---|---|---|" + "---|" * len(classes),
+    ]
+    for c in sorted(result.candidates, key=lambda s: -_finite(s.mean_dice)):
+        mark = " (best)" if c is result.best else ""
+        values = " | ".join(f"{c.dice_per_class.get(k, math.nan):.4f}" for k in classes)
+        lines.append(f"| {c.name}{mark} | {c.cases} | {c.mean_dice:.4f} | {values} |")
+    lines += [
+        "",
+        f"Post-processing: {result.postprocessing_path} "
+        f"(mean Dice {result.dice_after_postprocessing:.4f} after)",
+        f"Predict with: {result.predict_command}",
+    ]
+    return "\n".join(lines)
+
+
+def _nan_to_none(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
