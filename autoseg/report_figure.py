@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autoseg.errors import ImageWriteError, UsageError
-from autoseg.io import Geometry
+from autoseg.io import Geometry, atomic_target
 from autoseg.report_views import SliceView, intensity_window, slice_views, tilt_degrees
 from autoseg.types import LabelVolume
 
@@ -126,21 +125,13 @@ def format_ml(volume_ml: float) -> str:
 
 
 def _write_bytes_atomically(data: bytes, path: Path) -> None:
-    temporary: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        temporary = Path(name)
-        with os.fdopen(handle, "wb") as stream:
+        with atomic_target(path) as temporary, temporary.open("wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        temporary.replace(path)
     except OSError as error:
         raise ImageWriteError(f"{path}: cannot write the report ({error})") from error
-    finally:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
 
 
 def _figure(

@@ -175,6 +175,8 @@ def test_report_png_is_written_atomically_and_small(tmp_path: Path, rng: np.rand
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert 800 <= width <= 1200 and 400 <= height <= 1200
     assert [p.name for p in path.parent.iterdir()] == ["case_report.png"]
+    (tmp_path / "plain.txt").write_text("")
+    assert path.stat().st_mode == (tmp_path / "plain.txt").stat().st_mode  # not mkstemp's 0600
 
 
 def test_report_on_a_two_slice_anisotropic_volume_without_probabilities(tmp_path: Path) -> None:
