@@ -116,11 +116,12 @@ class InstanceResult:
     min_distance_mm: float | None
 
 
-def parse_class_selection(text: str, label_names: Mapping[str, int]) -> list[int]:
+def parse_class_selection(text: str | Sequence[str], label_names: Mapping[str, int]) -> list[int]:
     """Class values from a command-line list such as ``"1,3"``, ``"lesion,cyst"`` or ``"all"``.
 
     Args:
-        text: comma-separated class names or label values; ``"all"`` selects every foreground class.
+        text: comma-separated class names or label values, or a sequence of such strings (e.g. the items of
+            ``--instances lesion cyst``); ``"all"`` selects every foreground class.
         label_names: name -> label value, as in ``dataset.json`` (background 0 included or not).
 
     Raises:
@@ -128,6 +129,7 @@ def parse_class_selection(text: str, label_names: Mapping[str, int]) -> list[int
     """
     foreground = {name: value for name, value in label_names.items() if value != 0}
     known = _known({value: name for name, value in foreground.items()})
+    text = text if isinstance(text, str) else ",".join(text)
     if text.strip().lower() == "all":
         return sorted(foreground.values())
     chosen: list[int] = []

@@ -143,6 +143,7 @@ def test_non_positive_min_distance_is_refused() -> None:
 def test_class_selection_by_name_value_or_all() -> None:
     assert parse_class_selection("cyst, 1", NAMES) == [2, 1]
     assert parse_class_selection("all", NAMES) == [1, 2]
+    assert parse_class_selection(["cyst", "1,2"], NAMES) == [2, 1]
     for bad in ("tumour", "0", "", "3"):
         with pytest.raises(UsageError, match="choose from"):
             parse_class_selection(bad, NAMES)
