@@ -46,7 +46,8 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A work directory with two folds of the tiny dataset trained a few iterations (shared, read-only)."""
+    """A work directory with folds 0 and 1 of the tiny dataset's 3d_fullres and 2d configurations trained a few
+    iterations (shared: copy it before writing into it)."""
     from helpers import plan_and_preprocess_argv
 
     from autoseg.cli import main
@@ -58,15 +59,17 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "Dataset001_Tiny", {f"case_{i:03d}": tiny_case(generator) for i in range(5)}
     )
     workdir = root / "work"
-    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
-    for fold in ("0", "1"):
-        config = TrainConfig(
-            fold=fold,
-            epochs=1,
-            iterations_per_epoch=2,
-            validation_iterations=1,
-            num_workers=0,
-            deterministic=True,
-        )
-        train_fold(workdir, config, show_progress=False)
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres", "2d")) == 0
+    for configuration in ("3d_fullres", "2d"):
+        for fold in ("0", "1"):
+            config = TrainConfig(
+                configuration=configuration,
+                fold=fold,
+                epochs=1,
+                iterations_per_epoch=2,
+                validation_iterations=1,
+                num_workers=0,
+                deterministic=True,
+            )
+            train_fold(workdir, config, show_progress=False)
     return workdir
