@@ -46,8 +46,8 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A work directory with folds 0 and 1 of the tiny dataset's 3d_fullres and 2d configurations trained a few
-    iterations (shared: copy it before writing into it)."""
+    """A work directory with folds 0 and 1 of the tiny dataset's 3d_fullres and 2d configurations, trained a
+    few iterations (shared: copy it before writing into it)."""
     from helpers import plan_and_preprocess_argv
 
     from autoseg.cli import main
