@@ -41,6 +41,19 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write CASE_probabilities.npz (float16)"
     )
+    parser.add_argument(
+        "--instances", nargs="+", default=(), metavar="CLASS",
+        help="give each separate object of these classes (names or values, or 'all') its own id: "
+        "CASE_instances.nii.gz and CASE_instances.json (volume, centroid per object)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--split-touching", action="store_true", help="with --instances: split touching objects (watershed)"
+    )
+    parser.add_argument(
+        "--report", action="store_true",
+        help="CASE_report.png (contours on three orientations, structure table with flags) and "
+        "CASE_structures.json per case",
+    )  # fmt: skip
     parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
     parser.add_argument(
         "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
@@ -72,7 +85,11 @@ def run_predict_command(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         checkpoint=args.checkpoint,
         outputs=OutputOptions(
-            formats=tuple(dict.fromkeys(args.formats)), save_probabilities=args.save_probabilities
+            formats=tuple(dict.fromkeys(args.formats)),
+            save_probabilities=args.save_probabilities,
+            instances=tuple(args.instances),
+            split_touching=args.split_touching,
+            report=args.report,
         ),
     )
     outputs = run_predict(request, show_progress=_progress(args))

@@ -7,6 +7,7 @@ autoseg_model.json      manifest: format and autoseg versions, configuration, fo
 plans.json              the plan the networks were trained with
 dataset.json            labels and channel names
 postprocessing.json     the post-processing chosen on cross-validation (when one was chosen)
+training_reference.json structure volumes in the training data (for the reviewer report's flags)
 folds/fold_<k>.pt       the network weights of each fold, a tensor dictionary (loaded with weights_only)
 ```
 
@@ -33,10 +34,12 @@ from torch import nn
 
 from autoseg import __version__
 from autoseg.errors import AutosegError
+from autoseg.fingerprint import load_fingerprint
 from autoseg.io import read_json
 from autoseg.network import build_network
 from autoseg.plans import Plans, load_plans, plans_from_json
 from autoseg.postprocess import Postprocessing, load_postprocessing, postprocessing_from_json
+from autoseg.report import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class TrainedModel:
         weights: fold name (``"0"``... or ``"all"``) -> network state dict, on the CPU.
         postprocessing: the post-processing chosen on cross-validation (``None``: none chosen).
         source: where the model came from, for messages.
+        reference: what is usual for the training data (volumes per structure), for the reviewer report.
     """
 
     plans: Plans
@@ -67,6 +71,7 @@ class TrainedModel:
     weights: dict[str, dict[str, torch.Tensor]]
     postprocessing: Postprocessing | None = None
     source: str = ""
+    reference: TrainingReference | None = None
     folds: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -148,7 +153,11 @@ def _load_workdir(
     postprocessing_path = run_root / "postprocessing.json"
     postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path.is_file() else None
     logger.info("model: %s, configuration %s, folds %s", workdir, name, ", ".join(chosen))
-    return TrainedModel(plans, name, weights, postprocessing, str(workdir))
+    fingerprint = workdir / "fingerprint.json"
+    reference = (
+        TrainingReference.from_fingerprint(load_fingerprint(fingerprint)) if fingerprint.is_file() else None
+    )
+    return TrainedModel(plans, name, weights, postprocessing, str(workdir), reference)
 
 
 def best_choice(source: Path) -> list[str] | None:
@@ -199,6 +208,8 @@ def export_model(
             }
         ),
     }
+    if model.reference is not None:
+        entries["training_reference.json"] = _json_bytes(model.reference.to_json())
     postprocessing = workdir / "trained" / model.configuration / "postprocessing.json"
     if postprocessing.is_file():
         entries["postprocessing.json"] = postprocessing.read_bytes()
@@ -253,7 +264,12 @@ def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] |
         if "postprocessing.json" in entries
         else None
     )
-    return TrainedModel(plans, name, weights, postprocessing, str(path))
+    reference = (
+        TrainingReference.from_json(_as_dict(json.loads(entries["training_reference.json"])))
+        if "training_reference.json" in entries
+        else None
+    )
+    return TrainedModel(plans, name, weights, postprocessing, str(path), reference)
 
 
 def _read_verified_entries(path: Path) -> dict[str, bytes]:

@@ -23,12 +23,13 @@ from tqdm import tqdm
 from autoseg import __version__
 from autoseg.errors import AutosegError, UsageError
 from autoseg.inference import InferenceSettings, predict_probabilities
+from autoseg.instances import parse_class_selection
 from autoseg.io import Geometry, write_json
 from autoseg.model import TrainedModel, best_choice, load_model
 from autoseg.plans import ConfigurationPlan
 from autoseg.postprocess import Postprocessing, load_postprocessing
 from autoseg.predict_inputs import InputCase, find_input_cases, read_input_case
-from autoseg.predict_outputs import CaseOutput, OutputOptions, write_case_outputs
+from autoseg.predict_outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
 from autoseg.preprocess import CaseProperties, preprocess_case, restore_probabilities
 from autoseg.types import FloatVolume
 
@@ -77,6 +78,7 @@ class PreparedCase:
     geometry: Geometry
     images: list[FloatVolume]
     properties: list[CaseProperties]
+    report_image: FloatVolume | None = None
 
 
 def predict_case(
@@ -208,7 +210,15 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
             member.settings.mirror_axes or "off",
             member.settings.device,
         )
-    outputs, failures = _predict_all(cases, ensemble, request.outputs, request.output, show_progress)
+    context = OutputContext(
+        ensemble.labels,
+        ensemble.postprocessing,
+        ensemble.members[0].model.reference,
+        tuple(parse_class_selection(request.outputs.instances, ensemble.labels))
+        if request.outputs.instances
+        else (),
+    )
+    outputs, failures = _predict_all(cases, ensemble, context, request.outputs, request.output, show_progress)
     write_json(
         {
             "autoseg_version": __version__,
@@ -230,7 +240,12 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
 
 
 def _predict_all(
-    cases: Sequence[InputCase], ensemble: Ensemble, options: OutputOptions, out: Path, show_progress: bool
+    cases: Sequence[InputCase],
+    ensemble: Ensemble,
+    context: OutputContext,
+    options: OutputOptions,
+    out: Path,
+    show_progress: bool,
 ) -> tuple[list[CaseOutput], list[str]]:
     """The pipeline: read ahead in one thread, predict here, export in another (one case in flight each)."""
     outputs: list[CaseOutput] = []
@@ -239,7 +254,7 @@ def _predict_all(
     bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not show_progress)
     plans = [m.plan for m in ensemble.members]
     with ThreadPoolExecutor(1, "autoseg-read") as reader, ThreadPoolExecutor(1, "autoseg-export") as exporter:
-        for _, prepared in _read_ahead(cases, reader, plans):
+        for _, prepared in _read_ahead(cases, reader, plans, options.report):
             if isinstance(prepared, str):
                 failures.append(prepared)
                 bar.update()
@@ -252,7 +267,7 @@ def _predict_all(
             seconds = time.perf_counter() - started
             if pending is not None:
                 _collect(pending, outputs, failures)
-            pending = exporter.submit(_export, prepared, predicted, ensemble, options, out, seconds)
+            pending = exporter.submit(_export, prepared, predicted, context, options, out, seconds)
             bar.update()
         if pending is not None:
             _collect(pending, outputs, failures)
@@ -261,15 +276,18 @@ def _predict_all(
 
 
 def _read_ahead(
-    cases: Sequence[InputCase], reader: ThreadPoolExecutor, plans: Sequence[ConfigurationPlan]
+    cases: Sequence[InputCase],
+    reader: ThreadPoolExecutor,
+    plans: Sequence[ConfigurationPlan],
+    keep_image: bool,
 ) -> Iterator[tuple[InputCase, PreparedCase | str]]:
     """Yield each case preprocessed (or an error line), reading the next one while the caller works."""
     futures: list[Future[PreparedCase]] = []
     for index, case in enumerate(cases):
         if not futures:
-            futures.append(reader.submit(_prepare, case, plans))
+            futures.append(reader.submit(_prepare, case, plans, keep_image))
         if index + 1 < len(cases):
-            futures.append(reader.submit(_prepare, cases[index + 1], plans))
+            futures.append(reader.submit(_prepare, cases[index + 1], plans, keep_image))
         future = futures.pop(0)
         try:
             yield case, future.result()
@@ -277,8 +295,9 @@ def _read_ahead(
             yield case, f"{case.identifier}: {error.message}"
 
 
-def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan]) -> PreparedCase:
+def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan], keep_image: bool) -> PreparedCase:
     image, geometry = read_input_case(case)
+    report_image = image[0].copy() if keep_image else None
     images: list[FloatVolume] = []
     properties: list[CaseProperties] = []
     for index, plan in enumerate(plans):
@@ -286,13 +305,13 @@ def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan]) -> PreparedCas
         prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=last)
         images.append(prepared.image)
         properties.append(prepared.properties)
-    return PreparedCase(case, geometry, images, properties)
+    return PreparedCase(case, geometry, images, properties, report_image)
 
 
 def _export(
     prepared: PreparedCase,
     predicted: list[FloatVolume],
-    ensemble: Ensemble,
+    context: OutputContext,
     options: OutputOptions,
     out: Path,
     seconds: float,
@@ -304,7 +323,7 @@ def _export(
     if len(predicted) > 1:
         restored /= len(predicted)
     written = write_case_outputs(
-        prepared.case, restored, prepared.geometry, ensemble.labels, ensemble.postprocessing, options, out
+        prepared.case, restored, prepared.geometry, prepared.report_image, context, options, out
     )
     return replace(written, predict_seconds=round(seconds, 3))
 

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoseg.errors import UsageError
-from autoseg.io import Geometry, atomic_target, write_labels
+from autoseg.instances import instances_to_json, label_instances
+from autoseg.io import Geometry, atomic_target, write_json, write_labels
 from autoseg.postprocess import Postprocessing, apply_postprocessing
+from autoseg.report import TrainingReference, render_report, structure_table, write_structure_table
 from autoseg.types import FloatVolume, LabelVolume
 
 if TYPE_CHECKING:
@@ -79,12 +81,23 @@ def labels_from_probabilities(probabilities: FloatVolume) -> LabelVolume:
     return labels
 
 
+@dataclass(frozen=True)
+class OutputContext:
+    """What every case's outputs need from the model: class names, post-processing, the training reference,
+    and the classes whose objects get instance ids."""
+
+    labels_by_name: dict[str, int]
+    postprocessing: Postprocessing | None = None
+    reference: TrainingReference | None = None
+    instance_classes: tuple[int, ...] = ()
+
+
 def write_case_outputs(
     case: InputCase,
     probabilities: FloatVolume,
     geometry: Geometry,
-    labels_by_name: dict[str, int],
-    postprocessing: Postprocessing | None,
+    image: FloatVolume | None,
+    context: OutputContext,
     options: OutputOptions,
     out: Path,
 ) -> CaseOutput:
@@ -93,31 +106,77 @@ def write_case_outputs(
     Args:
         probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
         geometry: the input's geometry (written unchanged).
+        image: ``(Z, Y, X)`` float32 first channel, raw intensities, for the report (``None`` without one).
     """
-    labels = postprocess(labels_from_probabilities(probabilities), postprocessing, geometry.spacing_mm)
-    names = {value: name for name, value in labels_by_name.items() if value != 0}
+    labels = postprocess(
+        labels_from_probabilities(probabilities), context.postprocessing, geometry.spacing_mm
+    )
+    names = {value: name for name, value in context.labels_by_name.items() if value != 0}
+    stem = out / case.identifier
     files: list[Path] = []
     if "nifti" in options.formats:
-        files.append(out / f"{case.identifier}.nii.gz")
+        files.append(stem.with_name(f"{case.identifier}.nii.gz"))
         write_labels(labels, geometry, files[-1])
     if "dicom-seg" in options.formats:
         from autoseg.dicom.seg import write_dicom_seg
 
-        files.append(out / f"{case.identifier}_seg.dcm")
+        files.append(stem.with_name(f"{case.identifier}_seg.dcm"))
         write_dicom_seg(labels, case.series, names, files[-1])
     if "rtstruct" in options.formats:
         from autoseg.dicom.rtstruct import write_rtstruct
 
-        files.append(out / f"{case.identifier}_rtstruct.dcm")
+        files.append(stem.with_name(f"{case.identifier}_rtstruct.dcm"))
         write_rtstruct(labels, case.series, names, files[-1])
     if options.save_probabilities:
-        files.append(out / f"{case.identifier}_probabilities.npz")
-        _save_probabilities(probabilities, list(labels_by_name), files[-1])
+        files.append(stem.with_name(f"{case.identifier}_probabilities.npz"))
+        _save_probabilities(probabilities, list(context.labels_by_name), files[-1])
+    if context.instance_classes:
+        files += _write_instances(case.identifier, labels, geometry, context, options.split_touching, out)
+    if options.report and image is not None:
+        files += _write_report(case.identifier, image, labels, probabilities, geometry, context, out)
     voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=max(names, default=0) + 1)
     volumes = {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
     logger.info("%s: %s", case.identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
     return CaseOutput(case.identifier, tuple(files), volumes)
+
+
+def _write_instances(
+    identifier: str,
+    labels: LabelVolume,
+    geometry: Geometry,
+    context: OutputContext,
+    split_touching: bool,
+    out: Path,
+) -> list[Path]:
+    """``CASE_instances.nii.gz`` (an id per object), ``CASE_instances.json`` (volume, centroid per object)."""
+    result = label_instances(
+        labels, context.instance_classes, geometry, context.labels_by_name, split_touching=split_touching
+    )
+    paths = [out / f"{identifier}_instances.nii.gz", out / f"{identifier}_instances.json"]
+    write_labels(result.instance_map, geometry, paths[0])
+    write_json(instances_to_json(result), paths[1])
+    return paths
+
+
+def _write_report(
+    identifier: str,
+    image: FloatVolume,
+    labels: LabelVolume,
+    probabilities: FloatVolume,
+    geometry: Geometry,
+    context: OutputContext,
+    out: Path,
+) -> list[Path]:
+    """``CASE_report.png`` (contours on three orientations, structure table) and ``CASE_structures.json``."""
+    rows = structure_table(labels, probabilities, geometry, context.labels_by_name, context.reference)
+    paths = [out / f"{identifier}_report.png", out / f"{identifier}_structures.json"]
+    render_report(image, labels, geometry, rows, paths[0], title=identifier)
+    write_structure_table(rows, paths[1])
+    flagged = [f"{row.name}: {'; '.join(f.reason for f in row.flags)}" for row in rows if row.flags]
+    for line in flagged:
+        logger.warning("%s: review %s", identifier, line)
+    return paths
 
 
 def postprocess(
