@@ -406,3 +406,20 @@ def test_real_dicom_seg_liver(data_root: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("folder", ["oblique_t1post_PGBM-003", "hippocrop/study1"])
 def test_brain_mr_series_agree_with_simpleitk(data_root: Path, folder: str) -> None:
     compare_with_simpleitk(data_root / "brain_mr_dicom" / folder)
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (1, 0, 0, 0, -1, 0, 0, 0, -1)])
+def test_an_exported_series_reads_back_on_the_same_grid(
+    tmp_path: Path, rng: np.random.Generator, direction: tuple[float, ...]
+) -> None:
+    from autoseg.dicom.export import write_image_series
+
+    geometry = Geometry((2.5, 0.8, 0.6), (10.0, -20.0, 30.0), tuple(float(v) for v in direction))
+    image = rng.normal(0, 300, size=(4, 12, 20)).round().astype(np.float32)  # non-square, HU-like
+    write_image_series(image, geometry, tmp_path / "series")
+    read, read_geometry = read_series(single_series(tmp_path / "series"))
+    np.testing.assert_array_equal(read[0], image)
+    assert not read_geometry.differences(geometry, tolerance=1e-6)
+    fractional = image / 7.0
+    write_image_series(fractional, geometry, tmp_path / "mr", modality="MR")
+    np.testing.assert_allclose(read_series(single_series(tmp_path / "mr"))[0][0], fractional, atol=0.01)
