@@ -1,18 +1,28 @@
-"""``autoseg demo``: the whole pipeline on a small built-in synthetic dataset, as far as it is built.
+"""``autoseg demo``: the whole pipeline on a small built-in synthetic dataset.
 
-Stages so far: synthesise the dataset (``WORKDIR/raw``), verify it, fingerprint it, plan it, preprocess it,
-train fold 0 for a short schedule and validate it. Prediction and evaluation join as they land.
+Synthesise the dataset (``WORKDIR/raw``), verify, fingerprint, plan, preprocess, train fold 0 for a short
+schedule and validate it, choose the configuration and post-processing, then predict two held-out synthetic
+cases (``WORKDIR/heldout``) as NIfTI with a reviewer report each, predict one of them again from a DICOM
+series as NIfTI + RTSTRUCT, and evaluate the NIfTI predictions against their labels.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 from pathlib import Path
 
+from autoseg.best_configuration import run_find_best_configuration
+from autoseg.dicom.export import write_image_series
+from autoseg.evaluate import EvaluateRequest, run_evaluate
 from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.io import read_image
 from autoseg.pipeline import plan_and_preprocess
 from autoseg.plan_stage import PlanRequest, default_device
 from autoseg.plans import load_plans
+from autoseg.predict import PredictRequest, run_predict
+from autoseg.predict_outputs import OutputOptions
 from autoseg.synth import SynthConfig, write_synthetic_dataset
 from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 
@@ -33,6 +43,9 @@ DEMO_CONFIG = SynthConfig(
 DEMO_EPOCHS = 8
 DEMO_ITERATIONS = 25
 """A short schedule: the point is to show every stage working, not a converged model."""
+
+HELDOUT_CASES = 2
+"""Held-out synthetic cases (another seed) that the demo predicts and evaluates."""
 
 DEMO_TIME_BUDGET = "10m"
 """On a CPU the demo plans with the ``cpu`` preset for this training time."""
@@ -87,7 +100,59 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
         f"train:       {configuration} fold 0, {DEMO_EPOCHS} x {DEMO_ITERATIONS} iterations -> {run_dir}"
     )
     lines.append(f"             validation Dice per class: {dice}")
-    lines.append("next stages (predict, evaluate) join the demo as they land")
+    lines += _after_training_lines(workdir, show_progress)
+    return lines
+
+
+def _after_training_lines(workdir: Path, show_progress: bool) -> list[str]:
+    """find_best_configuration, predict (NIfTI + report, DICOM -> RTSTRUCT) and evaluate held-out cases."""
+    best = run_find_best_configuration(workdir, progress=show_progress)
+    lines = [
+        f"best:        {best.best.name}, cross-validation Dice {best.best.mean_dice:.3f} "
+        f"({best.dice_after_postprocessing:.3f} with post-processing {best.postprocessing_path})"
+    ]
+    heldout_config = replace(DEMO_CONFIG, cases=HELDOUT_CASES, seed=DEMO_CONFIG.seed + 1000)
+    heldout = write_synthetic_dataset(heldout_config, workdir / "heldout", show_progress=show_progress)
+    predictions = workdir / "predictions"
+    outputs = run_predict(
+        PredictRequest(heldout / "imagesTr", predictions, workdir, outputs=OutputOptions(report=True)),
+        show_progress=show_progress,
+    )
+    lines.append(f"predict:     {len(outputs)} held-out cases -> {predictions} (NIfTI + report PNG each)")
+    first = sorted((heldout / "imagesTr").iterdir())[0]
+    series = workdir / "heldout_dicom" / first.name.removesuffix("_0000.nii.gz")
+    if not series.is_dir():
+        image, geometry = read_image([first])
+        write_image_series(image[0], geometry, series)
+    dicom_out = workdir / "predictions_dicom"
+    written = run_predict(
+        PredictRequest(series, dicom_out, workdir, outputs=OutputOptions(formats=("nifti", "rtstruct"))),
+        show_progress=show_progress,
+    )
+    lines.append(
+        f"predict:     DICOM series {series} -> " + ", ".join(str(p) for o in written for p in o.files)
+    )
+    summary = run_evaluate(
+        EvaluateRequest(
+            predictions,
+            heldout / "labelsTr",
+            workdir / "evaluation",
+            heldout / "dataset.json",
+            progress=show_progress,
+        )
+    )
+    lines.append(f"evaluate:    {len(summary.cases)} held-out cases -> {workdir / 'evaluation'}")
+    width = max(len(name) for name in summary.labels.values())
+    lines.append(f"{'':13}{'class':<{width}} {'Dice':>6} {'HD95 mm':>8} {'surface Dice':>13}")
+    for value, name in summary.labels.items():
+        stats = summary.per_class[value]
+        hd95 = stats["hd95_mm"].mean
+        lines.append(
+            f"{'':13}{name:<{width}} {stats['dice'].mean:6.3f} "
+            f"{'n/a' if math.isnan(hd95) else f'{hd95:.2f}':>8} {stats['surface_dice'].mean:13.3f}"
+        )
+    report = next(p for p in outputs[0].files if p.name.endswith("_report.png"))
+    lines.append(f"report:      {report}")
     return lines
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from autoseg import commands
+from autoseg import commands, commands_inference
 from autoseg.catalogue import default_catalogue_path
 from autoseg.cli import main
 from autoseg.demo import DEMO_CONFIG
 
-COMMAND_NAMES = [spec.name for spec in commands.COMMANDS]
+COMMAND_NAMES = [spec.name for spec in [*commands.COMMANDS, *commands_inference.COMMANDS]]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("verify", "fingerprint", "synth", "demo"):
+    for name in COMMAND_NAMES:
         assert name in out
 
 
@@ -121,6 +121,12 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path: Path, capsys: pytest.C
     assert "plan:        3d_fullres" in out  # sizes depend on the measured CPU throughput
     assert "preprocess:  6 cases for 2d" in out and "3d_fullres -> " in out
     assert "train:       3d_fullres fold 0" in out and "validation Dice per class: organ" in out
+    assert "best:        3d_fullres, cross-validation Dice" in out
+    assert "predict:     2 held-out cases" in out and "_rtstruct.dcm" in out
+    assert "evaluate:    2 held-out cases" in out and "surface Dice" in out
+    assert (workdir / "predictions" / "synthct_000_report.png").is_file()
+    assert (workdir / "predictions_dicom" / "synthct_000_rtstruct.dcm").is_file()
+    assert (workdir / "evaluation" / "summary.json").is_file()
     assert (workdir / "fingerprint.json").is_file()
     stamp = (workdir / "fingerprint.json").stat().st_mtime_ns
     assert main(["demo", "--workdir", str(workdir), "-q"]) == 0
