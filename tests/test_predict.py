@@ -172,3 +172,26 @@ def test_dicom_series_in_nifti_seg_and_rtstruct_out(
         expected = labels == value
         overlap = 2 * np.logical_and(masks[name], expected).sum() / max(1, masks[name].sum() + expected.sum())
         assert overlap >= 0.9 or expected.sum() < 20
+
+
+def test_instances_and_report_are_written_per_case(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, _, geometry = tiny_case(rng)
+    write_image(image[0], geometry, tmp_path / "in" / "scan_0000.nii.gz")
+    extra = ["--preset", "fast", "--instances", "organ", "core", "--report"]
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, *extra) == 0
+    out = tmp_path / "out"
+    instances = json.loads((out / "scan_instances.json").read_text())
+    assert set(instances["counts"]) == {"organ", "core"}
+    instance_map, instance_geometry = read_labels(out / "scan_instances.nii.gz")
+    assert instance_map.shape == image.shape[1:] and not instance_geometry.differences(geometry)
+    assert int(instance_map.max()) == len(instances["objects"])
+    assert (out / "scan_report.png").stat().st_size > 1000
+    rows = json.loads((out / "scan_structures.json").read_text())
+    assert {row["name"] for row in (rows if isinstance(rows, list) else rows["structures"])} == {
+        "organ",
+        "core",
+    }
+    assert _predict(tmp_path / "in", tmp_path / "bad", trained_workdir, "--instances", "liver") == 2
+    assert "liver" in capsys.readouterr().err
