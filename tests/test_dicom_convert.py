@@ -144,3 +144,21 @@ def test_dicom_seg_ct3slice_as_one_case(data_root: Path, tmp_path: Path) -> None
     assert case.case == "liver_case" and report.labels == {"background": 0, "Liver": 1}
     labels, _ = read_labels(tmp_path / "out" / "labelsTr" / "liver_case.nii.gz")
     assert labels.shape == (3, 512, 512) and case.voxels["Liver"] == int(labels.sum()) > 10_000
+
+
+@pytest.mark.realdata
+def test_convert_dicom_command_then_verify(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoseg.cli import main
+
+    mapping = tmp_path / "rois.json"
+    mapping.write_text(json.dumps({"labels": {"GTV": {"value": 1, "rois": ["gtv*"]}, "Heart": 2}}))
+    out = tmp_path / "Dataset010_Lung"
+    argv = ["convert-dicom", str(data_root / "lung_ct_rtstruct"), str(out), "--mapping", str(mapping), "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "pat_1: written; missing: Heart" in printed
+    assert "4 case(s) written" in printed
+    assert main(["verify", str(out), "-q"]) == 0
+    assert main(["convert-dicom", str(tmp_path / "nothing"), str(tmp_path / "x"), "-q"]) == 1
