@@ -26,9 +26,10 @@ from autoseg.errors import AutosegError
 from autoseg.evaluate import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation_report import summarize
 from autoseg.fingerprint import Fingerprint, load_fingerprint
-from autoseg.io import read_header, write_json, write_labels, write_text_atomically
+from autoseg.io import read_header, read_labels, write_json, write_labels, write_text_atomically
 from autoseg.model import trained_configurations
 from autoseg.postprocess_choice import run_choose_postprocessing
+from autoseg.report import TrainingReference, structure_confidences
 from autoseg.training.validation import load_probabilities
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,31 @@ def run_find_best_configuration(
     after = best.mean_dice
     if chosen.evidence is not None and chosen.evidence.dice_after:
         after = float(np.nanmean(list(chosen.evidence.dice_after.values())))
+    _write_training_reference(workdir, fingerprint, folders.get(best.configurations[0], []))
     command = f"autoseg predict -i INPUT -o OUTPUT --workdir {workdir} -c {' '.join(best.configurations)}"
     result = BestConfiguration(tuple(scores), best, str(target), after, command)
     _write(workdir, result)
     return result
+
+
+def _write_training_reference(workdir: Path, fingerprint: Fingerprint, folders: Sequence[Path]) -> None:
+    """``WORKDIR/training_reference.json``: the training volumes per structure, and the mean confidence of
+    each structure in the cross-validation predictions (what the reviewer report compares predictions to)."""
+    values = sorted(v for v in fingerprint.labels.values() if v != 0)
+    confidences: dict[int, list[float]] = {v: [] for v in values}
+    for folder in folders:
+        for npz in sorted(folder.glob("*.npz")):
+            labels_path = npz.with_suffix(".nii.gz")
+            if not labels_path.is_file():
+                continue
+            found = structure_confidences(read_labels(labels_path)[0], load_probabilities(npz), values)
+            for value, confidence in found.items():
+                confidences[value].append(confidence)
+    reference = TrainingReference.from_fingerprint(fingerprint)
+    known = {v: c for v, c in confidences.items() if c}
+    if known:
+        reference = reference.with_confidences(known)
+    write_json(reference.to_json(), workdir / "training_reference.json")
 
 
 def _reference_folder(fingerprint: Fingerprint) -> Path:

@@ -153,10 +153,7 @@ def _load_workdir(
     postprocessing_path = run_root / "postprocessing.json"
     postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path.is_file() else None
     logger.info("model: %s, configuration %s, folds %s", workdir, name, ", ".join(chosen))
-    fingerprint = workdir / "fingerprint.json"
-    reference = (
-        TrainingReference.from_fingerprint(load_fingerprint(fingerprint)) if fingerprint.is_file() else None
-    )
+    reference = _training_reference(workdir)
     return TrainedModel(plans, name, weights, postprocessing, str(workdir), reference)
 
 
@@ -168,6 +165,21 @@ def best_choice(source: Path) -> list[str] | None:
     data = _as_dict(read_json(best))
     chosen = data.get("ensemble") or ([data["configuration"]] if data.get("configuration") else None)
     return [str(c) for c in chosen] if chosen else None
+
+
+def _training_reference(workdir: Path) -> TrainingReference | None:
+    """``training_reference.json`` (volumes and cross-validation confidences, from find_best_configuration),
+    else the volumes from the fingerprint, else nothing."""
+    path = workdir / "training_reference.json"
+    if path.is_file():
+        try:
+            return TrainingReference.from_json(_as_dict(read_json(path)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{path}: not a valid training reference ({error})") from None
+    fingerprint = workdir / "fingerprint.json"
+    return (
+        TrainingReference.from_fingerprint(load_fingerprint(fingerprint)) if fingerprint.is_file() else None
+    )
 
 
 def _default_configuration(workdir: Path) -> str:

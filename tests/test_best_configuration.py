@@ -28,14 +28,14 @@ def test_configurations_and_their_ensemble_are_compared(
     result = json.loads((workdir / "best_configuration.json").read_text())
     names = [c["name"] for c in result["candidates"]]
     assert sorted(names) == ["2d", "2d+3d_fullres", "3d_fullres"]
-    assert all(
-        c["cases"] == 2 for c in result["candidates"]
-    )  # folds 0 and 1 of 5 validate one case each
+    assert all(c["cases"] == 2 for c in result["candidates"])  # folds 0 and 1 of 5 validate one case each
     best = max(result["candidates"], key=lambda c: c["mean_dice"] if c["mean_dice"] is not None else -1)
     chosen = best_choice(workdir)
     assert chosen is not None and "+".join(chosen) == best["name"]
     assert Path(result["postprocessing"]).is_file()
     assert result["predict_command"].endswith(f"-c {' '.join(chosen)}")
+    reference = json.loads((workdir / "training_reference.json").read_text())
+    assert all(len(c["confidences"]) >= 1 for c in reference["classes"] if c["value"] in (1,))
     ensemble_cases = sorted((workdir / "ensembles" / "2d+3d_fullres" / "cross_validation").glob("*.nii.gz"))
     assert len(ensemble_cases) == 2
     # predict follows the choice when no -c is given
