@@ -24,7 +24,7 @@ import numpy as np
 from autoseg.dataset import load_dataset
 from autoseg.errors import AutosegError
 from autoseg.evaluate import CasePair, evaluate_pairs, match_cases
-from autoseg.evaluation_report import summarize
+from autoseg.evaluation_report import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint, load_fingerprint
 from autoseg.io import read_header, read_labels, write_json, write_labels, write_text_atomically
 from autoseg.model import trained_configurations
@@ -212,7 +212,7 @@ def _write(workdir: Path, result: BestConfiguration) -> None:
         "predict_command": result.predict_command,
         "candidates": [asdict(c) for c in result.candidates],
     }
-    write_json(_nan_to_none(data), workdir / "best_configuration.json")
+    write_json(nan_to_none(data), workdir / "best_configuration.json")
     write_text_atomically(format_table(result) + "\n", workdir / "best_configuration.md")
 
 
@@ -234,13 +234,3 @@ def format_table(result: BestConfiguration) -> str:
         f"Predict with: {result.predict_command}",
     ]
     return "\n".join(lines)
-
-
-def _nan_to_none(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
-    return value

@@ -88,7 +88,7 @@ class EvaluationSummary:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict; NaN becomes ``None``."""
-        data: dict[str, Any] = _nan_to_none(
+        data: dict[str, Any] = nan_to_none(
             {
                 "schema_version": SUMMARY_SCHEMA_VERSION,
                 "tolerance_mm": self.tolerance_mm,
@@ -201,11 +201,13 @@ def _csv_number(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.12g}"
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also inside dicts, lists, tuples) replaced by ``None``,
+    for strict JSON."""
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     return value
