@@ -41,8 +41,14 @@ def test_export_then_load_gives_the_same_weights(trained_workdir: Path, tmp_path
             assert torch.equal(tensor, exported.weights[fold][key])
     assert exported.plans == local.plans
     manifest = json.loads(zipfile.ZipFile(out).read(MANIFEST))
-    assert set(manifest["files"]) == {"plans.json", "dataset.json", "folds/fold_0.pt", "folds/fold_1.pt"}
-    assert trained_configurations(trained_workdir) == ["3d_fullres"]
+    assert set(manifest["files"]) == {
+        "plans.json",
+        "dataset.json",
+        "training_reference.json",
+        "folds/fold_0.pt",
+        "folds/fold_1.pt",
+    }
+    assert trained_configurations(trained_workdir) == ["2d", "3d_fullres"]
 
 
 def test_chosen_folds_only(trained_workdir: Path, tmp_path: Path) -> None:
