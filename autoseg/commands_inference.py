@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoseg.commands import CommandSpec, _progress, positive_int
+from autoseg.commands import CommandSpec, _num_workers, _progress, positive_int
 
 # ---------------------------------------------------------------------------------------------- predict
 
@@ -138,10 +138,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ignore-missing", action="store_true", help="evaluate only the references that have a prediction"
     )
-    parser.add_argument(
-        "-np", "--num-processes", dest="num_workers", type=positive_int, default=1,
-        help="worker processes over cases (default: 1)",
-    )  # fmt: skip
+    _num_workers(parser)
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -184,10 +181,7 @@ def _best_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-ensembles", dest="ensembles", action="store_false", help="skip ensembles of two"
     )
-    parser.add_argument(
-        "-np", "--num-processes", dest="num_workers", type=positive_int, default=1,
-        help="worker processes over cases (default: 1)",
-    )  # fmt: skip
+    _num_workers(parser)
 
 
 def run_best_command(args: argparse.Namespace) -> int:
