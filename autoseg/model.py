@@ -185,11 +185,9 @@ def _training_reference(workdir: Path) -> TrainingReference | None:
 def _default_configuration(workdir: Path) -> str:
     """The configuration ``find_best_configuration`` chose, else ``3d_fullres`` if trained, else the only
     one."""
-    best = workdir / "best_configuration.json"
-    if best.is_file():
-        chosen = _as_dict(read_json(best)).get("configuration")
-        if isinstance(chosen, str):
-            return chosen
+    chosen = best_choice(workdir)
+    if chosen is not None and len(chosen) == 1:
+        return chosen[0]
     trained = trained_configurations(workdir)
     if "3d_fullres" in trained or not trained:
         return "3d_fullres"
