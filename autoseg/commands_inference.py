@@ -60,7 +60,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-        help="network arithmetic; auto: float16 autocast on CUDA, float32 on CPU",
+        help="network arithmetic; auto: float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 "
+        "(AVX-512 BF16 or AMX), float32 otherwise; float32 for bit-reproducible results",
     )  # fmt: skip
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (3D)")
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, UsageError
-from autoseg.inference import InferenceSettings, predict_probabilities
+from autoseg.inference import InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.instances import parse_class_selection
 from autoseg.io import Geometry, write_json
 from autoseg.model import TrainedModel, best_choice, load_model
@@ -126,7 +126,7 @@ def inference_settings(request: PredictRequest, plan: ConfigurationPlan, device:
         mirror_axes=tuple(range(plan.dims)) if mirror else (),
         windows_per_batch=request.windows_per_batch,
         device=device,
-        precision=request.precision,
+        precision=resolve_precision(request.precision, torch.device(device)),
         channels_last=request.channels_last,
     )
 
@@ -202,13 +202,14 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     request.outputs.check_inputs(cases)
     for member in ensemble.members:
         logger.info(
-            "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s",
+            "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s, %s",
             len(cases),
             member.model.configuration,
             ", ".join(member.folds),
             member.settings.step,
             member.settings.mirror_axes or "off",
             member.settings.device,
+            member.settings.precision,
         )
     context = OutputContext(
         ensemble.labels,

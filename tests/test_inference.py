@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg.inference import InferenceSettings, mirror_combinations, predict_probabilities
+from autoseg import inference
+from autoseg.inference import (
+    InferenceSettings,
+    mirror_combinations,
+    predict_probabilities,
+    resolve_precision,
+)
 
 
 class PointwiseModel(nn.Module):
@@ -86,3 +92,45 @@ def test_bad_settings_are_refused(rng: np.random.Generator) -> None:
         predict_probabilities([PointwiseModel()], image, (8, 8, 8), 2, InferenceSettings(step=0.0))
     with pytest.raises(ValueError, match="no network"):
         predict_probabilities([], image, (8, 8, 8), 2, InferenceSettings())
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for explicit in ("float32", "bfloat16", "float16"):
+        assert resolve_precision(explicit, cpu) == explicit
+    assert resolve_precision("auto", cuda) == "float16"
+    monkeypatch.setattr(inference, "native_bfloat16_cpu", lambda: True)
+    assert resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(inference, "native_bfloat16_cpu", lambda: False)
+    assert resolve_precision("auto", cpu) == "float32"
+    assert resolve_precision("auto", torch.device("mps")) == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", cpu)
+
+
+def test_native_bfloat16_probe_reads_torch_and_survives_its_absence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert inference.native_bfloat16_cpu()
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not inference.native_bfloat16_cpu()
+
+
+def test_bfloat16_runs_the_network_in_bfloat16_and_stays_close(rng: np.random.Generator) -> None:
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv3d(1, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(8, 3, 3, padding=1)
+    ).eval()
+    image = rng.normal(size=(1, 12, 14, 10)).astype(np.float32)
+    with torch.no_grad():
+        full, half = (
+            predict_probabilities(
+                [network], image, (8, 8, 8), 3, InferenceSettings(mirror_axes=(0, 1, 2), precision=p)
+            )
+            for p in ("float32", "bfloat16")
+        )
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half.sum(0), 1.0, atol=1e-6)  # blending stays float32
+    assert not np.array_equal(full, half)  # the convolutions really ran in bfloat16
+    np.testing.assert_allclose(half, full, atol=0.02)

@@ -66,7 +66,9 @@ def test_a_flipped_copy_predicts_the_flipped_segmentation(
     image, _, geometry = tiny_case(rng, shape=(8, 16, 16))
     write_image(image[0], geometry, tmp_path / "in" / "a_0000.nii.gz")
     write_image(image[0, :, :, ::-1], geometry, tmp_path / "in" / "b_0000.nii.gz")
-    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, "--save-probabilities") == 0
+    # float32: bfloat16 rounding would differ between an array and its flipped copy
+    options = ("--save-probabilities", "--precision", "float32")
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, *options) == 0
     a = np.load(tmp_path / "out" / "a_probabilities.npz")["probabilities"].astype(np.float32)
     b = np.load(tmp_path / "out" / "b_probabilities.npz")["probabilities"].astype(np.float32)
     assert a.shape == (3, 8, 16, 16)
@@ -90,6 +92,7 @@ def test_exported_model_predicts_like_the_work_directory(
     assert "INFO" not in capsys.readouterr().err  # -q keeps the console to warnings and errors
     record = json.loads((tmp_path / "b" / "predict.json").read_text())
     assert record["folds"] == ["0", "1"] and record["settings"]["mirror_axes"] == [0, 1, 2]
+    assert record["settings"]["precision"] in ("float32", "bfloat16")  # what ran, not "auto"
 
 
 def test_a_broken_case_is_reported_and_the_others_are_written(
