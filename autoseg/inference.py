@@ -1,5 +1,6 @@
-"""Sliding-window inference on a preprocessed image: Gaussian-weighted windows (MONAI's inferer), mirroring
-test-time augmentation, and an ensemble of networks (the folds) averaged per window.
+"""Sliding-window inference on a preprocessed image: Gaussian-weighted windows (MONAI's grid and weights,
+:mod:`autoseg.sliding_window`), mirroring test-time augmentation, and an ensemble of networks (the folds)
+averaged per window.
 
 Every window is cut once and run through every network and every mirror, so an ensemble of five folds with
 eight mirrors costs one pass over the image, not forty. Within one network the mirrored logits are averaged;
@@ -18,15 +19,15 @@ from typing import Literal, cast
 
 import numpy as np
 import torch
-from monai.inferers.utils import sliding_window_inference
 from torch import nn
 
+from autoseg.sliding_window import sliding_window
 from autoseg.types import FloatVolume
 
 logger = logging.getLogger(__name__)
 
 DEVICE_ACCUMULATION_FRACTION = 0.4
-"""Accumulate on the GPU only when the blended output (and MONAI's weight map) takes at most this fraction of
+"""Accumulate on the GPU only when the blended output (and its weight sums) take at most this fraction of
 the free GPU memory; the rest is left to the windows' activations."""
 
 
@@ -81,22 +82,19 @@ def predict_probabilities(
     roi = tuple(patch_size) if len(patch_size) == 3 else (1, *patch_size)
     predictor = _EnsemblePredictor(networks, len(patch_size), settings, device)
     output_device = _accumulation_device(image.shape[1:], num_classes, settings, device)
-    # MONAI copies windows out of the input, so a read-only memory map is fine; torch needs a writable array.
+    # windows are copied out of the input, so a read-only memory map is fine; torch needs a writable array.
     tensor = torch.from_numpy(np.require(image, np.float32, ["C", "W"]))[None]
     with torch.inference_mode():
-        blended = sliding_window_inference(
+        blended = sliding_window(
             tensor.to(device),
             roi,
-            settings.windows_per_batch,
             predictor,
-            overlap=_overlap(roi, settings.step),
-            mode="gaussian",
+            step=settings.step,
+            windows_per_batch=settings.windows_per_batch,
             sigma_scale=0.125,
-            padding_mode="constant",
-            sw_device=device,
-            device=output_device,
+            compute_device=device,
+            output_device=output_device,
         )
-    assert isinstance(blended, torch.Tensor)
     probabilities: FloatVolume = np.asarray(blended[0].float().cpu().numpy(), dtype=np.float32)
     # Gaussian blending keeps a convex combination per voxel, but float error and the zero weight far outside
     # a window's centre can leave sums a hair away from 1; renormalise so argmax and saved maps agree.
@@ -110,7 +108,7 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 class _EnsemblePredictor:
-    """MONAI predictor: ``(B, C, *roi)`` windows -> ``(B, K, *roi)`` ensemble probabilities."""
+    """Sliding-window predictor: ``(B, C, *roi)`` windows -> ``(B, K, *roi)`` ensemble probabilities."""
 
     def __init__(
         self, networks: Sequence[nn.Module], dims: int, settings: InferenceSettings, device: torch.device
@@ -148,11 +146,6 @@ class _EnsemblePredictor:
             total = logits if total is None else total + logits
         assert total is not None
         return total / len(self.flips)
-
-
-def _overlap(roi: Sequence[int], step: float) -> list[float]:
-    """MONAI's overlap per axis for a step as a fraction of the patch; a 1-voxel axis (2D roi) has none."""
-    return [0.0 if size == 1 else 1.0 - step for size in roi]
 
 
 Precision = Literal["float32", "bfloat16", "float16"]
