@@ -107,14 +107,23 @@ def load_model(
     configuration: str | None = None,
     folds: Sequence[str] | None = None,
     checkpoint: str = "final",
+    fold_limit: int | None = None,
 ) -> TrainedModel:
     """A model from a work directory (``WORKDIR/trained/<configuration>/fold_<k>/checkpoint_<checkpoint>.pt``)
-    or from a file written by :func:`export_model`."""
+    or from a file written by :func:`export_model`.
+
+    Only the weights of ``folds`` are read (default: every fold the model has, or the first ``fold_limit``
+    of them).
+    """
     if source.is_file():
-        return _load_exported(source, configuration, folds)
+        return _load_exported(source, configuration, folds, fold_limit)
     if not source.is_dir():
         raise ModelError(f"{source}: no such model (a work directory or an exported .zip model file)")
-    return _load_workdir(source, configuration, folds, checkpoint)
+    return _load_workdir(source, configuration, folds, checkpoint, fold_limit)
+
+
+def _select_folds(folds: Sequence[str] | None, available: Sequence[str], limit: int | None) -> list[str]:
+    return list(folds) if folds else list(available)[:limit]
 
 
 def trained_configurations(workdir: Path) -> list[str]:
@@ -126,7 +135,11 @@ def trained_configurations(workdir: Path) -> list[str]:
 
 
 def _load_workdir(
-    workdir: Path, configuration: str | None, folds: Sequence[str] | None, checkpoint: str
+    workdir: Path,
+    configuration: str | None,
+    folds: Sequence[str] | None,
+    checkpoint: str,
+    fold_limit: int | None = None,
 ) -> TrainedModel:
     if checkpoint not in CHECKPOINTS:
         raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'")
@@ -139,7 +152,7 @@ def _load_workdir(
     available = sorted(
         p.parent.name.removeprefix("fold_") for p in run_root.glob(f"fold_*/checkpoint_{checkpoint}.pt")
     )
-    chosen = list(folds) if folds else available
+    chosen = _select_folds(folds, available, fold_limit)
     if not chosen:
         raise ModelError(
             f"{run_root}: no fold has a checkpoint_{checkpoint}.pt; train first ('autoseg train')"
@@ -251,8 +264,10 @@ def export_model(
     return out
 
 
-def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] | None) -> TrainedModel:
-    entries = _read_verified_entries(path)
+def _load_exported(
+    path: Path, configuration: str | None, folds: Sequence[str] | None, fold_limit: int | None
+) -> TrainedModel:
+    entries = _read_verified_entries(path, folds, fold_limit)
     manifest = _as_dict(json.loads(entries[MANIFEST]))
     name = str(manifest.get("configuration"))
     if configuration is not None and configuration != name:
@@ -262,7 +277,7 @@ def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] |
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{path}: plans.json is not a valid autoseg plan ({error})") from None
     available = [str(f) for f in manifest.get("folds", [])]
-    chosen = list(folds) if folds else available
+    chosen = _select_folds(folds, available, fold_limit)
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for fold in chosen:
         key = f"folds/fold_{fold}.pt"
@@ -282,8 +297,15 @@ def _load_exported(path: Path, configuration: str | None, folds: Sequence[str] |
     return TrainedModel(plans, name, weights, postprocessing, str(path), reference)
 
 
-def _read_verified_entries(path: Path) -> dict[str, bytes]:
-    """Every entry of a model file, after checking names, the manifest and the checksums."""
+def _read_verified_entries(
+    path: Path, folds: Sequence[str] | None = None, fold_limit: int | None = None
+) -> dict[str, bytes]:
+    """The entries of a model file, after checking names, the manifest and the checksums.
+
+    The weights of folds not selected (``folds``, else the first ``fold_limit`` folds, else all) are neither
+    read nor verified, only their names checked: a one-fold prediction from a five-fold file inflates and
+    hashes one fifth of the weights.
+    """
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
@@ -306,9 +328,13 @@ def _read_verified_entries(path: Path) -> dict[str, bytes]:
         if unexpected:
             raise ModelError(f"{path}: entries not in the manifest: {', '.join(unexpected[:5])}")
         entries = {MANIFEST: archive.read(MANIFEST)}
+        available = [str(f) for f in manifest.get("folds", [])]
+        wanted = {f"folds/fold_{fold}.pt" for fold in _select_folds(folds, available, fold_limit)}
         for name, digest in listed.items():
             if name not in names:
                 raise ModelError(f"{path}: {name} is listed in the manifest but missing")
+            if name.startswith("folds/") and name not in wanted:
+                continue
             data = archive.read(name)
             if hashlib.sha256(data).hexdigest() != digest:
                 raise ModelError(f"{path}: checksum mismatch for {name}; the file is corrupt or was modified")

@@ -131,12 +131,13 @@ def inference_settings(request: PredictRequest, plan: ConfigurationPlan, device:
     )
 
 
-def chosen_folds(request: PredictRequest, model: TrainedModel) -> list[str]:
-    """``-f`` if given; else all the model's folds (``accurate``) or the first (``fast``)."""
+def fold_selection(request: PredictRequest) -> tuple[tuple[str, ...] | None, int | None]:
+    """``(folds, fold_limit)`` for :func:`load_model`: ``-f`` if given; else all the model's folds
+    (``accurate``) or the first one (``fast``). Only the selected folds' weights are read."""
     if request.folds:
-        return list(request.folds)
+        return tuple(request.folds), None
     preset = PRESETS.get(request.preset, PRESETS["accurate"])
-    return list(model.folds) if preset.all_folds else list(model.folds[:1])
+    return None, None if preset.all_folds else 1
 
 
 @dataclass(frozen=True)
@@ -167,15 +168,21 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
     device = resolve_device(request.device)
     members: list[Member] = []
     for name in names:
-        model = load_model(request.model, configuration=name, checkpoint=request.checkpoint)
+        folds, fold_limit = fold_selection(request)
+        model = load_model(
+            request.model,
+            configuration=name,
+            checkpoint=request.checkpoint,
+            folds=folds,
+            fold_limit=fold_limit,
+        )
         plan = model.plans.configuration(model.configuration)
         if plan.previous_stage is not None:
             raise UsageError(
                 f"{model.configuration} is a cascade stage; predicting cascades is not supported yet"
             )
-        folds = chosen_folds(request, model)
         settings = inference_settings(request, plan, device)
-        members.append(Member(model, plan, model.networks(device, folds), settings, folds))
+        members.append(Member(model, plan, model.networks(device), settings, list(model.folds)))
     first = members[0].model
     if any(m.model.plans.labels != first.plans.labels for m in members):
         raise UsageError("the configurations of an ensemble must share their labels")

@@ -70,6 +70,17 @@ def test_a_modified_entry_fails_its_checksum(trained_workdir: Path, tmp_path: Pa
         load_model(tmp_path / "bad.zip")
 
 
+def test_only_the_chosen_folds_are_read_and_verified(trained_workdir: Path, tmp_path: Path) -> None:
+    good = export_model(trained_workdir, tmp_path / "good.zip")
+    _rewrite(good, tmp_path / "bad.zip", {"folds/fold_1.pt": b"corrupted"})
+    model = load_model(tmp_path / "bad.zip", folds=["0"])  # fold 1 is not read
+    assert model.folds == ("0",) and set(model.weights) == {"0"}
+    for folds in (None, ["1"], ["0", "1"]):
+        with pytest.raises(ModelError, match=r"checksum mismatch for folds/fold_1\.pt"):
+            load_model(tmp_path / "bad.zip", folds=folds)
+    assert load_model(tmp_path / "bad.zip", fold_limit=1).folds == ("0",)
+
+
 @pytest.mark.parametrize("name", ["../evil.py", "/etc/evil", "folds/../../evil", "C:/evil"])
 def test_entries_escaping_the_folder_are_refused(trained_workdir: Path, tmp_path: Path, name: str) -> None:
     good = export_model(trained_workdir, tmp_path / "good.zip")

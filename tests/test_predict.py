@@ -15,7 +15,7 @@ from helpers import tiny_case
 from autoseg.cli import main
 from autoseg.io import Geometry, read_header, read_labels, write_image
 from autoseg.model import load_model
-from autoseg.predict import PredictRequest, chosen_folds, inference_settings
+from autoseg.predict import PredictRequest, inference_settings, load_ensemble
 from autoseg.predict_inputs import PredictInputError, find_input_cases
 
 
@@ -143,13 +143,15 @@ def test_presets_choose_folds_mirroring_and_step(trained_workdir: Path) -> None:
     plan = model.plans.configuration(model.configuration)
     fast = PredictRequest(Path("i"), Path("o"), trained_workdir, preset="fast")
     accurate = PredictRequest(Path("i"), Path("o"), trained_workdir)
-    assert chosen_folds(fast, model) == ["0"] and chosen_folds(accurate, model) == ["0", "1"]
+    assert [m.folds for m in load_ensemble(fast).members] == [["0"]]
+    assert [m.folds for m in load_ensemble(accurate).members] == [["0", "1"]]
     assert inference_settings(fast, plan, "cpu").mirror_axes == ()
     assert inference_settings(fast, plan, "cpu").step == 0.75
     assert inference_settings(accurate, plan, "cpu").mirror_axes == (0, 1, 2)
     overridden = PredictRequest(Path("i"), Path("o"), trained_workdir, step=0.6, mirror=False, folds=("1",))
     assert inference_settings(overridden, plan, "cpu").step == 0.6
-    assert chosen_folds(overridden, model) == ["1"]
+    member = load_ensemble(overridden).members[0]
+    assert member.folds == ["1"] and list(member.model.weights) == ["1"]
 
 
 @pytest.mark.realdata
