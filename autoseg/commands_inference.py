@@ -64,6 +64,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "(AVX-512 BF16 or AMX), float32 otherwise; float32 for bit-reproducible results",
     )  # fmt: skip
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (3D)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None,
+        help="CPU threads for the networks (default: torch's, one per core); 1 is faster on a machine whose "
+        "other cores are busy (docs/benchmarks.md)",
+    )  # fmt: skip
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -84,6 +89,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         windows_per_batch=args.windows_per_batch,
         precision=args.precision,
         channels_last=args.channels_last,
+        threads=args.threads,
         checkpoint=args.checkpoint,
         outputs=OutputOptions(
             formats=tuple(dict.fromkeys(args.formats)),

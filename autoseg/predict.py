@@ -66,6 +66,7 @@ class PredictRequest:
     windows_per_batch: int = 1
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool = False
+    threads: int | None = None
     checkpoint: str = "final"
     outputs: OutputOptions = field(default_factory=OutputOptions)
 
@@ -203,6 +204,8 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     A case that fails (unreadable, inconsistent) is reported and skipped; the others are written, then
     an :class:`AutosegError` lists the failures.
     """
+    if request.threads is not None:
+        torch.set_num_threads(request.threads)
     ensemble = load_ensemble(request)
     channels = len(ensemble.members[0].model.plans.channel_names)
     cases = find_input_cases(request.inputs, channels)
@@ -234,6 +237,7 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
             "configurations": [m.model.configuration for m in ensemble.members],
             "folds": ensemble.members[0].folds,
             "settings": asdict(ensemble.members[0].settings),
+            "threads": torch.get_num_threads(),
             "postprocessing": [s.describe() for s in ensemble.postprocessing.steps]
             if ensemble.postprocessing
             else [],

@@ -10,6 +10,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from helpers import tiny_case
 
 from autoseg.cli import main
@@ -93,6 +94,30 @@ def test_exported_model_predicts_like_the_work_directory(
     record = json.loads((tmp_path / "b" / "predict.json").read_text())
     assert record["folds"] == ["0", "1"] and record["settings"]["mirror_axes"] == [0, 1, 2]
     assert record["settings"]["precision"] in ("float32", "bfloat16")  # what ran, not "auto"
+
+
+def test_threads_option_sets_torch_threads(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    image, _, geometry = tiny_case(rng)
+    write_image(image[0], geometry, tmp_path / "scan.nii.gz")
+    before = torch.get_num_threads()
+    try:
+        assert (
+            _predict(
+                tmp_path / "scan.nii.gz",
+                tmp_path / "o",
+                trained_workdir,
+                "--preset",
+                "fast",
+                "--threads",
+                "1",
+            )
+            == 0
+        )
+        assert json.loads((tmp_path / "o" / "predict.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_broken_case_is_reported_and_the_others_are_written(
