@@ -21,7 +21,8 @@ Steps (each a subcommand; every artefact lives under ``--root``, raw results in 
 
 nnU-Net is never imported here: it runs through its CLI and a generated helper script in its own venv.
 
-Usage (the runs of docs/benchmarks.md; ``BF16="bf16=--precision bfloat16"``)::
+Usage (the 2026-11-22 runs of docs/benchmarks.md, when float32 was the CPU default;
+``BF16="bf16=--precision bfloat16"``; the 2026-12-01 re-run is ``benchmarks/run_predict_comparison.sh``)::
 
     python benchmarks/bench_predict.py setup
     python benchmarks/bench_predict.py choices --cases 5 --rounds 3 --folds 1
