@@ -6,7 +6,7 @@ with a small network and a 64 x 128 x 128 patch so that the run takes minutes on
 what is measured; the weights do not matter for it. Then runs ``autoseg predict`` (``fast`` and ``accurate``
 with one fold) and reports the wall time and the peak memory of the process tree.
 
-Run by hand: ``python benchmarks/bench_predict_memory.py --scratch /tmp/predmem``.
+Run by hand: ``python benchmarks/bench_predict_memory.py --scratch /tmp/predmem --template runs/hippo``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def make_workdir(template: Path, workdir: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scratch", type=Path, required=True)
-    parser.add_argument("--template", type=Path, default=Path("/tmp/demo1"), help="a planned work directory")
+    parser.add_argument(
+        "--template", type=Path, required=True, help="a planned work directory (e.g. runs/hippo, or a demo's)"
+    )
     parser.add_argument("--presets", nargs="+", default=["fast", "accurate"])
     args = parser.parse_args()
     make_ct(args.scratch / "in" / "ct_0000.nii.gz")
