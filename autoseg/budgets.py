@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from autoseg.cost import estimate_training_memory, training_gflops
@@ -142,7 +144,9 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
     network rather than one convolution makes the model's blind spots (normalisation, activations, small deep
     layers, the first layer's missing input gradient) part of the calibration: the estimate for another
     network is then right to the extent that its mix of layers resembles this one's. The machine may be
-    shared: the median resists a passing load.
+    shared: the median resists a passing load, and a warning says when other processes (or the hypervisor,
+    as steal time) took more than ``BUSY_WARNING_CORES`` during the measurement, since a plan made then is
+    sized for a machine that stays that busy (measured: 45 instead of 226 GFLOP/s while a test suite ran).
     """
     import torch
 
@@ -162,6 +166,7 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 1, *patch)
     times = []
+    busy_before, own_before, wall_before = _machine_busy_seconds(), time.process_time(), time.perf_counter()
     for step in range(repeats + 1):
         start = time.perf_counter()
         outputs = model(x)
@@ -178,7 +183,36 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
         repeats,
         torch.get_num_threads(),
     )
+    busy_after = _machine_busy_seconds()
+    if busy_before is not None and busy_after is not None:
+        own = time.process_time() - own_before
+        others = max(busy_after - busy_before - own, 0.0) / max(time.perf_counter() - wall_before, 1e-6)
+        if others > BUSY_WARNING_CORES:
+            logger.warning(
+                "other processes used %.1f of %d cores while the throughput was measured: the plan is sized "
+                "for a machine that stays this busy. Plan again on a quiet machine, or pass --cpu-gflops "
+                "(this measurement: %.0f)",
+                others,
+                os.cpu_count() or 1,
+                throughput,
+            )
     return throughput
+
+
+BUSY_WARNING_CORES = 0.5
+"""Cores used by others during the throughput measurement above which the planner warns."""
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (user, system, interrupts and hypervisor steal, from
+    ``/proc/stat``); ``None`` where that is not available."""
+    try:
+        with Path("/proc/stat").open(encoding="ascii") as stat:
+            fields = stat.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_duration(text: str) -> float:
