@@ -76,6 +76,8 @@ def sliding_window(
         raise ValueError(f"expected a (1, C, {len(patch)} spatial axes) tensor, got {tuple(image.shape)}")
     if not 0.0 < step <= 1.0:
         raise ValueError(f"step must be in (0, 1], got {step}")
+    if windows_per_batch < 1:
+        raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
     compute_device = compute_device or image.device
     output_device = output_device or image.device
     original = image.shape[2:]

@@ -10,4 +10,5 @@ $B compare --experiment hippo-accurate-subset --folds 5 --drop-arm "nnU-Net defa
 $B compare --experiment hippo-accurate --folds 1 --repeats 1 --key hippo-accurate-dice-1fold --drop-arm "nnU-Net default -npp 1 -nps 1" --extra-arm "$FP32"
 $B compare --experiment hippo-fast --drop-arm "-npp 1" --extra-arm "$FP32"
 $B compare --experiment ct-fast --drop-arm "-npp 1" --extra-arm "$FP32"
+$B compare --experiment hippo-accurate-subset --folds 5 --drop-arm "nnU-Net default" --key hippo-accurate-subset-npp1
 echo "all done; tables: python benchmarks/bench_predict.py report"

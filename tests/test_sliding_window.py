@@ -71,5 +71,7 @@ def test_bad_arguments_are_refused() -> None:
     image = torch.zeros((1, 1, 8, 8, 8))
     with pytest.raises(ValueError, match="step"):
         sliding_window(image, (4, 4, 4), lambda x: x, step=0.0)
+    with pytest.raises(ValueError, match="windows_per_batch"):
+        sliding_window(image, (4, 4, 4), lambda x: x, step=0.5, windows_per_batch=0)
     with pytest.raises(ValueError, match="spatial axes"):
         sliding_window(image[0], (4, 4, 4), lambda x: x, step=0.5)
