@@ -865,15 +865,17 @@ def profile(layout: Layout, experiment: str, folds: int) -> None:
     inputs = layout.hippo_subset if experiment == "accurate" else layout.hippo_inputs
     env = dict(os.environ)
     imports: list[float] = []
-    imports_without_monai: list[float] = []
+    imports_with_monai: list[float] = []
     code = "import autoseg.cli, autoseg.predict, autoseg.commands_inference"
-    for _ in range(3):  # alternating: the predict modules' imports as they are, and with MONAI stubbed out
+    # alternating: the predict modules' imports as they are, and with the MONAI module predict imported
+    # until it slid its own windows (what autoseg/sliding_window.py saves at every start)
+    for _ in range(3):
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, env=env)
         imports.append(time.perf_counter() - started)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", MONAI_STUB + code], check=True, env=env)
-        imports_without_monai.append(time.perf_counter() - started)
+        subprocess.run([sys.executable, "-c", code + ", monai.inferers.utils"], check=True, env=env)
+        imports_with_monai.append(time.perf_counter() - started)
     started = time.perf_counter()
     subprocess.run([str(AUTOSEG_BIN), "--version"], check=True, capture_output=True)
     cli_version = time.perf_counter() - started
@@ -894,7 +896,7 @@ def profile(layout: Layout, experiment: str, folds: int) -> None:
 
     fold_names = [str(f) for f in range(folds if experiment == "accurate" else 1)]
     with timed("load model file (read, checksums, unpickle weights)"):
-        model = load_model(layout.hippo_model)
+        model = load_model(layout.hippo_model, folds=fold_names)  # as predict: only the folds it uses
     with timed("build networks"):
         networks = model.networks("cpu", fold_names)
     plan = model.plans.configuration(model.configuration)
@@ -927,7 +929,7 @@ def profile(layout: Layout, experiment: str, folds: int) -> None:
         "folds": len(fold_names),
         "windows": windows,
         "python_imports_s": imports,
-        "python_imports_without_monai_s": imports_without_monai,
+        "python_imports_with_monai_s": imports_with_monai,
         "autoseg_version_cli_s": cli_version,
         "stages_s": stages,
     }
@@ -935,18 +937,8 @@ def profile(layout: Layout, experiment: str, folds: int) -> None:
     print(json.dumps(results[f"profile/{experiment}"], indent=2))
 
 
-MONAI_STUB = (
-    "import sys, types\n"
-    "for name in ('monai', 'monai.inferers', 'monai.inferers.utils'):\n"
-    "    sys.modules[name] = types.ModuleType(name)\n"
-    "sys.modules['monai.inferers.utils'].sliding_window_inference = None\n"
-)
-"""Stands in for ``monai.inferers.utils`` (the only MONAI module predict imports), to time imports without it:
-what a sliding window of autoseg's own would save at every start."""
-
-
 def _window_count(shape: Sequence[int], patch: Sequence[int], step: float) -> int:
-    """Windows MONAI slides over ``shape`` (padded up to the patch) at ``step``."""
+    """Windows slid over ``shape`` (padded up to the patch) at ``step`` (MONAI's grid, autoseg's too)."""
     count = 1
     for size, window in zip(shape, patch, strict=True):
         size = max(size, window)
