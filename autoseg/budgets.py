@@ -166,7 +166,7 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 1, *patch)
     times = []
-    busy_before, own_before, wall_before = _machine_busy_seconds(), time.process_time(), time.perf_counter()
+    busy_before, own_before, wall_before = machine_busy_seconds(), time.process_time(), time.perf_counter()
     for step in range(repeats + 1):
         start = time.perf_counter()
         outputs = model(x)
@@ -183,7 +183,7 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
         repeats,
         torch.get_num_threads(),
     )
-    busy_after = _machine_busy_seconds()
+    busy_after = machine_busy_seconds()
     if busy_before is not None and busy_after is not None:
         own = time.process_time() - own_before
         others = max(busy_after - busy_before - own, 0.0) / max(time.perf_counter() - wall_before, 1e-6)
@@ -203,7 +203,7 @@ BUSY_WARNING_CORES = 0.5
 """Cores used by others during the throughput measurement above which the planner warns."""
 
 
-def _machine_busy_seconds() -> float | None:
+def machine_busy_seconds() -> float | None:
     """CPU seconds all cores have spent busy since boot (user, system, interrupts and hypervisor steal, from
     ``/proc/stat``); ``None`` where that is not available."""
     try:

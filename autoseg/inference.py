@@ -76,8 +76,6 @@ def predict_probabilities(
     """
     if not networks:
         raise ValueError("no network to predict with")
-    if not 0.0 < settings.step <= 1.0:
-        raise ValueError(f"step must be in (0, 1], got {settings.step}")
     device = torch.device(settings.device)
     roi = tuple(patch_size) if len(patch_size) == 3 else (1, *patch_size)
     predictor = _EnsemblePredictor(networks, len(patch_size), settings, device)

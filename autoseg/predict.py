@@ -168,8 +168,8 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
     names: list[str | None] = list(chosen) if chosen else [None]
     device = resolve_device(request.device)
     members: list[Member] = []
+    folds, fold_limit = fold_selection(request)
     for name in names:
-        folds, fold_limit = fold_selection(request)
         model = load_model(
             request.model,
             configuration=name,

@@ -1,8 +1,9 @@
 """Gaussian-weighted sliding window over a ``(1, C, *spatial)`` tensor.
 
-The same windows and weights as MONAI's ``sliding_window_inference`` with ``mode="gaussian"`` (tested against
-it in ``tests/test_inference.py``), without importing MONAI: ``import monai`` loads all of MONAI (transforms,
-data, apps, matplotlib...), 3 of the 5 seconds ``autoseg predict`` spent starting (docs/benchmarks.md).
+The same windows and weights as MONAI's ``sliding_window_inference`` with ``mode="gaussian"`` (tested
+against it in ``tests/test_sliding_window.py``), without importing MONAI: ``import monai`` loads all of MONAI
+(transforms, data, apps, matplotlib...), 3 of the 5 seconds ``autoseg predict`` spent starting
+(docs/benchmarks.md).
 
 * Windows start every ``int(patch * step)`` voxels (at least 1) along each axis; the last one is moved back to
   end flush with the image, so every voxel is covered and no window hangs over the edge.

@@ -70,6 +70,8 @@ import numpy as np
 import torch
 from measure import run_once
 
+from autoseg.budgets import machine_busy_seconds
+
 HIPPO_WORKDIR = Path("/work/runs/hippo")
 HIPPO_DATA = Path("/work/shared/data/hippocampus")
 CT_IMAGE = Path("/work/shared/data/totalsegmentator_examples/nifti/example_ct.nii.gz")
@@ -512,11 +514,11 @@ def load_average() -> float:
 
 
 def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores, ``/proc/stat``)."""
-    with Path("/proc/stat").open() as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has been busy (all cores, ``/proc/stat``; Linux only)."""
+    busy = machine_busy_seconds()
+    if busy is None:
+        raise SystemExit("this benchmark reads /proc/stat (Linux)")
+    return busy
 
 
 def own_cpu_s() -> float:

@@ -197,14 +197,14 @@ def test_throughput_measurement_warns_when_the_machine_is_busy(
     from autoseg import budgets
 
     readings = iter([0.0, 1e6])  # others kept every core busy for the whole measurement
-    monkeypatch.setattr(budgets, "_machine_busy_seconds", lambda: next(readings))
+    monkeypatch.setattr(budgets, "machine_busy_seconds", lambda: next(readings))
     with caplog.at_level("WARNING", logger="autoseg.budgets"):
         assert budgets.measure_conv_throughput(repeats=1) > 0
     assert "other processes used" in caplog.text and "--cpu-gflops" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(budgets, "_machine_busy_seconds", lambda: None)  # no /proc/stat: no judgement
+    monkeypatch.setattr(budgets, "machine_busy_seconds", lambda: None)  # no /proc/stat: no judgement
     with caplog.at_level("WARNING", logger="autoseg.budgets"):
         budgets.measure_conv_throughput(repeats=1)
     assert "other processes used" not in caplog.text
-    real = budgets._machine_busy_seconds()
+    real = budgets.machine_busy_seconds()
     assert real is None or real > 0
