@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from autoseg.cli import main
+from autoseg.cli.main import main
 
 sys.exit(main())

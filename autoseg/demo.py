@@ -13,17 +13,17 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from autoseg.best_configuration import run_find_best_configuration
+from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 from autoseg.dicom.export import write_image_series
-from autoseg.evaluate import EvaluateRequest, run_evaluate
+from autoseg.evaluation.best_configuration import run_find_best_configuration
+from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
 from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.inference.outputs import OutputOptions
+from autoseg.inference.stage import PredictRequest, run_predict
 from autoseg.io import read_image
 from autoseg.pipeline import plan_and_preprocess
-from autoseg.plan_stage import PlanRequest, default_device
+from autoseg.planning.stage import PlanRequest, default_device
 from autoseg.plans import load_plans
-from autoseg.predict import PredictRequest, run_predict
-from autoseg.predict_outputs import OutputOptions
-from autoseg.synth import SynthConfig, write_synthetic_dataset
 from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 
 logger = logging.getLogger(__name__)

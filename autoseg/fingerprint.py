@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg import __version__
-from autoseg.dataset import Case, Dataset, read_case
+from autoseg.dataset.layout import Case, Dataset, read_case
 from autoseg.errors import FingerprintError, ImageReadError
 from autoseg.io import read_json, write_json
 from autoseg.parallel import map_cases

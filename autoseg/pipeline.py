@@ -6,12 +6,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoseg.dataset import load_dataset
+from autoseg.dataset.layout import load_dataset
+from autoseg.dataset.verify import VerifyReport, verify_dataset
 from autoseg.errors import DatasetError
 from autoseg.fingerprint import run_fingerprint
-from autoseg.plan_stage import PlanRequest, run_plan
-from autoseg.preprocess_stage import run_preprocess
-from autoseg.verify import VerifyReport, verify_dataset
+from autoseg.planning.stage import PlanRequest, run_plan
+from autoseg.preprocessing.stage import run_preprocess
 
 logger = logging.getLogger(__name__)
 

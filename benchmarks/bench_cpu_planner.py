@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoseg.budgets import measure_conv_throughput
-from autoseg.cost import training_gflops
 from autoseg.fingerprint import load_fingerprint
 from autoseg.network import build_network
+from autoseg.planning.budgets import measure_conv_throughput
+from autoseg.planning.cost import training_gflops
 from autoseg.plans import ConfigurationPlan
 from planners import get_planner
 

@@ -1,14 +1,14 @@
 """Evaluation and post-processing, measured: agreement with an independent implementation, the post-processing
 choice on real cross-validation predictions, and speed on a large CT-sized volume.
 
-1. autoseg's metrics (:mod:`autoseg.metrics`: numpy counts + MONAI surface distances) against SimpleITK
-   (``LabelOverlapMeasuresImageFilter`` for Dice / IoU; ``LabelContour`` surfaces and
+1. autoseg's metrics (:mod:`autoseg.evaluation.metrics`: numpy counts + MONAI surface distances) against
+   SimpleITK (``LabelOverlapMeasuresImageFilter`` for Dice / IoU; ``LabelContour`` surfaces and
    ``SignedMaurerDistanceMap`` distances for HD95 / ASSD) on every validation prediction, at the files'
    spacing and at a made-up anisotropic spacing (2.0, 0.7, 1.3) mm.
-2. :func:`autoseg.postprocess_choice.choose_postprocessing` on the same predictions, and a check that applying
-   the chosen steps and scoring with :func:`autoseg.evaluate.dice_per_label` reproduces its evidence.
-3. Seconds for one 100 x 512 x 512 case with three classes (a liver-sized ellipsoid and two small organs):
-   :func:`autoseg.evaluate.evaluate_case`, MONAI's three public metric functions, and a SciPy
+2. :func:`autoseg.postprocessing.choice.choose_postprocessing` on the same predictions, and a check that
+   applying the chosen steps and scoring with :func:`autoseg.evaluation.stage.dice_per_label` reproduces its
+evidence. 3. Seconds for one 100 x 512 x 512 case with three classes (a liver-sized ellipsoid and two small
+   organs): :func:`autoseg.evaluation.stage.evaluate_case`, MONAI's three public metric functions, and a SciPy
    distance-transform alternative on the cropped box.
 
 Usage (by hand): ``python benchmarks/bench_evaluate.py --predictions RUN/trained/3d_fullres/fold_0/validation
@@ -29,10 +29,14 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from autoseg.evaluate import dice_per_label, evaluate_case, match_cases, read_pair
+from autoseg.evaluation.stage import dice_per_label, evaluate_case, match_cases, read_pair
 from autoseg.fingerprint import load_fingerprint
-from autoseg.postprocess import apply_postprocessing, keep_largest_component
-from autoseg.postprocess_choice import case_components, choose_postprocessing, min_volume_mm3_from_fingerprint
+from autoseg.postprocessing.choice import (
+    case_components,
+    choose_postprocessing,
+    min_volume_mm3_from_fingerprint,
+)
+from autoseg.postprocessing.steps import apply_postprocessing, keep_largest_component
 
 Spacing = tuple[float, float, float]
 ANISOTROPIC: Spacing = (2.0, 0.7, 1.3)

@@ -70,7 +70,7 @@ import numpy as np
 import torch
 from measure import run_once
 
-from autoseg.budgets import machine_busy_seconds
+from autoseg.planning.budgets import machine_busy_seconds
 
 HIPPO_WORKDIR = Path("/work/runs/hippo")
 HIPPO_DATA = Path("/work/shared/data/hippocampus")
@@ -169,7 +169,7 @@ def write_model_zip(
 ) -> None:
     """An autoseg model file (format 1): manifest with a SHA-256 per entry, then the entries."""
     from autoseg import __version__
-    from autoseg.model import MANIFEST, MODEL_FORMAT_VERSION
+    from autoseg.inference.model_file import MANIFEST, MODEL_FORMAT_VERSION
 
     manifest = {
         "format_version": MODEL_FORMAT_VERSION,
@@ -284,7 +284,7 @@ print(json.dumps({"max_abs_difference": float(difference.max()),
 def check_weights(layout: Layout, dataset: str, patch: Sequence[int]) -> Any:
     """Eval-mode outputs of autoseg's network (loaded from its model file) and of nnU-Net's ``PlainConvUNet``
     (strict load of fold 0's checkpoint, in nnU-Net's venv) on one seeded random input."""
-    from autoseg.model import load_model
+    from autoseg.inference.model_file import load_model
 
     model = load_model(layout.hippo_model if dataset == HIPPO_DATASET else layout.ct_model, folds=["0"])
     network = model.networks("cpu", ["0"])[0]
@@ -309,7 +309,7 @@ def check_weights(layout: Layout, dataset: str, patch: Sequence[int]) -> Any:
 
 def setup(layout: Layout, cases: int) -> None:
     """Inputs, models (autoseg and nnU-Net, hippocampus and CT timing), and the weight checks."""
-    from autoseg.model import load_model
+    from autoseg.inference.model_file import load_model
     from autoseg.network import build_network
     from autoseg.plans import plans_from_json
 
@@ -700,8 +700,8 @@ import sys
 sys.path.insert(0, {benchmarks!r})
 from bench_predict import batched_mirrored_logits  # noqa: E402
 
-from autoseg import inference  # noqa: E402
-from autoseg.cli import main  # noqa: E402
+from autoseg.inference import ensemble as inference  # noqa: E402
+from autoseg.cli.main import main  # noqa: E402
 
 inference._EnsemblePredictor._mirrored_logits = batched_mirrored_logits
 sys.exit(main())
@@ -730,8 +730,8 @@ def batched_mirrored_logits(self: Any, network: torch.nn.Module, batch: torch.Te
 
 @contextmanager
 def patched(name: str | None, networks: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """Apply a monkeypatch of ``autoseg.inference`` (or of the networks) for the duration."""
-    from autoseg import inference
+    """Apply a monkeypatch of ``autoseg.inference.ensemble`` (or of the networks) for the duration."""
+    from autoseg.inference import ensemble as inference
 
     if name is None:
         yield
@@ -766,10 +766,10 @@ def choices(
         competitor: keep one core busy with another process (a spinning Python) meanwhile, as a shared
             machine or autoseg's own read-ahead and export threads would.
     """
-    from autoseg.inference import InferenceSettings, predict_probabilities
-    from autoseg.model import load_model
-    from autoseg.predict_inputs import find_input_cases, read_input_case
-    from autoseg.preprocess import preprocess_case, restore_probabilities
+    from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
+    from autoseg.inference.inputs import find_input_cases, read_input_case
+    from autoseg.inference.model_file import load_model
+    from autoseg.preprocessing.case import preprocess_case, restore_probabilities
 
     variants = [v for i, v in enumerate(VARIANTS) if i == 0 or not only or any(t in v.name for t in only)]
     model = load_model(layout.hippo_model, folds=[str(f) for f in range(folds)])
@@ -862,13 +862,13 @@ def choices(
 
 def profile(layout: Layout, experiment: str, folds: int) -> None:
     """Stage timers for one autoseg run, the stages run one after another (no read-ahead/export overlap)."""
-    from autoseg.model import load_model
+    from autoseg.inference.model_file import load_model
 
     inputs = layout.hippo_subset if experiment == "accurate" else layout.hippo_inputs
     env = dict(os.environ)
     imports: list[float] = []
     imports_with_monai: list[float] = []
-    code = "import autoseg.cli, autoseg.predict, autoseg.commands_inference"
+    code = "import autoseg.cli.main, autoseg.inference.stage, autoseg.cli.inference_commands"
     # alternating: the predict modules' imports as they are, and with the MONAI module predict imported
     # until it slid its own windows (what autoseg/sliding_window.py saves at every start)
     for _ in range(3):
@@ -882,11 +882,11 @@ def profile(layout: Layout, experiment: str, folds: int) -> None:
     subprocess.run([str(AUTOSEG_BIN), "--version"], check=True, capture_output=True)
     cli_version = time.perf_counter() - started
 
-    from autoseg.inference import InferenceSettings, predict_probabilities
+    from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
+    from autoseg.inference.inputs import find_input_cases, read_input_case
+    from autoseg.inference.outputs import labels_from_probabilities
     from autoseg.io import write_labels
-    from autoseg.predict_inputs import find_input_cases, read_input_case
-    from autoseg.predict_outputs import labels_from_probabilities
-    from autoseg.preprocess import preprocess_case, restore_probabilities
+    from autoseg.preprocessing.case import preprocess_case, restore_probabilities
 
     stages: dict[str, float] = {}
 

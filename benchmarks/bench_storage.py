@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.dataset.synthetic import SynthConfig, synthesize_case
 from autoseg.io import read_array
-from autoseg.synth import SynthConfig, synthesize_case
 
 Reader = Callable[[Path, tuple[slice, ...]], np.ndarray]
 

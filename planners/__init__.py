@@ -1,10 +1,10 @@
 """Planner presets for ``autoseg plan``: each preset is one small module, registered by name.
 
 A preset turns a fingerprint into plans: it picks a budget (GPU memory, or CPU time) and a block layout, and
-lets :func:`autoseg.planning.make_plans` apply the rules. To make your own, copy ``planners/default.py``,
-change the name in ``@register(...)`` and what you need, and expose it through the ``autoseg.planners``
-entry-point group of your package (``[project.entry-points."autoseg.planners"] my-planner =
-"my_package.my_planner:MyPlanner"``).
+lets :func:`autoseg.planning.rules.make_plans` apply the rules. To make your own, copy
+``planners/default.py``, change the name in ``@register(...)`` and what you need, and expose it through the
+``autoseg.planners`` entry-point group of your package (``[project.entry-points."autoseg.planners"]
+my-planner = "my_package.my_planner:MyPlanner"``).
 """
 
 from __future__ import annotations

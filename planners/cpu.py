@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 
-from autoseg.budgets import TimeBudget, format_duration, measure_conv_throughput, parse_duration
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning import Architecture, make_plans
+from autoseg.planning.budgets import TimeBudget, format_duration, measure_conv_throughput, parse_duration
+from autoseg.planning.rules import Architecture, make_plans
 from autoseg.plans import Plans
 from planners import register
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from autoseg.budgets import MemoryBudget
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning import Architecture, make_plans
+from autoseg.planning.budgets import MemoryBudget
+from autoseg.planning.rules import Architecture, make_plans
 from autoseg.plans import Plans
 from planners import register
 

@@ -50,7 +50,7 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     few iterations (shared: copy it before writing into it)."""
     from helpers import plan_and_preprocess_argv
 
-    from autoseg.cli import main
+    from autoseg.cli.main import main
     from autoseg.training.loop import TrainConfig, train_fold
 
     root = tmp_path_factory.mktemp("trained")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers import tiny_case
 
-from autoseg.cli import main
+from autoseg.cli.main import main
+from autoseg.inference.model_file import best_choice
 from autoseg.io import write_image
-from autoseg.model import best_choice
 
 
 def test_configurations_and_their_ensemble_are_compared(

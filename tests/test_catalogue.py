@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.catalogue import default_catalogue_path, load_catalogue, resolve_dataset, synthetic_folder
-from autoseg.cli import main
-from autoseg.dataset import load_dataset
+from autoseg.cli.main import main
+from autoseg.dataset.catalogue import (
+    default_catalogue_path,
+    load_catalogue,
+    resolve_dataset,
+    synthetic_folder,
+)
+from autoseg.dataset.layout import load_dataset
 from autoseg.errors import CatalogueError, UsageError
 
 TINY_GENERATOR = {

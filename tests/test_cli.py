@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from autoseg import commands, commands_inference
-from autoseg.catalogue import default_catalogue_path
-from autoseg.cli import main
+from autoseg.cli import commands, inference_commands
+from autoseg.cli.main import main
+from autoseg.dataset.catalogue import default_catalogue_path
 from autoseg.demo import DEMO_CONFIG
 
-COMMAND_NAMES = [spec.name for spec in [*commands.COMMANDS, *commands_inference.COMMANDS]]
+COMMAND_NAMES = [spec.name for spec in [*commands.COMMANDS, *inference_commands.COMMANDS]]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,7 +99,7 @@ def test_unexpected_exceptions_are_one_line(
     def explode(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("autoseg.verify.verify_dataset", explode)
+    monkeypatch.setattr("autoseg.dataset.verify.verify_dataset", explode)
     assert main(["verify", str(tiny_dataset), "-q"]) == 1
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError: boom" in err

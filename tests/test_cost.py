@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoseg.cost import estimate_training_memory, training_gflops
 from autoseg.network import build_network
+from autoseg.planning.cost import estimate_training_memory, training_gflops
 from autoseg.plans import NetworkPlan
 
 

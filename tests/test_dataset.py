@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_case, write_nnunet_dataset
 
-from autoseg.dataset import load_dataset, read_case, scan_dataset
+from autoseg.dataset.layout import load_dataset, read_case, scan_dataset
 from autoseg.errors import DatasetError, ImageReadError
 from autoseg.io import write_image, write_labels
 

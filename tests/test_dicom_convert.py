@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from dicom_helpers import write_ct_series
 
-from autoseg.dataset import load_dataset
+from autoseg.dataset.layout import load_dataset
 from autoseg.dicom.convert import ConvertRequest, convert_dicom
 from autoseg.dicom.errors import DicomError
 from autoseg.dicom.mapping import load_mapping, mapping_from_names, parse_mapping
@@ -150,7 +150,7 @@ def test_dicom_seg_ct3slice_as_one_case(data_root: Path, tmp_path: Path) -> None
 def test_convert_dicom_command_then_verify(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from autoseg.cli import main
+    from autoseg.cli.main import main
 
     mapping = tmp_path / "rois.json"
     mapping.write_text(json.dumps({"labels": {"GTV": {"value": 1, "rois": ["gtv*"]}, "Heart": 2}}))

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from autoseg.evaluate import (
+from autoseg.evaluation.stage import (
     EvaluateRequest,
     EvaluationError,
     dice_per_label,

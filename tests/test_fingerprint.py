@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import tiny_case, write_nnunet_dataset
 
-from autoseg.cli import main
-from autoseg.dataset import load_dataset
+from autoseg.cli.main import main
+from autoseg.dataset.layout import load_dataset
 from autoseg.errors import FingerprintError
 from autoseg.fingerprint import (
     FINGERPRINT_SCHEMA_VERSION,

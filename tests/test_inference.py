@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg import inference
-from autoseg.inference import (
+from autoseg.inference import ensemble as inference
+from autoseg.inference.ensemble import (
     InferenceSettings,
     mirror_combinations,
     predict_probabilities,

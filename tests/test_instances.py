@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from autoseg.errors import UsageError
-from autoseg.instances import instances_to_json, label_instances, parse_class_selection
 from autoseg.io import Geometry
+from autoseg.postprocessing.instances import instances_to_json, label_instances, parse_class_selection
 
 NAMES = {"background": 0, "lesion": 1, "cyst": 2}
 ANISOTROPIC = Geometry((3.0, 0.8, 0.5), (10.0, -20.0, 5.0))

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg.cli import main
-from autoseg.model import MANIFEST, ModelError, export_model, load_model, trained_configurations
+from autoseg.cli.main import main
+from autoseg.inference.model_file import (
+    MANIFEST,
+    ModelError,
+    export_model,
+    load_model,
+    trained_configurations,
+)
 
 
 def _rewrite(source: Path, target: Path, change: dict[str, bytes | None]) -> None:

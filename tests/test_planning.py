@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from helpers import make_fingerprint
 
-from autoseg.budgets import MemoryBudget
-from autoseg.cost import estimate_training_memory
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning import Architecture, make_plans, target_spacing, topology
+from autoseg.planning.budgets import MemoryBudget
+from autoseg.planning.cost import estimate_training_memory
+from autoseg.planning.rules import Architecture, make_plans, target_spacing, topology
 from autoseg.plans import save_plans
 from planners import get_planner
 
@@ -194,16 +194,16 @@ def test_make_plans_records_budget_and_reasons() -> None:
 def test_throughput_measurement_warns_when_the_machine_is_busy(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from autoseg import budgets
+    from autoseg.planning import budgets
 
     readings = iter([0.0, 1e6])  # others kept every core busy for the whole measurement
     monkeypatch.setattr(budgets, "machine_busy_seconds", lambda: next(readings))
-    with caplog.at_level("WARNING", logger="autoseg.budgets"):
+    with caplog.at_level("WARNING", logger="autoseg.planning.budgets"):
         assert budgets.measure_conv_throughput(repeats=1) > 0
     assert "other processes used" in caplog.text and "--cpu-gflops" in caplog.text
     caplog.clear()
     monkeypatch.setattr(budgets, "machine_busy_seconds", lambda: None)  # no /proc/stat: no judgement
-    with caplog.at_level("WARNING", logger="autoseg.budgets"):
+    with caplog.at_level("WARNING", logger="autoseg.planning.budgets"):
         budgets.measure_conv_throughput(repeats=1)
     assert "other processes used" not in caplog.text
     real = budgets.machine_busy_seconds()

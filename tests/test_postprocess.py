@@ -12,10 +12,15 @@ import pytest
 from helpers import make_fingerprint
 from scipy import ndimage
 
-from autoseg.evaluate import EvaluationError, dice_per_label
+from autoseg.evaluation.stage import EvaluationError, dice_per_label
 from autoseg.fingerprint import Distribution
 from autoseg.io import Geometry, read_labels, write_labels
-from autoseg.postprocess import (
+from autoseg.postprocessing.choice import (
+    choose_postprocessing,
+    min_volume_mm3_from_fingerprint,
+    run_choose_postprocessing,
+)
+from autoseg.postprocessing.steps import (
     Postprocessing,
     PostprocessingError,
     PostprocessingStep,
@@ -24,11 +29,6 @@ from autoseg.postprocess import (
     load_postprocessing,
     remove_small_components,
     save_postprocessing,
-)
-from autoseg.postprocess_choice import (
-    choose_postprocessing,
-    min_volume_mm3_from_fingerprint,
-    run_choose_postprocessing,
 )
 
 SPACING = (3.0, 0.8, 0.8)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from helpers import tiny_case
 
-from autoseg.cli import main
+from autoseg.cli.main import main
+from autoseg.inference.inputs import PredictInputError, find_input_cases
+from autoseg.inference.model_file import load_model
+from autoseg.inference.stage import PredictRequest, inference_settings, load_ensemble
 from autoseg.io import Geometry, read_header, read_labels, write_image
-from autoseg.model import load_model
-from autoseg.predict import PredictRequest, inference_settings, load_ensemble
-from autoseg.predict_inputs import PredictInputError, find_input_cases
 
 
 def _rotation(degrees: float) -> tuple[float, ...]:

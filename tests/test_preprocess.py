@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import plan_and_preprocess_argv
 
-from autoseg.cli import main
+from autoseg.cli.main import main
+from autoseg.dataset.synthetic import SynthConfig, synthesize_case
 from autoseg.io import Geometry
 from autoseg.plans import (
     ChannelNormalization,
@@ -19,10 +20,9 @@ from autoseg.plans import (
     ResamplingPlan,
     TrainingSchedule,
 )
-from autoseg.preprocess import normalise, preprocess_case, restore_labels, restore_probabilities
-from autoseg.preprocess_stage import PreprocessError, load_case, read_folder_mapping, run_preprocess
-from autoseg.resample import resample_labels, target_shape
-from autoseg.synth import SynthConfig, synthesize_case
+from autoseg.preprocessing.case import normalise, preprocess_case, restore_labels, restore_probabilities
+from autoseg.preprocessing.resample import resample_labels, target_shape
+from autoseg.preprocessing.stage import PreprocessError, load_case, read_folder_mapping, run_preprocess
 
 
 def _config(
@@ -233,7 +233,7 @@ def test_properties_round_trip_geometry() -> None:
     image, labels, geometry = synthesize_case(SynthConfig(cases=1, shape=(16, 24, 24)), 0)
     oblique = dataclasses.replace(geometry, direction=(1.0, 0.0, 0.0, 0.0, 0.8, -0.6, 0.0, 0.6, 0.8))
     result = preprocess_case(image, labels, oblique, _config(geometry.spacing_mm))
-    from autoseg.preprocess import CaseProperties
+    from autoseg.preprocessing.case import CaseProperties
 
     again = CaseProperties.from_json(json.loads(json.dumps(result.properties.to_json())))
     assert again == result.properties
@@ -243,7 +243,7 @@ def test_properties_round_trip_geometry() -> None:
 def test_slab_wise_resampling_matches_whole_volume(
     order: int, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
 ) -> None:
-    from autoseg import resample
+    from autoseg.preprocessing import resample
 
     volume = ndimage_smooth(rng.normal(size=(40, 24, 20)).astype(np.float32))
     shape = (57, 30, 17)
@@ -266,7 +266,7 @@ def ndimage_smooth(volume: np.ndarray) -> np.ndarray:
 
 
 def test_in_plane_spline_path_agrees_with_itk(rng: np.random.Generator) -> None:
-    from autoseg import resample
+    from autoseg.preprocessing import resample
 
     volume = ndimage_smooth(rng.normal(size=(12, 40, 36)).astype(np.float32))
     shape = (9, 52, 30)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry
-from autoseg.report import (
+from autoseg.report.structures import (
     ClassReference,
     StructureRow,
     TrainingReference,
@@ -25,7 +25,7 @@ from autoseg.report import (
     structure_table,
     write_structure_table,
 )
-from autoseg.report_views import slice_views
+from autoseg.report.views import slice_views
 
 NAMES = {"background": 0, "liver": 1, "tumour": 2}
 GEOMETRY = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0))  # voxel = 1 mm³ = 0.001 ml

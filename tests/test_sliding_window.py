@@ -8,7 +8,7 @@ import torch
 from monai.inferers.utils import sliding_window_inference
 from torch import nn
 
-from autoseg.sliding_window import gaussian_importance, sliding_window, window_starts
+from autoseg.inference.sliding_window import gaussian_importance, sliding_window, window_starts
 
 
 def _conv_predictor(seed: int = 0) -> nn.Module:

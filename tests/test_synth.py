@@ -1,4 +1,5 @@
-"""Tests of autoseg.synth: anatomy invariants, intensity models, determinism and the nnU-Net v2 layout."""
+"""Tests of autoseg.dataset.synthetic: anatomy invariants, intensity models, determinism and the nnU-Net v2
+layout."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from autoseg.errors import UsageError
-from autoseg.io import Geometry, read_array, read_header
-from autoseg.synth import (
+from autoseg.dataset.synthetic import (
     SynthConfig,
     case_identifier,
     channel_names,
@@ -21,6 +20,8 @@ from autoseg.synth import (
     synthesize_case,
     write_synthetic_dataset,
 )
+from autoseg.errors import UsageError
+from autoseg.io import Geometry, read_array, read_header
 
 CT = SynthConfig(
     cases=4, shape=(20, 32, 32), spacing_mm=(2.0, 1.0, 1.0), classes=5, channels=2, modality="CT", seed=1

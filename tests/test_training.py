@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import plan_and_preprocess_argv
 
-from autoseg.cli import main
+from autoseg.cli.main import main
 from autoseg.training import loop
 from autoseg.training.checkpoint import CheckpointError, load_checkpoint
 from autoseg.training.data import BatchSpec, WorkerError, epoch_batches

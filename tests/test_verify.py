@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers import tiny_case, tree_digest, write_nnunet_dataset
 
-from autoseg.cli import main
+from autoseg.cli.main import main
+from autoseg.dataset.verify import verify_dataset
 from autoseg.io import Geometry, read_array, write_image, write_labels
-from autoseg.verify import verify_dataset
 
 Breaker = Callable[[Path], object]
 

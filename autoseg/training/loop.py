@@ -25,13 +25,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from autoseg.dataset import load_dataset
+from autoseg.dataset.layout import load_dataset
 from autoseg.errors import UsageError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.io import write_json
 from autoseg.network import build_network
 from autoseg.plans import ConfigurationPlan, Plans, load_plans
-from autoseg.preprocess_stage import read_folder_mapping
+from autoseg.preprocessing.stage import read_folder_mapping
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.data import BatchSpec, default_workers, epoch_batches, split_batches
 from autoseg.training.distributed import Rank, barrier, init_from_environment

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.dataset import Case
-from autoseg.inference import InferenceSettings, predict_probabilities
+from autoseg.dataset.layout import Case
+from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
 from autoseg.io import atomic_target, read_labels, write_json, write_labels
 from autoseg.plans import ConfigurationPlan
-from autoseg.preprocess import restore_probabilities
-from autoseg.preprocess_stage import load_case
+from autoseg.preprocessing.case import restore_probabilities
+from autoseg.preprocessing.stage import load_case
 
 logger = logging.getLogger(__name__)
 

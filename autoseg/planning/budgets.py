@@ -1,7 +1,7 @@
 """What a configuration must fit: GPU memory (nnU-Net's way) or, on a CPU, a training-time budget.
 
-:class:`MemoryBudget` sizes a configuration so the estimated training memory (:mod:`autoseg.cost`) fits the
-GPU. :class:`TimeBudget` sizes it so the default schedule fits a wall-clock budget, from the measured
+:class:`MemoryBudget` sizes a configuration so the estimated training memory (:mod:`autoseg.planning.cost`)
+fits the GPU. :class:`TimeBudget` sizes it so the default schedule fits a wall-clock budget, from the measured
 convolution throughput of this machine (:func:`measure_conv_throughput`) and the configuration's convolution
 work.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from autoseg.cost import estimate_training_memory, training_gflops
 from autoseg.errors import UsageError
+from autoseg.planning.cost import estimate_training_memory, training_gflops
 from autoseg.plans import NetworkPlan, TrainingSchedule
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
-from autoseg.anatomy import Grid, make_anatomy, render_ct, render_mr
+from autoseg.dataset.anatomy import Grid, make_anatomy, render_ct, render_mr
 from autoseg.errors import UsageError
 from autoseg.io import Geometry, write_image, write_labels
 from autoseg.parallel import map_cases

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoseg.errors import UsageError
-from autoseg.instances import instances_to_json, label_instances
 from autoseg.io import Geometry, atomic_target, write_json, write_labels
-from autoseg.postprocess import Postprocessing, apply_postprocessing
-from autoseg.report import TrainingReference, render_report, structure_table, write_structure_table
+from autoseg.postprocessing.instances import instances_to_json, label_instances
+from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
+from autoseg.report.structures import TrainingReference, render_report, structure_table, write_structure_table
 from autoseg.types import FloatVolume, LabelVolume
 
 if TYPE_CHECKING:
-    from autoseg.predict_inputs import InputCase
+    from autoseg.inference.inputs import InputCase
 
 logger = logging.getLogger(__name__)
 

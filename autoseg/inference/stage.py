@@ -1,9 +1,10 @@
 """``autoseg predict``: segment new scans with a trained model, in the input's exact geometry.
 
 Per case: preprocess as in training (crop, normalise, resample), slide the folds' networks over the image
-(:mod:`autoseg.inference`), bring the probabilities back to the original grid, take the argmax, apply the
-post-processing chosen on cross-validation, write the outputs. The next case is read and preprocessed in a
-background thread while the current one is predicted, and the previous one is exported in another.
+(:mod:`autoseg.inference.ensemble`), bring the probabilities back to the original grid, take the argmax,
+apply the post-processing chosen on cross-validation, write the outputs. The next case is read and
+preprocessed in a background thread while the current one is predicted, and the previous one is exported in
+another.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from tqdm import tqdm
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, UsageError
-from autoseg.inference import InferenceSettings, predict_probabilities, resolve_precision
-from autoseg.instances import parse_class_selection
+from autoseg.inference.ensemble import InferenceSettings, predict_probabilities, resolve_precision
+from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
+from autoseg.inference.model_file import TrainedModel, best_choice, load_model
+from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
 from autoseg.io import Geometry, write_json
-from autoseg.model import TrainedModel, best_choice, load_model
 from autoseg.plans import ConfigurationPlan
-from autoseg.postprocess import Postprocessing, load_postprocessing
-from autoseg.predict_inputs import InputCase, find_input_cases, read_input_case
-from autoseg.predict_outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
-from autoseg.preprocess import CaseProperties, preprocess_case, restore_probabilities
+from autoseg.postprocessing.instances import parse_class_selection
+from autoseg.postprocessing.steps import Postprocessing, load_postprocessing
+from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
 from autoseg.types import FloatVolume
 
 logger = logging.getLogger(__name__)

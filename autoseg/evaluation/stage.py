@@ -1,9 +1,10 @@
 """``autoseg evaluate``: score predicted label files against reference label files.
 
 :func:`run_evaluate` pairs prediction and reference files by case name, checks that each pair shares one grid,
-computes the metrics of :mod:`autoseg.metrics` per case and class (optionally in worker processes) and writes
-``summary.json``, ``metrics.csv`` and ``metrics.png`` (:mod:`autoseg.evaluation_report`). The metric functions
-are re-exported here: ``dice_per_label`` (fast, counts only) and ``evaluate_case`` (everything).
+computes the metrics of :mod:`autoseg.evaluation.metrics` per case and class (optionally in worker processes)
+and writes ``summary.json``, ``metrics.csv`` and ``metrics.png`` (:mod:`autoseg.evaluation.summary`). The
+metric functions are re-exported here: ``dice_per_label`` (fast, counts only) and ``evaluate_case``
+(everything).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from autoseg.dataset import Problem, _parse_labels
+from autoseg.dataset.layout import Problem, _parse_labels
 from autoseg.errors import ImageReadError
-from autoseg.evaluation_report import EvaluationSummary, MetricStats, summarize, write_report
-from autoseg.io import Geometry, read_json, read_labels, split_ending
-from autoseg.metrics import (
+from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
     METRIC_NAMES,
     ClassMetrics,
@@ -33,7 +32,9 @@ from autoseg.metrics import (
     overlap_counts,
     surface_distances_mm,
 )
-from autoseg.metrics import _class_metrics as class_metrics_from
+from autoseg.evaluation.metrics import _class_metrics as class_metrics_from
+from autoseg.evaluation.summary import EvaluationSummary, MetricStats, summarize, write_report
+from autoseg.io import Geometry, read_json, read_labels, split_ending
 from autoseg.parallel import map_cases
 from autoseg.types import LabelVolume
 

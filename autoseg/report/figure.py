@@ -1,6 +1,6 @@
 """The reviewer PNG of one case: four views with structure contours, then the flags and the structure table.
 
-The views (:mod:`autoseg.report_views`) are axial, coronal and sagittal slices in the radiological
+The views (:mod:`autoseg.report.views`) are axial, coronal and sagittal slices in the radiological
 convention, with anatomical letters on every edge, plus an axial projection of every structure. The window
 is a CT soft-tissue window (level 40, width 400 HU) when the intensities look like Hounsfield units, the
 0.5-99.5 percentiles otherwise. The subtitle gives the file's axis code (``Geometry.orientation_code``), the
@@ -25,14 +25,14 @@ import numpy.typing as npt
 
 from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry, atomic_target
-from autoseg.report_views import SliceView, intensity_window, slice_views, tilt_degrees
+from autoseg.report.views import SliceView, intensity_window, slice_views, tilt_degrees
 from autoseg.types import LabelVolume
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from autoseg.report import StructureRow
+    from autoseg.report.structures import StructureRow
 
 MAX_TABLE_ROWS = 40
 """Structures listed in the figure (two blocks of 20); the JSON table always has all of them."""
@@ -56,7 +56,7 @@ def render_report(
         image: ``(Z, Y, X)`` float32 raw intensities (one channel, e.g. the first).
         labels: ``(Z, Y, X)`` predicted label map on the same grid.
         geometry: their geometry (orientation, spacing).
-        rows: the structure table of the case (:func:`autoseg.report.structure_table`).
+        rows: the structure table of the case (:func:`autoseg.report.structures.structure_table`).
         path: the ``.png`` to write; nothing is left there if drawing or writing fails.
         title: first line of the figure, e.g. the case identifier.
         window: display window ``(low, high)``; None chooses one (:func:`intensity_window`).

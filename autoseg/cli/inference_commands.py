@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoseg.commands import CommandSpec, _num_workers, _progress, positive_int
+from autoseg.cli.commands import CommandSpec, _num_workers, _progress, positive_int
 
 # ---------------------------------------------------------------------------------------------- predict
 
@@ -73,8 +73,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_predict_command(args: argparse.Namespace) -> int:
     """``autoseg predict -i IN -o OUT``: segment new scans."""
-    from autoseg.predict import PredictRequest, run_predict
-    from autoseg.predict_outputs import OutputOptions
+    from autoseg.inference.outputs import OutputOptions
+    from autoseg.inference.stage import PredictRequest, run_predict
 
     request = PredictRequest(
         inputs=args.inputs,
@@ -116,7 +116,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export_command(args: argparse.Namespace) -> int:
     """``autoseg export-model OUT.zip``: one file holding everything predict needs."""
-    from autoseg.model import export_model
+    from autoseg.inference.model_file import export_model
 
     path = export_model(
         args.workdir, args.out, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint
@@ -150,7 +150,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """``autoseg evaluate PRED REF``: per case and class metrics, a summary, a CSV and box plots."""
-    from autoseg.evaluate import EvaluateRequest, run_evaluate
+    from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
 
     output = args.output or (args.prediction if args.prediction.is_dir() else args.prediction.parent)
     summary = run_evaluate(
@@ -193,7 +193,7 @@ def _best_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_best_command(args: argparse.Namespace) -> int:
     """``autoseg find_best_configuration``: the configuration or ensemble and post-processing to use."""
-    from autoseg.best_configuration import format_table, run_find_best_configuration
+    from autoseg.evaluation.best_configuration import format_table, run_find_best_configuration
 
     result = run_find_best_configuration(
         args.workdir,

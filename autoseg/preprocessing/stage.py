@@ -30,13 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from autoseg.dataset import Case, load_dataset, read_case
+from autoseg.dataset.layout import Case, load_dataset, read_case
 from autoseg.errors import AutosegError, UsageError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.io import read_json, write_json
 from autoseg.parallel import map_cases
 from autoseg.plans import ConfigurationPlan, load_plans
-from autoseg.preprocess import CaseProperties, preprocess_case
+from autoseg.preprocessing.case import CaseProperties, preprocess_case
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoseg.catalogue import default_catalogue_path, load_catalogue, resolve_dataset
+from autoseg.dataset.catalogue import default_catalogue_path, load_catalogue, resolve_dataset
 from autoseg.errors import UsageError
 
 if TYPE_CHECKING:
-    from autoseg.plan_stage import PlanRequest
+    from autoseg.planning.stage import PlanRequest
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_verify_command(args: argparse.Namespace) -> int:
     """``autoseg verify DATASET``: print every problem; exit 1 when there is an error."""
+    from autoseg.dataset.verify import verify_dataset
     from autoseg.io import write_json
-    from autoseg.verify import verify_dataset
 
     report = verify_dataset(
         _dataset_folder(args), num_workers=args.num_workers, show_progress=_progress(args)
@@ -129,7 +129,7 @@ def _fingerprint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_fingerprint_command(args: argparse.Namespace) -> int:
     """``autoseg fingerprint DATASET``: write WORKDIR/fingerprint.json."""
-    from autoseg.dataset import load_dataset
+    from autoseg.dataset.layout import load_dataset
     from autoseg.fingerprint import run_fingerprint
 
     dataset = load_dataset(_dataset_folder(args))
@@ -149,7 +149,7 @@ def run_fingerprint_command(args: argparse.Namespace) -> int:
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    from autoseg.synth import SynthConfig
+    from autoseg.dataset.synthetic import SynthConfig
 
     default = SynthConfig()
     parser.add_argument("out", metavar="OUT", type=Path, help="folder to create (nnU-Net v2 layout)")
@@ -194,7 +194,7 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_synth_command(args: argparse.Namespace) -> int:
     """``autoseg synth OUT``: write a synthetic dataset."""
-    from autoseg.synth import SynthConfig, write_synthetic_dataset
+    from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 
     base = SynthConfig().to_json()
     if args.preset is not None:
@@ -256,7 +256,7 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _plan_request(args: argparse.Namespace) -> PlanRequest:
-    from autoseg.plan_stage import PlanRequest
+    from autoseg.planning.stage import PlanRequest
 
     return PlanRequest(
         planner=args.planner,
@@ -269,7 +269,7 @@ def _plan_request(args: argparse.Namespace) -> PlanRequest:
 
 def run_plan_command(args: argparse.Namespace) -> int:
     """``autoseg plan``: WORKDIR/fingerprint.json -> WORKDIR/plans.json."""
-    from autoseg.plan_stage import run_plan
+    from autoseg.planning.stage import run_plan
 
     print(run_plan(args.workdir, _plan_request(args)))
     return 0
@@ -296,7 +296,7 @@ def _preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_preprocess_command(args: argparse.Namespace) -> int:
     """``autoseg preprocess``: plans.json -> WORKDIR/preprocessed."""
-    from autoseg.preprocess_stage import run_preprocess
+    from autoseg.preprocessing.stage import run_preprocess
 
     _print_folders(
         run_preprocess(
@@ -402,8 +402,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """``autoseg train FOLD``: train one fold, then predict and score its validation cases."""
-    from autoseg.budgets import parse_duration
-    from autoseg.plan_stage import default_device
+    from autoseg.planning.budgets import parse_duration
+    from autoseg.planning.stage import default_device
     from autoseg.plans import load_plans
     from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 

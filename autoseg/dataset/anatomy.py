@@ -1,6 +1,6 @@
 """Shapes and intensities of synthetic cases: a deformed body holding organ-like structures, in millimetres.
 
-Used by :mod:`autoseg.synth`; see its docstring for what each class looks like.
+Used by :mod:`autoseg.dataset.synthetic`; see its docstring for what each class looks like.
 """
 
 from __future__ import annotations

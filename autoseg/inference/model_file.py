@@ -38,8 +38,8 @@ from autoseg.fingerprint import load_fingerprint
 from autoseg.io import read_json
 from autoseg.network import build_network
 from autoseg.plans import Plans, load_plans, plans_from_json
-from autoseg.postprocess import Postprocessing, load_postprocessing, postprocessing_from_json
-from autoseg.report import TrainingReference
+from autoseg.postprocessing.steps import Postprocessing, load_postprocessing, postprocessing_from_json
+from autoseg.report.structures import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ something is unusual compared with the training data (:class:`TrainingReference`
 * ``components``: more connected parts (face connectivity, as the fingerprint) than in any training case.
 
 The thresholds live in :class:`FlagRules`. :func:`render_report` draws the PNG (see
-:mod:`autoseg.report_figure`); :func:`write_structure_table` writes the table as JSON or CSV.
+:mod:`autoseg.report.figure`); :func:`write_structure_table` writes the table as JSON or CSV.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY, Fingerprint
 from autoseg.io import Geometry, write_json, write_text_atomically
-from autoseg.report_figure import format_ml, render_report
-from autoseg.report_views import intensity_window
+from autoseg.report.figure import format_ml, render_report
+from autoseg.report.views import intensity_window
 from autoseg.types import LabelVolume
 
 __all__ = [

@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
     common = _common_options()
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    from autoseg import commands as stage_commands
-    from autoseg import commands_inference
+    from autoseg.cli import commands as stage_commands
+    from autoseg.cli import inference_commands
 
-    for spec in [*stage_commands.COMMANDS, *commands_inference.COMMANDS]:
+    for spec in [*stage_commands.COMMANDS, *inference_commands.COMMANDS]:
         sub = commands.add_parser(spec.name, parents=[common], help=spec.help, description=spec.help)
         spec.add_arguments(sub)
         sub.set_defaults(command=spec.run)

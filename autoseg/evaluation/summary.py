@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.evaluation.metrics import METRIC_NAMES, ClassMetrics
 from autoseg.io import write_json, write_text_atomically
-from autoseg.metrics import METRIC_NAMES, ClassMetrics
 
 SUMMARY_SCHEMA_VERSION = 1
 

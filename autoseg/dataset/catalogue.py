@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 from autoseg.errors import CatalogueError, ImageReadError, UsageError
 from autoseg.io import read_json
-from autoseg.synth import SynthConfig, write_synthetic_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Catalogue:
 
 def default_catalogue_path() -> Path:
     """The project's top-level ``datasets.json`` (next to the ``autoseg`` package in a source checkout)."""
-    return Path(__file__).resolve().parent.parent / "datasets.json"
+    return Path(__file__).resolve().parents[2] / "datasets.json"
 
 
 def default_data_root(catalogue_path: Path) -> Path:

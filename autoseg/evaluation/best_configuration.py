@@ -4,7 +4,7 @@ supports, and its post-processing.
 Every trained configuration is scored on the validation predictions of its folds (written by ``train``);
 every pair of configurations is scored by averaging the two configurations' validation probabilities case by
 case. The best mean Dice wins (a single configuration wins a tie: it is cheaper to run). The post-processing
-is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocess_choice`). Written:
+is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocessing.choice`). Written:
 ``WORKDIR/best_configuration.json`` (the choice, the table, the predict command), the post-processing next to
 the winner's folds, and the ensembles' predictions in ``WORKDIR/ensembles/<a>+<b>/cross_validation``.
 """
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset import load_dataset
+from autoseg.dataset.layout import load_dataset
 from autoseg.errors import AutosegError
-from autoseg.evaluate import CasePair, evaluate_pairs, match_cases
-from autoseg.evaluation_report import nan_to_none, summarize
+from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
+from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.inference.model_file import trained_configurations
 from autoseg.io import read_header, read_labels, write_json, write_labels, write_text_atomically
-from autoseg.model import trained_configurations
-from autoseg.postprocess_choice import run_choose_postprocessing
-from autoseg.report import TrainingReference, structure_confidences
+from autoseg.postprocessing.choice import run_choose_postprocessing
+from autoseg.report.structures import TrainingReference, structure_confidences
 from autoseg.training.validation import load_probabilities
 
 logger = logging.getLogger(__name__)

@@ -3,8 +3,9 @@
 
 A :class:`Postprocessing` is a list of :class:`PostprocessingStep` (an operation name, the labels it acts on,
 its parameters) plus the evidence it was chosen on. Operation names resolve through :data:`OPERATIONS`, a
-small registry of functions from :mod:`autoseg.components`; no function is ever pickled into the artifact.
-:mod:`autoseg.postprocess_choice` decides which steps to keep; this module stores and applies them.
+small registry of functions from :mod:`autoseg.postprocessing.components`; no function is ever pickled into
+the artifact. :mod:`autoseg.postprocessing.choice` decides which steps to keep; this module stores and
+applies them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg import __version__
-from autoseg.components import keep_largest_component, remove_small_components
 from autoseg.errors import AutosegError, ImageReadError
 from autoseg.io import read_json, write_json
+from autoseg.postprocessing.components import keep_largest_component, remove_small_components
 from autoseg.types import LabelVolume, Triple
 
 __all__ = [

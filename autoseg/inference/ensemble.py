@@ -1,6 +1,6 @@
 """Sliding-window inference on a preprocessed image: Gaussian-weighted windows (MONAI's grid and weights,
-:mod:`autoseg.sliding_window`), mirroring test-time augmentation, and an ensemble of networks (the folds)
-averaged per window.
+:mod:`autoseg.inference.sliding_window`), mirroring test-time augmentation, and an ensemble of networks (the
+folds) averaged per window.
 
 Every window is cut once and run through every network and every mirror, so an ensemble of five folds with
 eight mirrors costs one pass over the image, not forty. Within one network the mirrored logits are averaged;
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.sliding_window import sliding_window
+from autoseg.inference.sliding_window import sliding_window
 from autoseg.types import FloatVolume
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset import Case, Dataset, Problem, scan_dataset
+from autoseg.dataset.layout import Case, Dataset, Problem, scan_dataset
 from autoseg.errors import ImageReadError
 from autoseg.io import Geometry, read_array
 from autoseg.parallel import map_cases

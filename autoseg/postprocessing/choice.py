@@ -11,12 +11,12 @@ A candidate is kept when it raises the mean over classes of the per-class mean D
 predictions as post-processed by the steps kept so far. Of the two per-class candidates the one with the
 higher Dice wins (a tie goes to removing small components, which never removes a large one). Dice is
 undefined (NaN) and left out of a class's mean where prediction and reference are both empty, as in
-:mod:`autoseg.metrics`; removing a false-positive object from a case without that class therefore raises the
-mean by taking a zero out of it.
+:mod:`autoseg.evaluation.metrics`; removing a false-positive object from a case without that class therefore
+raises the mean by taking a zero out of it.
 
 Efficient: each case's components are labelled once (:func:`case_components`, face connectivity as in
-:mod:`autoseg.components`); every candidate is then scored from per-component voxel counts, without touching
-the volumes again. Only these counts are kept in memory, never all predictions.
+:mod:`autoseg.postprocessing.components`); every candidate is then scored from per-component voxel counts,
+without touching the volumes again. Only these counts are kept in memory, never all predictions.
 """
 
 from __future__ import annotations
@@ -31,11 +31,17 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from autoseg.components import label_components
-from autoseg.evaluate import CasePair, EvaluationError, match_cases, read_pair
+from autoseg.evaluation.stage import CasePair, EvaluationError, match_cases, read_pair
 from autoseg.fingerprint import Fingerprint
 from autoseg.parallel import map_cases
-from autoseg.postprocess import Candidate, Evidence, Postprocessing, PostprocessingStep, save_postprocessing
+from autoseg.postprocessing.components import label_components
+from autoseg.postprocessing.steps import (
+    Candidate,
+    Evidence,
+    Postprocessing,
+    PostprocessingStep,
+    save_postprocessing,
+)
 from autoseg.types import LabelVolume, Triple
 
 logger = logging.getLogger(__name__)

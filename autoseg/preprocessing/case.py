@@ -3,7 +3,7 @@
 ``preprocess_case`` turns a raw case into training-ready arrays at a configuration's spacing, plus the
 properties needed to undo it; ``restore_to_original`` maps a prediction in preprocessed space back to the
 original grid (resample, then uncrop). Storage and the parallel, resumable run over a dataset live in
-:mod:`autoseg.preprocess_stage`.
+:mod:`autoseg.preprocessing.stage`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import numpy as np
 from autoseg.fingerprint import crop_box_of_nonzero
 from autoseg.io import Geometry
 from autoseg.plans import ChannelNormalization, ConfigurationPlan
-from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
+from autoseg.preprocessing.resample import (
+    resample_image,
+    resample_labels,
+    resample_probabilities,
+    target_shape,
+)
 from autoseg.types import FloatVolume, LabelVolume
 
 FOREGROUND_SAMPLES = 10_000
