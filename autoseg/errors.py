@@ -42,3 +42,7 @@ class ImageWriteError(AutosegError):
 
 class FingerprintError(AutosegError):
     """``fingerprint.json`` is missing, malformed or from an incompatible version."""
+
+
+class WorkdirError(AutosegError):
+    """A work-directory artifact is missing, malformed, or belongs to another stage's run."""

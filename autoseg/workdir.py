@@ -1,0 +1,318 @@
+"""The work directory: every path autoseg writes for one dataset, and beside each the reader and writer of
+its artifact. No other module spells a work-directory file name.
+
+```
+WORKDIR/
+  fingerprint.json                      Workdir.fingerprint_path     read_fingerprint / write_fingerprint
+  plans.json                            Workdir.plans_path           read_plans / write_plans
+  splits.json                           Workdir.splits_path          read_splits / write_splits
+  preprocessed/configurations.json      Workdir.configurations_path  read_/write_configurations
+  preprocessed/<folder>/                Workdir.data_dir(configuration)
+  reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess)
+  trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
+  trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
+  ensembles/<a>+<b>/                    Workdir.ensemble_dir(members)
+  training_reference.json               read_training_reference / write_training_reference
+  best_configuration.json, .md          read_best_choice / write_best_configuration
+```
+
+The work directory is self-contained after ``preprocess``: the reference label maps that validation and
+``find_best_configuration`` score against are copied into ``reference_labels/`` (nnU-Net's
+``gt_segmentations``), so the raw dataset may move or go once it is preprocessed.
+
+The artifact dataclasses live with their stage (``Fingerprint`` in :mod:`autoseg.fingerprint`, ``Plans`` in
+:mod:`autoseg.plans`, ...); their modules are imported when an artifact is read or written, so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoseg.errors import WorkdirError
+from autoseg.io import read_json, write_json, write_text_atomically
+
+if TYPE_CHECKING:
+    from autoseg.fingerprint import Fingerprint
+    from autoseg.plans import Plans
+    from autoseg.postprocessing.steps import Postprocessing
+    from autoseg.report.structures import TrainingReference
+
+CHECKPOINTS = ("final", "best", "latest")
+Split = dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """``WORKDIR/trained/<configuration>/fold_<fold>``: one training run and its validation."""
+
+    path: Path
+
+    @property
+    def fold(self) -> str:
+        return self.path.name.removeprefix("fold_")
+
+    def checkpoint(self, name: str) -> Path:
+        """``checkpoint_<name>.pt``, ``name`` one of :data:`CHECKPOINTS`."""
+        if name not in CHECKPOINTS:
+            raise WorkdirError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{name}'")
+        return self.path / f"checkpoint_{name}.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def text_log_path(self) -> Path:
+        return self.path / "training.log"
+
+    @property
+    def progress_plot_path(self) -> Path:
+        return self.path / "progress.png"
+
+    @property
+    def train_config_path(self) -> Path:
+        return self.path / "train_config.json"
+
+    @property
+    def plans_path(self) -> Path:
+        """The copy of ``plans.json`` the run was trained with."""
+        return self.path / "plans.json"
+
+    @property
+    def validation_dir(self) -> Path:
+        """Validation predictions: ``<case>.nii.gz`` + ``<case>.npz``, and ``summary.json``."""
+        return self.path / "validation"
+
+    @property
+    def validation_summary_path(self) -> Path:
+        return self.validation_dir / "summary.json"
+
+    def read_validation_summary(self) -> dict[str, Any]:
+        data = read_json(self.validation_summary_path)
+        if not isinstance(data, dict):
+            raise WorkdirError(f"{self.validation_summary_path}: expected a JSON object")
+        return data
+
+    def is_validated(self) -> bool:
+        return self.validation_summary_path.is_file()
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """One dataset's work directory (see the module docstring for the layout)."""
+
+    root: Path
+
+    # ------------------------------------------------------------------ fingerprint and plans
+    @property
+    def fingerprint_path(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    def read_fingerprint(self) -> Fingerprint:
+        from autoseg.fingerprint import load_fingerprint
+
+        return load_fingerprint(self.fingerprint_path)
+
+    def write_fingerprint(self, fingerprint: Fingerprint) -> Path:
+        write_json(fingerprint.to_json(), self.fingerprint_path)
+        return self.fingerprint_path
+
+    @property
+    def plans_path(self) -> Path:
+        return self.root / "plans.json"
+
+    def has_plans(self) -> bool:
+        return self.plans_path.is_file()
+
+    def read_plans(self) -> Plans:
+        from autoseg.plans import load_plans
+
+        return load_plans(self.plans_path)
+
+    def write_plans(self, plans: Plans) -> Path:
+        from autoseg.plans import save_plans
+
+        save_plans(plans, self.plans_path)
+        return self.plans_path
+
+    # ------------------------------------------------------------------ splits
+    @property
+    def splits_path(self) -> Path:
+        return self.root / "splits.json"
+
+    def read_splits(self) -> list[Split] | None:
+        """The cross-validation splits, or ``None`` before the first fold is trained."""
+        if not self.splits_path.is_file():
+            return None
+        data = read_json(self.splits_path)
+        if not isinstance(data, list) or not all(
+            isinstance(s, dict) and {"train", "val"} <= set(s) for s in data
+        ):
+            raise WorkdirError(f"{self.splits_path}: expected a list of {{'train': [...], 'val': [...]}}")
+        return [{"train": [str(c) for c in s["train"]], "val": [str(c) for c in s["val"]]} for s in data]
+
+    def write_splits(self, splits: Sequence[Split]) -> Path:
+        write_json(list(splits), self.splits_path)
+        return self.splits_path
+
+    # ------------------------------------------------------------------ preprocessed data
+    @property
+    def preprocessed_dir(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def configurations_path(self) -> Path:
+        """Configuration -> data folder (identically preprocessed configurations share one)."""
+        return self.preprocessed_dir / "configurations.json"
+
+    def read_configurations(self) -> dict[str, str]:
+        if not self.configurations_path.is_file():
+            return {}
+        data = read_json(self.configurations_path)
+        if not isinstance(data, dict):
+            raise WorkdirError(f"{self.configurations_path}: expected a JSON object")
+        return {str(k): str(v) for k, v in data.items()}
+
+    def write_configurations(self, mapping: dict[str, str]) -> Path:
+        write_json(dict(sorted(mapping.items())), self.configurations_path)
+        return self.configurations_path
+
+    def data_folder(self, folder: str) -> Path:
+        """``preprocessed/<folder>``, by folder name (see :meth:`data_dir` for a configuration)."""
+        return self.preprocessed_dir / folder
+
+    def data_dir(self, configuration: str) -> Path:
+        """The preprocessed data of ``configuration``; :class:`WorkdirError` when it is not preprocessed."""
+        folder = self.read_configurations().get(configuration)
+        if folder is None or not (self.data_folder(folder) / "preprocessing.json").is_file():
+            raise WorkdirError(
+                f"{configuration} is not preprocessed in {self.root}; run 'autoseg preprocess'"
+            )
+        return self.data_folder(folder)
+
+    @property
+    def reference_labels_dir(self) -> Path:
+        """The training label maps in their original geometry, ``<case>.nii.gz`` (copied by preprocess)."""
+        return self.root / "reference_labels"
+
+    def reference_labels_path(self, case: str) -> Path:
+        return self.reference_labels_dir / f"{case}.nii.gz"
+
+    # ------------------------------------------------------------------ training runs
+    @property
+    def trained_dir(self) -> Path:
+        return self.root / "trained"
+
+    def configuration_dir(self, configuration: str) -> Path:
+        return self.trained_dir / configuration
+
+    def run(self, configuration: str, fold: str | int) -> RunFolder:
+        return RunFolder(self.configuration_dir(configuration) / f"fold_{fold}")
+
+    def runs(self, configuration: str) -> list[RunFolder]:
+        """Every run folder of ``configuration``, by fold name."""
+        return [
+            RunFolder(p) for p in sorted(self.configuration_dir(configuration).glob("fold_*")) if p.is_dir()
+        ]
+
+    def trained_configurations(self) -> list[str]:
+        """Configurations with at least one fold holding a final checkpoint."""
+        if not self.trained_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.trained_dir.iterdir()
+            if any(r.checkpoint("final").is_file() for r in self.runs(p.name))
+        )
+
+    # ------------------------------------------------------------------ post-processing and ensembles
+    def ensemble_dir(self, members: Sequence[str]) -> Path:
+        """``ensembles/<a>+<b>``, members sorted."""
+        return self.root / "ensembles" / "+".join(sorted(members))
+
+    def postprocessing_path(self, members: Sequence[str]) -> Path:
+        """The post-processing chosen for one configuration or an ensemble of several."""
+        if len(members) == 1:
+            return self.configuration_dir(members[0]) / "postprocessing.json"
+        return self.ensemble_dir(members) / "postprocessing.json"
+
+    def read_postprocessing(self, members: Sequence[str]) -> Postprocessing | None:
+        from autoseg.postprocessing.steps import load_postprocessing
+
+        path = self.postprocessing_path(members)
+        return load_postprocessing(path) if path.is_file() else None
+
+    # ------------------------------------------------------------------ find_best_configuration
+    @property
+    def training_reference_path(self) -> Path:
+        return self.root / "training_reference.json"
+
+    def read_training_reference(self) -> TrainingReference | None:
+        """``training_reference.json`` (volumes and cross-validation confidences), else the volumes from the
+        fingerprint, else ``None``."""
+        from autoseg.report.structures import TrainingReference
+
+        path = self.training_reference_path
+        if path.is_file():
+            data = read_json(path)
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError("expected a JSON object")
+                return TrainingReference.from_json(data)
+            except (KeyError, TypeError, ValueError) as error:
+                raise WorkdirError(f"{path}: not a valid training reference ({error})") from None
+        if self.fingerprint_path.is_file():
+            return TrainingReference.from_fingerprint(self.read_fingerprint())
+        return None
+
+    def write_training_reference(self, reference: TrainingReference) -> Path:
+        write_json(reference.to_json(), self.training_reference_path)
+        return self.training_reference_path
+
+    @property
+    def best_configuration_path(self) -> Path:
+        return self.root / "best_configuration.json"
+
+    @property
+    def best_configuration_table_path(self) -> Path:
+        return self.root / "best_configuration.md"
+
+    def read_best_choice(self) -> list[str] | None:
+        """The configuration(s) ``find_best_configuration`` chose, if it ran here."""
+        if not self.best_configuration_path.is_file():
+            return None
+        data = read_json(self.best_configuration_path)
+        if not isinstance(data, dict):
+            raise WorkdirError(f"{self.best_configuration_path}: expected a JSON object")
+        chosen = data.get("ensemble") or ([data["configuration"]] if data.get("configuration") else None)
+        return [str(c) for c in chosen] if chosen else None
+
+    def write_best_configuration(self, data: dict[str, Any], table: str) -> Path:
+        write_json(data, self.best_configuration_path)
+        write_text_atomically(table, self.best_configuration_table_path)
+        return self.best_configuration_path
+
+    # ------------------------------------------------------------------ the default configuration
+    def default_configuration(self, planned: Sequence[str]) -> str:
+        """The configuration a command uses when none is given: ``find_best_configuration``'s single choice,
+        else ``3d_fullres`` if trained (or nothing is trained yet and it is planned), else the only trained
+        one, else ``2d`` when that is all that was planned.
+
+        Raises:
+            WorkdirError: several configurations are trained and none was chosen.
+        """
+        chosen = self.read_best_choice()
+        if chosen is not None and len(chosen) == 1:
+            return chosen[0]
+        trained = self.trained_configurations() or [n for n in ("3d_fullres", "2d") if n in planned][:1]
+        if "3d_fullres" in trained or not trained:
+            return "3d_fullres"
+        if len(trained) == 1:
+            return trained[0]
+        raise WorkdirError(
+            f"{self.root}: several configurations are trained ({', '.join(trained)}); choose one with -c"
+        )
