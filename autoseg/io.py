@@ -274,6 +274,19 @@ def write_labels(labels: LabelVolume, geometry: Geometry, path: Path) -> None:
     write_image(labels_to_unsigned(np.asarray(labels), path), geometry, path)
 
 
+def write_probabilities(probabilities: FloatVolume | AnyArray, path: Path) -> None:
+    """Write ``(K, Z, Y, X)`` class probabilities as float16 in a compressed ``.npz`` (key
+    ``probabilities``), atomically. :func:`read_probabilities` reads it back."""
+    with atomic_target(path) as temporary, temporary.open("wb") as stream:
+        np.savez_compressed(stream, probabilities=np.asarray(probabilities).astype(np.float16))
+
+
+def read_probabilities(path: Path) -> FloatVolume:
+    """The ``(K, Z, Y, X)`` probabilities :func:`write_probabilities` wrote, as float32 (no pickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return np.asarray(data["probabilities"], dtype=np.float32)
+
+
 def write_json(data: object, path: Path) -> None:
     """Write indented JSON with stable key order, atomically (temporary file, then rename)."""
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"

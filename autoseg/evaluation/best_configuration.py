@@ -27,10 +27,16 @@ from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint, load_fingerprint
 from autoseg.inference.model_file import trained_configurations
-from autoseg.io import read_header, read_labels, write_json, write_labels, write_text_atomically
+from autoseg.io import (
+    read_header,
+    read_labels,
+    read_probabilities,
+    write_json,
+    write_labels,
+    write_text_atomically,
+)
 from autoseg.postprocessing.choice import run_choose_postprocessing
 from autoseg.report.structures import TrainingReference, structure_confidences
-from autoseg.training.validation import load_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ def _write_training_reference(workdir: Path, fingerprint: Fingerprint, folders: 
             labels_path = npz.with_suffix(".nii.gz")
             if not labels_path.is_file():
                 continue
-            found = structure_confidences(read_labels(labels_path)[0], load_probabilities(npz), values)
+            found = structure_confidences(read_labels(labels_path)[0], read_probabilities(npz), values)
             for value, confidence in found.items():
                 confidences[value].append(confidence)
     reference = TrainingReference.from_fingerprint(fingerprint)
@@ -185,7 +191,7 @@ def _ensemble_cross_validation(
         target = out / f"{case}.nii.gz"
         if target.is_file():
             continue
-        probabilities = load_probabilities(members[0][case]) + load_probabilities(members[1][case])
+        probabilities = read_probabilities(members[0][case]) + read_probabilities(members[1][case])
         geometry = read_header(members[0][case].with_suffix(".nii.gz")).geometry
         write_labels(probabilities.argmax(0).astype(np.uint8), geometry, target)
     return out

@@ -19,7 +19,7 @@ from torch import nn
 
 from autoseg.dataset.layout import Case
 from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
-from autoseg.io import atomic_target, read_labels, write_json, write_labels
+from autoseg.io import read_labels, write_json, write_labels, write_probabilities
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.stage import load_case
@@ -35,19 +35,6 @@ def predict_preprocessed(
     network.eval()
     settings = InferenceSettings(mirror_axes=tuple(range(config.dims)), device=str(device))
     return predict_probabilities([network], image, config.patch_size, num_classes, settings)
-
-
-def save_probabilities(probabilities: np.ndarray, path: Path) -> None:
-    """``(K, Z, Y, X)`` probabilities as float16 in a compressed ``.npz`` (key ``probabilities``),
-    atomically."""
-    with atomic_target(path) as temporary, temporary.open("wb") as stream:
-        np.savez_compressed(stream, probabilities=probabilities.astype(np.float16))
-
-
-def load_probabilities(path: Path) -> np.ndarray:
-    """What :func:`save_probabilities` wrote, as float32."""
-    with np.load(path, allow_pickle=False) as data:
-        return np.asarray(data["probabilities"], dtype=np.float32)
 
 
 def dice_per_class(
@@ -83,7 +70,7 @@ def validate_fold(
         restored = restore_probabilities(probabilities, stored.properties)
         prediction = restored.argmax(0).astype(np.uint8 if max(labels.values()) < 256 else np.uint16)
         write_labels(prediction, stored.properties.original_geometry, out / f"{case.identifier}.nii.gz")
-        save_probabilities(restored, out / f"{case.identifier}.npz")
+        write_probabilities(restored, out / f"{case.identifier}.npz")
         assert case.label_path is not None
         reference, _ = read_labels(case.label_path)
         per_case[case.identifier] = dice_per_class(prediction, reference, foreground)
