@@ -1,4 +1,10 @@
-"""Errors a user can act on. The CLI prints their message, one line per problem, without a traceback."""
+"""Errors a user can act on. The CLI prints their message, one line per problem, without a traceback.
+
+Placement rule: every :class:`AutosegError` subclass is defined here, in this one module, and the stages
+import it from here (``tests/test_errors.py`` enforces it). A stage's error is named after the stage or the
+artifact it refuses (``EvaluationError``, ``ModelError``, ``DicomError``); its docstring says when it is
+raised, and its messages name the file and say what to do.
+"""
 
 from __future__ import annotations
 
@@ -46,3 +52,47 @@ class FingerprintError(AutosegError):
 
 class WorkdirError(AutosegError):
     """A work-directory artifact is missing, malformed, or belongs to another stage's run."""
+
+
+class PreprocessError(AutosegError):
+    """Preprocessing cannot run (no plan, a plan made for another fingerprint, ...), or a stored case is
+    missing or malformed."""
+
+
+# ------------------------------------------------------------------------------------------- inference
+
+
+class ModelError(AutosegError):
+    """A trained model cannot be found, read or trusted."""
+
+
+class PredictInputError(AutosegError):
+    """The input to ``predict`` is missing, incomplete or ambiguous."""
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+class EvaluationError(AutosegError):
+    """Predictions and references cannot be evaluated together (missing case, other shape or geometry)."""
+
+
+class BestConfigurationError(AutosegError):
+    """Nothing to compare: no trained configuration with validation predictions."""
+
+
+# ------------------------------------------------------------------------------------------- post-processing
+
+
+class PostprocessingError(AutosegError):
+    """``postprocessing.json`` is missing or malformed, or a step cannot be applied."""
+
+
+# ------------------------------------------------------------------------------------------- DICOM
+
+
+class DicomError(AutosegError):
+    """A DICOM file or folder is not usable as it is (missing slices, wrong object, mismatched frame...).
+
+    The message names the file or folder, the problem and, where there is one, what to do about it.
+    """

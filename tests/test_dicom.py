@@ -12,7 +12,6 @@ import SimpleITK as sitk
 from dicom_helpers import AXIAL, oblique_orientation, write_ct_series
 from pydicom.uid import generate_uid
 
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import index_to_patient, patient_to_index
 from autoseg.dicom.rtstruct import mask_outlines, read_rtstruct, write_rtstruct
 from autoseg.dicom.seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
@@ -24,6 +23,7 @@ from autoseg.dicom.series import (
     scan_folder,
     single_series,
 )
+from autoseg.errors import DicomError
 from autoseg.io import Geometry, read_labels
 from autoseg.types import LabelVolume
 

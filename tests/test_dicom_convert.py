@@ -12,11 +12,11 @@ from dicom_helpers import write_ct_series
 
 from autoseg.dataset.layout import load_dataset
 from autoseg.dicom.convert import ConvertRequest, convert_dicom
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.mapping import load_mapping, mapping_from_names, parse_mapping
 from autoseg.dicom.rtstruct import write_rtstruct
 from autoseg.dicom.seg import write_dicom_seg
 from autoseg.dicom.series import read_series, single_series
+from autoseg.errors import DicomError
 from autoseg.io import read_image, read_json, read_labels
 
 MAPPING = {

@@ -6,7 +6,6 @@ Only this package imports pydicom and highdicom. See ``docs/dicom.md``.
 from __future__ import annotations
 
 from autoseg.dicom.convert import CaseReport, ConvertReport, ConvertRequest, convert_dicom
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.rtstruct import read_rtstruct, write_rtstruct
 from autoseg.dicom.seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
 from autoseg.dicom.series import (
@@ -18,6 +17,7 @@ from autoseg.dicom.series import (
     series_geometry,
     single_series,
 )
+from autoseg.errors import DicomError
 
 __all__ = [
     "CaseReport",

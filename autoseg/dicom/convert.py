@@ -26,12 +26,11 @@ from typing import Literal
 
 import numpy as np
 
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.mapping import LabelMapping, load_mapping, mapping_from_names, save_mapping
 from autoseg.dicom.rtstruct import read_rtstruct
 from autoseg.dicom.seg import read_dicom_seg_masks
 from autoseg.dicom.series import DicomObject, DicomSeries, read_header, read_series, scan_folder
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, DicomError
 from autoseg.io import write_image, write_json, write_labels
 from autoseg.types import BoolVolume, FloatVolume, LabelVolume
 

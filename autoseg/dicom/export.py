@@ -10,9 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from autoseg import __version__
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import index_to_patient
 from autoseg.dicom.writing import save_atomically
+from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import FloatVolume
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.dicom.errors import DicomError
+from autoseg.errors import DicomError
 from autoseg.io import read_json, write_json
 
 

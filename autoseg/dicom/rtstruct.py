@@ -24,10 +24,10 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 from skimage import draw, measure
 
 from autoseg import __version__
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import index_to_patient, patient_to_index
 from autoseg.dicom.series import DicomSeries, read_header, series_geometry
 from autoseg.dicom.writing import copy_patient_and_study, read_source_headers, save_atomically
+from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import BoolVolume, LabelVolume
 

@@ -24,10 +24,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from autoseg import __version__
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import patient_to_index
 from autoseg.dicom.series import DicomSeries, read_header, series_geometry
 from autoseg.dicom.writing import read_source_headers, save_atomically
+from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import BoolVolume, LabelVolume
 

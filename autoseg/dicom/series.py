@@ -20,8 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.geometry import geometry_from_dicom, slice_axes
+from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import FloatVolume
 

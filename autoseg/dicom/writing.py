@@ -8,8 +8,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from autoseg.dicom.errors import DicomError
 from autoseg.dicom.series import DicomSeries, read_header
+from autoseg.errors import DicomError
 from autoseg.io import atomic_target
 
 logger = logging.getLogger(__name__)

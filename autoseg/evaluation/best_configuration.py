@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset.layout import load_dataset
-from autoseg.errors import AutosegError
+from autoseg.errors import BestConfigurationError
 from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint, load_fingerprint
@@ -39,10 +39,6 @@ from autoseg.postprocessing.choice import run_choose_postprocessing
 from autoseg.report.structures import TrainingReference, structure_confidences
 
 logger = logging.getLogger(__name__)
-
-
-class BestConfigurationError(AutosegError):
-    """Nothing to compare: no trained configuration with validation predictions."""
 
 
 @dataclass(frozen=True)

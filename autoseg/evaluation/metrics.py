@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 from monai.metrics.utils import get_edge_surface_distance
 
-from autoseg.errors import AutosegError
+from autoseg.errors import EvaluationError
 from autoseg.types import BoolVolume, LabelVolume, Triple
 
 DEFAULT_TOLERANCE_MM = 2.0
@@ -37,10 +37,6 @@ DEFAULT_TOLERANCE_MM = 2.0
 
 CROP_MARGIN_VOXELS = 1
 """Margin in voxels around the bounding box of prediction or reference, kept for the surface computation."""
-
-
-class EvaluationError(AutosegError):
-    """Predictions and references cannot be evaluated together (missing case, other shape or geometry)."""
 
 
 @dataclass(frozen=True)

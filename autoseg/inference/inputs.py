@@ -14,15 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.errors import AutosegError
+from autoseg.errors import PredictInputError
 from autoseg.io import SUPPORTED_ENDINGS, Geometry, read_image, split_ending
 from autoseg.types import FloatVolume
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-class PredictInputError(AutosegError):
-    """The input to ``predict`` is missing, incomplete or ambiguous."""
 
 
 @dataclass(frozen=True)

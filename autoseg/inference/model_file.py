@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from autoseg import __version__
-from autoseg.errors import AutosegError
+from autoseg.errors import ModelError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.io import read_json
 from autoseg.network import build_network
@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT_VERSION = 1
 MANIFEST = "autoseg_model.json"
 CHECKPOINTS = ("final", "best", "latest")
-
-
-class ModelError(AutosegError):
-    """A trained model cannot be found, read or trusted."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, ImageReadError
+from autoseg.errors import ImageReadError, PostprocessingError
 from autoseg.io import read_json, write_json
 from autoseg.postprocessing.components import keep_largest_component, remove_small_components
 from autoseg.types import LabelVolume, Triple
@@ -41,10 +41,6 @@ __all__ = [
 POSTPROCESSING_SCHEMA_VERSION = 1
 
 Operation = Literal["keep_largest_component", "remove_small_components"]
-
-
-class PostprocessingError(AutosegError):
-    """``postprocessing.json`` is missing or malformed, or a step cannot be applied."""
 
 
 @dataclass(frozen=True)
