@@ -24,6 +24,7 @@ from autoseg.io import read_image
 from autoseg.pipeline import plan_and_preprocess
 from autoseg.planning.stage import PlanRequest, default_device
 from autoseg.plans import load_plans
+from autoseg.preprocessing.stage import PreprocessOptions
 from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,8 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
         DEMO_CONFIG, workdir / "raw", num_workers=num_workers, show_progress=show_progress
     )
     request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
-    report, folders = plan_and_preprocess(
-        raw, workdir, request, num_workers=num_workers, show_progress=show_progress
-    )
+    options = PreprocessOptions(num_workers=num_workers)
+    report, folders = plan_and_preprocess(raw, workdir, request, options, show_progress=show_progress)
     lines = [
         f"synth:       {DEMO_CONFIG.cases} synthetic CT cases in {raw}",
         f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.dataset.layout import load_dataset
@@ -11,7 +10,7 @@ from autoseg.dataset.verify import VerifyReport, verify_dataset
 from autoseg.errors import DatasetError
 from autoseg.fingerprint import run_fingerprint
 from autoseg.planning.stage import PlanRequest, run_plan
-from autoseg.preprocessing.stage import run_preprocess
+from autoseg.preprocessing.stage import PreprocessOptions, run_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -20,18 +19,18 @@ def plan_and_preprocess(
     dataset_folder: Path,
     workdir: Path,
     request: PlanRequest,
-    configurations: Sequence[str] | None = None,
+    options: PreprocessOptions,
     *,
-    num_workers: int = 1,
-    seed: int = 0,
     show_progress: bool = True,
 ) -> tuple[VerifyReport, dict[str, Path]]:
     """Verify (stop on any error), fingerprint, plan and preprocess; each stage skips work that is up to date.
 
+    ``options.num_workers`` worker processes run every stage.
+
     Returns:
         The verification report and, per configuration, its preprocessed data folder.
     """
-    report = verify_dataset(dataset_folder, num_workers=num_workers, show_progress=show_progress)
+    report = verify_dataset(dataset_folder, num_workers=options.num_workers, show_progress=show_progress)
     if not report.ok:
         raise DatasetError(
             f"{dataset_folder}: verification found {len(report.errors)} error(s); fix them first",
@@ -40,10 +39,8 @@ def plan_and_preprocess(
     for warning in report.warnings:
         logger.warning("%s", warning.line())
     run_fingerprint(
-        load_dataset(dataset_folder), workdir, num_workers=num_workers, show_progress=show_progress
+        load_dataset(dataset_folder), workdir, num_workers=options.num_workers, show_progress=show_progress
     )
     run_plan(workdir, request)
-    folders = run_preprocess(
-        workdir, configurations, num_workers=num_workers, seed=seed, show_progress=show_progress
-    )
+    folders = run_preprocess(workdir, options, show_progress=show_progress)
     return report, folders

@@ -7,7 +7,8 @@ WORKDIR/
   plans.json                            Workdir.plans_path           read_plans / write_plans
   splits.json                           Workdir.splits_path          read_splits / write_splits
   preprocessed/configurations.json      Workdir.configurations_path  read_/write_configurations
-  preprocessed/<folder>/                Workdir.data_dir(configuration)
+  preprocessed/<folder>/                Workdir.data_dir(configuration), preprocessing_json(folder)
+  preprocessed/<folder>/<case>/         CaseFolder: image.npy, labels.npy, foreground.npz, properties.json
   reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess)
   trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
   trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
@@ -43,6 +44,34 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = ("final", "best", "latest")
 Split = dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class CaseFolder:
+    """``preprocessed/<folder>/<case>``: one stored case (read and written by
+    :mod:`autoseg.preprocessing.store`)."""
+
+    path: Path
+
+    @property
+    def image_path(self) -> Path:
+        """(C, Z, Y, X) float32 ``.npy``, opened by memory map."""
+        return self.path / "image.npy"
+
+    @property
+    def labels_path(self) -> Path:
+        """(Z, Y, X) uint8/uint16 ``.npy``; absent for an unlabelled case."""
+        return self.path / "labels.npy"
+
+    @property
+    def foreground_path(self) -> Path:
+        """class -> (N, 3) int32 voxel locations, ``.npz``."""
+        return self.path / "foreground.npz"
+
+    @property
+    def properties_path(self) -> Path:
+        """What it takes to invert the preprocessing, and the signature of the sources."""
+        return self.path / "properties.json"
 
 
 @dataclass(frozen=True)
@@ -185,10 +214,14 @@ class Workdir:
         """``preprocessed/<folder>``, by folder name (see :meth:`data_dir` for a configuration)."""
         return self.preprocessed_dir / folder
 
+    def preprocessing_json(self, folder: str) -> Path:
+        """``preprocessed/<folder>/preprocessing.json``: the parameters the folder's data was made with."""
+        return self.data_folder(folder) / "preprocessing.json"
+
     def data_dir(self, configuration: str) -> Path:
         """The preprocessed data of ``configuration``; :class:`WorkdirError` when it is not preprocessed."""
         folder = self.read_configurations().get(configuration)
-        if folder is None or not (self.data_folder(folder) / "preprocessing.json").is_file():
+        if folder is None or not self.preprocessing_json(folder).is_file():
             raise WorkdirError(
                 f"{configuration} is not preprocessed in {self.root}; run 'autoseg preprocess'"
             )

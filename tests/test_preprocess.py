@@ -12,6 +12,7 @@ from helpers import plan_and_preprocess_argv
 
 from autoseg.cli.main import main
 from autoseg.dataset.synthetic import SynthConfig, synthesize_case
+from autoseg.errors import PreprocessError
 from autoseg.io import Geometry
 from autoseg.plans import (
     ChannelNormalization,
@@ -22,7 +23,9 @@ from autoseg.plans import (
 )
 from autoseg.preprocessing.case import normalise, preprocess_case, restore_labels, restore_probabilities
 from autoseg.preprocessing.resample import resample_labels, target_shape
-from autoseg.preprocessing.stage import PreprocessError, load_case, read_folder_mapping, run_preprocess
+from autoseg.preprocessing.stage import PreprocessOptions, run_preprocess
+from autoseg.preprocessing.store import load_case
+from autoseg.workdir import Workdir
 
 
 def _config(
@@ -152,7 +155,7 @@ def test_preprocess_stores_cases_and_shares_identical_configurations(planned: Pa
     folders = run_preprocess(planned, show_progress=False)
     assert set(folders) == {"2d", "3d_fullres"}
     assert folders["2d"] == folders["3d_fullres"]  # identical preprocessing: stored once
-    assert read_folder_mapping(planned) == {"2d": "3d_fullres", "3d_fullres": "3d_fullres"}
+    assert Workdir(planned).read_configurations() == {"2d": "3d_fullres", "3d_fullres": "3d_fullres"}
     stored = load_case(folders["3d_fullres"], "case_001")
     assert isinstance(stored.image, np.memmap) and stored.image.dtype == np.float32
     assert stored.labels is not None and stored.labels.shape == stored.image.shape[1:]
@@ -164,7 +167,7 @@ def test_preprocess_stores_cases_and_shares_identical_configurations(planned: Pa
 def test_rerun_skips_up_to_date_cases_and_redoes_changed_ones(planned: Path, tiny_dataset: Path) -> None:
     folder = run_preprocess(planned, show_progress=False)["3d_fullres"]
     stamps = {p.name: (p / "image.npy").stat().st_mtime_ns for p in folder.iterdir() if p.is_dir()}
-    run_preprocess(planned, num_workers=2, show_progress=False)
+    run_preprocess(planned, PreprocessOptions(num_workers=2), show_progress=False)
     assert stamps == {p.name: (p / "image.npy").stat().st_mtime_ns for p in folder.iterdir() if p.is_dir()}
     label = tiny_dataset / "labelsTr" / "case_002.nii.gz"
     label.touch()

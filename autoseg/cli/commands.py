@@ -16,6 +16,7 @@ from autoseg.errors import UsageError
 
 if TYPE_CHECKING:
     from autoseg.planning.stage import PlanRequest
+    from autoseg.preprocessing.stage import PreprocessOptions
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,14 @@ def run_plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preprocess_options(parser: argparse.ArgumentParser) -> None:
+def _preprocess_options(args: argparse.Namespace) -> PreprocessOptions:
+    from autoseg.preprocessing.stage import PreprocessOptions
+
+    configurations = tuple(args.configurations) if args.configurations else None
+    return PreprocessOptions(configurations, num_workers=args.num_workers, seed=args.seed)
+
+
+def _preprocess_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
         "--configurations",
@@ -290,7 +298,7 @@ def _preprocess_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    _preprocess_options(parser)
+    _preprocess_flags(parser)
     _num_workers(parser)
 
 
@@ -298,15 +306,7 @@ def run_preprocess_command(args: argparse.Namespace) -> int:
     """``autoseg preprocess``: plans.json -> WORKDIR/preprocessed."""
     from autoseg.preprocessing.stage import run_preprocess
 
-    _print_folders(
-        run_preprocess(
-            args.workdir,
-            args.configurations,
-            num_workers=args.num_workers,
-            seed=args.seed,
-            show_progress=_progress(args),
-        )
-    )
+    _print_folders(run_preprocess(args.workdir, _preprocess_options(args), show_progress=_progress(args)))
     return 0
 
 
@@ -318,7 +318,7 @@ def _print_folders(folders: dict[str, Path]) -> None:
 def _plan_and_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     _dataset_argument(parser)
     _plan_arguments(parser)
-    _preprocess_options(parser)
+    _preprocess_flags(parser)
     _num_workers(parser)
 
 
@@ -330,9 +330,7 @@ def run_plan_and_preprocess_command(args: argparse.Namespace) -> int:
         _dataset_folder(args),
         args.workdir,
         _plan_request(args),
-        args.configurations,
-        num_workers=args.num_workers,
-        seed=args.seed,
+        _preprocess_options(args),
         show_progress=_progress(args),
     )
     _print_folders(folders)

@@ -1,18 +1,16 @@
 """``autoseg preprocess``: every case of every planned configuration, stored for fast random patch reads.
 
-Layout (``docs/design.md`` has the storage measurement behind it)::
+Reads ``plans.json``, ``fingerprint.json`` and the raw dataset; writes (paths in :mod:`autoseg.workdir`)::
 
     WORKDIR/preprocessed/configurations.json      configuration name -> data folder
     WORKDIR/preprocessed/<folder>/preprocessing.json   spacing, normalisation, resampling of that folder
-    WORKDIR/preprocessed/<folder>/<case>/image.npy       (C, Z, Y, X) float32, opened by memory map
-                                        labels.npy      (Z, Y, X) uint8/uint16
-                                        foreground.npz  class -> (N, 3) int32 voxel locations
-                                        properties.json what it takes to invert the preprocessing
+    WORKDIR/preprocessed/<folder>/<case>/         one stored case (:mod:`autoseg.preprocessing.store`)
+    WORKDIR/reference_labels/<case>.nii.gz        the label map in its original geometry, for validation
 
 Configurations that preprocess identically (``2d`` and ``3d_fullres`` usually do; ``3d_cascade_fullres``
-always shares ``3d_fullres``) share one folder. A case is written in a hidden temporary folder and renamed
-into place, so a kill never leaves a half case under its final name; a re-run skips every case whose sources
-and parameters are unchanged (``properties.json`` records their signature).
+always shares ``3d_fullres``) share one folder. A re-run skips every case whose sources and parameters are
+unchanged (``properties.json`` records their signature). After this stage the work directory is
+self-contained: training, validation and ``find_best_configuration`` never read the raw dataset.
 """
 
 from __future__ import annotations
@@ -20,23 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from autoseg.dataset.layout import Case, load_dataset, read_case
-from autoseg.errors import AutosegError, UsageError
-from autoseg.fingerprint import load_fingerprint
-from autoseg.io import read_json, write_json
+from autoseg.errors import AutosegError, PreprocessError, UsageError
+from autoseg.io import write_json, write_labels
 from autoseg.parallel import map_cases
-from autoseg.plans import ConfigurationPlan, load_plans
-from autoseg.preprocessing.case import CaseProperties, preprocess_case
+from autoseg.plans import ConfigurationPlan
+from autoseg.preprocessing.case import preprocess_case
+from autoseg.preprocessing.store import is_up_to_date, remove_leftovers, save_case
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -44,75 +39,82 @@ PREPROCESS_VERSION = 1
 """Bump when the stored format or the algorithm changes: every case is then recomputed."""
 
 
-class PreprocessError(AutosegError):
-    """Preprocessing cannot run (no plan, a plan made for another fingerprint, ...)."""
-
-
 @dataclass(frozen=True)
-class StoredCase:
-    """A preprocessed case as stored: arrays memory-mapped (read-only) where possible."""
+class PreprocessOptions:
+    """What ``autoseg preprocess`` runs: which configurations (default: every planned one), in how many worker
+    processes, with which seed for the stored foreground samples."""
 
-    image: np.ndarray
-    labels: np.ndarray | None
-    properties: CaseProperties
-    foreground: dict[int, np.ndarray]
+    configurations: tuple[str, ...] | None = None
+    num_workers: int = 1
+    seed: int = 0
 
 
 def run_preprocess(
-    workdir: Path,
-    configurations: Sequence[str] | None = None,
-    *,
-    num_workers: int = 1,
-    seed: int = 0,
-    show_progress: bool = True,
+    workdir: Path, options: PreprocessOptions = PreprocessOptions(), *, show_progress: bool = True
 ) -> dict[str, Path]:
-    """Preprocess the dataset of ``workdir`` for the planned configurations (default: all).
+    """Preprocess the dataset of ``workdir`` for the planned configurations, and copy its reference label
+    maps into the work directory (``reference_labels/``), so later stages never read the raw dataset.
 
     Returns:
         configuration name -> data folder.
+
+    Raises:
+        PreprocessError: no plans, or plans made from another fingerprint.
+        UsageError: a configuration that was not planned.
     """
-    plans = load_plans(workdir / "plans.json")
-    fingerprint = load_fingerprint(workdir / "fingerprint.json")
+    work = Workdir(workdir)
+    plans, fingerprint = work.read_plans(), work.read_fingerprint()
     if plans.fingerprint_sha256 != fingerprint.sha256():
-        raise PreprocessError(
-            f"{workdir / 'plans.json'} was made from another fingerprint; re-run 'autoseg plan'"
-        )
+        raise PreprocessError(f"{work.plans_path} was made from another fingerprint; re-run 'autoseg plan'")
     dataset = load_dataset(Path(fingerprint.dataset_root))
-    names = list(configurations or plans.configurations)
+    names = list(options.configurations or plans.configurations)
     unknown = [n for n in names if n not in plans.configurations]
     if unknown:
         raise UsageError(
             f"configuration(s) {', '.join(unknown)} not planned; planned: {', '.join(plans.configurations)}"
         )
     folders = assign_folders({n: plans.configurations[n] for n in names})
-    root = workdir / "preprocessed"
-    for folder in sorted(set(folders.values())):
-        config = plans.configurations[folder]
-        out = root / folder
-        _remove_leftovers(out)
-        write_json(preprocessing_parameters(config), out / "preprocessing.json")
-        job = partial(_preprocess_job, config=config, out=out, dataset_root=dataset.root, seed=seed)
-        outcomes = list(
-            map_cases(
-                job,
-                dataset.cases,
-                num_workers=num_workers,
-                description=f"preprocess {folder}",
-                show_progress=show_progress,
-            )
+    for index, folder in enumerate(sorted(set(folders.values()))):
+        job = partial(
+            _preprocess_job,
+            config=plans.configurations[folder],
+            out=work.data_folder(folder),
+            references=work if index == 0 else None,
+            dataset_root=dataset.root,
+            seed=options.seed,
         )
-        logger.info(
-            "%s: %d case(s) preprocessed, %d up to date -> %s",
-            folder,
-            outcomes.count("done"),
-            outcomes.count("skipped"),
-            out,
+        _preprocess_folder(
+            work, folder, plans.configurations[folder], dataset.cases, job, options, show_progress
         )
-    mapping_path = root / "configurations.json"
-    mapping = _read_mapping(mapping_path)
-    mapping.update(folders)
-    write_json(dict(sorted(mapping.items())), mapping_path)
-    return {name: root / folder for name, folder in folders.items()}
+    work.write_configurations({**work.read_configurations(), **folders})
+    return {name: work.data_folder(folder) for name, folder in folders.items()}
+
+
+def _preprocess_folder(
+    work: Workdir,
+    folder: str,
+    config: ConfigurationPlan,
+    cases: Sequence[Case],
+    job: Callable[[Case], str],
+    options: PreprocessOptions,
+    show_progress: bool,
+) -> None:
+    out = work.data_folder(folder)
+    remove_leftovers(out)
+    write_json(preprocessing_parameters(config), work.preprocessing_json(folder))
+    description = f"preprocess {folder}"
+    outcomes = list(
+        map_cases(
+            job, cases, num_workers=options.num_workers, description=description, show_progress=show_progress
+        )
+    )
+    logger.info(
+        "%s: %d case(s) preprocessed, %d up to date -> %s",
+        folder,
+        outcomes.count("done"),
+        outcomes.count("skipped"),
+        out,
+    )
 
 
 def assign_folders(configurations: dict[str, ConfigurationPlan]) -> dict[str, str]:
@@ -138,38 +140,25 @@ def preprocessing_parameters(config: ConfigurationPlan) -> dict[str, Any]:
     }
 
 
-def load_case(folder: Path, identifier: str, *, memory_map: bool = True) -> StoredCase:
-    """Open a stored case (arrays memory-mapped read-only unless ``memory_map`` is False)."""
-    case_dir = folder / identifier
-    properties_path = case_dir / "properties.json"
-    if not properties_path.is_file():
-        raise PreprocessError(f"{case_dir}: not preprocessed; run 'autoseg preprocess'")
-    data = read_json(properties_path)
-    assert isinstance(data, dict)
-    mode: Literal["r"] | None = "r" if memory_map else None
-    image = np.load(case_dir / "image.npy", mmap_mode=mode, allow_pickle=False)
-    labels_path = case_dir / "labels.npy"
-    labels = np.load(labels_path, mmap_mode=mode, allow_pickle=False) if labels_path.is_file() else None
-    with np.load(case_dir / "foreground.npz", allow_pickle=False) as stored:
-        foreground = {int(k): stored[k] for k in stored.files}
-    return StoredCase(image, labels, CaseProperties.from_json(data["properties"]), foreground)
-
-
-def read_folder_mapping(workdir: Path) -> dict[str, str]:
-    """``preprocessed/configurations.json`` of a work directory."""
-    return _read_mapping(workdir / "preprocessed" / "configurations.json")
-
-
 # ------------------------------------------------------------------------------------------- internals
 
 
 def _preprocess_job(
-    case: Case, *, config: ConfigurationPlan, out: Path, dataset_root: Path, seed: int
+    case: Case,
+    *,
+    config: ConfigurationPlan,
+    out: Path,
+    references: Workdir | None,
+    dataset_root: Path,
+    seed: int,
 ) -> str:
-    """Preprocess one case into ``out/<case>`` unless it is up to date; module level for worker processes."""
+    """Preprocess one case into ``out/<case>`` unless it is up to date, and (when ``references`` is given)
+    copy its label map to the work directory's reference labels; module level for worker processes."""
     signature = _case_signature(case, dataset_root, config, seed)
     target = out / case.identifier
-    if _is_up_to_date(target, signature):
+    labelled = references is not None and case.label_path is not None
+    reference = references.reference_labels_path(case.identifier) if references and labelled else None
+    if is_up_to_date(target, signature) and (reference is None or reference.is_file()):
         return "skipped"
     try:
         image, labels, geometry = read_case(case)
@@ -177,51 +166,16 @@ def _preprocess_job(
         raise PreprocessError(
             f"case '{case.identifier}': {error.message}; nothing was written for it"
         ) from None
+    if reference is not None and labels is not None:
+        write_labels(labels, geometry, reference)
+    if is_up_to_date(target, signature):
+        return "skipped"
     result = preprocess_case(
         image, labels, geometry, config, identifier=case.identifier, seed=seed, in_place=True
     )
     del image, labels
-    out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{case.identifier}.partial-", dir=out))
-    try:
-        np.save(scratch / "image.npy", result.image, allow_pickle=False)
-        if result.labels is not None:
-            np.save(scratch / "labels.npy", result.labels, allow_pickle=False)
-        foreground: dict[str, Any] = {str(k): v for k, v in result.foreground.items()}
-        np.savez(scratch / "foreground.npz", allow_pickle=False, **foreground)
-        write_json(
-            {"signature": signature, "properties": result.properties.to_json()}, scratch / "properties.json"
-        )
-        _swap_into_place(scratch, target)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
+    save_case(result, target, signature)
     return "done"
-
-
-def _remove_leftovers(folder: Path) -> None:
-    """Delete hidden half-written case folders that a killed run left behind."""
-    if not folder.is_dir():
-        return
-    for leftover in folder.iterdir():
-        if (
-            leftover.is_dir()
-            and leftover.name.startswith(".")
-            and (".partial-" in leftover.name or ".stale-" in leftover.name)
-        ):
-            logger.info("removing %s, left by an interrupted run", leftover)
-            shutil.rmtree(leftover)
-
-
-def _swap_into_place(scratch: Path, target: Path) -> None:
-    """Rename the finished case folder to its final name, replacing an outdated one."""
-    if target.exists():
-        stale = target.with_name(f".{target.name}.stale-{scratch.name.rsplit('-', 1)[-1]}")
-        target.rename(stale)
-        scratch.rename(target)
-        shutil.rmtree(stale)
-    else:
-        scratch.rename(target)
 
 
 def _case_signature(case: Case, dataset_root: Path, config: ConfigurationPlan, seed: int) -> str:
@@ -231,18 +185,3 @@ def _case_signature(case: Case, dataset_root: Path, config: ConfigurationPlan, s
         stat = path.stat()
         digest.update(f"{path.relative_to(dataset_root)}|{stat.st_size}|{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
-
-
-def _is_up_to_date(target: Path, signature: str) -> bool:
-    try:
-        data = read_json(target / "properties.json")
-    except AutosegError:
-        return False
-    return isinstance(data, dict) and data.get("signature") == signature and (target / "image.npy").is_file()
-
-
-def _read_mapping(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    data = read_json(path)
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.stage import StoredCase, load_case
+from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
 from autoseg.training.sampling import forced_foreground, sample_patch
 

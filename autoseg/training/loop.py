@@ -31,7 +31,6 @@ from autoseg.fingerprint import load_fingerprint
 from autoseg.io import write_json
 from autoseg.network import build_network
 from autoseg.plans import ConfigurationPlan, Plans, load_plans
-from autoseg.preprocessing.stage import read_folder_mapping
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.data import BatchSpec, default_workers, epoch_batches, split_batches
 from autoseg.training.distributed import Rank, barrier, init_from_environment
@@ -39,6 +38,7 @@ from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
 from autoseg.training.progress import plot_progress, read_log, write_log
 from autoseg.training.splits import load_or_create_splits, read_groups
 from autoseg.training.validation import validate_fold
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def train_fold(
     trains its share of the batch and rank 0 writes."""
     plans = load_plans(workdir / "plans.json")
     plan = plans.configuration(config.configuration)
-    folder = workdir / "preprocessed" / read_folder_mapping(workdir).get(config.configuration, "")
-    if not (folder / "preprocessing.json").is_file():
-        raise UsageError(f"{config.configuration} is not preprocessed in {workdir}; run 'autoseg preprocess'")
+    folder = Workdir(workdir).data_dir(config.configuration)
     dataset = load_dataset(Path(load_fingerprint(workdir / "fingerprint.json").dataset_root))
     identifiers = [c.identifier for c in dataset.cases]
     groups = read_groups(Path(config.groups_file), identifiers) if config.groups_file else None

@@ -22,7 +22,7 @@ from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
 from autoseg.io import read_labels, write_json, write_labels, write_probabilities
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
-from autoseg.preprocessing.stage import load_case
+from autoseg.preprocessing.store import load_case
 
 logger = logging.getLogger(__name__)
 
