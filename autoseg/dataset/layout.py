@@ -196,9 +196,11 @@ def _read_dataset_json(root: Path, problems: list[Problem]) -> dict[str, Any] | 
     return meta
 
 
-def _parse_labels(
+def parse_labels(
     meta: Mapping[str, Any], path: Path, problems: list[Problem], *, msd: bool
 ) -> dict[str, int]:
+    """Label name -> value from a ``dataset.json`` (nnU-Net v2 ``{"name": value}`` or MSD ``{"value":
+    "name"}`` with ``msd=True``); problems are appended to ``problems``."""
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
         problems.append(Problem("error", "'labels' must be a non-empty object", path))
@@ -287,7 +289,7 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Dataset | None:
     path = root / "dataset.json"
     channels = _parse_channels(meta, path, problems)
-    labels = _parse_labels(meta, path, problems, msd=False)
+    labels = parse_labels(meta, path, problems, msd=False)
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
         problems.append(
@@ -484,7 +486,7 @@ def _cases_from_listing(
 def _scan_msd(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Dataset | None:
     path = root / "dataset.json"
     channels = _parse_channels(meta, path, problems)
-    labels = _parse_labels(meta, path, problems, msd=True)
+    labels = parse_labels(meta, path, problems, msd=True)
     num_training = _parse_num_training(meta, path, problems)
     training = meta.get("training")
     if not isinstance(training, list) or not channels:
