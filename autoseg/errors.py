@@ -50,6 +50,10 @@ class FingerprintError(AutosegError):
     """``fingerprint.json`` is missing, malformed or from an incompatible version."""
 
 
+class PlansError(AutosegError):
+    """``plans.json`` is missing, from an incompatible version, or inconsistent."""
+
+
 class WorkdirError(AutosegError):
     """A work-directory artifact is missing, malformed, or belongs to another stage's run."""
 

@@ -13,16 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from autoseg.errors import AutosegError, ImageReadError
+from autoseg.errors import ImageReadError, PlansError
 from autoseg.io import read_json, write_json
 
 PLANS_SCHEMA_VERSION = 1
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 MAX_BATCH_SIZE = 4096
-
-
-class PlansError(AutosegError):
-    """``plans.json`` is missing, from an incompatible version, or inconsistent."""
 
 
 @dataclass(frozen=True)

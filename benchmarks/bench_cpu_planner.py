@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from autoseg.fingerprint import load_fingerprint
 from autoseg.network import build_network
+from autoseg.planning import get_planner
 from autoseg.planning.budgets import measure_conv_throughput
 from autoseg.planning.cost import training_gflops
 from autoseg.plans import ConfigurationPlan
-from planners import get_planner
 
 BUDGETS = ("30m", "1h", "2h", "4h", "8h")
 

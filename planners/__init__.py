@@ -1,88 +1,10 @@
-"""Planner presets for ``autoseg plan``: each preset is one small module, registered by name.
+"""The built-in planner presets of ``autoseg plan``: one small module per preset, registered by name.
 
 A preset turns a fingerprint into plans: it picks a budget (GPU memory, or CPU time) and a block layout, and
-lets :func:`autoseg.planning.rules.make_plans` apply the rules. To make your own, copy
-``planners/default.py``, change the name in ``@register(...)`` and what you need, and expose it through the
-``autoseg.planners`` entry-point group of your package (``[project.entry-points."autoseg.planners"]
-my-planner = "my_package.my_planner:MyPlanner"``).
+lets :func:`autoseg.planning.make_plans` apply the rules. Everything a preset uses comes from one import,
+:mod:`autoseg.planning` (``register``, ``make_plans``, ``Architecture``, ``MemoryBudget``, ...).
+To make your own, copy ``planners/default.py`` into your package, change the name in ``@register(...)`` and
+what you need, and expose the class through the ``autoseg.planners`` entry-point group of your package
+(``[project.entry-points."autoseg.planners"] my-planner = "my_package.my_planner:MyPlanner"``).
+The registry (:mod:`autoseg.planning.registry`) imports these modules on its first lookup.
 """
-
-from __future__ import annotations
-
-import inspect
-from collections.abc import Callable
-from importlib.metadata import entry_points
-from typing import Any, Protocol, TypeVar
-
-from autoseg.errors import UsageError
-from autoseg.fingerprint import Fingerprint
-from autoseg.plans import Plans
-
-
-class Planner(Protocol):
-    """Turns a fingerprint into plans."""
-
-    def plan(self, fingerprint: Fingerprint) -> Plans:
-        """Plan every configuration for the fingerprinted dataset."""
-        ...
-
-
-P = TypeVar("P", bound=type)
-
-_REGISTRY: dict[str, type] = {}
-ENTRY_POINT_GROUP = "autoseg.planners"
-
-
-def register(name: str) -> Callable[[P], P]:
-    """Class decorator: make the planner available as ``name``."""
-
-    def decorate(cls: P) -> P:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"planner name '{name}' is registered twice")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def available_planners() -> list[str]:
-    """Built-in presets plus those installed through the ``autoseg.planners`` entry points, sorted."""
-    return sorted(set(_REGISTRY) | {e.name for e in entry_points(group=ENTRY_POINT_GROUP)})
-
-
-def planner_class(name: str) -> type:
-    """The class registered as ``name``; :class:`UsageError` listing the known names otherwise."""
-    if name not in _REGISTRY:
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            if entry.name == name:
-                _REGISTRY[name] = entry.load()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown planner '{name}'; known: {', '.join(available_planners())}")
-    return _REGISTRY[name]
-
-
-def get_planner(name: str, **options: Any) -> Planner:
-    """An instance of planner ``name`` with ``options``; an option it does not take is a
-    :class:`UsageError`."""
-    cls = planner_class(name)
-    accepted = set(inspect.signature(cls).parameters)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise UsageError(
-            f"planner '{name}' does not take {', '.join(unknown)} (it takes: "
-            f"{', '.join(sorted(accepted)) or 'no options'})"
-        )
-    planner: Planner = cls(**options)
-    return planner
-
-
-def describe(name: str) -> str:
-    """First line of the planner's docstring."""
-    doc = inspect.getdoc(planner_class(name)) or ""
-    return doc.splitlines()[0] if doc else ""
-
-
-# The built-in presets: explicit imports, no folder scan.
-from planners import cpu, default, resenc  # noqa: E402
-
-__all__ = ["Planner", "available_planners", "cpu", "default", "describe", "get_planner", "register", "resenc"]

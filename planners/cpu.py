@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import math
 
-from autoseg.fingerprint import Fingerprint
-from autoseg.planning.budgets import TimeBudget, format_duration, measure_conv_throughput, parse_duration
-from autoseg.planning.rules import Architecture, make_plans
-from autoseg.plans import Plans
-from planners import register
+from autoseg.planning import (
+    Architecture,
+    Fingerprint,
+    Plans,
+    TimeBudget,
+    format_duration,
+    make_plans,
+    measure_conv_throughput,
+    parse_duration,
+    register,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from autoseg.fingerprint import Fingerprint
-from autoseg.planning.budgets import MemoryBudget
-from autoseg.planning.rules import Architecture, make_plans
-from autoseg.plans import Plans
-from planners import register
+from autoseg.planning import Architecture, Fingerprint, MemoryBudget, Plans, make_plans, register
 
 
 @register("default")

@@ -10,11 +10,11 @@ import pytest
 from helpers import make_fingerprint
 
 from autoseg.fingerprint import Fingerprint
+from autoseg.planning import get_planner
 from autoseg.planning.budgets import MemoryBudget
 from autoseg.planning.cost import estimate_training_memory
 from autoseg.planning.rules import Architecture, make_plans, target_spacing, topology
 from autoseg.plans import save_plans
-from planners import get_planner
 
 
 def _hippocampus_like(cases: int = 195) -> Fingerprint:

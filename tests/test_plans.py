@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from helpers import make_fingerprint
 
-from autoseg.plans import PLANS_SCHEMA_VERSION, PlansError, load_plans, save_plans
-from planners import get_planner
+from autoseg.errors import PlansError
+from autoseg.planning import get_planner
+from autoseg.plans import PLANS_SCHEMA_VERSION, load_plans, save_plans
 
 
 @pytest.fixture

@@ -447,12 +447,12 @@ def _planners_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_planners_command(args: argparse.Namespace) -> int:
     """``autoseg planners``: list the presets."""
-    import planners
+    from autoseg.planning.registry import available_planners, describe
 
-    names = planners.available_planners()
+    names = available_planners()
     width = max(len(n) for n in names)
     for name in names:
-        print(f"{name:<{width}}  {planners.describe(name)}")
+        print(f"{name:<{width}}  {describe(name)}")
     return 0
 
 

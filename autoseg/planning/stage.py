@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from autoseg.fingerprint import load_fingerprint
-from autoseg.plans import PlansError, load_plans, save_plans
+from autoseg.errors import PlansError
+from autoseg.planning.registry import get_planner
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def planner_options(request: PlanRequest, planner: str, device: str, workdir: Pa
         options["cpu_gflops"] = request.cpu_gflops
     if planner == "cpu":
         if request.cpu_gflops is None:
-            previous = _previous_throughput(workdir / "plans.json")
+            previous = _previous_throughput(Workdir(workdir))
             if previous is not None:
                 logger.info(
                     "reusing the convolution throughput measured for the previous plan (%.1f GFLOP/s); "
@@ -58,9 +59,8 @@ def planner_options(request: PlanRequest, planner: str, device: str, workdir: Pa
 def run_plan(workdir: Path, request: PlanRequest) -> Path:
     """Plan from ``workdir/fingerprint.json`` into ``workdir/plans.json`` (deterministic for a given
     fingerprint, options and, for the cpu preset, measured throughput)."""
-    import planners
-
-    fingerprint = load_fingerprint(workdir / "fingerprint.json")
+    work = Workdir(workdir)
+    fingerprint = work.read_fingerprint()
     device = request.device or default_device()
     name = request.planner or ("default" if device == "cuda" else "cpu")
     options = planner_options(request, name, device, workdir)
@@ -70,9 +70,8 @@ def run_plan(workdir: Path, request: PlanRequest) -> Path:
         device,
         ", ".join(f"{k}={v}" for k, v in options.items()) or "preset defaults",
     )
-    plans = planners.get_planner(name, **options).plan(fingerprint)
-    path = workdir / "plans.json"
-    save_plans(plans, path)
+    plans = get_planner(name, **options).plan(fingerprint)
+    path = work.write_plans(plans)
     for config_name, config in plans.configurations.items():
         net = config.network
         logger.info(
@@ -93,11 +92,11 @@ def run_plan(workdir: Path, request: PlanRequest) -> Path:
     return path
 
 
-def _previous_throughput(path: Path) -> float | None:
-    if not path.is_file():
+def _previous_throughput(work: Workdir) -> float | None:
+    if not work.has_plans():
         return None
     try:
-        previous = load_plans(path)
+        previous = work.read_plans()
     except PlansError:
         return None
     value = previous.planner_options.get("cpu_gflops")
