@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.errors import ImageReadError, ImageWriteError
+from autoseg.errors import AutosegError, ImageReadError, ImageWriteError
 from autoseg.types import AnyArray, FloatVolume, LabelVolume, Triple
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -201,7 +202,9 @@ def read_image(paths: Sequence[Path]) -> tuple[FloatVolume, Geometry]:
     for channel, path in enumerate(paths[1:], start=1):
         array, geometry = read_array(path)
         _require_3d(array, path)
-        _require_same_grid(image.shape[1:], first_geometry, array.shape, geometry, paths[0], path)
+        require_same_grid(
+            path, array.shape, geometry, image.shape[1:], first_geometry, reference_name=paths[0].name
+        )
         image[channel] = array
     return image, first_geometry
 
@@ -274,11 +277,21 @@ def write_labels(labels: LabelVolume, geometry: Geometry, path: Path) -> None:
     write_image(labels_to_unsigned(np.asarray(labels), path), geometry, path)
 
 
-def write_probabilities(probabilities: FloatVolume | AnyArray, path: Path) -> None:
-    """Write ``(K, Z, Y, X)`` class probabilities as float16 in a compressed ``.npz`` (key
-    ``probabilities``), atomically. :func:`read_probabilities` reads it back."""
+def write_probabilities(
+    probabilities: FloatVolume | AnyArray, path: Path, *, class_names: Sequence[str] | None = None
+) -> None:
+    """Write ``(K, Z, Y, X)`` class probabilities as float16 in a compressed ``.npz``, atomically.
+
+    The one format of autoseg's probability files (validation ``<case>.npz`` and predict's
+    ``CASE_probabilities.npz``): key ``probabilities``, ``(K, Z, Y, X)`` float16 on the image's original grid,
+    channel ``k`` the class of label value ``k``; with ``class_names`` also key ``labels``, the class names in
+    channel order (predict writes them, validation does not). :func:`read_probabilities` reads it back.
+    """
+    arrays = {"probabilities": np.asarray(probabilities).astype(np.float16)}
+    if class_names is not None:
+        arrays["labels"] = np.asarray(class_names)
     with atomic_target(path) as temporary, temporary.open("wb") as stream:
-        np.savez_compressed(stream, probabilities=np.asarray(probabilities).astype(np.float16))
+        np.savez_compressed(stream, **arrays)
 
 
 def read_probabilities(path: Path) -> FloatVolume:
@@ -308,36 +321,80 @@ def read_json(path: Path) -> object:
 
 
 def write_text_atomically(text: str, path: Path) -> None:
-    """Write a text file through a temporary file in the same folder, then rename it into place."""
-    with atomic_target(path) as temporary, temporary.open("w", encoding="utf-8") as stream:
-        stream.write(text)
+    """Write a UTF-8 text file atomically (see :func:`atomic_target`)."""
+    write_bytes_atomically(text.encode("utf-8"), path)
+
+
+def write_bytes_atomically(data: bytes, path: Path) -> None:
+    """Write a binary file atomically (see :func:`atomic_target`), flushed to disk before the rename."""
+    with atomic_target(path) as temporary, temporary.open("wb") as stream:
+        stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())
 
 
 @contextlib.contextmanager
 def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary file next to ``path`` to write into; renamed onto ``path`` when the block succeeds, removed
-    when it fails, so ``path`` is never half-written.
+    """The one way autoseg writes a file: a path to write into, moved onto ``path`` when the block succeeds,
+    so ``path`` is never half-written.
 
-    The file gets the permissions a plain ``open`` would give (0666 minus the umask), not ``mkstemp``'s 0600.
+    The path has ``path``'s own name, in a new hidden folder beside it (``.<name>.<random>.tmp/``), so
+    writers that choose the format by the ending (SimpleITK, matplotlib) see the right one. Files a writer
+    puts next to it (the data file of a MetaImage ``.mhd`` header) are moved into place first, the file itself
+    last. The hidden folder is removed whether the block succeeds or fails: a failed write leaves no temporary
+    file, and no ``path`` unless one existed before. Files get the permissions a plain ``open`` gives.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        temporary.chmod(0o666 & ~_UMASK)
+        temporary = scratch / path.name
         yield temporary
+        for companion in sorted(scratch.iterdir()):
+            if companion.name != path.name:
+                companion.replace(path.parent / companion.name)
         temporary.replace(path)
     finally:
-        temporary.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def grid_mismatch(
+    shape: Sequence[int],
+    geometry: Geometry,
+    reference_shape: Sequence[int],
+    reference_geometry: Geometry,
+    reference_name: str,
+) -> str | None:
+    """Why an array is not on the grid of a reference, or ``None`` when it is: the one same-grid check.
+
+    Compared: the last three axes of the shapes ``(..., Z, Y, X)``, then spacing, origin and direction within
+    the tolerances of :meth:`Geometry.differences`. The answer reads ``"shape (z, y, x) differs from NAME
+    (z, y, x)"`` or ``"geometry differs from NAME: spacing THIS vs REFERENCE mm; ..."``.
+    """
+    this, other = tuple(int(s) for s in shape[-3:]), tuple(int(s) for s in reference_shape[-3:])
+    if this != other:
+        return f"shape {this} differs from {reference_name} {other}"
+    differences = geometry.differences(reference_geometry)
+    return f"geometry differs from {reference_name}: " + "; ".join(differences) if differences else None
+
+
+def require_same_grid(
+    path: Path,
+    shape: Sequence[int],
+    geometry: Geometry,
+    reference_shape: Sequence[int],
+    reference_geometry: Geometry,
+    *,
+    reference_name: str,
+    error: type[AutosegError] = ImageReadError,
+) -> None:
+    """Raise ``error("<path>: <mismatch>")`` when the array read from ``path`` is not on the reference grid
+    (:func:`grid_mismatch`)."""
+    mismatch = grid_mismatch(shape, geometry, reference_shape, reference_geometry, reference_name)
+    if mismatch is not None:
+        raise error(f"{path}: {mismatch}")
 
 
 # ------------------------------------------------------------------------------------------------ internals
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
 
 
 def limit_threads(count: int) -> None:
@@ -373,21 +430,6 @@ def _require_3d(array: AnyArray, path: Path) -> None:
         raise ImageReadError(
             f"{path}: is {kind} with shape {array.shape} (autoseg order); expected a 3D volume"
         )
-
-
-def _require_same_grid(
-    shape_a: tuple[int, ...],
-    geometry_a: Geometry,
-    shape_b: tuple[int, ...],
-    geometry_b: Geometry,
-    path_a: Path,
-    path_b: Path,
-) -> None:
-    if tuple(shape_a[-3:]) != tuple(shape_b[-3:]):
-        raise ImageReadError(f"{path_b}: shape {shape_b[-3:]} differs from {path_a.name} {shape_a[-3:]}")
-    differences = geometry_a.differences(geometry_b)
-    if differences:
-        raise ImageReadError(f"{path_b}: geometry differs from {path_a.name}: " + "; ".join(differences))
 
 
 def _geometry_from_parts(
@@ -454,18 +496,12 @@ def _short_itk_message(message: str) -> str:
 
 
 def _write_atomically(image: sitk.Image, path: Path) -> None:
-    stem, ending = split_ending(path)
+    ending = split_ending(path)[1]
     if not ending:
         raise ImageWriteError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     compress = ending in (".nii.gz", ".nrrd", ".mha")
-    with tempfile.TemporaryDirectory(prefix=f".{stem}.", dir=path.parent) as scratch:
-        temporary = Path(scratch) / path.name  # same name, so a .mhd header names its final data file
+    with atomic_target(path) as temporary:  # same name, so a .mhd header names its final data file
         try:
             sitk.WriteImage(image, str(temporary), compress)
         except RuntimeError as error:
             raise ImageWriteError(f"{path}: cannot write ({_short_itk_message(str(error))})") from error
-        companions = [p for p in Path(scratch).iterdir() if p.name != path.name]
-        for companion in companions:  # MetaImage .mhd: data file first, header last
-            companion.replace(path.parent / companion.name)
-        temporary.replace(path)

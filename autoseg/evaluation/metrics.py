@@ -27,7 +27,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.metrics.utils import get_edge_surface_distance
 
 from autoseg.errors import EvaluationError
 from autoseg.types import BoolVolume, LabelVolume, Triple
@@ -86,9 +85,19 @@ class OverlapCounts:
 
     @property
     def dice(self) -> float:
-        """Dice, NaN when both masks are empty."""
-        total = self.predicted + self.reference
-        return 2.0 * self.true_positive / total if total else math.nan
+        """Dice, NaN when both masks are empty (:func:`dice_from_counts`)."""
+        return dice_from_counts(self.true_positive, self.predicted, self.reference)
+
+
+def dice_from_counts(true_positive: int, predicted: int, reference: int) -> float:
+    """Dice from voxel counts, ``2 |P and R| / (|P| + |R|)``: the one Dice of autoseg (evaluation, fold
+    validation, the post-processing choice; training's pseudo-Dice on GPU tensors follows the same rule).
+
+    Convention (``docs/evaluation.md``): NaN (undefined) when prediction and reference are both empty, to be
+    left out of means and counted; 0 when exactly one is empty.
+    """
+    total = predicted + reference
+    return 2.0 * true_positive / total if total else math.nan
 
 
 def overlap_counts(
@@ -138,6 +147,8 @@ def surface_distances_mm(
     Returns:
         ``(prediction_to_reference, reference_to_prediction)``: 1D float64, one entry per surface voxel.
     """
+    from monai.metrics.utils import get_edge_surface_distance  # imported here: MONAI is slow to import
+
     box = _bounding_box(prediction | reference, CROP_MARGIN_VOXELS)
     with warnings.catch_warnings():
         # MONAI 1.6 passes its own deprecated ``always_return_as_numpy`` argument internally.
@@ -180,7 +191,7 @@ def evaluate_case(
             distances = _distance_summaries(forward, backward, tolerance_mm)
         elif count.predicted or count.reference:
             distances = (math.nan, math.nan, 0.0)
-        result[label] = _class_metrics(count, distances, voxel_ml)
+        result[label] = class_metrics(count, distances, voxel_ml)
     return result
 
 
@@ -195,7 +206,7 @@ def _distance_summaries(
     return hd95, assd, within / total
 
 
-def _class_metrics(
+def class_metrics(
     count: OverlapCounts, distances: tuple[float, float, float], voxel_ml: float
 ) -> ClassMetrics:
     union = count.predicted + count.reference - count.true_positive

@@ -19,22 +19,21 @@ from typing import Literal
 
 import numpy as np
 
-from autoseg.dataset.layout import Problem, _parse_labels
-from autoseg.errors import ImageReadError
+from autoseg.dataset.layout import Problem, parse_labels
+from autoseg.errors import EvaluationError, ImageReadError
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
     METRIC_NAMES,
     ClassMetrics,
-    EvaluationError,
     OverlapCounts,
+    class_metrics,
     dice_per_label,
     evaluate_case,
     overlap_counts,
     surface_distances_mm,
 )
-from autoseg.evaluation.metrics import _class_metrics as class_metrics_from
 from autoseg.evaluation.summary import EvaluationSummary, MetricStats, summarize, write_report
-from autoseg.io import Geometry, read_json, read_labels, split_ending
+from autoseg.io import Geometry, read_json, read_labels, require_same_grid, split_ending
 from autoseg.parallel import map_cases
 from autoseg.types import LabelVolume
 
@@ -142,16 +141,15 @@ def read_pair(pair: CasePair) -> tuple[LabelVolume, LabelVolume, Geometry]:
     """
     prediction, predicted_geometry = read_labels(pair.prediction)
     reference, geometry = read_labels(pair.reference)
-    if prediction.shape != reference.shape:
-        raise EvaluationError(
-            f"{pair.prediction}: shape {prediction.shape} differs from reference {pair.reference} "
-            f"{reference.shape} (z, y, x)"
-        )
-    differences = predicted_geometry.differences(geometry)
-    if differences:
-        raise EvaluationError(
-            f"{pair.prediction}: geometry differs from reference {pair.reference}: " + "; ".join(differences)
-        )
+    require_same_grid(
+        pair.prediction,
+        prediction.shape,
+        predicted_geometry,
+        reference.shape,
+        geometry,
+        reference_name=f"reference {pair.reference}",
+        error=EvaluationError,
+    )
     return prediction, reference, geometry
 
 
@@ -213,7 +211,7 @@ def evaluate_pairs(
         map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=progress)
     )
     classes = sorted({k for metrics in results.values() for k in metrics}) if label_ids is None else label_ids
-    both_empty = class_metrics_from(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
+    both_empty = class_metrics(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
     return {case: {k: metrics.get(k, both_empty) for k in classes} for case, metrics in results.items()}
 
 
@@ -232,7 +230,7 @@ def read_label_names(path: Path) -> dict[int, str]:
         raise EvaluationError(f"{path}: has no 'labels' object (expected a dataset.json)")
     msd = all(str(key).strip().isdigit() for key in raw)
     problems: list[Problem] = []
-    labels = _parse_labels(meta, path, problems, msd=msd)  # the one parser of dataset.json labels
+    labels = parse_labels(meta, path, problems, msd=msd)  # the one parser of dataset.json labels
     if problems:
         raise EvaluationError(f"{path}: invalid labels", details=[p.message for p in problems])
     return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}

@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from autoseg.evaluation.stage import CasePair, EvaluationError, match_cases, read_pair
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.metrics import dice_from_counts
+from autoseg.evaluation.stage import CasePair, match_cases, read_pair
 from autoseg.fingerprint import Fingerprint
 from autoseg.parallel import map_cases
 from autoseg.postprocessing.components import label_components
@@ -274,9 +276,11 @@ def _mean_dice(
         scores = []
         for case, mask in zip(cases, kept, strict=True):
             c = case.classes[label]
-            total = int(c.sizes[mask[label]].sum()) + c.reference_voxels
-            if total:
-                scores.append(2.0 * int(c.overlaps[mask[label]].sum()) / total)
+            dice = dice_from_counts(
+                int(c.overlaps[mask[label]].sum()), int(c.sizes[mask[label]].sum()), c.reference_voxels
+            )
+            if not math.isnan(dice):
+                scores.append(dice)
         means[label] = float(np.mean(scores)) if scores else math.nan
     return means
 
