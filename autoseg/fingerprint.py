@@ -28,9 +28,10 @@ from scipy import ndimage
 from autoseg import __version__
 from autoseg.dataset.layout import Case, Dataset, read_case
 from autoseg.errors import FingerprintError, ImageReadError
-from autoseg.io import read_json, write_json
+from autoseg.io import read_json
 from autoseg.parallel import map_cases
 from autoseg.types import BoolVolume, FloatVolume, LabelVolume
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -280,20 +281,34 @@ def dataset_signature(dataset: Dataset, *, seed: int) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class FingerprintOptions:
+    """What ``autoseg fingerprint`` runs: worker processes, the seed of the foreground sample, and whether
+    to recompute an up-to-date (or another dataset's) ``fingerprint.json``."""
+
+    num_workers: int = 1
+    seed: int = 0
+    force: bool = False
+
+
 def run_fingerprint(
-    dataset: Dataset,
     workdir: Path,
+    dataset: Dataset,
+    options: FingerprintOptions | None = None,
     *,
-    num_workers: int = 1,
-    seed: int = 0,
-    force: bool = False,
     show_progress: bool = True,
 ) -> Path:
-    """Write ``workdir/fingerprint.json`` unless an up-to-date one (same signature) is already there."""
-    path = workdir / "fingerprint.json"
-    if not force and path.is_file():
+    """Write the work directory's ``fingerprint.json`` unless an up-to-date one (same signature) is there.
+
+    Raises:
+        FingerprintError: the work directory belongs to another dataset (and ``options.force`` is off).
+    """
+    options = options or FingerprintOptions()
+    work = Workdir(workdir)
+    path = work.fingerprint_path
+    if not options.force and path.is_file():
         try:
-            existing = load_fingerprint(path)
+            existing = work.read_fingerprint()
         except FingerprintError as error:
             logger.warning("recomputing: %s", error.message)
         else:
@@ -302,14 +317,14 @@ def run_fingerprint(
                     f"{path} belongs to dataset {existing.dataset_root}, not {dataset.root}; "
                     "use another --workdir (one per dataset) or --force to replace it"
                 )
-            if existing.signature == dataset_signature(dataset, seed=seed):
+            if existing.signature == dataset_signature(dataset, seed=options.seed):
                 logger.info("%s is up to date (dataset unchanged); use --force to recompute", path)
                 return path
             logger.info("dataset changed since %s was written; recomputing", path)
     fingerprint = extract_fingerprint(
-        dataset, num_workers=num_workers, seed=seed, show_progress=show_progress
+        dataset, num_workers=options.num_workers, seed=options.seed, show_progress=show_progress
     )
-    write_json(fingerprint.to_json(), path)
+    work.write_fingerprint(fingerprint)
     logger.info("wrote %s", path)
     return path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from autoseg.dataset.layout import load_dataset
 from autoseg.dataset.verify import VerifyReport, verify_dataset
 from autoseg.errors import DatasetError
-from autoseg.fingerprint import run_fingerprint
+from autoseg.fingerprint import FingerprintOptions, run_fingerprint
 from autoseg.planning.stage import PlanRequest, run_plan
 from autoseg.preprocessing.stage import PreprocessOptions, run_preprocess
 
@@ -38,9 +38,8 @@ def plan_and_preprocess(
         )
     for warning in report.warnings:
         logger.warning("%s", warning.line())
-    run_fingerprint(
-        load_dataset(dataset_folder), workdir, num_workers=options.num_workers, show_progress=show_progress
-    )
+    fingerprint_options = FingerprintOptions(num_workers=options.num_workers)
+    run_fingerprint(workdir, load_dataset(dataset_folder), fingerprint_options, show_progress=show_progress)
     run_plan(workdir, request)
     folders = run_preprocess(workdir, options, show_progress=show_progress)
     return report, folders

@@ -15,6 +15,7 @@ from autoseg.dataset.layout import load_dataset
 from autoseg.errors import FingerprintError
 from autoseg.fingerprint import (
     FINGERPRINT_SCHEMA_VERSION,
+    FingerprintOptions,
     crop_box_of_nonzero,
     extract_fingerprint,
     fingerprint_case,
@@ -92,7 +93,7 @@ def test_parallel_equals_serial_and_json_round_trips(tiny_dataset: Path, tmp_pat
     serial = extract_fingerprint(dataset, num_workers=1, show_progress=False)
     parallel = extract_fingerprint(dataset, num_workers=2, show_progress=False)
     assert serial.to_json() == parallel.to_json()
-    path = run_fingerprint(dataset, tmp_path / "work", show_progress=False)
+    path = run_fingerprint(tmp_path / "work", dataset, show_progress=False)
     loaded = load_fingerprint(path)
     assert loaded == serial
     assert loaded.sha256() == serial.sha256()
@@ -101,23 +102,23 @@ def test_parallel_equals_serial_and_json_round_trips(tiny_dataset: Path, tmp_pat
 
 def test_recomputed_only_when_files_change(tiny_dataset: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    path = run_fingerprint(load_dataset(tiny_dataset), workdir, show_progress=False)
+    path = run_fingerprint(workdir, load_dataset(tiny_dataset), show_progress=False)
     first = path.stat().st_mtime_ns
-    run_fingerprint(load_dataset(tiny_dataset), workdir, show_progress=False)
+    run_fingerprint(workdir, load_dataset(tiny_dataset), show_progress=False)
     assert path.stat().st_mtime_ns == first, "an unchanged dataset must not be re-fingerprinted"
     label = tiny_dataset / "labelsTr" / "case_000.nii.gz"
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
-    run_fingerprint(load_dataset(tiny_dataset), workdir, show_progress=False)
+    run_fingerprint(workdir, load_dataset(tiny_dataset), show_progress=False)
     assert path.stat().st_mtime_ns != first
 
 
 def test_workdir_belongs_to_one_dataset(tiny_dataset: Path, tmp_path: Path, rng: np.random.Generator) -> None:
     workdir = tmp_path / "work"
-    run_fingerprint(load_dataset(tiny_dataset), workdir, show_progress=False)
+    run_fingerprint(workdir, load_dataset(tiny_dataset), show_progress=False)
     other = write_nnunet_dataset(tmp_path / "other", {"x": tiny_case(rng)})
     with pytest.raises(FingerprintError, match="belongs to dataset"):
-        run_fingerprint(load_dataset(other), workdir, show_progress=False)
-    run_fingerprint(load_dataset(other), workdir, force=True, show_progress=False)
+        run_fingerprint(workdir, load_dataset(other), show_progress=False)
+    run_fingerprint(workdir, load_dataset(other), FingerprintOptions(force=True), show_progress=False)
     assert load_fingerprint(workdir / "fingerprint.json").num_cases == 1
 
 
@@ -155,9 +156,8 @@ def test_cli_fingerprint_stops_on_a_corrupt_case(
 
 @pytest.mark.slow
 def test_real_hippocampus_fingerprint(data_root: Path, tmp_path: Path) -> None:
-    path = run_fingerprint(
-        load_dataset(data_root / "hippocampus"), tmp_path, num_workers=2, show_progress=False
-    )
+    options = FingerprintOptions(num_workers=2)
+    path = run_fingerprint(tmp_path, load_dataset(data_root / "hippocampus"), options, show_progress=False)
     fingerprint = load_fingerprint(path)
     assert fingerprint.num_cases == 195
     assert fingerprint.median_spacing_mm == (1.0, 1.0, 1.0)

@@ -131,16 +131,11 @@ def _fingerprint_arguments(parser: argparse.ArgumentParser) -> None:
 def run_fingerprint_command(args: argparse.Namespace) -> int:
     """``autoseg fingerprint DATASET``: write WORKDIR/fingerprint.json."""
     from autoseg.dataset.layout import load_dataset
-    from autoseg.fingerprint import run_fingerprint
+    from autoseg.fingerprint import FingerprintOptions, run_fingerprint
 
-    dataset = load_dataset(_dataset_folder(args))
+    options = FingerprintOptions(num_workers=args.num_workers, seed=args.seed, force=args.force)
     path = run_fingerprint(
-        dataset,
-        args.workdir,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        force=args.force,
-        show_progress=_progress(args),
+        args.workdir, load_dataset(_dataset_folder(args)), options, show_progress=_progress(args)
     )
     print(path)
     return 0
