@@ -1,7 +1,9 @@
-"""Run a command repeatedly and measure its wall time and peak memory (whole process tree), for benchmarks."""
+"""Shared by the benchmarks: run a command and measure its wall time and peak memory (whole process tree), and
+watch what other people's processes do to a shared machine meanwhile."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import tempfile
@@ -10,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
+
+from autoseg.planning.budgets import machine_busy_seconds
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,40 @@ def measure(command: Sequence[str], *, repeats: int = 3) -> Measurement:
         walls.append(wall)
         peaks.append(peak)
     return Measurement(walls, peaks)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, ``/proc/stat``; Linux only)."""
+    busy = machine_busy_seconds()
+    if busy is None:
+        raise SystemExit("this benchmark reads /proc/stat (Linux)")
+    return busy
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class OthersMeter:
+    """CPU that other people's processes used while a measurement ran, in cores."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.wall = machine_busy_s(), own_cpu_s(), time.perf_counter()
+
+    def cores(self) -> float:
+        """Average cores used by others since construction."""
+        elapsed = max(time.perf_counter() - self.wall, 1e-6)
+        return max((machine_busy_s() - self.busy) - (own_cpu_s() - self.own), 0.0) / elapsed
+
+
+def wait_for_quiet(max_wait_s: float = 30.0, threshold_cores: float = 0.25) -> float:
+    """Wait (up to ``max_wait_s``) for a second in which others use under ``threshold_cores``; the wait."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_wait_s:
+        meter = OthersMeter()
+        time.sleep(1.0)
+        if meter.cores() < threshold_cores:
+            break
+    return time.perf_counter() - started

@@ -1,0 +1,190 @@
+"""autoseg's network weights as an nnU-Net v2 trained-model folder, and the check that nnU-Net's
+``PlainConvUNet`` computes the same logits with them.
+
+nnU-Net is never imported here (nor is it a dependency of autoseg): the check runs a generated script with
+the Python of nnU-Net's own venv.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from predict_layout import CONFIGURATION, fresh_folder
+from torch import nn
+
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+
+
+def nnunet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """autoseg's plain U-Net keys -> dynamic_network_architectures' ``PlainConvUNet`` keys.
+
+    ``PlainConvUNet`` registers each conv block's conv and norm twice (``conv``/``norm`` and
+    ``all_modules.0/1``) and its decoder holds the encoder again (``decoder.encoder.*``): every copy is
+    filled.
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    role = {"0": "conv", "1": "norm"}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "encoder" and len(parts) == 5:
+            stage, block, layer, param = parts[1:]
+            for prefix in ("encoder.stages", "decoder.encoder.stages"):
+                base = f"{prefix}.{stage}.0.convs.{block}"
+                mapped[f"{base}.{role[layer]}.{param}"] = value
+                mapped[f"{base}.all_modules.{layer}.{param}"] = value
+        elif parts[0] == "decoder" and len(parts) == 5:
+            stage, block, layer, param = parts[1:]
+            base = f"decoder.stages.{stage}.convs.{block}"
+            mapped[f"{base}.{role[layer]}.{param}"] = value
+            mapped[f"{base}.all_modules.{layer}.{param}"] = value
+        elif parts[0] == "upsample" and len(parts) == 3:
+            mapped[f"decoder.transpconvs.{parts[1]}.{parts[2]}"] = value
+        elif parts[0] == "heads" and len(parts) == 3:
+            mapped[f"decoder.seg_layers.{parts[1]}.{parts[2]}"] = value
+        else:
+            raise ValueError(f"no nnU-Net counterpart for autoseg key {key}")
+    return mapped
+
+
+def write_nnunet_model(
+    folder: Path,
+    plans: Mapping[str, Any],
+    dataset_json: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    folds: int,
+) -> None:
+    """An nnU-Net v2 trained-model folder: ``dataset.json``, ``plans.json``, ``fold_k/checkpoint_final.pth``
+    with the same mapped weights in every fold (the keys ``initialize_from_trained_model_folder`` reads)."""
+    fresh_folder(folder)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
+    mapped = nnunet_state_dict(state)
+    dims = len(plans["configurations"][CONFIGURATION]["patch_size"])
+    for fold in range(folds):
+        (folder / f"fold_{fold}").mkdir()
+        checkpoint = {
+            "network_weights": mapped,
+            "init_args": {
+                "plans": plans,
+                "configuration": CONFIGURATION,
+                "fold": fold,
+                "dataset_json": dataset_json,
+                "device": "cpu",
+            },
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": tuple(range(dims)),
+        }
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+def renamed_plans(nnunet_plans: Mapping[str, Any], plan: ConfigurationPlan) -> dict[str, Any]:
+    """nnU-Net's own plan for the dataset, named ``autosegPlans``, with autoseg's patch (so both tools slide
+    the same windows)."""
+    plans = copy.deepcopy(dict(nnunet_plans))
+    plans["plans_name"] = "autosegPlans"
+    plans["configurations"][CONFIGURATION]["patch_size"] = list(plan.patch_size)
+    return plans
+
+
+def ct_timing_plans(
+    plans: Mapping[str, Any], dataset: str, spacing_mm: Sequence[float], norm: ChannelNormalization
+) -> dict[str, Any]:
+    """``plans`` at ``spacing_mm`` with nnU-Net's ``CTNormalization`` using ``norm``'s numbers."""
+    ct = copy.deepcopy(dict(plans))
+    ct["dataset_name"] = dataset
+    ct["original_median_spacing_after_transp"] = list(spacing_mm)
+    config = ct["configurations"][CONFIGURATION]
+    config["spacing"] = list(spacing_mm)
+    config["normalization_schemes"] = ["CTNormalization"]
+    config["use_mask_for_norm"] = [False]
+    ct["configurations"] = {CONFIGURATION: config}
+    ct["foreground_intensity_properties_per_channel"] = {
+        "0": {
+            "mean": norm.mean,
+            "std": norm.std,
+            "percentile_00_5": norm.clip_low,
+            "percentile_99_5": norm.clip_high,
+            "median": norm.mean,
+            "min": -1024.0,
+            "max": 3000.0,
+        }
+    }
+    return ct
+
+
+CHECK_SCRIPT = '''"""Generated by benchmarks/nnunet_folder.py: run in nnU-Net's venv."""
+import json, sys
+import torch
+from torch import nn
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+checkpoint = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+data = torch.load(sys.argv[2], map_location="cpu")
+a = json.loads(sys.argv[3])
+conv = nn.Conv3d if len(a["kernel_sizes"][0]) == 3 else nn.Conv2d
+norm = nn.InstanceNorm3d if len(a["kernel_sizes"][0]) == 3 else nn.InstanceNorm2d
+network = PlainConvUNet(a["input_channels"], a["n_stages"], a["features_per_stage"], conv, a["kernel_sizes"],
+                        a["strides"], a["n_conv_per_stage"], a["num_classes"], a["n_conv_per_stage_decoder"],
+                        True, norm, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU,
+                        {"inplace": True}, deep_supervision=False)
+network.load_state_dict(checkpoint["network_weights"], strict=True)
+network.eval()
+with torch.inference_mode():
+    output = network(data["input"])
+difference = (output - data["output"]).abs()
+print(json.dumps({"max_abs_difference": float(difference.max()),
+                  "max_abs_output": float(data["output"].abs().max()),
+                  "argmax_agreement": float((output.argmax(1) == data["output"].argmax(1)).float().mean())}))
+'''
+
+
+def plain_conv_unet_arguments(network: NetworkPlan, in_channels: int, classes: int) -> dict[str, Any]:
+    """``PlainConvUNet``'s arguments for the same topology as autoseg's plain U-Net."""
+    if network.architecture != "plain":
+        raise SystemExit(f"only plain U-Nets map onto PlainConvUNet, not {network.architecture}")
+    return {
+        "input_channels": in_channels,
+        "n_stages": len(network.features_per_stage),
+        "features_per_stage": list(network.features_per_stage),
+        "kernel_sizes": [list(k) for k in network.kernel_sizes],
+        "strides": [list(s) for s in network.strides],
+        "n_conv_per_stage": list(network.blocks_per_stage),
+        "num_classes": classes,
+        "n_conv_per_stage_decoder": list(network.decoder_blocks_per_stage),
+    }
+
+
+def check_weights(
+    python: Path,
+    checkpoint: Path,
+    network: nn.Module,
+    arguments: Mapping[str, Any],
+    patch: Sequence[int],
+    scratch: Path,
+) -> Any:
+    """Eval-mode outputs of autoseg's ``network`` and of nnU-Net's ``PlainConvUNet`` (strict load of
+    ``checkpoint``, run by nnU-Net's ``python``) on one seeded random input; their largest difference.
+    The input, autoseg's output and the generated script go to the folder ``scratch``."""
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn((1, int(arguments["input_channels"]), *patch), generator=generator)
+    with torch.inference_mode():
+        output = network(data)
+    assert isinstance(output, torch.Tensor)
+    scratch.mkdir(parents=True, exist_ok=True)
+    tensors = scratch / "check_tensors.pt"
+    torch.save({"input": data, "output": output}, tensors)
+    script = scratch / "check_weights.py"
+    script.write_text(CHECK_SCRIPT)
+    completed = subprocess.run(
+        [str(python), str(script), str(checkpoint), str(tensors), json.dumps(arguments)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
