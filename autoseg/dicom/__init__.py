@@ -1,23 +1,30 @@
 """The DICOM layer: read image series, write/read DICOM SEG and RTSTRUCT, convert cases to a dataset.
 
-Only this package imports pydicom and highdicom. See ``docs/dicom.md``.
+Only this package imports pydicom and highdicom (on first use of a name: ``import autoseg.dicom`` is cheap).
+Reads DICOM files and folders; writes ``<case>_seg.dcm``, ``<case>_rtstruct.dcm``, DICOM image series
+(:mod:`autoseg.dicom.export`) and, for ``convert-dicom``, a dataset folder. See ``docs/dicom.md``.
 """
 
 from __future__ import annotations
 
-from autoseg.dicom.convert import CaseReport, ConvertReport, ConvertRequest, convert_dicom
-from autoseg.dicom.rtstruct import read_rtstruct, write_rtstruct
-from autoseg.dicom.seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
-from autoseg.dicom.series import (
-    DicomSeries,
-    find_series,
-    is_dicom_path,
-    read_series,
-    scan_folder,
-    series_geometry,
-    single_series,
-)
-from autoseg.errors import DicomError
+from typing import TYPE_CHECKING
+
+from autoseg import lazy_exports
+
+if TYPE_CHECKING:
+    from autoseg.dicom.convert import CaseReport, ConvertReport, ConvertRequest, convert_dicom
+    from autoseg.dicom.rtstruct import read_rtstruct, write_rtstruct
+    from autoseg.dicom.seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
+    from autoseg.dicom.series import (
+        DicomSeries,
+        find_series,
+        is_dicom_path,
+        read_series,
+        scan_folder,
+        series_geometry,
+        single_series,
+    )
+    from autoseg.errors import DicomError
 
 __all__ = [
     "CaseReport",
@@ -38,3 +45,25 @@ __all__ = [
     "write_dicom_seg",
     "write_rtstruct",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CaseReport": "convert",
+        "ConvertReport": "convert",
+        "ConvertRequest": "convert",
+        "convert_dicom": "convert",
+        "read_rtstruct": "rtstruct",
+        "write_rtstruct": "rtstruct",
+        "read_dicom_seg": "seg",
+        "read_dicom_seg_masks": "seg",
+        "write_dicom_seg": "seg",
+        "DicomSeries": "series",
+        "find_series": "series",
+        "is_dicom_path": "series",
+        "read_series": "series",
+        "scan_folder": "series",
+        "series_geometry": "series",
+        "single_series": "series",
+        "DicomError": "autoseg.errors",
+    },
+)

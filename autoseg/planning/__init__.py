@@ -18,8 +18,9 @@ Names are imported on first use, so ``import autoseg.planning`` stays cheap (no 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from autoseg import lazy_exports
 
 if TYPE_CHECKING:
     from autoseg.fingerprint import Fingerprint
@@ -35,24 +36,7 @@ if TYPE_CHECKING:
     from autoseg.planning.stage import PlanRequest, run_plan
     from autoseg.plans import Plans
 
-_EXPORTS = {
-    "Architecture": "autoseg.planning.rules",
-    "make_plans": "autoseg.planning.rules",
-    "MemoryBudget": "autoseg.planning.budgets",
-    "TimeBudget": "autoseg.planning.budgets",
-    "format_duration": "autoseg.planning.budgets",
-    "measure_conv_throughput": "autoseg.planning.budgets",
-    "parse_duration": "autoseg.planning.budgets",
-    "Planner": "autoseg.planning.registry",
-    "available_planners": "autoseg.planning.registry",
-    "describe": "autoseg.planning.registry",
-    "get_planner": "autoseg.planning.registry",
-    "register": "autoseg.planning.registry",
-    "PlanRequest": "autoseg.planning.stage",
-    "run_plan": "autoseg.planning.stage",
-    "Fingerprint": "autoseg.fingerprint",
-    "Plans": "autoseg.plans",
-}
+
 __all__ = [
     "Architecture",
     "Fingerprint",
@@ -71,10 +55,24 @@ __all__ = [
     "register",
     "run_plan",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """Import an exported name's module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Architecture": "rules",
+        "make_plans": "rules",
+        "MemoryBudget": "budgets",
+        "TimeBudget": "budgets",
+        "format_duration": "budgets",
+        "measure_conv_throughput": "budgets",
+        "parse_duration": "budgets",
+        "Planner": "registry",
+        "available_planners": "registry",
+        "describe": "registry",
+        "get_planner": "registry",
+        "register": "registry",
+        "PlanRequest": "stage",
+        "run_plan": "stage",
+        "Fingerprint": "autoseg.fingerprint",
+        "Plans": "autoseg.plans",
+    },
+)
