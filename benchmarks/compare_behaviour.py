@@ -1,6 +1,6 @@
 """Check that two source trees of autoseg behave the same: plans, preprocessed arrays and predictions.
 
-Runs the CLI of each tree (``python -m autoseg`` with that tree first on ``PYTHONPATH``) on one synthetic
+Runs the CLI of each tree (``python -P -m autoseg`` with that tree first on ``PYTHONPATH``) on one synthetic
 dataset: ``synth`` -> ``plan_and_preprocess`` (cpu planner with a fixed throughput, so the plan is
 deterministic) in a separate work directory per tree; compares ``plans.json`` and every preprocessed ``.npy``
 byte for byte. Then one fold is trained once with the *old* tree, the run folder is copied into the new
@@ -32,7 +32,7 @@ import numpy as np
 def run_cli(source: Path, argv: list[str]) -> None:
     """Run ``python -m autoseg ARGV`` with ``source`` first on the import path; raise on failure."""
     env = {**os.environ, "PYTHONPATH": str(source.resolve())}
-    command = [sys.executable, "-m", "autoseg", *argv, "-q"]
+    command = [sys.executable, "-P", "-m", "autoseg", *argv, "-q"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{source}: autoseg {' '.join(argv)} failed ({result.returncode}):\n{result.stderr}")
