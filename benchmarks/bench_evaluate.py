@@ -6,9 +6,10 @@ choice on real cross-validation predictions, and speed on a large CT-sized volum
    ``SignedMaurerDistanceMap`` distances for HD95 / ASSD) on every validation prediction, at the files'
    spacing and at a made-up anisotropic spacing (2.0, 0.7, 1.3) mm.
 2. :func:`autoseg.postprocessing.choice.choose_postprocessing` on the same predictions, and a check that
-   applying the chosen steps and scoring with :func:`autoseg.evaluation.stage.dice_per_label` reproduces its
-evidence. 3. Seconds for one 100 x 512 x 512 case with three classes (a liver-sized ellipsoid and two small
-   organs): :func:`autoseg.evaluation.stage.evaluate_case`, MONAI's three public metric functions, and a SciPy
+   applying the chosen steps and scoring with :func:`autoseg.evaluation.metrics.dice_per_label` reproduces
+   its evidence.
+3. Seconds for one 100 x 512 x 512 case with three classes (a liver-sized ellipsoid and two small organs):
+   :func:`autoseg.evaluation.metrics.evaluate_case`, MONAI's three public metric functions, and a SciPy
    distance-transform alternative on the cropped box.
 
 Usage (by hand): ``python benchmarks/bench_evaluate.py --predictions RUN/trained/3d_fullres/fold_0/validation
@@ -29,7 +30,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from autoseg.evaluation.stage import dice_per_label, evaluate_case, match_cases, read_pair
+from autoseg.evaluation.metrics import dice_per_label, evaluate_case
+from autoseg.evaluation.stage import match_cases, read_pair
 from autoseg.fingerprint import load_fingerprint
 from autoseg.postprocessing.choice import (
     case_components,

@@ -10,9 +10,9 @@ holding the datasets as ``DatasetXXX_Name`` (symlinks to the same files autoseg 
 
 Usage::
 
-    python benchmarks/bench_plan_and_preprocess.py --nnunet-bin /work/nnunet-venv/bin \\
-        --nnunet-raw /work/nnunet-runs/nnUNet_raw --dataset 4:/work/shared/data/hippocampus \\
-        --dataset 900:/work/nnunet-runs/synth_ct_raw --processes 2 --repeats 3
+    python benchmarks/bench_plan_and_preprocess.py --nnunet-bin NNUNET_VENV/bin \\
+        --nnunet-raw NNUNET_RAW --dataset 4:DATA/hippocampus \\
+        --dataset 900:NNUNET_RAW/Dataset900_SynthCT --processes 2 --repeats 3
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ with a small network and a 64 x 128 x 128 patch so that the run takes minutes on
 what is measured; the weights do not matter for it. Then runs ``autoseg predict`` (``fast`` and ``accurate``
 with one fold) and reports the wall time and the peak memory of the process tree.
 
-Run by hand: ``python benchmarks/bench_predict_memory.py --scratch /tmp/predmem --template runs/hippo``.
+Run by hand: ``python benchmarks/bench_predict_memory.py --scratch SCRATCH --template WORKDIR`` (a planned
+work directory, e.g. ``runs/hippo``; SCRATCH needs about 1 GB).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from measure import run_once
 
 from autoseg.io import Geometry, write_image
 from autoseg.network import build_network
-from autoseg.plans import ChannelNormalization, load_plans, save_plans
+from autoseg.plans import ChannelNormalization
 from autoseg.training.checkpoint import save_checkpoint
+from autoseg.workdir import Workdir
 
 SHAPE = (600, 512, 512)
 SPACING_MM = (1.0, 0.8, 0.8)
@@ -44,9 +46,9 @@ def make_ct(path: Path) -> None:
     write_image(volume, Geometry(SPACING_MM, (0.0, 0.0, 0.0)), path)
 
 
-def make_workdir(template: Path, workdir: Path) -> None:
+def make_workdir(template: Workdir, workdir: Workdir) -> None:
     """A work directory with a random-weight model planned at the CT's spacing (from a planned template)."""
-    plans = load_plans(template / "plans.json")
+    plans = template.read_plans()
     config = plans.configurations["3d_fullres"]
     network = dataclasses.replace(config.network, features_per_stage=(8, 16, 32, 64, 64))
     network = dataclasses.replace(
@@ -66,13 +68,10 @@ def make_workdir(template: Path, workdir: Path) -> None:
         labels={"background": 0, "body": 1, "dense": 2},
         channel_names=("CT",),
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_plans(plans, workdir / "plans.json")
+    workdir.write_plans(plans)
     torch.manual_seed(0)
     model = build_network(network, 1, 3)
-    save_checkpoint(
-        {"network": model.state_dict()}, workdir / "trained/3d_fullres/fold_0/checkpoint_final.pt"
-    )
+    save_checkpoint({"network": model.state_dict()}, workdir.run("3d_fullres", 0).checkpoint("final"))
 
 
 def main() -> int:
@@ -84,12 +83,12 @@ def main() -> int:
     parser.add_argument("--presets", nargs="+", default=["fast", "accurate"])
     args = parser.parse_args()
     make_ct(args.scratch / "in" / "ct_0000.nii.gz")
-    make_workdir(args.template, args.scratch / "work")
+    make_workdir(Workdir(args.template), Workdir(args.scratch / "work"))
     results = {}
     for preset in args.presets:
         out = args.scratch / f"out_{preset}"
         shutil.rmtree(out, ignore_errors=True)
-        command = ["autoseg", "predict", "-i", str(args.scratch / "in"), "-o", str(out)]
+        command = [sys.executable, "-m", "autoseg", "predict", "-i", str(args.scratch / "in"), "-o", str(out)]
         command += ["-m", str(args.scratch / "work"), "--preset", preset, "-q"]
         wall, peak = run_once(command, interval_s=0.2)
         results[preset] = {"wall_s": round(wall, 1), "peak_tree_mib": round(peak)}

@@ -5,8 +5,8 @@ Builds a two-case dataset: the big CT-like case (int16, 1.0 x 0.85 x 0.85 mm) an
 x 562 voxels (the worst case: upsampling). Then runs ``autoseg fingerprint``, ``plan`` and, measured,
 ``autoseg preprocess -c 3d_fullres -np 1``: wall time and the peak memory (PSS) of the process tree.
 
-Usage: ``python benchmarks/bench_preprocess_memory.py [--slices 1000]`` (needs about 8 GB of free RAM and 3 GB
-of disk in the temporary folder).
+Usage: ``python benchmarks/bench_preprocess_memory.py [--slices 1000] [--scratch DIR]`` (needs about 8 GB of
+free RAM and 3 GB of disk in ``--scratch``, default: the system's temporary folder).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from measure import run_once
 
 from autoseg.io import Geometry, write_image, write_labels
+from autoseg.workdir import CaseFolder, Workdir
 
 
 def ct_like(slices: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=1000)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--scratch", type=Path, help="folder for the dataset and work directory (3 GB)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=Path.home()) as scratch:
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         root = Path(scratch) / "Dataset999_BigCT"
         image, labels = ct_like(args.slices, args.size)
         geometry = Geometry((1.0, 0.85, 0.85), (0.0, 0.0, 0.0))
@@ -71,7 +73,7 @@ def main() -> None:
         subprocess.run([*autoseg, "fingerprint", str(root), "--workdir", str(work), "-q"], check=True)
         subprocess.run([*autoseg, "plan", "--workdir", str(work), "--planner", "default", "-q"], check=True)
         wall, peak_mib = run_once([*autoseg, "preprocess", "--workdir", str(work), "-c", "3d_fullres", "-q"])
-        stored = np.load(work / "preprocessed" / "3d_fullres" / "big" / "image.npy", mmap_mode="r")
+        stored = np.load(CaseFolder(Workdir(work).data_dir("3d_fullres") / "big").image_path, mmap_mode="r")
         print(
             f"| {args.slices}x{args.size}x{args.size} int16 (float32 {float32_gib:.2f} GiB) | "
             f"{'x'.join(map(str, stored.shape[1:]))} | {wall:.1f} | {peak_mib / 1024:.2f} | "

@@ -6,8 +6,9 @@ random patch of the planned size. "cold" evicts the file from the page cache fir
 (``posix_fadvise(DONTNEED)``), as for a dataset larger than RAM; "warm" reads from the page cache. Medians of
 repeated reads.
 
-Usage: ``python benchmarks/bench_storage.py [--reads 40]`` (needs ``pip install blosc2 zarr``; hippocampus
-from the data root if present). Prints a Markdown table for ``docs/design.md``.
+Usage: ``python benchmarks/bench_storage.py [--reads 40] [--data-root DATA] [--scratch DIR]`` (needs ``pip
+install blosc2 zarr``; includes a hippocampus case when the catalogue's ``hippocampus`` is under the data
+root, default: the catalogue's). Prints a Markdown table for ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.dataset.catalogue import default_catalogue_path, resolve_dataset
+from autoseg.dataset.layout import load_dataset
 from autoseg.dataset.synthetic import SynthConfig, synthesize_case
+from autoseg.errors import AutosegError
 from autoseg.io import read_array
 
 Reader = Callable[[Path, tuple[slice, ...]], np.ndarray]
@@ -141,23 +145,33 @@ def bench(name: str, array: np.ndarray, patch: tuple[int, int, int], reads: int,
         )
 
 
+def hippocampus_case(data_root: Path | None, scratch: Path) -> Path | None:
+    """The first image of the catalogue's ``hippocampus`` dataset, ``None`` when it is not there."""
+    try:
+        root = resolve_dataset(
+            "hippocampus", catalogue_path=default_catalogue_path(), data_root=data_root, cache_dir=scratch
+        )
+    except AutosegError:
+        return None
+    return load_dataset(root).cases[0].image_paths[0]
+
+
 def main() -> None:
     """Run both datasets and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reads", type=int, default=40)
-    parser.add_argument(
-        "--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
+    parser.add_argument("--data-root", type=Path, help="where real datasets live (default: the catalogue's)")
+    parser.add_argument("--scratch", type=Path, help="folder for the files (default: the system's temporary)")
     args = parser.parse_args()
     print(
         "| data | format | disk (MiB) | compression | write (ms) | cold patch read (ms) "
         "| warm patch read (ms) |"
     )
     print("|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory(dir=Path.home()) as scratch:
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         folder = Path(scratch)
-        hippo = args.data_root / "hippocampus" / "imagesTr" / "hippocampus_001_0000.nii.gz"
-        if hippo.is_file():
+        hippo = hippocampus_case(args.data_root, folder)
+        if hippo is not None:
             image = read_array(hippo)[0].astype(np.float32)
             image = ((image - image.mean()) / image.std())[None]
             bench("hippocampus case (1x35x51x35)", image, (32, 40, 32), args.reads, folder)
