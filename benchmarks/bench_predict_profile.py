@@ -25,6 +25,14 @@ from typing import Any
 
 from predict_layout import CONFIGURATION, Layout, autoseg_command, fresh_folder
 
+from autoseg.inference.ensemble import labels_from_probabilities, predict_probabilities
+from autoseg.inference.inputs import find_input_cases, read_input_case
+from autoseg.inference.model_file import load_model
+from autoseg.inference.sliding_window import window_starts
+from autoseg.inference.stage import PredictRequest, fold_selection, inference_settings
+from autoseg.io import write_labels
+from autoseg.preprocessing.case import preprocess_case, restore_probabilities
+
 PREDICT_MODULES = "autoseg.cli.main, autoseg.inference.stage, autoseg.cli.inference_commands"
 
 
@@ -51,46 +59,33 @@ def import_seconds(repeats: int) -> dict[str, Any]:
 
 def window_count(shape: Sequence[int], patch: Sequence[int], step: float) -> int:
     """Windows the sliding window visits over ``shape`` (axes shorter than the patch are padded to it)."""
-    from autoseg.inference.sliding_window import window_starts
-
     return math.prod(len(window_starts(max(s, p), p, step)) for s, p in zip(shape, patch, strict=True))
 
 
-def stage_seconds(
-    model_path: Path, inputs: Path, out: Path, preset: str, folds: int | None
-) -> dict[str, Any]:
-    """Each stage's seconds for every case of ``inputs``, the stages run one after another."""
-    from autoseg.inference.ensemble import labels_from_probabilities, predict_probabilities
-    from autoseg.inference.inputs import find_input_cases, read_input_case
-    from autoseg.inference.model_file import load_model
-    from autoseg.inference.stage import PredictRequest, fold_selection, inference_settings
-    from autoseg.io import write_labels
-    from autoseg.preprocessing.case import preprocess_case, restore_probabilities
+class StageTimer:
+    """Seconds per stage, summed over the cases."""
 
-    request = PredictRequest(
-        inputs,
-        out,
-        model_path,
-        preset=preset,
-        device="cpu",
-        folds=None if folds is None else tuple(map(str, range(folds))),
-    )
-    stages: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def timed(stage: str) -> Iterator[None]:
+    def __call__(self, stage: str) -> Iterator[None]:
         begun = time.perf_counter()
         yield
-        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - begun
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - begun
 
+
+def stage_seconds(request: PredictRequest) -> dict[str, Any]:
+    """Each stage's seconds for every case of ``request.inputs``, the stages run one after another."""
+    timed = StageTimer()
     chosen, limit = fold_selection(request)
     with timed("load model file (read, checksums, unpickle weights)"):
-        model = load_model(model_path, configuration=CONFIGURATION, folds=chosen, fold_limit=limit)
+        model = load_model(request.model, configuration=CONFIGURATION, folds=chosen, fold_limit=limit)
     with timed("build networks"):
         networks = model.networks("cpu")
     plan = model.plans.configuration(CONFIGURATION)
     settings = inference_settings(request, plan, "cpu")
-    cases = find_input_cases(inputs, len(model.plans.channel_names))
+    cases = find_input_cases(request.inputs, len(model.plans.channel_names))
     windows = 0
     for case in cases:
         with timed("read"):
@@ -105,8 +100,9 @@ def stage_seconds(
         with timed("restore to the original grid"):
             restored = restore_probabilities(probabilities, prepared.properties)
         with timed("argmax + write"):
-            write_labels(labels_from_probabilities(restored), geometry, out / f"{case.identifier}.nii.gz")
-    return {"cases": len(cases), "folds": len(model.folds), "windows": windows, "stages_s": stages}
+            labels = labels_from_probabilities(restored)
+            write_labels(labels, geometry, request.output / f"{case.identifier}.nii.gz")
+    return {"cases": len(cases), "folds": len(model.folds), "windows": windows, "stages_s": timed.seconds}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     inputs = layout.inputs("hippo_subset" if args.preset == "accurate" else "hippo")
     out = fresh_folder(layout.outputs(f"profile-{args.preset}"))
     entry = import_seconds(args.repeats)
-    entry |= stage_seconds(layout.model("hippo"), inputs, out, args.preset, args.folds)
+    folds = None if args.folds is None else tuple(str(f) for f in range(args.folds))
+    request = PredictRequest(
+        inputs, out, layout.model("hippo"), preset=args.preset, device="cpu", folds=folds
+    )
+    entry |= stage_seconds(request)
     layout.record(f"profile/{args.preset}", entry)
     print(json.dumps(entry, indent=2))
 
