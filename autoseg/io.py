@@ -287,7 +287,7 @@ def write_probabilities(
     channel ``k`` the class of label value ``k``; with ``class_names`` also key ``labels``, the class names in
     channel order (predict writes them, validation does not). :func:`read_probabilities` reads it back.
     """
-    arrays = {"probabilities": np.asarray(probabilities).astype(np.float16)}
+    arrays: dict[str, Any] = {"probabilities": np.asarray(probabilities).astype(np.float16)}
     if class_names is not None:
         arrays["labels"] = np.asarray(class_names)
     with atomic_target(path) as temporary, temporary.open("wb") as stream:

@@ -12,8 +12,8 @@ import pytest
 from helpers import tiny_case
 
 from autoseg.cli.main import main
-from autoseg.inference.model_file import best_choice
 from autoseg.io import write_image
+from autoseg.workdir import Workdir
 
 
 def test_configurations_and_their_ensemble_are_compared(
@@ -21,7 +21,12 @@ def test_configurations_and_their_ensemble_are_compared(
 ) -> None:
     workdir = tmp_path / "work"
     shutil.copytree(trained_workdir, workdir)
-    assert main(["find_best_configuration", "--workdir", str(workdir), "-q"]) == 0
+    raw = trained_workdir.parent / "Dataset001_Tiny"
+    raw.rename(raw.with_name("moved"))  # scored against the work directory's reference labels only
+    try:
+        assert main(["find_best_configuration", "--workdir", str(workdir), "-q"]) == 0
+    finally:
+        raw.with_name("moved").rename(raw)
     printed = capsys.readouterr().out
     for name in ("| 2d", "| 3d_fullres", "| 2d+3d_fullres"):
         assert name in printed
@@ -30,7 +35,7 @@ def test_configurations_and_their_ensemble_are_compared(
     assert sorted(names) == ["2d", "2d+3d_fullres", "3d_fullres"]
     assert all(c["cases"] == 2 for c in result["candidates"])  # folds 0 and 1 of 5 validate one case each
     best = max(result["candidates"], key=lambda c: c["mean_dice"] if c["mean_dice"] is not None else -1)
-    chosen = best_choice(workdir)
+    chosen = Workdir(workdir).read_best_choice()
     assert chosen is not None and "+".join(chosen) == best["name"]
     assert Path(result["postprocessing"]).is_file()
     assert result["predict_command"].endswith(f"-c {' '.join(chosen)}")

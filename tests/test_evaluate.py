@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from autoseg.evaluation.metrics import dice_from_counts
 from autoseg.evaluation.stage import (
     EvaluateRequest,
     EvaluationError,
@@ -302,3 +303,9 @@ def _simpleitk_metrics(
     hd95 = max(float(np.percentile(forward, 95)), float(np.percentile(backward, 95)))
     assd = float(np.concatenate([forward, backward]).mean())
     return overlap.GetDiceCoefficient(1), overlap.GetJaccardCoefficient(1), hd95, assd
+
+
+def test_dice_from_counts_is_undefined_when_both_masks_are_empty() -> None:
+    assert math.isnan(dice_from_counts(0, 0, 0))  # docs/evaluation.md: left out of means, counted
+    assert dice_from_counts(0, 5, 0) == 0.0 and dice_from_counts(0, 0, 5) == 0.0
+    assert dice_from_counts(3, 4, 6) == 0.6

@@ -10,6 +10,7 @@ from torch import nn
 from autoseg.inference import ensemble as inference
 from autoseg.inference.ensemble import (
     InferenceSettings,
+    labels_from_probabilities,
     mirror_combinations,
     predict_probabilities,
     resolve_precision,
@@ -134,3 +135,20 @@ def test_bfloat16_runs_the_network_in_bfloat16_and_stays_close(rng: np.random.Ge
     np.testing.assert_allclose(half.sum(0), 1.0, atol=1e-6)  # blending stays float32
     assert not np.array_equal(full, half)  # the convolutions really ran in bfloat16
     np.testing.assert_allclose(half, full, atol=0.02)
+
+
+def test_labels_from_probabilities_dtype_follows_the_class_count() -> None:
+    rng = np.random.default_rng(0)
+    few = rng.random((3, 4, 5, 6)).astype(np.float32)
+    labels = labels_from_probabilities(few)
+    assert labels.dtype == np.uint8 and labels.shape == (4, 5, 6)
+    np.testing.assert_array_equal(labels, few.argmax(0))
+    many = np.zeros((300, 2, 2, 3), np.float32)  # 300 classes: values up to 299 need uint16
+    many[299, 0, 0, 0] = many[256, 1, 1, 2] = many[7, 0, 1, 1] = 1.0
+    labels = labels_from_probabilities(many)
+    assert labels.dtype == np.uint16
+    assert (labels[0, 0, 0], labels[1, 1, 2], labels[0, 1, 1], labels[1, 0, 0]) == (299, 256, 7, 0)
+    assert labels_from_probabilities(np.zeros((256, 1, 1, 1), np.float32)).dtype == np.uint8
+    assert labels_from_probabilities(np.zeros((257, 1, 1, 1), np.float32)).dtype == np.uint16
+    tie = np.full((3, 1, 1, 1), 0.5, np.float32)
+    assert labels_from_probabilities(tie)[0, 0, 0] == 0  # a tie goes to the lowest label value

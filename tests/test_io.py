@@ -14,13 +14,19 @@ import SimpleITK as sitk
 from autoseg.errors import ImageReadError, ImageWriteError
 from autoseg.io import (
     Geometry,
+    atomic_target,
+    grid_mismatch,
     read_array,
     read_header,
     read_image,
     read_labels,
+    read_probabilities,
+    write_bytes_atomically,
     write_image,
     write_json,
     write_labels,
+    write_probabilities,
+    write_text_atomically,
 )
 
 
@@ -191,3 +197,74 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path: Path) -> None:
     with pytest.raises(ImageWriteError, match="expected a \\(Z, Y, X\\) array"):
         write_image(np.zeros((2, 2), np.int16), geometry, tmp_path / "out" / "c.nii.gz")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mhd", "a.raw", "x.json"]
+
+
+def _fail_after_writing(real: Any) -> Any:
+    """A writer that writes half of its file, then fails (a full disk, a killed process)."""
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        raise OSError("No space left on device")
+
+    return failing
+
+
+def test_a_failed_write_leaves_neither_the_target_nor_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_target(folder / "a.bin") as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert list(folder.iterdir()) == []
+    monkeypatch.setattr("os.fsync", _fail_after_writing(lambda fd: None))
+    with pytest.raises(OSError):
+        write_bytes_atomically(b"data", folder / "b.png")
+    with pytest.raises(OSError):
+        write_text_atomically("text", folder / "c.md")
+    with pytest.raises(OSError):
+        write_json({"a": 1}, folder / "d.json")
+    monkeypatch.undo()
+    monkeypatch.setattr("numpy.savez_compressed", _fail_after_writing(np.savez_compressed))
+    with pytest.raises(OSError):
+        write_probabilities(np.ones((2, 3, 4, 5), np.float32), folder / "e.npz")
+    monkeypatch.setattr("SimpleITK.WriteImage", _fail_after_writing(sitk.WriteImage))
+    with pytest.raises(OSError):
+        write_labels(
+            np.ones((3, 4, 5), np.uint8), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), folder / "f.mhd"
+        )
+    assert list(folder.iterdir()) == []
+
+
+def test_atomic_writes_land_whole_with_their_companions(tmp_path: Path) -> None:
+    geometry = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    write_labels(np.ones((3, 4, 5), np.uint8), geometry, tmp_path / "a.mhd")  # header + data file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mhd", "a.raw"]
+    np.testing.assert_array_equal(read_labels(tmp_path / "a.mhd")[0], 1)
+    write_text_atomically("one\n", tmp_path / "b.md")
+    write_text_atomically("two\n", tmp_path / "b.md")  # replaces
+    assert (tmp_path / "b.md").read_text() == "two\n"
+
+
+def test_probabilities_round_trip_with_and_without_class_names(tmp_path: Path) -> None:
+    probabilities = np.random.default_rng(0).random((3, 2, 3, 4)).astype(np.float32)
+    write_probabilities(probabilities, tmp_path / "a.npz")
+    write_probabilities(probabilities, tmp_path / "b.npz", class_names=["background", "x", "y"])
+    for name in ("a.npz", "b.npz"):
+        read = read_probabilities(tmp_path / name)
+        assert read.dtype == np.float32
+        np.testing.assert_array_equal(read, probabilities.astype(np.float16).astype(np.float32))
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert list(a) == ["probabilities"] and list(b["labels"]) == ["background", "x", "y"]
+
+
+def test_grid_mismatch_is_the_one_same_grid_check() -> None:
+    geometry = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert grid_mismatch((1, 3, 4, 5), geometry, (3, 4, 5), geometry, "ref") is None
+    assert grid_mismatch((3, 4, 6), geometry, (3, 4, 5), geometry, "ref") == (
+        "shape (3, 4, 6) differs from ref (3, 4, 5)"
+    )
+    moved = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 5.0))
+    assert (grid_mismatch((3, 4, 5), moved, (3, 4, 5), geometry, "ref") or "").startswith(
+        "geometry differs from ref: origin (0, 0, 5) vs (0, 0, 0)"
+    )

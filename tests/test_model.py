@@ -11,13 +11,8 @@ import pytest
 import torch
 
 from autoseg.cli.main import main
-from autoseg.inference.model_file import (
-    MANIFEST,
-    ModelError,
-    export_model,
-    load_model,
-    trained_configurations,
-)
+from autoseg.inference.model_file import MANIFEST, ModelError, export_model, load_model
+from autoseg.workdir import Workdir
 
 
 def _rewrite(source: Path, target: Path, change: dict[str, bytes | None]) -> None:
@@ -54,7 +49,7 @@ def test_export_then_load_gives_the_same_weights(trained_workdir: Path, tmp_path
         "folds/fold_0.pt",
         "folds/fold_1.pt",
     }
-    assert trained_configurations(trained_workdir) == ["2d", "3d_fullres"]
+    assert Workdir(trained_workdir).trained_configurations() == ["2d", "3d_fullres"]
 
 
 def test_chosen_folds_only(trained_workdir: Path, tmp_path: Path) -> None:
@@ -65,6 +60,22 @@ def test_chosen_folds_only(trained_workdir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="fold_7"):
         export_model(trained_workdir, tmp_path / "bad.zip", folds=["7"])
     assert not (tmp_path / "bad.zip").exists()
+
+
+def test_a_failed_export_leaves_no_file(
+    trained_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = zipfile.ZipFile.writestr
+
+    def fail_on_weights(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+        real(archive, name, data)
+        if name.startswith("folds/"):
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", fail_on_weights)
+    with pytest.raises(OSError):
+        export_model(trained_workdir, tmp_path / "out" / "model.zip")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_modified_entry_fails_its_checksum(trained_workdir: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from autoseg.cli.main import main
 from autoseg.inference.inputs import PredictInputError, find_input_cases
 from autoseg.inference.model_file import load_model
 from autoseg.inference.stage import PredictRequest, inference_settings, load_ensemble
-from autoseg.io import Geometry, read_header, read_labels, write_image
+from autoseg.io import Geometry, read_header, read_labels, read_probabilities, write_image
 
 
 def _rotation(degrees: float) -> tuple[float, ...]:
@@ -70,8 +70,10 @@ def test_a_flipped_copy_predicts_the_flipped_segmentation(
     # float32: bfloat16 rounding would differ between an array and its flipped copy
     options = ("--save-probabilities", "--precision", "float32")
     assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir, *options) == 0
-    a = np.load(tmp_path / "out" / "a_probabilities.npz")["probabilities"].astype(np.float32)
-    b = np.load(tmp_path / "out" / "b_probabilities.npz")["probabilities"].astype(np.float32)
+    a = read_probabilities(tmp_path / "out" / "a_probabilities.npz")  # the validation .npz reader
+    b = read_probabilities(tmp_path / "out" / "b_probabilities.npz")
+    with np.load(tmp_path / "out" / "a_probabilities.npz") as stored:
+        assert stored["probabilities"].dtype == np.float16 and len(stored["labels"]) == 3
     assert a.shape == (3, 8, 16, 16)
     np.testing.assert_allclose(a.sum(0), 1.0, atol=2e-3)  # stored as float16
     np.testing.assert_allclose(a, b[..., ::-1], atol=2e-3)

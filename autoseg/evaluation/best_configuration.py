@@ -4,41 +4,39 @@ supports, and its post-processing.
 Every trained configuration is scored on the validation predictions of its folds (written by ``train``);
 every pair of configurations is scored by averaging the two configurations' validation probabilities case by
 case. The best mean Dice wins (a single configuration wins a tie: it is cheaper to run). The post-processing
-is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocessing.choice`). Written:
-``WORKDIR/best_configuration.json`` (the choice, the table, the predict command), the post-processing next to
-the winner's folds, and the ensembles' predictions in ``WORKDIR/ensembles/<a>+<b>/cross_validation``.
+is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocessing.choice`). Every
+score is against the reference label maps in the work directory. Written, at the paths of
+:class:`autoseg.workdir.Workdir`: the choice with the table and the predict command
+(``write_best_configuration``), the training reference, the winner's post-processing
+(``postprocessing_path``), and each ensemble's cross-validation label maps (in its ``ensemble_dir``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset.layout import load_dataset
 from autoseg.errors import BestConfigurationError
 from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
-from autoseg.fingerprint import Fingerprint, load_fingerprint
-from autoseg.inference.model_file import trained_configurations
-from autoseg.io import (
-    read_header,
-    read_labels,
-    read_probabilities,
-    write_json,
-    write_labels,
-    write_text_atomically,
-)
+from autoseg.fingerprint import Fingerprint
+from autoseg.inference.ensemble import labels_from_probabilities
+from autoseg.io import read_header, read_labels, read_probabilities, write_labels
 from autoseg.postprocessing.choice import run_choose_postprocessing
 from autoseg.report.structures import TrainingReference, structure_confidences
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
+
+CROSS_VALIDATION = "cross_validation"
+"""The folder of an ensemble's cross-validation label maps, inside its ensemble folder."""
 
 
 @dataclass(frozen=True)
@@ -71,47 +69,53 @@ def run_find_best_configuration(
     num_workers: int = 1,
     progress: bool = True,
 ) -> BestConfiguration:
-    """Score, choose, choose the post-processing, and write ``best_configuration.json`` (see the module)."""
-    fingerprint = load_fingerprint(workdir / "fingerprint.json")
-    references = _reference_folder(fingerprint)
-    folders = {c: _validation_folders(workdir, c) for c in configurations or trained_configurations(workdir)}
+    """Score, choose, choose the post-processing, and write ``best_configuration.json`` (see the module).
+
+    The validation predictions are scored against the reference label maps that ``preprocess`` copied into
+    the work directory (:attr:`autoseg.workdir.Workdir.reference_labels_dir`), never the raw dataset.
+    """
+    work = Workdir(workdir)
+    fingerprint = work.read_fingerprint()
+    folders = {c: _validation_folders(work, c) for c in configurations or work.trained_configurations()}
     folders = {c: f for c, f in folders.items() if f}
     if not folders:
         raise BestConfigurationError(
             f"{workdir}: no trained configuration has validation predictions; run 'autoseg train FOLD' first"
         )
-    scores = [
-        _score(name, (name,), found, references, fingerprint, num_workers, progress)
-        for name, found in folders.items()
-    ]
+    references = work.reference_labels_dir
+    if not references.is_dir():
+        raise BestConfigurationError(
+            f"{references}: missing; this work directory was preprocessed by an older autoseg. "
+            "Run 'autoseg preprocess' again (it copies the reference label maps)"
+        )
+    score = partial(
+        _score, references=references, fingerprint=fingerprint, num_workers=num_workers, progress=progress
+    )
+    scores = [score(name, (name,), found) for name, found in folders.items()]
     if ensembles:
         for pair in itertools.combinations(sorted(folders), 2):
-            folder = _ensemble_cross_validation(workdir, pair, folders)
+            folder = _ensemble_cross_validation(work, pair, folders)
             if folder is not None:
-                scores.append(
-                    _score("+".join(pair), pair, [folder], references, fingerprint, num_workers, progress)
-                )
+                scores.append(score("+".join(pair), pair, [folder]))
     best = sorted(scores, key=lambda s: (-_finite(s.mean_dice), len(s.configurations)))[0]
-    target = _postprocessing_target(workdir, best)
-    best_folders = (
-        folders[best.name] if len(best.configurations) == 1 else [target.parent / "cross_validation"]
-    )
+    target = work.postprocessing_path(best.configurations)
+    best_folders = folders[best.name] if len(best.configurations) == 1 else [_cross_validation(work, best)]
     chosen = run_choose_postprocessing(
         best_folders, references, fingerprint, target, num_workers=num_workers, progress=progress
     )
     after = best.mean_dice
     if chosen.evidence is not None and chosen.evidence.dice_after:
         after = float(np.nanmean(list(chosen.evidence.dice_after.values())))
-    _write_training_reference(workdir, fingerprint, folders.get(best.configurations[0], []))
+    work.write_training_reference(_training_reference(fingerprint, folders.get(best.configurations[0], [])))
     command = f"autoseg predict -i INPUT -o OUTPUT --workdir {workdir} -c {' '.join(best.configurations)}"
     result = BestConfiguration(tuple(scores), best, str(target), after, command)
-    _write(workdir, result)
+    work.write_best_configuration(nan_to_none(_to_json(result)), format_table(result) + "\n")
     return result
 
 
-def _write_training_reference(workdir: Path, fingerprint: Fingerprint, folders: Sequence[Path]) -> None:
-    """``WORKDIR/training_reference.json``: the training volumes per structure, and the mean confidence of
-    each structure in the cross-validation predictions (what the reviewer report compares predictions to)."""
+def _training_reference(fingerprint: Fingerprint, folders: Sequence[Path]) -> TrainingReference:
+    """The training volumes per structure, and the mean confidence of each structure in the cross-validation
+    predictions (what the reviewer report compares predictions to)."""
     values = sorted(v for v in fingerprint.labels.values() if v != 0)
     confidences: dict[int, list[float]] = {v: [] for v in values}
     for folder in folders:
@@ -124,24 +128,13 @@ def _write_training_reference(workdir: Path, fingerprint: Fingerprint, folders: 
                 confidences[value].append(confidence)
     reference = TrainingReference.from_fingerprint(fingerprint)
     known = {v: c for v, c in confidences.items() if c}
-    if known:
-        reference = reference.with_confidences(known)
-    write_json(reference.to_json(), workdir / "training_reference.json")
+    return reference.with_confidences(known) if known else reference
 
 
-def _reference_folder(fingerprint: Fingerprint) -> Path:
-    dataset = load_dataset(Path(fingerprint.dataset_root))
-    parents = {c.label_path.parent for c in dataset.cases if c.label_path is not None}
-    if len(parents) != 1:
-        raise BestConfigurationError(f"{fingerprint.dataset_root}: label files are not in one folder")
-    return parents.pop()
-
-
-def _validation_folders(workdir: Path, configuration: str) -> list[Path]:
-    root = workdir / "trained" / configuration
-    found = sorted(p for p in root.glob("fold_*/validation") if (p / "summary.json").is_file())
-    splits = workdir / "splits.json"
-    expected = len(json.loads(splits.read_text())) if splits.is_file() else len(found)
+def _validation_folders(work: Workdir, configuration: str) -> list[Path]:
+    found = [run.validation_dir for run in work.runs(configuration) if run.is_validated()]
+    splits = work.read_splits()
+    expected = len(splits) if splits is not None else len(found)
     if found and len(found) < expected:
         logger.warning(
             "%s: %d of %d folds validated; its cross-validation covers only those folds' cases",
@@ -156,6 +149,7 @@ def _score(
     name: str,
     configurations: tuple[str, ...],
     folders: Sequence[Path],
+    *,
     references: Path,
     fingerprint: Fingerprint,
     num_workers: int,
@@ -173,7 +167,7 @@ def _score(
 
 
 def _ensemble_cross_validation(
-    workdir: Path, pair: tuple[str, str], folders: dict[str, list[Path]]
+    work: Workdir, pair: tuple[str, str], folders: dict[str, list[Path]]
 ) -> Path | None:
     """Average the two configurations' validation probabilities per case; ``None`` when they do not cover
     the same cases with probabilities."""
@@ -182,30 +176,28 @@ def _ensemble_cross_validation(
     if not common:
         logger.warning("%s: no common validation case with probabilities; ensemble skipped", "+".join(pair))
         return None
-    out = workdir / "ensembles" / "+".join(pair) / "cross_validation"
+    out = work.ensemble_dir(pair) / CROSS_VALIDATION
     for case in common:
         target = out / f"{case}.nii.gz"
         if target.is_file():
             continue
         probabilities = read_probabilities(members[0][case]) + read_probabilities(members[1][case])
         geometry = read_header(members[0][case].with_suffix(".nii.gz")).geometry
-        write_labels(probabilities.argmax(0).astype(np.uint8), geometry, target)
+        write_labels(labels_from_probabilities(probabilities), geometry, target)
     return out
 
 
-def _postprocessing_target(workdir: Path, best: CandidateScore) -> Path:
-    if len(best.configurations) == 1:
-        return workdir / "trained" / best.name / "postprocessing.json"
-    return workdir / "ensembles" / best.name / "postprocessing.json"
+def _cross_validation(work: Workdir, candidate: CandidateScore) -> Path:
+    return work.ensemble_dir(candidate.configurations) / CROSS_VALIDATION
 
 
 def _finite(value: float) -> float:
     return value if not math.isnan(value) else -1.0
 
 
-def _write(workdir: Path, result: BestConfiguration) -> None:
+def _to_json(result: BestConfiguration) -> dict[str, object]:
     best = result.best
-    data = {
+    return {
         "configuration": best.configurations[0] if len(best.configurations) == 1 else None,
         "ensemble": list(best.configurations) if len(best.configurations) > 1 else None,
         "mean_dice": best.mean_dice,
@@ -214,8 +206,6 @@ def _write(workdir: Path, result: BestConfiguration) -> None:
         "predict_command": result.predict_command,
         "candidates": [asdict(c) for c in result.candidates],
     }
-    write_json(nan_to_none(data), workdir / "best_configuration.json")
-    write_text_atomically(format_table(result) + "\n", workdir / "best_configuration.md")
 
 
 def format_table(result: BestConfiguration) -> str:

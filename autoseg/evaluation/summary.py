@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.evaluation.metrics import METRIC_NAMES, ClassMetrics
-from autoseg.io import write_json, write_text_atomically
+from autoseg.io import write_bytes_atomically, write_json, write_text_atomically
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -175,21 +173,6 @@ def plot_metrics(summary: EvaluationSummary, path: Path) -> None:
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=90)
     write_bytes_atomically(png.getvalue(), path)
-
-
-def write_bytes_atomically(data: bytes, path: Path) -> None:
-    """Write a binary file through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _defined(summary: EvaluationSummary, label: int, metric: str) -> list[float]:

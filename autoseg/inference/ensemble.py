@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autoseg.inference.sliding_window import sliding_window
-from autoseg.types import FloatVolume
+from autoseg.types import FloatVolume, LabelVolume
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,26 @@ def predict_probabilities(
     # a window's centre can leave sums a hair away from 1; renormalise so argmax and saved maps agree.
     probabilities /= np.maximum(probabilities.sum(0, keepdims=True), 1e-8)
     return probabilities
+
+
+def labels_from_probabilities(probabilities: FloatVolume) -> LabelVolume:
+    """The label map of class probabilities: the one probabilities -> labels conversion of autoseg (predict,
+    fold validation, the ensembles of ``find_best_configuration``).
+
+    Args:
+        probabilities: ``(K, Z, Y, X)`` float, channel ``k`` = label value ``k`` (background ``0`` first);
+            probabilities, or any per-class score that orders the classes the same way (e.g. a sum).
+
+    Returns:
+        ``(Z, Y, X)`` label map, the channel with the highest value per voxel (the lowest one on a tie). The
+        dtype follows the class count, as every label map of autoseg (``shared/STYLE.md``): uint8 for up to
+        256 classes (label values 0..255), uint16 above (up to 65536 classes).
+    """
+    classes = probabilities.shape[0]
+    if classes > 65536:
+        raise ValueError(f"{classes} classes do not fit a uint16 label map")
+    labels: LabelVolume = probabilities.argmax(0).astype(np.uint8 if classes <= 256 else np.uint16)
+    return labels
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:

@@ -34,19 +34,24 @@ from torch import nn
 
 from autoseg import __version__
 from autoseg.errors import ModelError
-from autoseg.fingerprint import load_fingerprint
-from autoseg.io import read_json
+from autoseg.io import atomic_target
 from autoseg.network import build_network
-from autoseg.plans import Plans, load_plans, plans_from_json
-from autoseg.postprocessing.steps import Postprocessing, load_postprocessing, postprocessing_from_json
+from autoseg.plans import Plans, plans_from_json
+from autoseg.postprocessing.steps import Postprocessing, postprocessing_from_json
 from autoseg.report.structures import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
+from autoseg.workdir import CHECKPOINTS, Workdir
 
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT_VERSION = 1
 MANIFEST = "autoseg_model.json"
-CHECKPOINTS = ("final", "best", "latest")
+PLANS_ENTRY = "plans.json"
+DATASET_ENTRY = "dataset.json"
+POSTPROCESSING_ENTRY = "postprocessing.json"
+REFERENCE_ENTRY = "training_reference.json"
+"""Entry names inside a model file: the zip format's own names (see the module docstring), not paths of a work
+directory."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,9 @@ def load_model(
     checkpoint: str = "final",
     fold_limit: int | None = None,
 ) -> TrainedModel:
-    """A model from a work directory (``WORKDIR/trained/<configuration>/fold_<k>/checkpoint_<checkpoint>.pt``)
-    or from a file written by :func:`export_model`.
+    """A model from a work directory (the ``checkpoint`` checkpoints of the run folders of ``configuration``,
+    by default :meth:`autoseg.workdir.Workdir.default_configuration`) or from a file written by
+    :func:`export_model`.
 
     Only the weights of ``folds`` are read (default: every fold the model has, or the first ``fold_limit``
     of them).
@@ -122,14 +128,6 @@ def _select_folds(folds: Sequence[str] | None, available: Sequence[str], limit: 
     return list(folds) if folds else list(available)[:limit]
 
 
-def trained_configurations(workdir: Path) -> list[str]:
-    """Configurations with at least one fold holding a final checkpoint."""
-    root = workdir / "trained"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if any(p.glob("fold_*/checkpoint_final.pt")))
-
-
 def _load_workdir(
     workdir: Path,
     configuration: str | None,
@@ -139,71 +137,28 @@ def _load_workdir(
 ) -> TrainedModel:
     if checkpoint not in CHECKPOINTS:
         raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'")
-    if not (workdir / "plans.json").is_file():
-        raise ModelError(f"{workdir}: no plans.json; not an autoseg work directory")
-    plans = load_plans(workdir / "plans.json")
-    name = configuration or _default_configuration(workdir)
+    work = Workdir(workdir)
+    if not work.has_plans():
+        raise ModelError(f"{workdir}: no {work.plans_path.name}; not an autoseg work directory")
+    plans = work.read_plans()
+    name = configuration or work.default_configuration(list(plans.configurations))
     plans.configuration(name)
-    run_root = workdir / "trained" / name
-    available = sorted(
-        p.parent.name.removeprefix("fold_") for p in run_root.glob(f"fold_*/checkpoint_{checkpoint}.pt")
-    )
+    available = sorted(run.fold for run in work.runs(name) if run.checkpoint(checkpoint).is_file())
     chosen = _select_folds(folds, available, fold_limit)
     if not chosen:
         raise ModelError(
-            f"{run_root}: no fold has a checkpoint_{checkpoint}.pt; train first ('autoseg train')"
+            f"{work.configuration_dir(name)}: no fold has a '{checkpoint}' checkpoint; "
+            "train first ('autoseg train')"
         )
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for fold in chosen:
-        path = run_root / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        path = work.run(name, fold).checkpoint(checkpoint)
         if not path.is_file():
             raise ModelError(f"{path}: missing; trained folds of {name}: {', '.join(available) or 'none'}")
         weights[fold] = load_checkpoint(path)["network"]
-    postprocessing_path = run_root / "postprocessing.json"
-    postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path.is_file() else None
     logger.info("model: %s, configuration %s, folds %s", workdir, name, ", ".join(chosen))
-    reference = _training_reference(workdir)
-    return TrainedModel(plans, name, weights, postprocessing, str(workdir), reference)
-
-
-def best_choice(source: Path) -> list[str] | None:
-    """The configuration(s) ``find_best_configuration`` chose in a work directory, if it ran there."""
-    best = source / "best_configuration.json"
-    if not best.is_file():
-        return None
-    data = _as_dict(read_json(best))
-    chosen = data.get("ensemble") or ([data["configuration"]] if data.get("configuration") else None)
-    return [str(c) for c in chosen] if chosen else None
-
-
-def _training_reference(workdir: Path) -> TrainingReference | None:
-    """``training_reference.json`` (volumes and cross-validation confidences, from find_best_configuration),
-    else the volumes from the fingerprint, else nothing."""
-    path = workdir / "training_reference.json"
-    if path.is_file():
-        try:
-            return TrainingReference.from_json(_as_dict(read_json(path)))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"{path}: not a valid training reference ({error})") from None
-    fingerprint = workdir / "fingerprint.json"
-    return (
-        TrainingReference.from_fingerprint(load_fingerprint(fingerprint)) if fingerprint.is_file() else None
-    )
-
-
-def _default_configuration(workdir: Path) -> str:
-    """The configuration ``find_best_configuration`` chose, else ``3d_fullres`` if trained, else the only
-    one."""
-    chosen = best_choice(workdir)
-    if chosen is not None and len(chosen) == 1:
-        return chosen[0]
-    trained = trained_configurations(workdir)
-    if "3d_fullres" in trained or not trained:
-        return "3d_fullres"
-    if len(trained) == 1:
-        return trained[0]
-    raise ModelError(
-        f"{workdir}: several configurations are trained ({', '.join(trained)}); choose one with -c"
+    return TrainedModel(
+        plans, name, weights, work.read_postprocessing([name]), str(workdir), work.read_training_reference()
     )
 
 
@@ -218,8 +173,8 @@ def export_model(
     """Write a self-contained model file (see the module docstring) atomically; returns ``out``."""
     model = _load_workdir(workdir, configuration, folds, checkpoint)
     entries: dict[str, bytes] = {
-        "plans.json": _json_bytes(model.plans.to_json()),
-        "dataset.json": _json_bytes(
+        PLANS_ENTRY: _json_bytes(model.plans.to_json()),
+        DATASET_ENTRY: _json_bytes(
             {
                 "name": model.plans.dataset_name,
                 "labels": model.plans.labels,
@@ -228,10 +183,10 @@ def export_model(
         ),
     }
     if model.reference is not None:
-        entries["training_reference.json"] = _json_bytes(model.reference.to_json())
-    postprocessing = workdir / "trained" / model.configuration / "postprocessing.json"
+        entries[REFERENCE_ENTRY] = _json_bytes(model.reference.to_json())
+    postprocessing = Workdir(workdir).postprocessing_path([model.configuration])
     if postprocessing.is_file():
-        entries["postprocessing.json"] = postprocessing.read_bytes()
+        entries[POSTPROCESSING_ENTRY] = postprocessing.read_bytes()
     for fold, state in model.weights.items():
         buffer = io.BytesIO()
         torch.save({"network": state}, buffer)
@@ -245,17 +200,13 @@ def export_model(
         "checkpoint": checkpoint,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, _json_bytes(manifest))
-            for name, data in entries.items():
-                archive.writestr(name, data)
-        temporary.replace(out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_target(out) as temporary,
+        zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+    ):
+        archive.writestr(MANIFEST, _json_bytes(manifest))
+        for name, data in entries.items():
+            archive.writestr(name, data)
     logger.info("exported %s folds %s to %s", model.configuration, ", ".join(model.folds), out)
     return out
 
@@ -269,9 +220,9 @@ def _load_exported(
     if configuration is not None and configuration != name:
         raise ModelError(f"{path}: the model holds configuration {name}, not {configuration}")
     try:
-        plans = plans_from_json(_as_dict(json.loads(entries["plans.json"])))
+        plans = plans_from_json(_as_dict(json.loads(entries[PLANS_ENTRY])))
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{path}: plans.json is not a valid autoseg plan ({error})") from None
+        raise ModelError(f"{path}: {PLANS_ENTRY} is not a valid autoseg plan ({error})") from None
     available = [str(f) for f in manifest.get("folds", [])]
     chosen = _select_folds(folds, available, fold_limit)
     weights: dict[str, dict[str, torch.Tensor]] = {}
@@ -281,13 +232,13 @@ def _load_exported(
             raise ModelError(f"{path}: fold {fold} is not in the model; it has {', '.join(available)}")
         weights[fold] = _read_weights(entries[key], f"{path}:{key}")
     postprocessing = (
-        postprocessing_from_json(json.loads(entries["postprocessing.json"]), f"{path}:postprocessing.json")
-        if "postprocessing.json" in entries
+        postprocessing_from_json(json.loads(entries[POSTPROCESSING_ENTRY]), f"{path}:{POSTPROCESSING_ENTRY}")
+        if POSTPROCESSING_ENTRY in entries
         else None
     )
     reference = (
-        TrainingReference.from_json(_as_dict(json.loads(entries["training_reference.json"])))
-        if "training_reference.json" in entries
+        TrainingReference.from_json(_as_dict(json.loads(entries[REFERENCE_ENTRY])))
+        if REFERENCE_ENTRY in entries
         else None
     )
     return TrainedModel(plans, name, weights, postprocessing, str(path), reference)

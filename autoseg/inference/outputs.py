@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoseg.errors import UsageError
-from autoseg.io import Geometry, atomic_target, write_json, write_labels
+from autoseg.inference.ensemble import labels_from_probabilities
+from autoseg.io import Geometry, write_json, write_labels, write_probabilities
 from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
 from autoseg.report.structures import TrainingReference, render_report, structure_table, write_structure_table
@@ -34,8 +35,8 @@ class OutputOptions:
     Attributes:
         formats: any of ``nifti`` (``CASE.nii.gz``), ``dicom-seg`` (``CASE_seg.dcm``), ``rtstruct``
             (``CASE_rtstruct.dcm``); the DICOM ones need a DICOM input series.
-        save_probabilities: also ``CASE_probabilities.npz`` (``probabilities`` ``(K, Z, Y, X)`` float16 on the
-            input's grid, ``labels`` the class names in channel order).
+        save_probabilities: also ``CASE_probabilities.npz`` (:func:`autoseg.io.write_probabilities`, the
+            format of the validation probabilities plus ``labels``, the class names in channel order).
         instances: class names (or values) whose separate objects get their own ids (``CASE_instances``).
         split_touching: split touching objects of those classes with a watershed.
         report: a reviewer PNG and a structure table per case.
@@ -72,13 +73,6 @@ class CaseOutput:
     files: tuple[Path, ...]
     volumes_ml: dict[str, float]
     predict_seconds: float = 0.0
-
-
-def labels_from_probabilities(probabilities: FloatVolume) -> LabelVolume:
-    """Argmax over ``(K, Z, Y, X)`` as uint8 (uint16 beyond 256 classes)."""
-    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
-    labels: LabelVolume = probabilities.argmax(0).astype(dtype)
-    return labels
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ def write_case_outputs(
         write_rtstruct(labels, case.series, names, files[-1])
     if options.save_probabilities:
         files.append(stem.with_name(f"{case.identifier}_probabilities.npz"))
-        _save_probabilities(probabilities, list(context.labels_by_name), files[-1])
+        write_probabilities(probabilities, files[-1], class_names=list(context.labels_by_name))
     if context.instance_classes:
         files += _write_instances(case.identifier, labels, geometry, context, options.split_touching, out)
     if options.report and image is not None:
@@ -184,11 +178,3 @@ def postprocess(
 ) -> LabelVolume:
     """Apply the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
     return labels if choice is None else apply_postprocessing(labels, choice, spacing_mm)
-
-
-def _save_probabilities(probabilities: FloatVolume, class_names: Sequence[str], path: Path) -> None:
-    """``np.savez_compressed`` through a temporary file, then rename."""
-    with atomic_target(path) as temporary, temporary.open("wb") as stream:
-        np.savez_compressed(
-            stream, probabilities=probabilities.astype(np.float16), labels=np.asarray(class_names)
-        )

@@ -25,14 +25,15 @@ from autoseg import __version__
 from autoseg.errors import AutosegError, UsageError
 from autoseg.inference.ensemble import InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
-from autoseg.inference.model_file import TrainedModel, best_choice, load_model
+from autoseg.inference.model_file import TrainedModel, load_model
 from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
 from autoseg.io import Geometry, write_json
 from autoseg.plans import ConfigurationPlan
 from autoseg.postprocessing.instances import parse_class_selection
-from autoseg.postprocessing.steps import Postprocessing, load_postprocessing
+from autoseg.postprocessing.steps import Postprocessing
 from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
 from autoseg.types import FloatVolume
+from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class Ensemble:
 def load_ensemble(request: PredictRequest) -> Ensemble:
     """The configuration(s) of ``request`` (default: ``find_best_configuration``'s choice) with their networks
     on the device; an ensemble (work directories only) uses the post-processing chosen for it."""
-    chosen = request.configurations or best_choice(request.model)
+    work = Workdir(request.model)
+    chosen = request.configurations or work.read_best_choice()
     names: list[str | None] = list(chosen) if chosen else [None]
     device = resolve_device(request.device)
     members: list[Member] = []
@@ -190,12 +192,7 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
         raise UsageError("the configurations of an ensemble must share their labels")
     postprocessing = first.postprocessing
     if len(members) > 1:
-        path = request.model / "ensembles" / "+".join(sorted(m.model.configuration for m in members))
-        postprocessing = (
-            load_postprocessing(path / "postprocessing.json")
-            if (path / "postprocessing.json").is_file()
-            else None
-        )
+        postprocessing = work.read_postprocessing([m.model.configuration for m in members])
     return Ensemble(members, dict(first.plans.labels), postprocessing)
 
 

@@ -14,7 +14,6 @@ the first :data:`MAX_TABLE_ROWS` in two column blocks and says how many more are
 from __future__ import annotations
 
 import io
-import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autoseg.errors import ImageWriteError, UsageError
-from autoseg.io import Geometry, atomic_target
+from autoseg.io import Geometry, write_bytes_atomically
 from autoseg.report.views import SliceView, intensity_window, slice_views, tilt_degrees
 from autoseg.types import LabelVolume
 
@@ -100,7 +99,10 @@ def save_figure_atomically(figure: Figure, path: Path) -> None:
         )
     packed = io.BytesIO()
     palette.save(packed, format="PNG", optimize=True)
-    _write_bytes_atomically(packed.getvalue(), path)
+    try:
+        write_bytes_atomically(packed.getvalue(), path)
+    except OSError as error:
+        raise ImageWriteError(f"{path}: cannot write the report ({error})") from error
 
 
 def structure_colours(values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
@@ -122,16 +124,6 @@ def format_ml(volume_ml: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------- internals
-
-
-def _write_bytes_atomically(data: bytes, path: Path) -> None:
-    try:
-        with atomic_target(path) as temporary, temporary.open("wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-    except OSError as error:
-        raise ImageWriteError(f"{path}: cannot write the report ({error})") from error
 
 
 def _figure(
