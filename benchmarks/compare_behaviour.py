@@ -64,7 +64,7 @@ def compare_label_maps(old_dir: Path, new_dir: Path) -> list[str]:
         if not new_file.exists():
             problems.append(f"prediction missing in new: {old_file.name}")
             continue
-        old_image, new_image = nib.load(old_file), nib.load(new_file)
+        old_image, new_image = nib.nifti1.load(old_file), nib.nifti1.load(new_file)
         old_array, new_array = np.asarray(old_image.dataobj), np.asarray(new_image.dataobj)
         differing = (
             int(np.count_nonzero(old_array != new_array)) if old_array.shape == new_array.shape else -1
