@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoseg.io import write_text_atomically
+from autoseg.io import atomic_target, write_text_atomically
 
 
 def read_log(path: Path, *, before_epoch: int | None = None) -> list[dict[str, Any]]:
@@ -51,7 +51,6 @@ def plot_progress(records: Sequence[dict[str, Any]], class_names: Sequence[str],
     twin.set_ylabel("epoch time (s)")
     axes[2].set_xlabel("epoch")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=80)
+    with atomic_target(path) as temporary:
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
-    temporary.replace(path)
