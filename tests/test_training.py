@@ -16,10 +16,12 @@ import torch
 from helpers import plan_and_preprocess_argv
 
 from autoseg.cli.main import main
-from autoseg.training import loop
+from autoseg.training import callbacks
 from autoseg.training.checkpoint import CheckpointError, load_checkpoint
+from autoseg.training.config import RunState, TrainConfig
 from autoseg.training.data import BatchSpec, WorkerError, epoch_batches
-from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
+from autoseg.training.loop import train_fold
+from autoseg.workdir import Workdir
 
 
 @pytest.fixture
@@ -41,6 +43,11 @@ def _config(**changes: object) -> TrainConfig:
         "deterministic": True,
     }
     return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def run_dir_of(workdir: Path, config: TrainConfig) -> Path:
+    """The run folder of ``config`` (the tiny work directories plan 3d_fullres, their default)."""
+    return Workdir(workdir).run(config.configuration or "3d_fullres", config.fold).path
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -92,7 +99,7 @@ def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatc
     straight = _weights(run_dir_of(prepared, _config()) / "checkpoint_final.pt")
     interrupted = prepared / "second"
     interrupted.mkdir()
-    for name in ("plans.json", "fingerprint.json", "preprocessed"):
+    for name in ("plans.json", "fingerprint.json", "preprocessed", "reference_labels"):
         (interrupted / name).symlink_to(prepared / name)
     calls = {"n": 0}
 
@@ -100,7 +107,7 @@ def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatc
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "plot_progress", crash_after_first_epoch)
+    monkeypatch.setattr(callbacks, "plot_progress", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_fold(interrupted, _config(), show_progress=False)
     monkeypatch.undo()
@@ -119,7 +126,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared: P
     for index, seed in enumerate((3, 3, 4)):
         workdir = prepared / f"run{index}"
         workdir.mkdir()
-        for name in ("plans.json", "fingerprint.json", "preprocessed"):
+        for name in ("plans.json", "fingerprint.json", "preprocessed", "reference_labels"):
             (workdir / name).symlink_to(prepared / name)
         train_fold(workdir, _config(epochs=1, seed=seed), show_progress=False)
         results.append(_weights(run_dir_of(workdir, _config()) / "checkpoint_final.pt"))
@@ -133,14 +140,16 @@ def test_a_dead_worker_fails_the_run_clearly(prepared: Path, monkeypatch: pytest
 
     monkeypatch.setattr("autoseg.training.data.sample_patch", die)
     folder = prepared / "preprocessed" / "3d_fullres"
-    spec = BatchSpec(folder, ("case_000",), (8, 8, 8), 2, False, False, 0)
+    spec = BatchSpec(folder, ("case_000",), (8, 8, 8), 2, augment=False, seed=0)
     with pytest.raises(WorkerError, match="augmentation worker failed"):
         next(epoch_batches(spec, 0, num_workers=1, timeout_s=60))
 
 
 def test_batches_have_the_planned_shape_and_are_augmented(prepared: Path) -> None:
     folder = prepared / "preprocessed" / "3d_fullres"
-    spec = BatchSpec(folder, ("case_000", "case_001"), (8, 12, 12), 3, True, False, 0)
+    spec = BatchSpec(
+        folder, ("case_000", "case_001"), (8, 12, 12), 3, augment=True, in_plane_only=False, seed=0
+    )
     batch = next(epoch_batches(spec, 0, num_workers=0))
     assert batch["image"].shape == (3, 1, 8, 12, 12) and batch["image"].dtype == torch.float32
     assert batch["target"].shape == (3, 8, 12, 12) and batch["target"].dtype == torch.int64
@@ -188,14 +197,14 @@ def test_kill_minus_9_then_resume(prepared: Path) -> None:
 
 
 def test_time_limit_shortens_the_schedule() -> None:
-    state = loop.RunState(epoch=2, epochs=100, seconds=20.0)
-    records = [{"epoch_seconds": 10.0}, {"epoch_seconds": 10.0}]
-    loop._apply_time_limit(state, _config(time_limit_s=45.0), records, 100)
+    state = RunState(epoch=2, epochs=100, seconds=20.0)
+    records: list[dict[str, object]] = [{"epoch_seconds": 10.0}, {"epoch_seconds": 10.0}]
+    callbacks.apply_time_limit(state, records, time_limit_s=45.0, planned=100)
     assert state.epochs == 4  # 25 s left at 10 s per epoch: two more epochs
-    loop._apply_time_limit(state, _config(time_limit_s=None), records, 100)
+    callbacks.apply_time_limit(state, records, time_limit_s=None, planned=100)
     assert state.epochs == 4
-    faster = [{"epoch_seconds": 2.0}] * 5  # the machine got quieter: the schedule grows back, up to the plan
-    loop._apply_time_limit(state, _config(time_limit_s=45.0), faster, 10)
+    faster: list[dict[str, object]] = [{"epoch_seconds": 2.0}] * 5  # the machine got quieter: the schedule
+    callbacks.apply_time_limit(state, faster, time_limit_s=45.0, planned=10)  # grows back, up to the plan
     assert state.epochs == 10
 
 
@@ -249,6 +258,8 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(prepared: Path
     assert not all(torch.equal(first[k], v) for k, v in initial.state_dict().items())  # it did train
     run = run_dir_of(prepared, _config())
     assert (run / "checkpoint_final.pt").is_file() and (run / "validation" / "summary.json").is_file()
+    saved = load_checkpoint(run / "checkpoint_final.pt")["network"]
+    assert not any(k.startswith("module.") for k in saved)  # the weights, not the DDP wrapper's names
 
 
 def test_2d_configuration_trains_and_validates(tmp_path: Path, tiny_dataset: Path) -> None:

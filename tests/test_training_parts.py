@@ -19,6 +19,7 @@ from autoseg.training.loss import (
 )
 from autoseg.training.sampling import forced_foreground, sample_patch
 from autoseg.training.splits import SplitsError, load_or_create_splits, make_splits, read_groups
+from autoseg.workdir import Workdir
 
 CASES = [f"case_{i:02d}" for i in range(23)]
 
@@ -52,14 +53,14 @@ def test_groups_keep_a_patient_in_one_fold(tmp_path: Path) -> None:
 
 
 def test_splits_file_is_made_once_and_checked(tmp_path: Path) -> None:
-    first = load_or_create_splits(tmp_path, CASES)
+    first = load_or_create_splits(Workdir(tmp_path), CASES)
     stamp = (tmp_path / "splits.json").stat().st_mtime_ns
-    assert load_or_create_splits(tmp_path, CASES, seed=99) == first  # reused, not re-drawn
+    assert load_or_create_splits(Workdir(tmp_path), CASES, seed=99) == first  # reused, not re-drawn
     assert (tmp_path / "splits.json").stat().st_mtime_ns == stamp
     with pytest.raises(SplitsError, match="does not match the dataset"):
-        load_or_create_splits(tmp_path, [*CASES, "new_case"])
+        load_or_create_splits(Workdir(tmp_path), [*CASES, "new_case"])
     assert json.loads((tmp_path / "splits.json").read_text())[0]["val"] == first[0]["val"]
-    small = load_or_create_splits(tmp_path / "small", CASES[:3])
+    small = load_or_create_splits(Workdir(tmp_path / "small"), CASES[:3])
     assert len(small) == 3 and all(len(s["val"]) == 1 for s in small)  # fewer cases than folds
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -397,15 +396,10 @@ def run_train_command(args: argparse.Namespace) -> int:
     """``autoseg train FOLD``: train one fold, then predict and score its validation cases."""
     from autoseg.planning.budgets import parse_duration
     from autoseg.planning.stage import default_device
-    from autoseg.plans import load_plans
-    from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
+    from autoseg.training import TrainConfig, run_train
 
-    configuration = args.configuration
-    if configuration is None:
-        planned = load_plans(args.workdir / "plans.json").configurations
-        configuration = "3d_fullres" if "3d_fullres" in planned else "2d"
     config = TrainConfig(
-        configuration=configuration,
+        configuration=args.configuration,
         fold=args.fold,
         epochs=args.epochs,
         iterations_per_epoch=args.iters_per_epoch,
@@ -417,22 +411,10 @@ def run_train_command(args: argparse.Namespace) -> int:
         device=args.device or default_device(),
         groups_file=str(args.groups) if args.groups else None,
     )
-    if args.num_gpus > 1:
-        import torch
-
-        from autoseg.training.distributed import launch
-        from autoseg.training.loop import train_rank
-
-        if torch.cuda.device_count() < args.num_gpus:
-            raise UsageError(f"--num-gpus {args.num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
-        launch(args.num_gpus, train_rank, args.workdir, config, args.resume, _progress(args))
-        summary = json.loads((run_dir_of(args.workdir, config) / "validation" / "summary.json").read_text())
-    else:
-        summary = train_fold(args.workdir, config, resume=args.resume, show_progress=_progress(args)).summary
-    assert summary is not None
-    print(
-        f"{run_dir_of(args.workdir, config)}: validation mean Dice per class {summary['mean_dice_per_class']}"
+    summary = run_train(
+        args.workdir, config, num_gpus=args.num_gpus, resume=args.resume, show_progress=_progress(args)
     )
+    print(f"fold {args.fold}: validation mean Dice per class {summary['mean_dice_per_class']}")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,21 @@ class WorkerError(AutosegError):
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """What to sample: cases of a data folder, patch and batch size, augmentation on or off."""
+    """What to sample: cases of a data folder, patch and batch size, augmentation on or off.
+
+    Attributes:
+        augment: spatial and intensity augmentation (training) or plain patches (validation).
+        in_plane_only: rotate and scale in the ``(y, x)`` plane only (anisotropic data, resampled per axis).
+        seed: the stream's randomness, with the epoch and the worker index.
+    """
 
     folder: Path
     identifiers: tuple[str, ...]
     patch_size: tuple[int, ...]
     batch_size: int
+    _: KW_ONLY
     augment: bool
-    in_plane_only: bool
+    in_plane_only: bool = False
     seed: int
 
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.multiprocessing.spawn import spawn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,12 @@ def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The network inside a :class:`DistributedDataParallel` wrapper (or ``network`` itself)."""
+    module: nn.Module = network.module if isinstance(network, DistributedDataParallel) else network
+    return module
 
 
 def _entry(

@@ -1,4 +1,5 @@
-"""``splits.json``: seeded 5-fold cross-validation, made once per work directory and reused by every fold.
+"""Cross-validation splits: seeded 5-fold cross-validation, made once per work directory (``splits.json``,
+read and written through :class:`~autoseg.workdir.Workdir`) and reused by every fold.
 
 With a groups mapping (case -> patient), all cases of a patient land in the same fold, so no patient is ever
 both trained on and validated on.
@@ -14,12 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError, UsageError
-from autoseg.io import read_json, write_json
+from autoseg.io import read_json
+from autoseg.workdir import Split, Workdir
 
 logger = logging.getLogger(__name__)
-
-Split = dict[str, list[str]]
-"""One fold: ``{"train": [...], "val": [...]}`` case identifiers, sorted."""
 
 
 class SplitsError(AutosegError):
@@ -62,34 +61,31 @@ def make_splits(
 
 
 def load_or_create_splits(
-    workdir: Path,
+    workdir: Workdir,
     identifiers: Sequence[str],
     *,
     folds: int = 5,
     seed: int = 12345,
     groups: Mapping[str, str] | None = None,
 ) -> list[Split]:
-    """Read ``workdir/splits.json``, or make and write it. An existing file must cover exactly these cases.
+    """Read the work directory's ``splits.json``, or make and write it. An existing file must cover exactly
+    these cases.
 
     Raises:
         SplitsError: the existing splits name other cases (the dataset changed): delete the file to re-split.
+        WorkdirError: the existing file is malformed.
     """
-    path = workdir / "splits.json"
-    if path.is_file():
-        data = read_json(path)
-        if not isinstance(data, list) or not all(
-            isinstance(s, dict) and {"train", "val"} <= set(s) for s in data
-        ):
-            raise SplitsError(f"{path}: expected a list of {{'train': [...], 'val': [...]}}")
-        covered = {c for split in data for c in split["val"]}
+    existing = workdir.read_splits()
+    if existing is not None:
+        covered = {c for split in existing for c in split["val"]}
         if covered != set(identifiers):
             extra, missing = sorted(covered - set(identifiers)), sorted(set(identifiers) - covered)
             raise SplitsError(
-                f"{path} does not match the dataset ({len(missing)} case(s) not in any fold, "
+                f"{workdir.splits_path} does not match the dataset ({len(missing)} case(s) not in any fold, "
                 f"{len(extra)} unknown); delete it to make new splits (trained folds then no "
                 "longer compare)"
             )
-        return [{"train": list(s["train"]), "val": list(s["val"])} for s in data]
+        return existing
     available = len({(groups or {}).get(c, c) for c in identifiers})
     if 2 <= available < folds:
         logger.warning(
@@ -97,7 +93,7 @@ def load_or_create_splits(
         )
         folds = available
     splits = make_splits(identifiers, folds=folds, seed=seed, groups=groups)
-    write_json(splits, path)
+    path = workdir.write_splits(splits)
     logger.info(
         "wrote %s: %d folds of %s validation cases", path, folds, "/".join(str(len(s["val"])) for s in splits)
     )

@@ -1,15 +1,21 @@
-"""End of a fold: predict its validation cases as ``autoseg predict --preset accurate`` does for one fold
-(Gaussian sliding window, step 0.5, mirroring over every axis), in their original geometry, and score them.
+"""Validation, as two callbacks of the training loop.
 
-Each case leaves ``<case>.nii.gz`` (the label map) and ``<case>.npz`` (``probabilities`` ``(K, Z, Y, X)``
-float16 on the original grid), which ``find_best_configuration`` averages to score ensembles and on which
-the post-processing is chosen.
+:class:`PatchValidation`, every epoch: the loss and pseudo-Dice per class on validation patches (TP/FP/FN
+summed over all patches) and the moving average of the mean pseudo-Dice, which chooses the best checkpoint.
+
+:class:`FinalValidation`, at the end of a fold: predict its validation cases as ``autoseg predict --preset
+accurate`` does for one fold (Gaussian sliding window, step 0.5, mirroring over every axis), in their original
+geometry, and score them against the reference label maps of the work directory
+(``WORKDIR/reference_labels/<case>.nii.gz``, stored by ``preprocess``). Each case leaves ``<case>.nii.gz``
+(the label map) and ``<case>.npz`` (``probabilities`` ``(K, Z, Y, X)`` float16 on the original grid), which
+``find_best_configuration`` averages to score ensembles and on which the post-processing is chosen.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +23,100 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.dataset.layout import Case
-from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
+from autoseg.errors import WorkdirError
+from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.ensemble import InferenceSettings, labels_from_probabilities, predict_probabilities
 from autoseg.io import read_labels, write_json, write_labels, write_probabilities
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
+from autoseg.training.callbacks import Callback, TrainingRun
+from autoseg.training.distributed import unwrap
+from autoseg.workdir import RunFolder, Workdir
 
 logger = logging.getLogger(__name__)
+
+EMA_WEIGHT = 0.9
+"""Weight of the previous moving average of the pseudo-Dice."""
+
+
+class PatchValidation(Callback):
+    """Every epoch: ``val_loss``, ``pseudo_dice`` (per foreground class, ``None`` where undefined) and
+    ``ema_pseudo_dice`` in the epoch's record, the moving average also in the run's state."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def on_validation(self, run: TrainingRun) -> None:
+        parts, state = run.parts, run.state
+        batches = parts.batches.validation_batches(state.epoch)
+        val_loss, dice = patch_scores(
+            parts.network, parts.loss, batches, run.config.validation_iterations, run.device, self.num_classes
+        )
+        mean_dice = float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else 0.0
+        state.ema_pseudo_dice = (
+            mean_dice
+            if state.ema_pseudo_dice is None
+            else (EMA_WEIGHT * state.ema_pseudo_dice + (1 - EMA_WEIGHT) * mean_dice)
+        )
+        run.record["val_loss"] = val_loss
+        run.record["pseudo_dice"] = [None if math.isnan(d) else d for d in dice]
+        run.record["ema_pseudo_dice"] = state.ema_pseudo_dice
+
+
+def patch_scores(
+    network: nn.Module,
+    loss_function: nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    iterations: int,
+    device: torch.device,
+    num_classes: int,
+) -> tuple[float, list[float]]:
+    """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all validation patches;
+    NaN for a class absent from both)."""
+    network.eval()
+    losses, counts = [], np.zeros((3, num_classes - 1))
+    with torch.no_grad():
+        for _ in range(iterations):
+            batch = next(batches)
+            image, target = batch["image"].to(device), batch["target"].to(device)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                logits = network(image)
+                losses.append(float(loss_function(logits, target)))
+            predicted = logits.argmax(1)
+            for k in range(1, num_classes):
+                hit, truth = predicted == k, target == k
+                counts[:, k - 1] += [
+                    float((hit & truth).sum()),
+                    float((hit & ~truth).sum()),
+                    float((~hit & truth).sum()),
+                ]
+    tp, fp, fn = counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * tp / (2 * tp + fp + fn)
+    return float(np.mean(losses)), [float(d) for d in dice]
+
+
+class FinalValidation(Callback):
+    """After the last epoch (rank 0): :func:`validate_fold` on the fold's validation cases into the run
+    folder's ``validation/``; the summary goes to ``run.summary``."""
+
+    def __init__(self, workdir: Workdir, plan: ConfigurationPlan, labels: dict[str, int]) -> None:
+        self.workdir, self.plan, self.labels = workdir, plan, labels
+
+    def on_train_end(self, run: TrainingRun) -> None:
+        cases = run.parts.batches.validation
+        run.summary = validate_fold(
+            unwrap(run.parts.network),
+            cases.identifiers,
+            workdir=self.workdir,
+            data_dir=cases.folder,
+            plan=self.plan,
+            labels=self.labels,
+            run=run.folder,
+            device=run.device,
+        )
+        logger.info("fold %s validation: mean Dice %s", run.config.fold, run.summary["mean_dice_per_class"])
 
 
 def predict_preprocessed(
@@ -40,58 +132,85 @@ def predict_preprocessed(
 def dice_per_class(
     prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int]
 ) -> dict[str, float | None]:
-    """Dice per label value; ``None`` where both prediction and reference are empty (undefined)."""
-    scores: dict[str, float | None] = {}
-    for value in labels:
-        predicted, actual = prediction == value, reference == value
-        total = int(predicted.sum()) + int(actual.sum())
-        scores[str(value)] = (
-            None if total == 0 else 2.0 * int(np.logical_and(predicted, actual).sum()) / total
-        )
-    return scores
+    """Dice per label value (:func:`autoseg.evaluation.metrics.dice_per_label`); ``None`` where both
+    prediction and reference are empty (undefined)."""
+    dice = dice_per_label(prediction, reference, labels)
+    return {str(k): None if math.isnan(d) else d for k, d in dice.items()}
 
 
 def validate_fold(
     network: nn.Module,
-    cases: Sequence[Case],
-    folder: Path,
-    config: ConfigurationPlan,
+    identifiers: Sequence[str],
+    *,
+    workdir: Workdir,
+    data_dir: Path,
+    plan: ConfigurationPlan,
+    labels: dict[str, int],
+    run: RunFolder,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Predict every validation case of ``data_dir`` into the run folder's ``validation/<case>.nii.gz``
+    (original geometry) and ``<case>.npz``, score it against ``workdir``'s reference label map, and write
+    ``validation/summary.json`` with Dice per class per case and the mean per class.
+
+    Raises:
+        WorkdirError: a case has no reference label map in the work directory.
+    """
+    foreground = sorted(v for v in labels.values() if v)
+    per_case: dict[str, dict[str, float | None]] = {}
+    for identifier in identifiers:
+        prediction = _predict_case(network, identifier, data_dir, plan, labels, run.validation_dir, device)
+        per_case[identifier] = dice_per_class(prediction, _reference(workdir, identifier), foreground)
+        logger.info(
+            "validation %s: Dice %s",
+            identifier,
+            ", ".join(
+                f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in per_case[identifier].items()
+            ),
+        )
+    summary = _summary(per_case, labels)
+    write_json(summary, run.validation_summary_path)
+    return summary
+
+
+def _predict_case(
+    network: nn.Module,
+    identifier: str,
+    data_dir: Path,
+    plan: ConfigurationPlan,
     labels: dict[str, int],
     out: Path,
     device: torch.device,
-) -> dict[str, Any]:
-    """Predict every validation case into ``out/<case>.nii.gz`` (original geometry) and write
-    ``out/summary.json`` with Dice per class per case and the mean per class."""
-    foreground = sorted(v for v in labels.values() if v)
-    per_case: dict[str, dict[str, float | None]] = {}
-    for case in cases:
-        stored = load_case(folder, case.identifier)
-        probabilities = predict_preprocessed(network, stored.image, config, device, len(labels))
-        restored = restore_probabilities(probabilities, stored.properties)
-        prediction = restored.argmax(0).astype(np.uint8 if max(labels.values()) < 256 else np.uint16)
-        write_labels(prediction, stored.properties.original_geometry, out / f"{case.identifier}.nii.gz")
-        write_probabilities(restored, out / f"{case.identifier}.npz")
-        assert case.label_path is not None
-        reference, _ = read_labels(case.label_path)
-        per_case[case.identifier] = dice_per_class(prediction, reference, foreground)
-        logger.info(
-            "validation %s: Dice %s",
-            case.identifier,
-            ", ".join(
-                f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in per_case[case.identifier].items()
-            ),
+) -> np.ndarray:
+    """The case's label map in its original geometry; writes it and its probabilities into ``out``."""
+    stored = load_case(data_dir, identifier)
+    probabilities = predict_preprocessed(network, stored.image, plan, device, len(labels))
+    restored = restore_probabilities(probabilities, stored.properties)
+    prediction: np.ndarray = labels_from_probabilities(restored)
+    write_labels(prediction, stored.properties.original_geometry, out / f"{identifier}.nii.gz")
+    write_probabilities(restored, out / f"{identifier}.npz")
+    return prediction
+
+
+def _reference(workdir: Workdir, identifier: str) -> np.ndarray:
+    path = workdir.reference_labels_path(identifier)
+    if not path.is_file():
+        raise WorkdirError(
+            f"{path}: no reference label map for validation case '{identifier}'; run 'autoseg preprocess' "
+            "again (it stores them in the work directory)"
         )
+    return read_labels(path)[0]
+
+
+def _summary(per_case: dict[str, dict[str, float | None]], labels: dict[str, int]) -> dict[str, Any]:
     names = {str(v): n for n, v in labels.items()}
     mean: dict[str, float | None] = {}
-    for value in foreground:
+    for value in sorted(v for v in labels.values() if v):
         scores = [v for s in per_case.values() if (v := s[str(value)]) is not None]
         mean[names[str(value)]] = float(np.mean(scores)) if scores else None
-    summary = {
+    known = [m for m in mean.values() if m is not None]
+    return {
         "mean_dice_per_class": mean,
-        "mean_dice": float(np.mean([m for m in mean.values() if m is not None]))
-        if any(m is not None for m in mean.values())
-        else None,
+        "mean_dice": float(np.mean(known)) if known else None,
         "cases": per_case,
     }
-    write_json(summary, out / "summary.json")
-    return summary

@@ -1,0 +1,63 @@
+"""What a training run is told (:class:`TrainConfig`, written to ``train_config.json``) and where it stands
+(:class:`RunState`, restored from a checkpoint). Cheap to import: no torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from autoseg.workdir import Workdir
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run; ``None`` fields come from the plan's schedule (``configuration``: the work directory's
+    default configuration, see :meth:`autoseg.workdir.Workdir.default_configuration`). Written, resolved, to
+    ``train_config.json``."""
+
+    configuration: str | None = None
+    fold: str = "0"
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    validation_iterations: int = 50
+    initial_lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    gradient_clip: float = 12.0
+    seed: int = 0
+    deterministic: bool = False
+    time_limit_s: float | None = None
+    num_workers: int | None = None
+    device: str = "cpu"
+    groups_file: str | None = None
+
+    @property
+    def configuration_name(self) -> str:
+        """The configuration of a resolved config (see :func:`resolve_configuration`)."""
+        if self.configuration is None:
+            raise ValueError("TrainConfig.configuration is not resolved; call resolve_configuration first")
+        return self.configuration
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores: progress, the schedule's length, the best score so far."""
+
+    epoch: int = 0
+    epochs: int = 1
+    ema_pseudo_dice: float | None = None
+    best_ema: float | None = None
+    seconds: float = 0.0
+
+
+def resolve_configuration(config: TrainConfig, workdir: Workdir, planned: Sequence[str]) -> TrainConfig:
+    """``config`` with ``configuration`` set: as given, else the work directory's default among
+    ``planned``."""
+    if config.configuration is not None:
+        return config
+    return replace(config, configuration=workdir.default_configuration(list(planned)))
+
+
+def learning_rate(config: TrainConfig, state: RunState) -> float:
+    """Poly schedule: ``initial_lr * (1 - epoch / epochs) ** 0.9`` for the epoch about to run."""
+    return float(config.initial_lr * (1 - state.epoch / state.epochs) ** 0.9)

@@ -1,0 +1,45 @@
+"""``run_train``: the training stage's one entry point (one process, several GPUs, or under torchrun)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import UsageError
+from autoseg.training.config import TrainConfig, resolve_configuration
+from autoseg.workdir import Workdir
+
+
+def run_train(
+    workdir: Path, config: TrainConfig, *, num_gpus: int = 1, resume: bool = False, show_progress: bool = True
+) -> dict[str, Any]:
+    """Train one fold (on ``num_gpus`` GPUs with data parallelism when above 1) and validate it.
+
+    ``config.configuration`` ``None`` means the work directory's default configuration
+    (:meth:`~autoseg.workdir.Workdir.default_configuration`); the run records it resolved in
+    ``train_config.json``.
+
+    Returns:
+        The validation summary (``validation/summary.json`` of the run folder): ``mean_dice_per_class``,
+        ``mean_dice`` and Dice per class per case.
+
+    Raises:
+        UsageError: fewer GPUs than ``num_gpus``, an existing run without ``resume``, an unknown fold.
+        WorkdirError: the work directory is not planned and preprocessed for the configuration.
+    """
+    import torch
+
+    from autoseg.training.distributed import launch
+    from autoseg.training.loop import train_fold, train_rank
+
+    work = Workdir(workdir)
+    config = resolve_configuration(config, work, list(work.read_plans().configurations))
+    run = work.run(config.configuration_name, config.fold)
+    if num_gpus > 1:
+        if torch.cuda.device_count() < num_gpus:
+            raise UsageError(f"--num-gpus {num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
+        launch(num_gpus, partial(train_rank, resume=resume, show_progress=show_progress), workdir, config)
+        return run.read_validation_summary()
+    summary = train_fold(workdir, config, resume=resume, show_progress=show_progress).summary
+    return summary if summary is not None else run.read_validation_summary()  # torchrun: rank > 0
