@@ -199,8 +199,9 @@ def run_choose_postprocessing(
     """Choose post-processing on the validation predictions of all folds and write ``postprocessing.json``.
 
     Args:
-        validation_folders: e.g. ``WORKDIR/trained/<config>/fold_<k>/validation`` of every fold.
-        reference_folder: the reference label files (``labelsTr``), matched by case name.
+        validation_folders: the ``validation_dir`` of every fold's :class:`autoseg.workdir.RunFolder`.
+        reference_folder: the reference label files (the work directory's ``reference_labels_dir``), matched
+            by case name.
         fingerprint: the dataset fingerprint (labels and training component volumes).
         out_path: where to write ``postprocessing.json``.
 
