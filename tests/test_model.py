@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from autoseg.cli.main import main
-from autoseg.inference.model_file import MANIFEST, ModelError, export_model, load_model
+from autoseg.errors import ModelError
+from autoseg.inference.model_file import MANIFEST, export_model, load_model
 from autoseg.workdir import Workdir
 
 

@@ -14,7 +14,8 @@ import torch
 from helpers import tiny_case
 
 from autoseg.cli.main import main
-from autoseg.inference.inputs import PredictInputError, find_input_cases
+from autoseg.errors import PredictInputError
+from autoseg.inference.inputs import find_input_cases
 from autoseg.inference.model_file import load_model
 from autoseg.inference.stage import PredictRequest, inference_settings, load_ensemble
 from autoseg.io import Geometry, read_header, read_labels, read_probabilities, write_image
