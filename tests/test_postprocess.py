@@ -12,7 +12,8 @@ import pytest
 from helpers import make_fingerprint
 from scipy import ndimage
 
-from autoseg.evaluation.stage import EvaluationError, dice_per_label
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.stage import dice_per_label
 from autoseg.fingerprint import Distribution
 from autoseg.io import Geometry, read_labels, write_labels
 from autoseg.postprocessing.choice import (
