@@ -13,33 +13,28 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from autoseg.dataset.catalogue import default_catalogue_path, load_catalogue
 from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 from autoseg.dicom.export import write_image_series
+from autoseg.errors import CatalogueError
 from autoseg.evaluation.best_configuration import run_find_best_configuration
 from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
-from autoseg.fingerprint import Fingerprint, load_fingerprint
+from autoseg.fingerprint import Fingerprint
 from autoseg.inference.outputs import OutputOptions
 from autoseg.inference.stage import PredictRequest, run_predict
 from autoseg.io import read_image
 from autoseg.pipeline import plan_and_preprocess
 from autoseg.planning.stage import PlanRequest, default_device
-from autoseg.plans import load_plans
+from autoseg.plans import Plans
 from autoseg.preprocessing.stage import PreprocessOptions
-from autoseg.training.loop import TrainConfig, run_dir_of, train_fold
+from autoseg.training.config import TrainConfig
+from autoseg.training.loop import train_fold
+from autoseg.workdir import CaseFolder, Workdir
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONFIG = SynthConfig(
-    cases=6,
-    shape=(20, 48, 48),
-    spacing_mm=(2.5, 1.5, 1.5),
-    classes=3,
-    channels=1,
-    modality="CT",
-    seed=0,
-    file_ending=".nii.gz",
-)
-"""The demo dataset; the same parameters as the ``synthetic-demo`` entry of ``datasets.json``."""
+DEMO_DATASET = "synthetic-demo"
+"""The catalogue entry (``datasets.json``) whose generator parameters make the demo dataset."""
 
 DEMO_EPOCHS = 8
 DEMO_ITERATIONS = 25
@@ -52,34 +47,67 @@ DEMO_TIME_BUDGET = "10m"
 """On a CPU the demo plans with the ``cpu`` preset for this training time."""
 
 
-def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True) -> list[str]:
+def demo_dataset_config(catalogue_path: Path | None = None) -> SynthConfig:
+    """The generator parameters of the :data:`DEMO_DATASET` entry of the catalogue (default: the project's
+    ``datasets.json``).
+
+    Raises:
+        CatalogueError: the catalogue is missing or malformed, or the entry is not a synthetic dataset.
+    """
+    catalogue = load_catalogue(catalogue_path or default_catalogue_path())
+    generator = catalogue.entry(DEMO_DATASET).generator
+    if generator is None:
+        raise CatalogueError(f"{catalogue.path}: '{DEMO_DATASET}' must be a synthetic entry")
+    return generator
+
+
+def run_demo(
+    workdir: Path, *, catalogue_path: Path | None = None, num_workers: int = 1, show_progress: bool = True
+) -> list[str]:
     """Run every available stage on the demo dataset in ``workdir``; return a summary, one line per stage.
 
     Re-running is cheap: each stage skips work that is up to date.
+
+    Args:
+        catalogue_path: the catalogue holding the :data:`DEMO_DATASET` entry (default: ``datasets.json``).
     """
+    dataset = demo_dataset_config(catalogue_path)
+    work = Workdir(workdir)
     raw = write_synthetic_dataset(
-        DEMO_CONFIG, workdir / "raw", num_workers=num_workers, show_progress=show_progress
+        dataset, workdir / "raw", num_workers=num_workers, show_progress=show_progress
     )
     request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
     options = PreprocessOptions(num_workers=num_workers)
     report, folders = plan_and_preprocess(raw, workdir, request, options, show_progress=show_progress)
     lines = [
-        f"synth:       {DEMO_CONFIG.cases} synthetic CT cases in {raw}",
+        f"synth:       {dataset.cases} synthetic CT cases in {raw}",
         f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)",
     ]
-    lines += _fingerprint_lines(load_fingerprint(workdir / "fingerprint.json"), workdir)
-    for name, config in load_plans(workdir / "plans.json").configurations.items():
-        lines.append(
-            f"plan:        {name:<11} patch {'x'.join(map(str, config.patch_size))}, batch "
-            f"{config.batch_size}, {config.network.num_stages} stages, features "
-            f"{list(config.network.features_per_stage)}"
-        )
+    lines += _fingerprint_lines(work.read_fingerprint(), work.fingerprint_path)
+    lines += _plan_lines(work.read_plans(), folders)
+    lines += _train_lines(work, show_progress)
+    lines += _after_training_lines(workdir, dataset, show_progress)
+    return lines
+
+
+def _plan_lines(plans: Plans, folders: dict[str, Path]) -> list[str]:
+    lines = [
+        f"plan:        {name:<11} patch {'x'.join(map(str, plan.patch_size))}, batch "
+        f"{plan.batch_size}, {plan.network.num_stages} stages, features "
+        f"{list(plan.network.features_per_stage)}"
+        for name, plan in plans.configurations.items()
+    ]
     for folder in sorted(set(folders.values())):
         names = ", ".join(sorted(n for n, f in folders.items() if f == folder))
-        cases = sum(1 for p in folder.iterdir() if (p / "properties.json").is_file())
+        cases = sum(1 for p in folder.iterdir() if CaseFolder(p).properties_path.is_file())
         lines.append(f"preprocess:  {cases} cases for {names} -> {folder}")
-    plans = load_plans(workdir / "plans.json")
-    configuration = "3d_fullres" if "3d_fullres" in plans.configurations else "2d"
+    return lines
+
+
+def _train_lines(work: Workdir, show_progress: bool) -> list[str]:
+    """Train fold 0 of the default configuration (:meth:`Workdir.default_configuration`) for a short
+    schedule, resuming an interrupted run."""
+    configuration = work.default_configuration(list(work.read_plans().configurations))
     train_config = TrainConfig(
         configuration=configuration,
         fold="0",
@@ -88,30 +116,28 @@ def run_demo(workdir: Path, *, num_workers: int = 1, show_progress: bool = True)
         validation_iterations=5,
         device=default_device(),
     )
-    run_dir = run_dir_of(workdir, train_config)
-    resume = (run_dir / "checkpoint_latest.pt").is_file()
-    summary = train_fold(workdir, train_config, resume=resume, show_progress=show_progress).summary
+    run = work.run(configuration, train_config.fold)
+    resume = run.checkpoint("latest").is_file()
+    summary = train_fold(work.root, train_config, resume=resume, show_progress=show_progress).summary
     assert summary is not None  # a single process is rank 0
     dice = ", ".join(
         f"{name} {value:.3f}" if value is not None else f"{name} n/a"
         for name, value in summary["mean_dice_per_class"].items()
     )
-    lines.append(
-        f"train:       {configuration} fold 0, {DEMO_EPOCHS} x {DEMO_ITERATIONS} iterations -> {run_dir}"
-    )
-    lines.append(f"             validation Dice per class: {dice}")
-    lines += _after_training_lines(workdir, show_progress)
-    return lines
+    return [
+        f"train:       {configuration} fold 0, {DEMO_EPOCHS} x {DEMO_ITERATIONS} iterations -> {run.path}",
+        f"             validation Dice per class: {dice}",
+    ]
 
 
-def _after_training_lines(workdir: Path, show_progress: bool) -> list[str]:
+def _after_training_lines(workdir: Path, config: SynthConfig, show_progress: bool) -> list[str]:
     """find_best_configuration, predict (NIfTI + report, DICOM -> RTSTRUCT) and evaluate held-out cases."""
     best = run_find_best_configuration(workdir, progress=show_progress)
     lines = [
         f"best:        {best.best.name}, cross-validation Dice {best.best.mean_dice:.3f} "
         f"({best.dice_after_postprocessing:.3f} with post-processing {best.postprocessing_path})"
     ]
-    heldout_config = replace(DEMO_CONFIG, cases=HELDOUT_CASES, seed=DEMO_CONFIG.seed + 1000)
+    heldout_config = replace(config, cases=HELDOUT_CASES, seed=config.seed + 1000)
     heldout = write_synthetic_dataset(heldout_config, workdir / "heldout", show_progress=show_progress)
     predictions = workdir / "predictions"
     outputs = run_predict(
@@ -156,13 +182,10 @@ def _after_training_lines(workdir: Path, show_progress: bool) -> list[str]:
     return lines
 
 
-def _fingerprint_lines(fingerprint: Fingerprint, workdir: Path) -> list[str]:
+def _fingerprint_lines(fingerprint: Fingerprint, path: Path) -> list[str]:
     spacing = " x ".join(f"{s:.2f}" for s in fingerprint.median_spacing_mm)
     shape = " x ".join(f"{s:.0f}" for s in fingerprint.median_shape)
-    lines = [
-        f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> "
-        f"{workdir / 'fingerprint.json'}"
-    ]
+    lines = [f"fingerprint: median spacing {spacing} mm, median shape {shape} voxels -> {path}"]
     width = max(len(c.name) for c in fingerprint.classes)
     for cls in fingerprint.classes:
         lines.append(

@@ -12,7 +12,7 @@ import pytest
 from autoseg.cli import commands, inference_commands
 from autoseg.cli.main import main
 from autoseg.dataset.catalogue import default_catalogue_path
-from autoseg.demo import DEMO_CONFIG
+from autoseg.demo import demo_dataset_config
 
 COMMAND_NAMES = [spec.name for spec in [*commands.COMMANDS, *inference_commands.COMMANDS]]
 
@@ -106,9 +106,9 @@ def test_unexpected_exceptions_are_one_line(
     assert "--debug" in err
 
 
-def test_demo_config_matches_catalogue() -> None:
+def test_demo_dataset_comes_from_the_catalogue() -> None:
     catalogue = json.loads(default_catalogue_path().read_text())
-    assert catalogue["datasets"]["synthetic-demo"]["generator"] == DEMO_CONFIG.to_json()
+    assert catalogue["datasets"]["synthetic-demo"]["generator"] == demo_dataset_config().to_json()
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_synth_command_writes_a_dataset_that_verifies(
     preset = tmp_path / "preset"
     assert main(["synth", str(preset), "--preset", "synthetic-demo", "--cases", "2", "-q"]) == 0
     generator = json.loads((preset / "dataset.json").read_text())["autoseg_synth"]
-    assert generator == {**DEMO_CONFIG.to_json(), "cases": 2}
+    assert generator == {**demo_dataset_config().to_json(), "cases": 2}
     capsys.readouterr()
     assert main(["synth", str(tmp_path / "bad"), "--classes", "99", "-q"]) == 2
     assert "classes" in capsys.readouterr().err
