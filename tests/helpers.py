@@ -125,7 +125,7 @@ def distributed_train(index: int, count: int, workdir: Path, out: Path) -> None:
     ``out/rank<index>.pt``."""
     import torch
 
-    from autoseg.training.loop import TrainConfig, train_fold
+    from autoseg.training import TrainConfig, train_fold
 
     config = TrainConfig(fold="all", epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0)
     result = train_fold(workdir, config, show_progress=False)

@@ -29,8 +29,7 @@ SCALE_RANGE = (0.7, 1.4)
 
 def rotation_ranges(dims: int, in_plane_only: bool) -> tuple[tuple[float, float], ...]:
     """Rotation ranges (radians) around batchgenerators' x, y, z: for our (z, y, x) arrays, its "x" rotation
-    is
-    in the (y, x) plane, i.e. around z."""
+    is in the (y, x) plane, i.e. around z."""
     if dims == 2 or in_plane_only:
         return (-ROTATION_IN_PLANE, ROTATION_IN_PLANE), (0.0, 0.0), (0.0, 0.0)
     return ((-ROTATION_3D, ROTATION_3D),) * 3
@@ -52,31 +51,10 @@ def enlarged_patch(patch_size: Sequence[int], dims: int, in_plane_only: bool) ->
 def training_transforms(patch_size: Sequence[int], *, in_plane_only: bool) -> AbstractTransform:
     """The augmentation pipeline for ``patch_size`` (``(z, y, x)`` or ``(y, x)``)."""
     dims = len(patch_size)
-    angle_x, angle_y, angle_z = rotation_ranges(dims, in_plane_only)
     ignore_axes = (0,) if (dims == 3 and in_plane_only) else None
     return Compose(
         [
-            SpatialTransform(
-                tuple(patch_size),
-                patch_center_dist_from_border=None,
-                do_elastic_deform=False,
-                do_rotation=True,
-                angle_x=angle_x,
-                angle_y=angle_y,
-                angle_z=angle_z,
-                do_scale=True,
-                scale=SCALE_RANGE,
-                border_mode_data="constant",
-                border_cval_data=0,
-                order_data=3,
-                border_mode_seg="constant",
-                border_cval_seg=0,
-                order_seg=1,
-                random_crop=False,
-                p_rot_per_sample=0.2,
-                p_scale_per_sample=0.2,
-                p_el_per_sample=0.0,
-            ),
+            _spatial_transform(patch_size, in_plane_only=in_plane_only),
             GaussianNoiseTransform(p_per_sample=0.1),
             GaussianBlurTransform(
                 (0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5
@@ -92,8 +70,38 @@ def training_transforms(patch_size: Sequence[int], *, in_plane_only: bool) -> Ab
                 p_per_sample=0.25,
                 ignore_axes=ignore_axes,
             ),
-            GammaTransform((0.7, 1.5), True, True, retain_stats=True, p_per_sample=0.1),
-            GammaTransform((0.7, 1.5), False, True, retain_stats=True, p_per_sample=0.3),
+            GammaTransform(
+                (0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1
+            ),
+            GammaTransform(
+                (0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3
+            ),
             MirrorTransform(tuple(range(dims))),
         ]
+    )
+
+
+def _spatial_transform(patch_size: Sequence[int], *, in_plane_only: bool) -> SpatialTransform:
+    """Rotation and scaling (no elastic deformation), each for 20 % of the samples, cropped to the patch."""
+    angle_x, angle_y, angle_z = rotation_ranges(len(patch_size), in_plane_only)
+    return SpatialTransform(
+        tuple(patch_size),
+        patch_center_dist_from_border=None,
+        do_elastic_deform=False,
+        do_rotation=True,
+        angle_x=angle_x,
+        angle_y=angle_y,
+        angle_z=angle_z,
+        do_scale=True,
+        scale=SCALE_RANGE,
+        border_mode_data="constant",
+        border_cval_data=0,
+        order_data=3,
+        border_mode_seg="constant",
+        border_cval_seg=0,
+        order_seg=1,
+        random_crop=False,
+        p_rot_per_sample=0.2,
+        p_scale_per_sample=0.2,
+        p_el_per_sample=0.0,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from autoseg.workdir import Workdir
+if TYPE_CHECKING:
+    from autoseg.workdir import Workdir
 
 
 @dataclass(frozen=True)

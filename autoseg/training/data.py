@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, PreprocessError
 from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
 from autoseg.training.sampling import forced_foreground, sample_patch
@@ -74,26 +74,8 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
             else spec.patch_size
         )
         cases: dict[str, StoredCase] = {}
-        forced = forced_foreground(spec.batch_size)
         while True:
-            images, targets = [], []
-            for index in range(spec.batch_size):
-                identifier = spec.identifiers[int(rng.integers(len(spec.identifiers)))]
-                if identifier not in cases:
-                    cases[identifier] = load_case(spec.folder, identifier)
-                case = cases[identifier]
-                assert case.labels is not None
-                image, target = sample_patch(
-                    case.image,
-                    case.labels,
-                    case.foreground,
-                    size,
-                    rng,
-                    force_foreground=index >= spec.batch_size - forced,
-                )
-                images.append(image)
-                targets.append(target)
-            batch = {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
+            batch = _sample_batch(spec, size, cases, rng)
             if transform is not None:
                 with private:
                     batch = transform(**batch)
@@ -101,6 +83,35 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
                 "image": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
                 "target": torch.from_numpy(np.rint(batch["seg"][:, 0]).astype(np.int64)),
             }
+
+
+def _sample_batch(
+    spec: BatchSpec, size: Sequence[int], cases: dict[str, StoredCase], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One batch of ``size`` patches as batchgenerators takes it (``data``, ``seg``); the last
+    :func:`forced_foreground` samples are placed on foreground. ``cases`` caches the opened cases."""
+    images, targets = [], []
+    forced = forced_foreground(spec.batch_size)
+    for index in range(spec.batch_size):
+        identifier = spec.identifiers[int(rng.integers(len(spec.identifiers)))]
+        if identifier not in cases:
+            cases[identifier] = load_case(spec.folder, identifier)
+        case = cases[identifier]
+        if case.labels is None:
+            raise PreprocessError(
+                f"{spec.folder / identifier}: no label map; training needs one, run 'autoseg preprocess'"
+            )
+        image, target = sample_patch(
+            case.image,
+            case.labels,
+            case.foreground,
+            size,
+            rng,
+            force_foreground=index >= spec.batch_size - forced,
+        )
+        images.append(image)
+        targets.append(target)
+    return {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
 
 
 class _GlobalRandomState:

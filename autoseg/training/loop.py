@@ -83,21 +83,9 @@ def train_fold(
     plans = work.read_plans()
     config = resolve_configuration(config, work, list(plans.configurations))
     plan = plans.configuration(config.configuration_name)
-    rank = init_from_environment(torch.device(config.device).type)
-    batches = parts.batches if parts is not None else fold_batches(work, plan, config, rank=rank)
-    folder = _open_run_folder(work, config, resume=resume, rank=rank)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    if parts is None:
-        channels, classes = len(plans.channel_names), len(plans.labels)
-        parts = default_parts(plan, config, num_channels=channels, num_classes=classes, batches=batches)
-    iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
-    state = RunState(epochs=config.epochs or plan.schedule.epochs)
-    run = TrainingRun(config, parts, state, folder, iterations, rank)
-    every = [
-        *default_callbacks(work, plans, plan, config, rank=rank, show_progress=show_progress),
-        *callbacks,
-    ]
+    run = _new_run(work, plans, plan, config, resume=resume, parts=parts)
+    defaults = default_callbacks(work, plans, plan, config, rank=run.rank, show_progress=show_progress)
+    every = [*defaults, *callbacks]
     try:
         _start(run, every, plans, resume=resume)
         while run.state.epoch < run.state.epochs:
@@ -108,7 +96,31 @@ def train_fold(
     finally:
         for callback in every:
             callback.on_close(run)
-    return FoldResult(folder.path, run.summary, unwrap(run.parts.network))
+    return FoldResult(run.folder.path, run.summary, unwrap(run.parts.network))
+
+
+def _new_run(
+    work: Workdir,
+    plans: Plans,
+    plan: ConfigurationPlan,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    parts: TrainingParts | None,
+) -> TrainingRun:
+    """Join the process group, choose the fold's batches (unless ``parts`` brings them), make the run folder
+    and the parts; the state is that of a new run (``resume`` restores it later)."""
+    rank = init_from_environment(torch.device(config.device).type)
+    batches = parts.batches if parts is not None else fold_batches(work, plan, config, rank=rank)
+    folder = _open_run_folder(work, config, resume=resume)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if parts is None:
+        channels, classes = len(plans.channel_names), len(plans.labels)
+        parts = default_parts(plan, config, num_channels=channels, num_classes=classes, batches=batches)
+    iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
+    state = RunState(epochs=config.epochs or plan.schedule.epochs)
+    return TrainingRun(config, parts, state, folder, iterations, rank)
 
 
 def default_callbacks(
@@ -150,7 +162,7 @@ def train_rank(
     train_fold(workdir, replace(config, device=device), resume=resume, show_progress=show_progress)
 
 
-def _open_run_folder(workdir: Workdir, config: TrainConfig, *, resume: bool, rank: Rank) -> RunFolder:
+def _open_run_folder(workdir: Workdir, config: TrainConfig, *, resume: bool) -> RunFolder:
     """The run folder, made; a run already there needs ``resume``."""
     folder = workdir.run(config.configuration_name, config.fold)
     if folder.checkpoint("latest").is_file() and not resume:
