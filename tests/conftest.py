@@ -51,7 +51,7 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import plan_and_preprocess_argv
 
     from autoseg.cli.main import main
-    from autoseg.training.loop import TrainConfig, train_fold
+    from autoseg.training import TrainConfig, train_fold
 
     root = tmp_path_factory.mktemp("trained")
     generator = np.random.default_rng(0)
