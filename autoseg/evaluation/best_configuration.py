@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -91,12 +91,7 @@ def run_find_best_configuration(
     score = partial(
         _score, references=references, fingerprint=fingerprint, num_workers=num_workers, progress=progress
     )
-    scores = [score(name, (name,), found) for name, found in folders.items()]
-    if ensembles:
-        for pair in itertools.combinations(sorted(folders), 2):
-            folder = _ensemble_cross_validation(work, pair, folders)
-            if folder is not None:
-                scores.append(score("+".join(pair), pair, [folder]))
+    scores = _score_candidates(work, folders, score, ensembles=ensembles)
     best = sorted(scores, key=lambda s: (-_finite(s.mean_dice), len(s.configurations)))[0]
     target = work.postprocessing_path(best.configurations)
     best_folders = folders[best.name] if len(best.configurations) == 1 else [_cross_validation(work, best)]
@@ -111,6 +106,23 @@ def run_find_best_configuration(
     result = BestConfiguration(tuple(scores), best, str(target), after, command)
     work.write_best_configuration(nan_to_none(_to_json(result)), format_table(result) + "\n")
     return result
+
+
+def _score_candidates(
+    work: Workdir,
+    folders: dict[str, list[Path]],
+    score: Callable[[str, tuple[str, ...], Sequence[Path]], CandidateScore],
+    *,
+    ensembles: bool,
+) -> list[CandidateScore]:
+    """Every configuration, then (with ``ensembles``) every pair with common validation cases."""
+    scores = [score(name, (name,), found) for name, found in folders.items()]
+    if ensembles:
+        for pair in itertools.combinations(sorted(folders), 2):
+            folder = _ensemble_cross_validation(work, pair, folders)
+            if folder is not None:
+                scores.append(score("+".join(pair), pair, [folder]))
+    return scores
 
 
 def _training_reference(fingerprint: Fingerprint, folders: Sequence[Path]) -> TrainingReference:
