@@ -16,8 +16,9 @@ is cheap: the submodules (and torch) load on first use of a name.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autoseg import lazy_exports
 
 if TYPE_CHECKING:
     from autoseg.training.callbacks import Callback, TrainingRun
@@ -41,24 +42,20 @@ __all__ = [
     "train_fold",
 ]
 
-_HOMES = {
-    "Callback": "callbacks",
-    "TrainingRun": "callbacks",
-    "RunState": "config",
-    "TrainConfig": "config",
-    "FoldResult": "loop",
-    "default_callbacks": "loop",
-    "train_fold": "loop",
-    "FoldBatches": "parts",
-    "TrainingParts": "parts",
-    "default_parts": "parts",
-    "fold_batches": "parts",
-    "run_train": "stage",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the submodule that defines ``name`` on first access."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Callback": "callbacks",
+        "TrainingRun": "callbacks",
+        "RunState": "config",
+        "TrainConfig": "config",
+        "FoldResult": "loop",
+        "default_callbacks": "loop",
+        "train_fold": "loop",
+        "FoldBatches": "parts",
+        "TrainingParts": "parts",
+        "default_parts": "parts",
+        "fold_batches": "parts",
+        "run_train": "stage",
+    },
+)
