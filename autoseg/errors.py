@@ -100,3 +100,15 @@ class DicomError(AutosegError):
 
     The message names the file or folder, the problem and, where there is one, what to do about it.
     """
+
+
+class CheckpointError(AutosegError):
+    """A checkpoint is missing, unreadable, or not one autoseg wrote."""
+
+
+class WorkerError(AutosegError):
+    """An augmentation worker died or stopped answering."""
+
+
+class SplitsError(AutosegError):
+    """``splits.json`` does not match the dataset, or a groups file is unusable."""

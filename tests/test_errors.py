@@ -9,7 +9,7 @@ import autoseg.errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TEMPORARILY_ELSEWHERE = {"CheckpointError", "WorkerError", "SplitsError"}
+TEMPORARILY_ELSEWHERE: set[str] = set()
 """Classes still defined outside ``autoseg/errors.py`` while their owners move them; empty when done."""
 
 

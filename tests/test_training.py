@@ -16,10 +16,11 @@ import torch
 from helpers import plan_and_preprocess_argv
 
 from autoseg.cli.main import main
+from autoseg.errors import CheckpointError, WorkerError
 from autoseg.training import callbacks
-from autoseg.training.checkpoint import CheckpointError, load_checkpoint
+from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.config import RunState, TrainConfig
-from autoseg.training.data import BatchSpec, WorkerError, epoch_batches
+from autoseg.training.data import BatchSpec, epoch_batches
 from autoseg.training.loop import train_fold
 from autoseg.workdir import Workdir
 

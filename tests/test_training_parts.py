@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.errors import UsageError
+from autoseg.errors import SplitsError, UsageError
 from autoseg.training.loss import (
     DeepSupervisionLoss,
     DiceCELoss,
@@ -18,7 +18,7 @@ from autoseg.training.loss import (
     soft_dice,
 )
 from autoseg.training.sampling import forced_foreground, sample_patch
-from autoseg.training.splits import SplitsError, load_or_create_splits, make_splits, read_groups
+from autoseg.training.splits import load_or_create_splits, make_splits, read_groups
 from autoseg.workdir import Workdir
 
 CASES = [f"case_{i:02d}" for i in range(23)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from autoseg.errors import AutosegError
+from autoseg.errors import CheckpointError
 from autoseg.io import atomic_target
 from autoseg.training.config import RunState
 from autoseg.training.distributed import unwrap
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from autoseg.training.parts import TrainingParts
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(AutosegError):
-    """A checkpoint is missing, unreadable, or not one autoseg wrote."""
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -19,16 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from autoseg.errors import AutosegError, PreprocessError
+from autoseg.errors import PreprocessError, WorkerError
 from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
 from autoseg.training.sampling import forced_foreground, sample_patch
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerError(AutosegError):
-    """An augmentation worker died or stopped answering."""
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.errors import AutosegError, UsageError
+from autoseg.errors import SplitsError, UsageError
 from autoseg.io import read_json
 from autoseg.workdir import Split, Workdir
 
 logger = logging.getLogger(__name__)
-
-
-class SplitsError(AutosegError):
-    """``splits.json`` does not match the dataset, or a groups file is unusable."""
 
 
 def make_splits(
