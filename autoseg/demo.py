@@ -132,7 +132,7 @@ def _train_lines(work: Workdir, show_progress: bool) -> list[str]:
 
 def _after_training_lines(workdir: Path, config: SynthConfig, show_progress: bool) -> list[str]:
     """find_best_configuration, predict (NIfTI + report, DICOM -> RTSTRUCT) and evaluate held-out cases."""
-    best = run_find_best_configuration(workdir, progress=show_progress)
+    best = run_find_best_configuration(workdir, show_progress=show_progress)
     lines = [
         f"best:        {best.best.name}, cross-validation Dice {best.best.mean_dice:.3f} "
         f"({best.dice_after_postprocessing:.3f} with post-processing {best.postprocessing_path})"
@@ -164,8 +164,8 @@ def _after_training_lines(workdir: Path, config: SynthConfig, show_progress: boo
             heldout / "labelsTr",
             workdir / "evaluation",
             heldout / "dataset.json",
-            progress=show_progress,
-        )
+        ),
+        show_progress=show_progress,
     )
     lines.append(f"evaluate:    {len(summary.cases)} held-out cases -> {workdir / 'evaluation'}")
     width = max(len(name) for name in summary.labels.values())

@@ -12,7 +12,8 @@ WORKDIR/
   reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess)
   trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
   trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
-  ensembles/<a>+<b>/                    Workdir.ensemble_dir(members)
+  trained/<configuration>/fold_<k>/validation/   RunFolder.validation -> PredictionFolder
+  ensembles/<a>+<b>/                    Workdir.ensemble_dir(members), ensemble_cross_validation(members)
   training_reference.json               read_training_reference / write_training_reference
   best_configuration.json, .md          read_best_choice / write_best_configuration
 ```
@@ -75,6 +76,25 @@ class CaseFolder:
 
 
 @dataclass(frozen=True)
+class PredictionFolder:
+    """A folder of cross-validation predictions (a fold's ``validation/``, an ensemble's
+    ``cross_validation/``): per case the label map ``<case>.nii.gz`` (original geometry) and the probabilities
+    ``<case>.npz`` (:func:`autoseg.io.write_probabilities`)."""
+
+    path: Path
+
+    def labels_path(self, case: str) -> Path:
+        return self.path / f"{case}.nii.gz"
+
+    def probabilities_path(self, case: str) -> Path:
+        return self.path / f"{case}.npz"
+
+    def probability_files(self) -> dict[str, Path]:
+        """Case -> probabilities file, for the cases that have one."""
+        return {p.name.removesuffix(".npz"): p for p in sorted(self.path.glob("*.npz"))}
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """``WORKDIR/trained/<configuration>/fold_<fold>``: one training run and its validation."""
 
@@ -115,6 +135,10 @@ class RunFolder:
     def validation_dir(self) -> Path:
         """Validation predictions: ``<case>.nii.gz`` + ``<case>.npz``, and ``summary.json``."""
         return self.path / "validation"
+
+    @property
+    def validation(self) -> PredictionFolder:
+        return PredictionFolder(self.validation_dir)
 
     @property
     def validation_summary_path(self) -> Path:
@@ -266,6 +290,10 @@ class Workdir:
     def ensemble_dir(self, members: Sequence[str]) -> Path:
         """``ensembles/<a>+<b>``, members sorted."""
         return self.root / "ensembles" / "+".join(sorted(members))
+
+    def ensemble_cross_validation(self, members: Sequence[str]) -> PredictionFolder:
+        """``ensembles/<a>+<b>/cross_validation``: the ensemble's averaged validation predictions."""
+        return PredictionFolder(self.ensemble_dir(members) / "cross_validation")
 
     def postprocessing_path(self, members: Sequence[str]) -> Path:
         """The post-processing chosen for one configuration or an ensemble of several."""

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.cli import commands, inference_commands
-from autoseg.cli.main import main
+from autoseg.cli.main import all_commands, main
 from autoseg.dataset.catalogue import default_catalogue_path
 from autoseg.demo import demo_dataset_config
 
-COMMAND_NAMES = [spec.name for spec in [*commands.COMMANDS, *inference_commands.COMMANDS]]
+COMMAND_NAMES = [spec.name for spec in all_commands()]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

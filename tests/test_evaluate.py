@@ -179,10 +179,8 @@ def test_run_evaluate_writes_summary_csv_and_plot(tmp_path: Path) -> None:
     write_labels(np.zeros_like(reference), geometry, tmp_path / "ref" / "c.nii.gz")
     labels_file = tmp_path / "dataset.json"
     labels_file.write_text(json.dumps({"labels": {"background": 0, "outer": 1, "inner": 2}}))
-    request = EvaluateRequest(
-        tmp_path / "pred", tmp_path / "ref", tmp_path / "out", labels_file, progress=False
-    )
-    summary = run_evaluate(request)
+    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", labels_file)
+    summary = run_evaluate(request, show_progress=False)
     assert summary.labels == {1: "outer", 2: "inner"}
     assert summary.per_class[1]["dice"].defined == 2 and summary.per_class[1]["dice"].undefined == 1
     assert summary.cases["a"][1].dice == 1.0
@@ -202,7 +200,7 @@ def test_run_evaluate_without_labels_file_uses_the_values_found(tmp_path: Path) 
     write_labels(cube((6, 6, 6), (1, 1, 1), 3, value=4), geometry, tmp_path / "p.nii.gz")
     write_labels(cube((6, 6, 6), (1, 1, 1), 3, value=1), geometry, tmp_path / "r.nii.gz")
     summary = run_evaluate(
-        EvaluateRequest(tmp_path / "p.nii.gz", tmp_path / "r.nii.gz", tmp_path / "o", progress=False)
+        EvaluateRequest(tmp_path / "p.nii.gz", tmp_path / "r.nii.gz", tmp_path / "o"), show_progress=False
     )
     assert summary.labels == {1: "label_1", 4: "label_4"}
     assert summary.cases["p"][1].recall == 0.0 and summary.cases["p"][4].precision == 0.0
@@ -213,9 +211,9 @@ def test_mismatched_geometry_and_missing_cases_are_clear_errors(tmp_path: Path) 
     write_labels(labels, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "ref" / "a.nii.gz")
     write_labels(labels, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "ref" / "b.nii.gz")
     write_labels(labels, Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "pred" / "a.nii.gz")
-    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
     with pytest.raises(EvaluationError, match=r"1 reference case\(s\) .* b"):
-        run_evaluate(request)
+        run_evaluate(request, show_progress=False)
     with pytest.raises(EvaluationError, match=r"pred/a.nii.gz: geometry differs .* spacing"):
         run_evaluate(replace(request, missing_predictions="ignore"))
     write_labels(labels, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), tmp_path / "pred" / "z.nii.gz")
@@ -233,9 +231,9 @@ def test_worker_processes_give_the_same_summary(tmp_path: Path, rng: np.random.G
         reference = _blobs(rng, (10, 14, 14))
         write_labels(reference, geometry, tmp_path / "ref" / f"{name}.nii.gz")
         write_labels(np.roll(reference, 1, axis=1), geometry, tmp_path / "pred" / f"{name}.nii.gz")
-    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "one", progress=False)
-    serial = run_evaluate(request)
-    parallel = run_evaluate(replace(request, output=tmp_path / "two", num_workers=2))
+    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "one")
+    serial = run_evaluate(request, show_progress=False)
+    parallel = run_evaluate(replace(request, output=tmp_path / "two", num_workers=2), show_progress=False)
     assert parallel.cases == serial.cases
 
 

@@ -221,7 +221,7 @@ def test_run_choose_postprocessing_reads_every_fold(tmp_path: Path, rng: np.rand
     )
     folders = [tmp_path / "fold_0", tmp_path / "fold_1"]
     out = tmp_path / "postprocessing.json"
-    chosen = run_choose_postprocessing(folders, tmp_path / "labelsTr", fingerprint, out, progress=False)
+    chosen = run_choose_postprocessing(folders, tmp_path / "labelsTr", fingerprint, out, show_progress=False)
     assert chosen.evidence is not None and chosen.evidence.num_cases == 4
     assert load_postprocessing(out).steps == chosen.steps
     with pytest.raises(EvaluationError, match="case_0 is predicted twice"):

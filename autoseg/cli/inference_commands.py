@@ -1,14 +1,22 @@
-"""CLI commands after training (``predict``, ``export-model``, ``evaluate``, ``find_best_configuration``) and
-``convert-dicom``."""
+"""CLI commands ``predict`` and ``export-model``.
+
+Each command parses flags, builds the stage's options, calls its entry point and prints the outcome.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from autoseg.cli.commands import CommandSpec, _num_workers, _progress, positive_int
+from autoseg.cli.options import (
+    CommandSpec,
+    positive_int,
+    show_progress,
+)
 
-# ---------------------------------------------------------------------------------------------- predict
+if TYPE_CHECKING:
+    pass
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,12 +107,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
             report=args.report,
         ),
     )
-    outputs = run_predict(request, show_progress=_progress(args))
+    outputs = run_predict(request, show_progress=show_progress(args))
     print(f"{len(outputs)} case(s) predicted into {args.output}")
     return 0
-
-
-# ----------------------------------------------------------------------------------------- export-model
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,123 +130,6 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------- evaluate
-
-
-def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prediction", type=Path, metavar="PRED", help="predicted label file or folder")
-    parser.add_argument("reference", type=Path, metavar="REF", help="reference label file or folder")
-    parser.add_argument(
-        "--labels", type=Path, default=None, metavar="dataset.json",
-        help="names the classes; without it every nonzero value found is a class",
-    )  # fmt: skip
-    parser.add_argument(
-        "-o", "--output", type=Path, default=None, metavar="OUT",
-        help="folder for summary.json, metrics.csv, metrics.png (default: PRED, or PRED's folder for a file)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tolerance", type=float, default=2.0, metavar="MM", help="surface Dice tolerance (default: 2 mm)"
-    )
-    parser.add_argument(
-        "--ignore-missing", action="store_true", help="evaluate only the references that have a prediction"
-    )
-    _num_workers(parser)
-
-
-def run_evaluate_command(args: argparse.Namespace) -> int:
-    """``autoseg evaluate PRED REF``: per case and class metrics, a summary, a CSV and box plots."""
-    from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
-
-    output = args.output or (args.prediction if args.prediction.is_dir() else args.prediction.parent)
-    summary = run_evaluate(
-        EvaluateRequest(
-            prediction=args.prediction,
-            reference=args.reference,
-            output=output,
-            labels_file=args.labels,
-            tolerance_mm=args.tolerance,
-            num_workers=args.num_workers,
-            progress=_progress(args),
-            missing_predictions="ignore" if args.ignore_missing else "error",
-        )
-    )
-    print(f"{len(summary.cases)} case(s); metrics in {output}/summary.json, metrics.csv, metrics.png")
-    print(f"{'class':<24} {'Dice':>7} {'IoU':>7} {'HD95 mm':>8} {'ASSD mm':>8} {'NSD':>7}")
-    for value, name in summary.labels.items():
-        stats = summary.per_class[value]
-        row = [stats[m].mean for m in ("dice", "iou", "hd95_mm", "assd_mm", "surface_dice")]
-        print(f"{name:<24} " + " ".join(f"{v:>{w}.3f}" for v, w in zip(row, (7, 7, 8, 8, 7), strict=True)))
-    return 0
-
-
-# ------------------------------------------------------------------------------ find_best_configuration
-
-
-def _best_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--configurations",
-        nargs="+",
-        default=None,
-        help="configurations to compare (default: all trained)",
-    )
-    parser.add_argument(
-        "--no-ensembles", dest="ensembles", action="store_false", help="skip ensembles of two"
-    )
-    _num_workers(parser)
-
-
-def run_best_command(args: argparse.Namespace) -> int:
-    """``autoseg find_best_configuration``: the configuration or ensemble and post-processing to use."""
-    from autoseg.evaluation.best_configuration import format_table, run_find_best_configuration
-
-    result = run_find_best_configuration(
-        args.workdir,
-        configurations=args.configurations,
-        ensembles=args.ensembles,
-        num_workers=args.num_workers,
-        progress=_progress(args),
-    )
-    print(format_table(result))
-    return 0
-
-
-# ------------------------------------------------------------------------------------------ convert-dicom
-
-
-def _convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source", type=Path, metavar="SOURCE",
-        help="folder of case folders (each: one image series + an RTSTRUCT or a DICOM SEG), or one case "
-        "folder",
-    )  # fmt: skip
-    parser.add_argument("out", type=Path, metavar="OUT", help="dataset folder to write (nnU-Net v2 layout)")
-    parser.add_argument(
-        "--mapping", type=Path, default=None, metavar="FILE",
-        help='JSON: {"labels": {"GTV": {"value": 1, "rois": ["GTV*"]}}}; default: every structure name found',
-    )  # fmt: skip
-
-
-def run_convert_command(args: argparse.Namespace) -> int:
-    """``autoseg convert-dicom SOURCE OUT``: DICOM series + RTSTRUCT/SEG -> an autoseg dataset."""
-    from autoseg.dicom.convert import ConvertRequest, convert_dicom
-
-    report = convert_dicom(ConvertRequest(args.source, args.out, args.mapping))
-    for case in report.cases:
-        line = f"{case.case}: {case.status}"
-        if case.message:
-            line += f" ({case.message})"
-        if case.unknown_rois:
-            line += f"; structures not in the mapping: {', '.join(case.unknown_rois)}"
-        if case.missing_labels:
-            line += f"; missing: {', '.join(case.missing_labels)}"
-        if case.overlap_voxels:
-            line += f"; {case.overlap_voxels} overlapping voxels (higher label kept)"
-        print(line)
-    print(f"{len(report.written)} case(s) written to {report.output_dir}; labels {report.labels}")
-    return 0 if report.written else 1
-
-
 COMMANDS = [
     CommandSpec(
         "predict",
@@ -254,24 +142,5 @@ COMMANDS = [
         "write a trained configuration (plans, weights, post-processing, checksums) into one .zip file",
         _export_arguments,
         run_export_command,
-    ),
-    CommandSpec(
-        "evaluate",
-        "score predicted label maps against references: Dice, IoU, HD95, ASSD, surface Dice, volumes",
-        _evaluate_arguments,
-        run_evaluate_command,
-    ),
-    CommandSpec(
-        "find_best_configuration",
-        "score every trained configuration and ensemble of two on the cross-validation; choose "
-        "post-processing",
-        _best_arguments,
-        run_best_command,
-    ),
-    CommandSpec(
-        "convert-dicom",
-        "turn DICOM series with RTSTRUCT or DICOM SEG structures into an autoseg (nnU-Net v2) dataset",
-        _convert_arguments,
-        run_convert_command,
     ),
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from autoseg import __version__
+from autoseg.cli.options import CommandSpec
 from autoseg.errors import AutosegError
 
 logger = logging.getLogger("autoseg")
@@ -68,14 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
     common = _common_options()
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    from autoseg.cli import commands as stage_commands
-    from autoseg.cli import inference_commands
-
-    for spec in [*stage_commands.COMMANDS, *inference_commands.COMMANDS]:
+    for spec in all_commands():
         sub = commands.add_parser(spec.name, parents=[common], help=spec.help, description=spec.help)
         spec.add_arguments(sub)
         sub.set_defaults(command=spec.run)
     return parser
+
+
+def all_commands() -> list[CommandSpec]:
+    """Every sub-command, in pipeline order: datasets in, planning, training, inference, evaluation, demo."""
+    from autoseg.cli import (
+        data_commands,
+        demo_commands,
+        evaluation_commands,
+        inference_commands,
+        plan_commands,
+        train_commands,
+    )
+
+    groups = (
+        data_commands,
+        plan_commands,
+        train_commands,
+        inference_commands,
+        evaluation_commands,
+        demo_commands,
+    )
+    return [spec for group in groups for spec in group.COMMANDS]
 
 
 def _common_options() -> argparse.ArgumentParser:

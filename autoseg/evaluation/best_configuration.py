@@ -31,11 +31,10 @@ from autoseg.inference.ensemble import labels_from_probabilities
 from autoseg.io import read_header, read_labels, read_probabilities, write_labels
 from autoseg.postprocessing.choice import run_choose_postprocessing
 from autoseg.report.structures import TrainingReference, structure_confidences
-from autoseg.workdir import Workdir
+from autoseg.workdir import PredictionFolder, Workdir
 
 logger = logging.getLogger(__name__)
 
-CROSS_VALIDATION = "cross_validation"
 """The folder of an ensemble's cross-validation label maps, inside its ensemble folder."""
 
 
@@ -61,22 +60,29 @@ class BestConfiguration:
     predict_command: str
 
 
+@dataclass(frozen=True)
+class BestConfigurationOptions:
+    """Which configurations to compare (default: every trained one), whether to score ensembles of two,
+    and in how many worker processes."""
+
+    configurations: tuple[str, ...] | None = None
+    ensembles: bool = True
+    num_workers: int = 1
+
+
 def run_find_best_configuration(
-    workdir: Path,
-    *,
-    configurations: Sequence[str] | None = None,
-    ensembles: bool = True,
-    num_workers: int = 1,
-    progress: bool = True,
+    workdir: Path, options: BestConfigurationOptions | None = None, *, show_progress: bool = True
 ) -> BestConfiguration:
     """Score, choose, choose the post-processing, and write ``best_configuration.json`` (see the module).
 
     The validation predictions are scored against the reference label maps that ``preprocess`` copied into
     the work directory (:attr:`autoseg.workdir.Workdir.reference_labels_dir`), never the raw dataset.
     """
+    options = options or BestConfigurationOptions()
     work = Workdir(workdir)
     fingerprint = work.read_fingerprint()
-    folders = {c: _validation_folders(work, c) for c in configurations or work.trained_configurations()}
+    names = options.configurations or work.trained_configurations()
+    folders = {c: _validation_folders(work, c) for c in names}
     folders = {c: f for c, f in folders.items() if f}
     if not folders:
         raise BestConfigurationError(
@@ -89,14 +95,23 @@ def run_find_best_configuration(
             "Run 'autoseg preprocess' again (it copies the reference label maps)"
         )
     score = partial(
-        _score, references=references, fingerprint=fingerprint, num_workers=num_workers, progress=progress
+        _score,
+        references=references,
+        fingerprint=fingerprint,
+        num_workers=options.num_workers,
+        show_progress=show_progress,
     )
-    scores = _score_candidates(work, folders, score, ensembles=ensembles)
+    scores = _score_candidates(work, folders, score, ensembles=options.ensembles)
     best = sorted(scores, key=lambda s: (-_finite(s.mean_dice), len(s.configurations)))[0]
     target = work.postprocessing_path(best.configurations)
     best_folders = folders[best.name] if len(best.configurations) == 1 else [_cross_validation(work, best)]
     chosen = run_choose_postprocessing(
-        best_folders, references, fingerprint, target, num_workers=num_workers, progress=progress
+        best_folders,
+        references,
+        fingerprint,
+        target,
+        num_workers=options.num_workers,
+        show_progress=show_progress,
     )
     after = best.mean_dice
     if chosen.evidence is not None and chosen.evidence.dice_after:
@@ -131,8 +146,9 @@ def _training_reference(fingerprint: Fingerprint, folders: Sequence[Path]) -> Tr
     values = sorted(v for v in fingerprint.labels.values() if v != 0)
     confidences: dict[int, list[float]] = {v: [] for v in values}
     for folder in folders:
-        for npz in sorted(folder.glob("*.npz")):
-            labels_path = npz.with_suffix(".nii.gz")
+        predictions = PredictionFolder(folder)
+        for case, npz in predictions.probability_files().items():
+            labels_path = predictions.labels_path(case)
             if not labels_path.is_file():
                 continue
             found = structure_confidences(read_labels(labels_path)[0], read_probabilities(npz), values)
@@ -165,13 +181,13 @@ def _score(
     references: Path,
     fingerprint: Fingerprint,
     num_workers: int,
-    progress: bool,
+    show_progress: bool,
 ) -> CandidateScore:
     pairs: list[CasePair] = []
     for folder in folders:
         pairs += match_cases(folder, references, missing_predictions="ignore")
     labels = {v: n for n, v in fingerprint.labels.items() if v != 0}
-    cases = evaluate_pairs(pairs, sorted(labels), num_workers=num_workers, progress=progress)
+    cases = evaluate_pairs(pairs, sorted(labels), num_workers=num_workers, show_progress=show_progress)
     summary = summarize(cases, labels, 2.0)
     per_class = {labels[k]: summary.per_class[k]["dice"].mean for k in labels}
     logger.info("%s: mean Dice %.4f on %d case(s)", name, summary.mean_dice, len(cases))
@@ -183,24 +199,29 @@ def _ensemble_cross_validation(
 ) -> Path | None:
     """Average the two configurations' validation probabilities per case; ``None`` when they do not cover
     the same cases with probabilities."""
-    members = [{p.stem: p for f in folders[c] for p in f.glob("*.npz")} for c in pair]
+    members = [
+        {case: p for p in map(PredictionFolder, folders[c]) for case in p.probability_files()} for c in pair
+    ]
     common = sorted(set(members[0]) & set(members[1]))
     if not common:
         logger.warning("%s: no common validation case with probabilities; ensemble skipped", "+".join(pair))
         return None
-    out = work.ensemble_dir(pair) / CROSS_VALIDATION
+    out = work.ensemble_cross_validation(pair)
     for case in common:
-        target = out / f"{case}.nii.gz"
+        target = out.labels_path(case)
         if target.is_file():
             continue
-        probabilities = read_probabilities(members[0][case]) + read_probabilities(members[1][case])
-        geometry = read_header(members[0][case].with_suffix(".nii.gz")).geometry
+        first, second = members[0][case], members[1][case]
+        probabilities = read_probabilities(first.probabilities_path(case)) + read_probabilities(
+            second.probabilities_path(case)
+        )
+        geometry = read_header(first.labels_path(case)).geometry
         write_labels(labels_from_probabilities(probabilities), geometry, target)
-    return out
+    return out.path
 
 
 def _cross_validation(work: Workdir, candidate: CandidateScore) -> Path:
-    return work.ensemble_dir(candidate.configurations) / CROSS_VALIDATION
+    return work.ensemble_cross_validation(candidate.configurations).path
 
 
 def _finite(value: float) -> float:

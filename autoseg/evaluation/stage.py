@@ -68,22 +68,21 @@ class EvaluateRequest:
     Attributes:
         prediction: folder of predicted label files, or one file.
         reference: folder of reference label files, or one file.
-        output: folder for ``summary.json``, ``metrics.csv`` and ``metrics.png``.
+        output: folder for ``summary.json``, ``metrics.csv`` and ``metrics.png`` (default: the prediction
+            folder, or the prediction file's folder).
         labels_file: a ``dataset.json`` naming the labels; without it, every nonzero value found is a class.
         tolerance_mm: tolerance of the normalised surface Dice, mm.
         num_workers: worker processes (1: in this process).
-        progress: show a progress bar.
         missing_predictions: ``"error"`` (default) refuses references without a prediction; ``"ignore"``
             evaluates the predicted cases only (e.g. one fold's validation cases against all of ``labelsTr``).
     """
 
     prediction: Path
     reference: Path
-    output: Path
+    output: Path | None = None
     labels_file: Path | None = None
     tolerance_mm: float = DEFAULT_TOLERANCE_MM
     num_workers: int = 1
-    progress: bool = True
     missing_predictions: Literal["error", "ignore"] = "error"
 
 
@@ -203,12 +202,12 @@ def evaluate_pairs(
     *,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     num_workers: int = 1,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict[str, dict[int, ClassMetrics]]:
     """Evaluate many cases (in ``num_workers`` processes); classes absent from a case count as both empty."""
     work = partial(evaluate_pair, label_ids=label_ids, tolerance_mm=tolerance_mm)
     results = dict(
-        map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=progress)
+        map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=show_progress)
     )
     classes = sorted({k for metrics in results.values() for k in metrics}) if label_ids is None else label_ids
     both_empty = class_metrics(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
@@ -241,7 +240,14 @@ def label_names_for(label_ids: Sequence[int], names: Mapping[int, str] | None) -
     return {k: (names or {}).get(k, f"label_{k}") for k in label_ids}
 
 
-def run_evaluate(request: EvaluateRequest) -> EvaluationSummary:
+def output_folder(request: EvaluateRequest) -> Path:
+    """Where the report goes: ``request.output``, else the prediction folder (a file's folder)."""
+    if request.output is not None:
+        return request.output
+    return request.prediction if request.prediction.is_dir() else request.prediction.parent
+
+
+def run_evaluate(request: EvaluateRequest, *, show_progress: bool = True) -> EvaluationSummary:
     """Evaluate every prediction against its reference and write the report into ``request.output``.
 
     Raises:
@@ -260,16 +266,17 @@ def run_evaluate(request: EvaluateRequest) -> EvaluationSummary:
         label_ids,
         tolerance_mm=request.tolerance_mm,
         num_workers=request.num_workers,
-        progress=request.progress,
+        show_progress=show_progress,
     )
     found = sorted({k for metrics in cases.values() for k in metrics})
     summary = summarize(cases, label_names_for(found, names), request.tolerance_mm)
-    write_report(summary, request.output)
+    output = output_folder(request)
+    write_report(summary, output)
     logger.info(
         "evaluated %d case(s): mean Dice %.4f over %d class(es); wrote %s",
         len(cases),
         summary.mean_dice,
         len(found),
-        request.output,
+        output,
     )
     return summary

@@ -194,7 +194,7 @@ def run_choose_postprocessing(
     out_path: Path,
     *,
     num_workers: int = 1,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> Postprocessing:
     """Choose post-processing on the validation predictions of all folds and write ``postprocessing.json``.
 
@@ -221,7 +221,7 @@ def run_choose_postprocessing(
     work = partial(_pair_components, label_ids=label_ids)
     components = list(
         map_cases(work, list(pairs.values()), num_workers=num_workers, description="postprocessing",
-                  show_progress=progress)
+                  show_progress=show_progress)
     )  # fmt: skip
     chosen = choose_from_components(components, label_ids, min_volume_mm3_from_fingerprint(fingerprint))
     save_postprocessing(chosen, out_path)

@@ -32,7 +32,7 @@ from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
 from autoseg.training.callbacks import Callback, TrainingRun
 from autoseg.training.distributed import unwrap
-from autoseg.workdir import RunFolder, Workdir
+from autoseg.workdir import PredictionFolder, RunFolder, Workdir
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def validate_fold(
     foreground = sorted(v for v in labels.values() if v)
     per_case: dict[str, dict[str, float | None]] = {}
     for identifier in identifiers:
-        prediction = _predict_case(network, identifier, data_dir, plan, labels, run.validation_dir, device)
+        prediction = _predict_case(network, identifier, data_dir, plan, labels, run.validation, device)
         per_case[identifier] = dice_per_class(prediction, _reference(workdir, identifier), foreground)
         logger.info(
             "validation %s: Dice %s",
@@ -179,7 +179,7 @@ def _predict_case(
     data_dir: Path,
     plan: ConfigurationPlan,
     labels: dict[str, int],
-    out: Path,
+    out: PredictionFolder,
     device: torch.device,
 ) -> np.ndarray:
     """The case's label map in its original geometry; writes it and its probabilities into ``out``."""
@@ -187,8 +187,8 @@ def _predict_case(
     probabilities = predict_preprocessed(network, stored.image, plan, device, len(labels))
     restored = restore_probabilities(probabilities, stored.properties)
     prediction: np.ndarray = labels_from_probabilities(restored)
-    write_labels(prediction, stored.properties.original_geometry, out / f"{identifier}.nii.gz")
-    write_probabilities(restored, out / f"{identifier}.npz")
+    write_labels(prediction, stored.properties.original_geometry, out.labels_path(identifier))
+    write_probabilities(restored, out.probabilities_path(identifier))
     return prediction
 
 

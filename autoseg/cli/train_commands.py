@@ -1,0 +1,116 @@
+"""CLI commands ``train FOLD``.
+
+Each command parses flags, builds the stage's options, calls its entry point and prints the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoseg.cli.options import (
+    CommandSpec,
+    positive_int,
+    show_progress,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("fold", metavar="FOLD", help="fold 0-4 of splits.json, or 'all'")
+    parser.add_argument(
+        "-c",
+        "--configuration",
+        default=None,
+        help="configuration (default: 3d_fullres, or 2d where that is all that was planned)",
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help="epochs (default: the plan's schedule)"
+    )
+    parser.add_argument(
+        "--iters-per-epoch",
+        type=positive_int,
+        default=None,
+        help="training iterations per epoch (default: the plan's schedule)",
+    )
+    parser.add_argument(
+        "--val-iters",
+        type=positive_int,
+        default=50,
+        help="validation batches per epoch for the pseudo-Dice (default: 50)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation and sampling (default: 0)"
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (slower; bitwise-repeatable on the CPU)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        default=None,
+        metavar="DURATION",
+        help="shorten the schedule to end within this time, e.g. 45m (the lr follows)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="augmentation worker processes (default: CPU count - 1, at most 8; 0: none)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=positive_int,
+        default=1,
+        help="data-parallel training on this many GPUs (DDP; or start autoseg under torchrun)",
+    )
+    parser.add_argument(
+        "--groups",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="case -> patient mapping (JSON or CSV) used when splits.json is first made, so "
+        "that one patient never sits in two folds",
+    )
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """``autoseg train FOLD``: train one fold, then predict and score its validation cases."""
+    from autoseg.planning.budgets import parse_duration
+    from autoseg.planning.stage import default_device
+    from autoseg.training import TrainConfig, run_train
+
+    config = TrainConfig(
+        configuration=args.configuration,
+        fold=args.fold,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iters_per_epoch,
+        validation_iterations=args.val_iters,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        time_limit_s=parse_duration(args.time_limit) if args.time_limit else None,
+        num_workers=args.num_workers,
+        device=args.device or default_device(),
+        groups_file=str(args.groups) if args.groups else None,
+    )
+    summary = run_train(
+        args.workdir, config, num_gpus=args.num_gpus, resume=args.resume, show_progress=show_progress(args)
+    )
+    print(f"fold {args.fold}: validation mean Dice per class {summary['mean_dice_per_class']}")
+    return 0
+
+
+COMMANDS = [
+    CommandSpec(
+        "train",
+        "train one fold of a configuration (resumable), then validate it",
+        _train_arguments,
+        run_train_command,
+    ),
+]
