@@ -74,7 +74,7 @@ def run_demo(
     dataset = demo_dataset_config(catalogue_path)
     work = Workdir(workdir)
     raw = write_synthetic_dataset(
-        dataset, workdir / "raw", num_workers=num_workers, show_progress=show_progress
+        dataset, work.demo_dir("raw"), num_workers=num_workers, show_progress=show_progress
     )
     request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
     options = PreprocessOptions(num_workers=num_workers)
@@ -132,42 +132,26 @@ def _train_lines(work: Workdir, show_progress: bool) -> list[str]:
 
 def _after_training_lines(workdir: Path, config: SynthConfig, show_progress: bool) -> list[str]:
     """find_best_configuration, predict (NIfTI + report, DICOM -> RTSTRUCT) and evaluate held-out cases."""
+    work = Workdir(workdir)
     best = run_find_best_configuration(workdir, show_progress=show_progress)
     lines = [
         f"best:        {best.best.name}, cross-validation Dice {best.best.mean_dice:.3f} "
         f"({best.dice_after_postprocessing:.3f} with post-processing {best.postprocessing_path})"
     ]
     heldout_config = replace(config, cases=HELDOUT_CASES, seed=config.seed + 1000)
-    heldout = write_synthetic_dataset(heldout_config, workdir / "heldout", show_progress=show_progress)
-    predictions = workdir / "predictions"
-    outputs = run_predict(
-        PredictRequest(heldout / "imagesTr", predictions, workdir, outputs=OutputOptions(report=True)),
-        show_progress=show_progress,
-    )
-    lines.append(f"predict:     {len(outputs)} held-out cases -> {predictions} (NIfTI + report PNG each)")
-    first = sorted((heldout / "imagesTr").iterdir())[0]
-    series = workdir / "heldout_dicom" / first.name.removesuffix("_0000.nii.gz")
-    if not series.is_dir():
-        image, geometry = read_image([first])
-        write_image_series(image[0], geometry, series)
-    dicom_out = workdir / "predictions_dicom"
-    written = run_predict(
-        PredictRequest(series, dicom_out, workdir, outputs=OutputOptions(formats=("nifti", "rtstruct"))),
-        show_progress=show_progress,
-    )
-    lines.append(
-        f"predict:     DICOM series {series} -> " + ", ".join(str(p) for o in written for p in o.files)
-    )
+    heldout = write_synthetic_dataset(heldout_config, work.demo_dir("heldout"), show_progress=show_progress)
+    predicted, report = _predict_heldout(work, heldout, show_progress)
+    lines += predicted
     summary = run_evaluate(
         EvaluateRequest(
-            predictions,
+            work.demo_dir("predictions"),
             heldout / "labelsTr",
-            workdir / "evaluation",
+            work.demo_dir("evaluation"),
             heldout / "dataset.json",
         ),
         show_progress=show_progress,
     )
-    lines.append(f"evaluate:    {len(summary.cases)} held-out cases -> {workdir / 'evaluation'}")
+    lines.append(f"evaluate:    {len(summary.cases)} held-out cases -> {work.demo_dir('evaluation')}")
     width = max(len(name) for name in summary.labels.values())
     lines.append(f"{'':13}{'class':<{width}} {'Dice':>6} {'HD95 mm':>8} {'surface Dice':>13}")
     for value, name in summary.labels.items():
@@ -177,9 +161,36 @@ def _after_training_lines(workdir: Path, config: SynthConfig, show_progress: boo
             f"{'':13}{name:<{width}} {stats['dice'].mean:6.3f} "
             f"{'n/a' if math.isnan(hd95) else f'{hd95:.2f}':>8} {stats['surface_dice'].mean:13.3f}"
         )
+    return [*lines, f"report:      {report}"]
+
+
+def _predict_heldout(work: Workdir, heldout: Path, show_progress: bool) -> tuple[list[str], Path]:
+    """Predict the held-out cases (NIfTI + report), and the first one again as a DICOM series (RTSTRUCT);
+    the summary lines and the first case's report."""
+    predictions = work.demo_dir("predictions")
+    outputs = run_predict(
+        PredictRequest(heldout / "imagesTr", predictions, work.root, outputs=OutputOptions(report=True)),
+        show_progress=show_progress,
+    )
+    first = sorted((heldout / "imagesTr").iterdir())[0]
+    series = work.demo_dir("heldout_dicom") / first.name.removesuffix("_0000.nii.gz")
+    if not series.is_dir():
+        image, geometry = read_image([first])
+        write_image_series(image[0], geometry, series)
+    written = run_predict(
+        PredictRequest(
+            series,
+            work.demo_dir("predictions_dicom"),
+            work.root,
+            outputs=OutputOptions(formats=("nifti", "rtstruct")),
+        ),
+        show_progress=show_progress,
+    )
     report = next(p for p in outputs[0].files if p.name.endswith("_report.png"))
-    lines.append(f"report:      {report}")
-    return lines
+    return [
+        f"predict:     {len(outputs)} held-out cases -> {predictions} (NIfTI + report PNG each)",
+        f"predict:     DICOM series {series} -> " + ", ".join(str(p) for o in written for p in o.files),
+    ], report
 
 
 def _fingerprint_lines(fingerprint: Fingerprint, path: Path) -> list[str]:

@@ -16,6 +16,7 @@ WORKDIR/
   ensembles/<a>+<b>/                    Workdir.ensemble_dir(members), ensemble_cross_validation(members)
   training_reference.json               read_training_reference / write_training_reference
   best_configuration.json, .md          read_best_choice / write_best_configuration
+  raw/, heldout/, heldout_dicom/, predictions/, predictions_dicom/, evaluation/   Workdir.demo_dir(name)
 ```
 
 The work directory is self-contained after ``preprocess``: the reference label maps that validation and
@@ -32,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoseg.errors import WorkdirError
 from autoseg.io import read_json, write_json, write_text_atomically
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from autoseg.report.structures import TrainingReference
 
 CHECKPOINTS = ("final", "best", "latest")
+DemoFolder = Literal["raw", "heldout", "heldout_dicom", "predictions", "predictions_dicom", "evaluation"]
 Split = dict[str, list[str]]
 
 
@@ -356,6 +358,12 @@ class Workdir:
         write_json(data, self.best_configuration_path)
         write_text_atomically(table, self.best_configuration_table_path)
         return self.best_configuration_path
+
+    # ------------------------------------------------------------------ the demo's folders
+    def demo_dir(self, name: DemoFolder) -> Path:
+        """A folder only ``autoseg demo`` makes: its synthetic dataset (``raw``), the held-out cases
+        (``heldout``, and as a DICOM series ``heldout_dicom``), their predictions and their evaluation."""
+        return self.root / name
 
     # ------------------------------------------------------------------ the default configuration
     def default_configuration(self, planned: Sequence[str]) -> str:

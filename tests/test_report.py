@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 
 from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry
+from autoseg.report.figure import render_report
 from autoseg.report.structures import (
     ClassReference,
     StructureRow,
     TrainingReference,
     intensity_window,
-    render_report,
     structure_confidences,
     structure_table,
     write_structure_table,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
@@ -19,9 +18,6 @@ from autoseg.cli.options import (
 )
 from autoseg.dataset.catalogue import load_catalogue
 from autoseg.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,23 +37,7 @@ def run_verify_command(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     if args.json is not None:
-        write_json(
-            {
-                "root": str(report.root),
-                "cases_checked": report.cases_checked,
-                "ok": report.ok,
-                "problems": [
-                    {
-                        "severity": p.severity,
-                        "path": str(p.path) if p.path else None,
-                        "case": p.case,
-                        "message": p.message,
-                    }
-                    for p in report.problems
-                ],
-            },
-            args.json,
-        )
+        write_json(report.to_json(), args.json)
     return 0 if report.ok else 1
 
 

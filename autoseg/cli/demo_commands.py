@@ -6,16 +6,13 @@ Each command parses flags, builds the stage's options, calls its entry point and
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
     add_num_workers,
+    catalogue_path,
     show_progress,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +23,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """``autoseg demo``: the pipeline end to end on the built-in synthetic dataset."""
     from autoseg.demo import run_demo
 
-    for line in run_demo(args.workdir, num_workers=args.num_workers, show_progress=show_progress(args)):
+    lines = run_demo(
+        args.workdir,
+        catalogue_path=catalogue_path(args),
+        num_workers=args.num_workers,
+        show_progress=show_progress(args),
+    )
+    for line in lines:
         print(line)
     return 0
 

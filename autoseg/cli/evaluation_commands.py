@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
     add_num_workers,
     show_progress,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:

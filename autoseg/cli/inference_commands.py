@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
     positive_int,
     show_progress,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:

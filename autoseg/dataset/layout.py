@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from autoseg.errors import DatasetError, ImageReadError
+from autoseg.errors import DatasetError
 from autoseg.io import (
     SUPPORTED_ENDINGS,
     Geometry,
     read_channels_4d,
     read_image,
     read_labels,
+    require_same_grid,
     split_ending,
 )
 from autoseg.types import FloatVolume, LabelVolume
@@ -595,14 +596,8 @@ def read_case(case: Case) -> tuple[FloatVolume, LabelVolume | None, Geometry]:
     if case.label_path is None:
         return image, None, geometry
     labels, label_geometry = read_labels(case.label_path)
-    if labels.shape != image.shape[1:]:
-        raise ImageReadError(
-            f"{case.label_path}: shape {labels.shape} differs from the image's "
-            f"{image.shape[1:]} ({case.image_paths[0].name})"
-        )
-    differences = geometry.differences(label_geometry)
-    if differences:
-        raise ImageReadError(
-            f"{case.label_path}: geometry differs from {case.image_paths[0].name}: " + "; ".join(differences)
-        )
+    reference = case.image_paths[0].name
+    require_same_grid(
+        case.label_path, labels.shape, label_geometry, image.shape, geometry, reference_name=reference
+    )
     return image, labels, geometry

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from autoseg.dataset.layout import Case, Dataset, Problem, scan_dataset
 from autoseg.errors import ImageReadError
-from autoseg.io import Geometry, read_array
+from autoseg.io import Geometry, grid_mismatch, read_array
 from autoseg.parallel import map_cases
 from autoseg.types import AnyArray
 
@@ -71,6 +72,23 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when no error was found."""
         return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON (``verify --json``): root, cases checked, ok, and every problem."""
+        return {
+            "root": str(self.root),
+            "cases_checked": self.cases_checked,
+            "ok": self.ok,
+            "problems": [
+                {
+                    "severity": p.severity,
+                    "path": str(p.path) if p.path else None,
+                    "case": p.case,
+                    "message": p.message,
+                }
+                for p in self.problems
+            ],
+        }
 
     def lines(self) -> list[str]:
         """The report as text lines: every problem, then a one-line verdict."""
@@ -123,26 +141,9 @@ def check_case(
     reference_path, (reference_array, reference_geometry) = images[0]
     shape = tuple(int(s) for s in reference_array.shape[-3:])
     for path, (array, geometry) in [*images[1:], (case.label_path, (label_array, label_geometry))]:
-        if tuple(array.shape[-3:]) != shape:
-            problems.append(
-                Problem(
-                    "error",
-                    f"shape {tuple(array.shape[-3:])} differs from {reference_path.name} {shape}",
-                    path,
-                    case.identifier,
-                )
-            )
-            continue
-        differences = reference_geometry.differences(geometry)
-        if differences:
-            problems.append(
-                Problem(
-                    "error",
-                    f"geometry differs from {reference_path.name}: " + "; ".join(differences),
-                    path,
-                    case.identifier,
-                )
-            )
+        mismatch = grid_mismatch(array.shape, geometry, shape, reference_geometry, reference_path.name)
+        if mismatch is not None:
+            problems.append(Problem("error", mismatch, path, case.identifier))
     if any(p.severity == "error" for p in problems):
         return None, problems
     present = _check_label_values(case.label_path, label_array, labels, case.identifier, problems)

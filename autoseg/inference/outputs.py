@@ -16,7 +16,8 @@ from autoseg.inference.ensemble import labels_from_probabilities
 from autoseg.io import Geometry, write_json, write_labels, write_probabilities
 from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
-from autoseg.report.structures import TrainingReference, render_report, structure_table, write_structure_table
+from autoseg.report.figure import render_report
+from autoseg.report.structures import TrainingReference, structure_table, write_structure_table
 from autoseg.types import FloatVolume, LabelVolume
 
 if TYPE_CHECKING:

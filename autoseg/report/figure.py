@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry, write_bytes_atomically
+from autoseg.report.structures import StructureRow, format_ml
 from autoseg.report.views import SliceView, intensity_window, slice_views, tilt_degrees
 from autoseg.types import LabelVolume
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from autoseg.report.structures import StructureRow
 
 MAX_TABLE_ROWS = 40
 """Structures listed in the figure (two blocks of 20); the JSON table always has all of them."""
@@ -113,14 +113,6 @@ def structure_colours(values: Sequence[int]) -> dict[int, tuple[float, float, fl
     palette = [colour[:3] for name in names for colour in colormaps[name].colors]  # type: ignore[attr-defined]
     palette = [c for c in palette if max(c) - min(c) > 0.05]  # greys vanish on a grey image
     return {value: palette[index % len(palette)] for index, value in enumerate(sorted(values))}
-
-
-def format_ml(volume_ml: float) -> str:
-    """A volume in ml with sensible digits: 1234, 56.7, 1.23, 0.012."""
-    for limit, digits in ((100.0, 0), (10.0, 1), (1.0, 2)):
-        if volume_ml >= limit:
-            return f"{volume_ml:.{digits}f}"
-    return f"{volume_ml:.3f}"
 
 
 # ------------------------------------------------------------------------------------------- internals

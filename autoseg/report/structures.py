@@ -14,7 +14,7 @@ something is unusual compared with the training data (:class:`TrainingReference`
   percentile of the training (cross-validation) confidences of that structure when those are known;
 * ``components``: more connected parts (face connectivity, as the fingerprint) than in any training case.
 
-The thresholds live in :class:`FlagRules`. :func:`render_report` draws the PNG (see
+The thresholds live in :class:`FlagRules`. :func:`autoseg.report.figure.render_report` draws the PNG (see
 :mod:`autoseg.report.figure`); :func:`write_structure_table` writes the table as JSON or CSV.
 """
 
@@ -35,7 +35,6 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY, Fingerprint
 from autoseg.io import Geometry, write_json, write_text_atomically
-from autoseg.report.figure import format_ml, render_report
 from autoseg.report.views import intensity_window
 from autoseg.types import LabelVolume
 
@@ -45,8 +44,8 @@ __all__ = [
     "FlagRules",
     "StructureRow",
     "TrainingReference",
+    "format_ml",
     "intensity_window",
-    "render_report",
     "structure_confidences",
     "structure_table",
     "write_structure_table",
@@ -274,6 +273,14 @@ def structure_confidences(
         if region is not None:
             found[value] = float(probabilities[value][region][labels[region] == value].mean(dtype=np.float64))
     return found
+
+
+def format_ml(volume_ml: float) -> str:
+    """A volume in ml with sensible digits: 1234, 56.7, 1.23, 0.012."""
+    for limit, digits in ((100.0, 0), (10.0, 1), (1.0, 2)):
+        if volume_ml >= limit:
+            return f"{volume_ml:.{digits}f}"
+    return f"{volume_ml:.3f}"
 
 
 def write_structure_table(rows: Sequence[StructureRow], path: Path) -> None:
