@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         predict = ["predict", "-i", str(images), "-o", str(outputs[name]), "--workdir", str(workdir)]
         run_cli(sources[name], [*predict, "-c", "3d_fullres", "-f", "0", "--precision", "float32"])
     problems += compare_label_maps(outputs["old"], outputs["new"])
+    for planner in ("default", "resenc-m", "resenc-l"):  # the other presets, from the same fingerprint
+        for name, workdir in workdirs.items():
+            run_cli(
+                sources[name], ["plan", "--workdir", str(workdir), "--planner", planner, "--device", "cuda"]
+            )
+        print(f"planner {planner:9s} ", end="")
+        problems += compare_files(workdirs["old"], workdirs["new"], "plans.json")
     for problem in problems:
         print(f"DIFFERENCE {problem}")
     print("identical" if not problems else f"{len(problems)} difference(s)")
