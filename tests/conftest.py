@@ -44,6 +44,19 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture
+def prepared(tmp_path: Path, tiny_dataset: Path) -> Path:
+    """A work directory with the tiny dataset planned (fixed CPU throughput) and preprocessed for
+    3d_fullres."""
+    from helpers import plan_and_preprocess_argv
+
+    from autoseg.cli.main import main
+
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(tiny_dataset, workdir, "3d_fullres")) == 0
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A work directory with folds 0 and 1 of the tiny dataset's 3d_fullres and 2d configurations, trained a

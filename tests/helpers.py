@@ -10,6 +10,7 @@ import numpy as np
 
 from autoseg.fingerprint import Fingerprint
 from autoseg.io import Geometry, write_image, write_labels
+from autoseg.training.config import TrainConfig
 
 TinyCase = tuple[np.ndarray, np.ndarray, Geometry]
 
@@ -148,3 +149,17 @@ def plan_and_preprocess_argv(
         "-q",
     ]
     return [*argv, "-c", *configurations] if configurations else argv
+
+
+def tiny_train_config(**changes: object) -> TrainConfig:
+    """A training run of seconds on the tiny dataset: fold ``all``, 2 epochs of 2 iterations, no workers,
+    deterministic; ``changes`` override any field."""
+    base = {
+        "fold": "all",
+        "epochs": 2,
+        "iterations_per_epoch": 2,
+        "validation_iterations": 1,
+        "num_workers": 0,
+        "deterministic": True,
+    }
+    return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import plan_and_preprocess_argv
+from helpers import plan_and_preprocess_argv, tiny_train_config
 
 from autoseg.cli.main import main
 from autoseg.errors import CheckpointError, WorkerError
@@ -23,27 +23,6 @@ from autoseg.training.config import RunState, TrainConfig
 from autoseg.training.data import BatchSpec, epoch_batches
 from autoseg.training.loop import train_fold
 from autoseg.workdir import Workdir
-
-
-@pytest.fixture
-def prepared(tmp_path: Path, tiny_dataset: Path) -> Path:
-    """A work directory with the tiny dataset planned (fixed CPU throughput) and preprocessed."""
-    workdir = tmp_path / "work"
-    argv = plan_and_preprocess_argv(tiny_dataset, workdir, "3d_fullres")
-    assert main(argv) == 0
-    return workdir
-
-
-def _config(**changes: object) -> TrainConfig:
-    base = {
-        "fold": "all",
-        "epochs": 2,
-        "iterations_per_epoch": 2,
-        "validation_iterations": 1,
-        "num_workers": 0,
-        "deterministic": True,
-    }
-    return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]
 
 
 def run_dir_of(workdir: Path, config: TrainConfig) -> Path:
@@ -57,9 +36,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_fold_trains_and_writes_everything(prepared: Path) -> None:
-    summary = train_fold(prepared, _config(fold="0"), show_progress=False).summary
+    summary = train_fold(prepared, tiny_train_config(fold="0"), show_progress=False).summary
     assert summary is not None
-    run = run_dir_of(prepared, _config(fold="0"))
+    run = run_dir_of(prepared, tiny_train_config(fold="0"))
     for name in (
         "checkpoint_latest.pt",
         "checkpoint_best.pt",
@@ -96,8 +75,8 @@ def test_checkpoints_refuse_pickles(tmp_path: Path) -> None:
 
 
 def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    train_fold(prepared, _config(fold="all"), show_progress=False)
-    straight = _weights(run_dir_of(prepared, _config()) / "checkpoint_final.pt")
+    train_fold(prepared, tiny_train_config(fold="all"), show_progress=False)
+    straight = _weights(run_dir_of(prepared, tiny_train_config()) / "checkpoint_final.pt")
     interrupted = prepared / "second"
     interrupted.mkdir()
     for name in ("plans.json", "fingerprint.json", "preprocessed", "reference_labels"):
@@ -110,15 +89,15 @@ def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(callbacks, "plot_progress", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(interrupted, _config(), show_progress=False)
+        train_fold(interrupted, tiny_train_config(), show_progress=False)
     monkeypatch.undo()
     with pytest.raises(Exception, match="pass --resume"):
-        train_fold(interrupted, _config(), show_progress=False)
-    train_fold(interrupted, _config(), resume=True, show_progress=False)
-    resumed = _weights(run_dir_of(interrupted, _config()) / "checkpoint_final.pt")
+        train_fold(interrupted, tiny_train_config(), show_progress=False)
+    train_fold(interrupted, tiny_train_config(), resume=True, show_progress=False)
+    resumed = _weights(run_dir_of(interrupted, tiny_train_config()) / "checkpoint_final.pt")
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
-    records = (run_dir_of(interrupted, _config()) / "log.jsonl").read_text().splitlines()
+    records = (run_dir_of(interrupted, tiny_train_config()) / "log.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]
 
 
@@ -129,8 +108,8 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared: P
         workdir.mkdir()
         for name in ("plans.json", "fingerprint.json", "preprocessed", "reference_labels"):
             (workdir / name).symlink_to(prepared / name)
-        train_fold(workdir, _config(epochs=1, seed=seed), show_progress=False)
-        results.append(_weights(run_dir_of(workdir, _config()) / "checkpoint_final.pt"))
+        train_fold(workdir, tiny_train_config(epochs=1, seed=seed), show_progress=False)
+        results.append(_weights(run_dir_of(workdir, tiny_train_config()) / "checkpoint_final.pt"))
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
     assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
 
@@ -182,7 +161,7 @@ def test_kill_minus_9_then_resume(prepared: Path) -> None:
         "-q",
     ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run_dir_of(prepared, _config()) / "log.jsonl"
+    log = run_dir_of(prepared, tiny_train_config()) / "log.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
@@ -257,7 +236,7 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(prepared: Path
 
     initial = build_network(load_plans(prepared / "plans.json").configuration("3d_fullres").network, 1, 3)
     assert not all(torch.equal(first[k], v) for k, v in initial.state_dict().items())  # it did train
-    run = run_dir_of(prepared, _config())
+    run = run_dir_of(prepared, tiny_train_config())
     assert (run / "checkpoint_final.pt").is_file() and (run / "validation" / "summary.json").is_file()
     saved = load_checkpoint(run / "checkpoint_final.pt")["network"]
     assert not any(k.startswith("module.") for k in saved)  # the weights, not the DDP wrapper's names
@@ -267,7 +246,7 @@ def test_2d_configuration_trains_and_validates(tmp_path: Path, tiny_dataset: Pat
     workdir = tmp_path / "w2d"
     argv = plan_and_preprocess_argv(tiny_dataset, workdir)
     assert main(argv) == 0
-    config = _config(configuration="2d", epochs=1)
+    config = tiny_train_config(configuration="2d", epochs=1)
     summary = train_fold(workdir, config, show_progress=False).summary
     assert summary is not None and set(summary["mean_dice_per_class"]) == {"organ", "core"}
     assert (run_dir_of(workdir, config) / "validation" / "case_000.nii.gz").is_file()

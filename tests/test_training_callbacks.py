@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import plan_and_preprocess_argv
+from helpers import tiny_train_config
 
-from autoseg.cli.main import main
 from autoseg.training import (
     Callback,
-    TrainConfig,
     TrainingRun,
     default_parts,
     fold_batches,
@@ -27,24 +25,6 @@ from autoseg.training import (
 )
 from autoseg.training.loss import DeepSupervisionLoss
 from autoseg.workdir import Workdir
-
-
-@pytest.fixture
-def prepared(tmp_path: Path, tiny_dataset: Path) -> Path:
-    workdir = tmp_path / "work"
-    assert main(plan_and_preprocess_argv(tiny_dataset, workdir, "3d_fullres")) == 0
-    return workdir
-
-
-def _config(**changes: object) -> TrainConfig:
-    base = {
-        "fold": "all",
-        "epochs": 2,
-        "iterations_per_epoch": 2,
-        "validation_iterations": 1,
-        "num_workers": 0,
-    }
-    return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]
 
 
 class PlainCrossEntropy(torch.nn.Module):
@@ -74,7 +54,7 @@ class StepLosses(Callback):
 def test_a_different_loss_is_a_new_part(prepared: Path) -> None:
     workdir = Workdir(prepared)
     plans = workdir.read_plans()
-    config = _config(configuration="3d_fullres")
+    config = tiny_train_config(configuration="3d_fullres")
     plan = plans.configuration("3d_fullres")
     parts = default_parts(
         plan,
@@ -97,7 +77,7 @@ def test_a_different_loss_is_a_new_part(prepared: Path) -> None:
 
 
 def test_run_train_resolves_and_records_the_default_configuration(prepared: Path) -> None:
-    summary = run_train(prepared, _config(epochs=1), show_progress=False)
+    summary = run_train(prepared, tiny_train_config(epochs=1), show_progress=False)
     run = Workdir(prepared).run("3d_fullres", "all")
     assert summary == run.read_validation_summary()
     assert json.loads(run.train_config_path.read_text())["configuration"] == "3d_fullres"
