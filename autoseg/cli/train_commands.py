@@ -21,8 +21,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--configuration",
         default=None,
-        help="configuration (default: 3d_fullres, or 2d where that is all that was planned)",
+        help="configuration (default: find_best_configuration's choice, else 3d_fullres, or 2d where that is "
+        "all that was planned)",
     )
+    _schedule_arguments(parser)
+    _machine_arguments(parser)
+
+
+def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=positive_int, default=None, help="epochs (default: the plan's schedule)"
     )
@@ -38,7 +44,6 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         default=50,
         help="validation batches per epoch for the pseudo-Dice (default: 50)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of initialisation and sampling (default: 0)"
@@ -55,6 +60,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="shorten the schedule to end within this time, e.g. 45m (the lr follows)",
     )
     parser.add_argument(
+        "--groups",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="case -> patient mapping (JSON or CSV) used when splits.json is first made, so "
+        "that one patient never sits in two folds",
+    )
+
+
+def _machine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument(
         "--num-workers",
         type=int,
         default=None,
@@ -65,14 +82,6 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1,
         help="data-parallel training on this many GPUs (DDP; or start autoseg under torchrun)",
-    )
-    parser.add_argument(
-        "--groups",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="case -> patient mapping (JSON or CSV) used when splits.json is first made, so "
-        "that one patient never sits in two folds",
     )
 
 

@@ -81,19 +81,8 @@ def run_find_best_configuration(
     options = options or BestConfigurationOptions()
     work = Workdir(workdir)
     fingerprint = work.read_fingerprint()
-    names = options.configurations or work.trained_configurations()
-    folders = {c: _validation_folders(work, c) for c in names}
-    folders = {c: f for c, f in folders.items() if f}
-    if not folders:
-        raise BestConfigurationError(
-            f"{workdir}: no trained configuration has validation predictions; run 'autoseg train FOLD' first"
-        )
-    references = work.reference_labels_dir
-    if not references.is_dir():
-        raise BestConfigurationError(
-            f"{references}: missing; this work directory was preprocessed by an older autoseg. "
-            "Run 'autoseg preprocess' again (it copies the reference label maps)"
-        )
+    folders = _candidate_folders(work, options.configurations or work.trained_configurations())
+    references = _reference_folder(work)
     score = partial(
         _score,
         references=references,
@@ -121,6 +110,28 @@ def run_find_best_configuration(
     result = BestConfiguration(tuple(scores), best, str(target), after, command)
     work.write_best_configuration(nan_to_none(_to_json(result)), format_table(result) + "\n")
     return result
+
+
+def _candidate_folders(work: Workdir, names: Sequence[str]) -> dict[str, list[Path]]:
+    """Configuration -> its folds' validation folders, for the configurations that have any."""
+    folders = {c: _validation_folders(work, c) for c in names}
+    folders = {c: f for c, f in folders.items() if f}
+    if not folders:
+        raise BestConfigurationError(
+            f"{work.root}: no trained configuration has validation predictions; "
+            "run 'autoseg train FOLD' first"
+        )
+    return folders
+
+
+def _reference_folder(work: Workdir) -> Path:
+    references = work.reference_labels_dir
+    if not references.is_dir():
+        raise BestConfigurationError(
+            f"{references}: missing; this work directory was preprocessed by an older autoseg. "
+            "Run 'autoseg preprocess' again (it copies the reference label maps)"
+        )
+    return references
 
 
 def _score_candidates(
