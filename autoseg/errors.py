@@ -102,6 +102,11 @@ class DicomError(AutosegError):
     """
 
 
+class StructureNameError(UsageError):
+    """A structure (ROI or segment) name that DICOM cannot hold: empty, over 64 characters, a backslash or a
+    control character. The message names the name."""
+
+
 class CheckpointError(AutosegError):
     """A checkpoint is missing, unreadable, or not one autoseg wrote."""
 
