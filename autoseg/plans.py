@@ -8,7 +8,8 @@ and reports every problem with the configuration and field it is about.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -16,7 +17,7 @@ from typing import Any, Literal, cast
 from autoseg.errors import ImageReadError, PlansError
 from autoseg.io import read_json, write_json
 
-PLANS_SCHEMA_VERSION = 1
+PLANS_SCHEMA_VERSION = 2
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 MAX_BATCH_SIZE = 4096
 
@@ -36,6 +37,63 @@ class ChannelNormalization:
     clip_high: float | None = None
     mean: float | None = None
     std: float | None = None
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    """What one input channel was trained on, for predict's input check (``autoseg.inference.modality``).
+
+    ``modality`` follows the channel name (:func:`channel_modality`); the foreground percentiles (raw units,
+    HU for CT) are the fingerprint's, ``None`` in a plan migrated from schema 1, which did not record them.
+    """
+
+    name: str
+    modality: Literal["CT", "MR", "other"]
+    foreground_percentile_00_5: float | None = None
+    foreground_median: float | None = None
+    foreground_percentile_99_5: float | None = None
+
+
+@dataclass(frozen=True)
+class MirroringPlan:
+    """Which spatial axes training augmentation and test-time augmentation mirror.
+
+    ``left_right`` False: never the patient's left-right axis, i.e. per image the array axis whose direction
+    is closest to patient x (LPS), whatever the file's axis order; the other axes still are. Chosen when a
+    structure name has a side (``lateral_structures``), so that Lung_L and Lung_R stay apart.
+    """
+
+    left_right: bool = True
+    lateral_structures: tuple[str, ...] = ()
+
+    def axes(self, dims: int, direction: Sequence[float] | None) -> tuple[int, ...]:
+        """The axes of a ``dims``-D patch that may be mirrored (2D patches are ``(y, x)`` slices of a
+        ``(z, y, x)`` image); ``direction``: the image's 3x3 row-major direction (``io.Geometry``)."""
+        every = tuple(range(dims))
+        if self.left_right or direction is None:
+            return every
+        lateral = left_right_axis(direction) - (3 - dims)
+        return tuple(axis for axis in every if axis != lateral)
+
+
+def left_right_axis(direction: Sequence[float]) -> int:
+    """The array axis (0 = z) closest to the patient's left-right direction (LPS x): the one whose direction
+    column has the largest ``|x|`` component (rows physical ``z, y, x``, as ``io.Geometry``); oblique images
+    included. Ties go to the later axis."""
+    x_row = [abs(float(v)) for v in direction[6:9]]
+    return max(range(3), key=lambda axis: (round(x_row[axis], 9), axis))
+
+
+_MR_NAME = re.compile(r"^(MR|T1|T2|FLAIR|PD|DWI|ADC|SWI|DCE|DSC|BOLD|EPI|DIXON)")
+
+
+def channel_modality(name: str) -> Literal["CT", "MR", "other"]:
+    """The modality a channel name says: ``CT...`` -> CT (the normalisation rule's test); ``MR``, ``MRI``,
+    ``T1``, ``T2``, ``FLAIR``, ``PD``, ``DWI``, ``ADC``... -> MR; anything else (PET, ``noNorm``) -> other."""
+    upper = name.strip().upper()
+    if upper.startswith("CT"):
+        return "CT"
+    return "MR" if _MR_NAME.match(upper) else "other"
 
 
 @dataclass(frozen=True)
@@ -102,6 +160,7 @@ class ConfigurationPlan:
     schedule: TrainingSchedule
     estimated_memory_gb: float
     previous_stage: str | None = None
+    mirroring: MirroringPlan = field(default_factory=MirroringPlan)
     why: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,6 +178,7 @@ class Plans:
     channel_names: tuple[str, ...]
     device: Literal["cpu", "cuda"]
     configurations: dict[str, ConfigurationPlan]
+    channels: tuple[ChannelRecord, ...] = ()
     why: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -162,8 +222,7 @@ def load_plans(path: Path) -> Plans:
             f"{path}: schema_version {version!r}; this autoseg reads up to {PLANS_SCHEMA_VERSION}. "
             "Upgrade autoseg or re-plan."
         )
-    for upgrade_from in range(version, PLANS_SCHEMA_VERSION):
-        data = MIGRATIONS[upgrade_from](data)
+    data = upgrade_plans_json(data)
     try:
         plans = plans_from_json(data)
     except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -177,9 +236,33 @@ def load_plans(path: Path) -> Plans:
     return plans
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-"""``MIGRATIONS[n]`` upgrades a schema-``n`` plans dict to schema ``n + 1`` (none yet: schema 1 is the
-first)."""
+def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: every configuration mirrors every axis, left-right included (as schema-1 models were
+    trained), and the channel records come from the names (no intensity range: schema 1 had none)."""
+    upgraded = dict(data, schema_version=2)
+    configurations = data.get("configurations")
+    for config in configurations.values() if isinstance(configurations, dict) else ():
+        if isinstance(config, dict):
+            config.setdefault("mirroring", {"left_right": True, "lateral_structures": []})
+    names = data.get("channel_names")
+    names = names if isinstance(names, list) else []
+    upgraded["channels"] = [{"name": str(n), "modality": channel_modality(str(n))} for n in names]
+    return upgraded
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: migrate_v1}
+"""``MIGRATIONS[n]`` upgrades a schema-``n`` plans dict to schema ``n + 1``."""
+
+
+def upgrade_plans_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A plans dict of any schema up to :data:`PLANS_SCHEMA_VERSION`, upgraded to it (``plans.json`` and
+    the plan inside an exported model); a missing or unknown version is left for validation to report."""
+    version = data.get("schema_version")
+    if not isinstance(version, int) or not 1 <= version <= PLANS_SCHEMA_VERSION:
+        return data
+    for upgrade_from in range(version, PLANS_SCHEMA_VERSION):
+        data = MIGRATIONS[upgrade_from](data)
+    return data
 
 
 def validate_plans(plans: Plans) -> list[str]:
@@ -187,6 +270,8 @@ def validate_plans(plans: Plans) -> list[str]:
     problems = []
     if not plans.configurations:
         problems.append("no configuration planned")
+    if len(plans.channels) not in (0, len(plans.channel_names)):
+        problems.append(f"channels has {len(plans.channels)} entries for {len(plans.channel_names)} channels")
     for name, config in plans.configurations.items():
         problems.extend(f"configuration '{name}': {p}" for p in _configuration_problems(config, plans))
     return problems
@@ -288,6 +373,7 @@ def plans_from_json(data: Mapping[str, Any]) -> Plans:
         channel_names=tuple(str(c) for c in data["channel_names"]),
         device=cast(Literal["cpu", "cuda"], str(data["device"])),
         configurations={str(k): _configuration_from_json(v) for k, v in data["configurations"].items()},
+        channels=tuple(ChannelRecord(**c) for c in data["channels"]),
         why={str(k): str(v) for k, v in data.get("why", {}).items()},
     )
 
@@ -306,6 +392,10 @@ def _configuration_from_json(data: Mapping[str, Any]) -> ConfigurationPlan:
         schedule=TrainingSchedule(**data["schedule"]),
         estimated_memory_gb=float(data["estimated_memory_gb"]),
         previous_stage=None if data.get("previous_stage") is None else str(data["previous_stage"]),
+        mirroring=MirroringPlan(
+            bool(data["mirroring"]["left_right"]),
+            tuple(str(s) for s in data["mirroring"]["lateral_structures"]),
+        ),
         why={str(k): str(v) for k, v in data.get("why", {}).items()},
     )
 

@@ -208,3 +208,39 @@ def test_throughput_measurement_warns_when_the_machine_is_busy(
     assert "other processes used" not in caplog.text
     real = budgets.machine_busy_seconds()
     assert real is None or real > 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "left_right"),
+    [
+        ({"background": 0, "Lung_L": 1, "Lung_R": 2, "Heart": 3}, False),
+        ({"background": 0, "Lt Parotid": 1, "PAROTID_R": 2}, False),
+        ({"background": 0, "kidney_left": 1, "kidney_right": 2}, False),
+        ({"background": 0, "Lens_L": 1}, False),  # one side only: mirroring would put it on the other
+        ({"background": 0, "Anterior": 1, "Posterior": 2}, True),
+        ({"background": 0, "Vertebra_L5": 1, "Liver": 2}, True),  # L5 is a vertebra, not a side
+    ],
+)
+def test_structures_with_a_side_turn_off_left_right_mirroring(
+    labels: dict[str, int], left_right: bool
+) -> None:
+    fingerprint = make_fingerprint([(3.0, 0.8, 0.8)] * 4, [(40, 160, 160)] * 4, labels=labels)
+    plans = get_planner("default").plan(fingerprint)
+    for config in plans.configurations.values():
+        assert config.mirroring.left_right is left_right
+        reason = config.why["mirroring"]
+        if left_right:
+            assert config.mirroring.lateral_structures == ()
+            assert "every axis mirrored" in reason
+        else:
+            assert "no mirroring along the patient's left-right axis" in reason
+            assert set(config.mirroring.lateral_structures) == set(labels) - {"background", "Heart"}
+    if labels.get("Lung_L"):
+        assert "(Lung_L/Lung_R)" in plans.configurations["3d_fullres"].why["mirroring"]
+
+
+def test_plans_record_each_channels_modality_and_foreground_range() -> None:
+    fingerprint = make_fingerprint([(3.0, 0.8, 0.8)] * 4, [(40, 160, 160)] * 4, channel_names=("CT", "T2"))
+    channels = get_planner("default").plan(fingerprint).channels
+    assert [(c.name, c.modality) for c in channels] == [("CT", "CT"), ("T2", "MR")]
+    assert (channels[0].foreground_percentile_00_5, channels[0].foreground_percentile_99_5) == (40.0, 180.0)

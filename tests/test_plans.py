@@ -12,7 +12,15 @@ from helpers import make_fingerprint
 
 from autoseg.errors import PlansError
 from autoseg.planning import get_planner
-from autoseg.plans import PLANS_SCHEMA_VERSION, load_plans, save_plans
+from autoseg.plans import (
+    PLANS_SCHEMA_VERSION,
+    MirroringPlan,
+    channel_modality,
+    left_right_axis,
+    load_plans,
+    migrate_v1,
+    save_plans,
+)
 
 
 @pytest.fixture
@@ -37,7 +45,7 @@ def test_round_trip_and_readable_json(plans_file: Path) -> None:
     save_plans(plans, again)
     assert again.read_bytes() == plans_file.read_bytes()
     text = plans_file.read_text()
-    assert text.startswith('{\n  "schema_version": 1,')
+    assert text.startswith(f'{{\n  "schema_version": {PLANS_SCHEMA_VERSION},')
     assert '"why"' in text
 
 
@@ -84,10 +92,69 @@ def test_edited_plans_are_validated_with_clear_errors(plans_file: Path, change: 
 
 def test_schema_versions_and_malformed_files(plans_file: Path, tmp_path: Path) -> None:
     _edit(plans_file, lambda d: d.update(schema_version=PLANS_SCHEMA_VERSION + 1))
-    with pytest.raises(PlansError, match=r"this autoseg reads up to 1\. Upgrade autoseg or re-plan"):
+    with pytest.raises(PlansError, match=r"this autoseg reads up to 2\. Upgrade autoseg or re-plan"):
         load_plans(plans_file)
     _edit(plans_file, lambda d: d.update(schema_version=1, configurations={"2d": {"dims": 2}}))
     with pytest.raises(PlansError, match="malformed plans"):
         load_plans(plans_file)
     with pytest.raises(PlansError, match="run 'autoseg plan' first"):
         load_plans(tmp_path / "missing.json")
+
+
+def _as_schema_1(data: dict[str, Any]) -> None:
+    """What a schema-1 plans.json held: no channel records, no mirroring plan."""
+    data.update(schema_version=1)
+    del data["channels"]
+    for config in data["configurations"].values():
+        del config["mirroring"]
+        del config["why"]["mirroring"]
+
+
+def test_schema_1_plans_load_with_left_right_mirroring_kept(plans_file: Path) -> None:
+    _edit(plans_file, _as_schema_1)
+    plans = load_plans(plans_file)
+    assert plans.schema_version == PLANS_SCHEMA_VERSION
+    assert all(c.mirroring == MirroringPlan(left_right=True) for c in plans.configurations.values())
+    assert [(c.name, c.modality, c.foreground_median) for c in plans.channels] == [
+        ("CT", "CT", None),
+        ("PET", "other", None),
+    ]
+
+
+def test_migrate_v1_adds_only_the_new_fields() -> None:
+    old = {"schema_version": 1, "channel_names": ["MRI"], "configurations": {"2d": {"dims": 2}}}
+    new = migrate_v1(json.loads(json.dumps(old)))
+    assert new["schema_version"] == 2
+    kept = {"left_right": True, "lateral_structures": []}
+    assert new["configurations"]["2d"] == {"dims": 2, "mirroring": kept}
+    assert new["channels"] == [{"name": "MRI", "modality": "MR"}]
+    malformed = migrate_v1({"schema_version": 1, "configurations": [1]})  # left for validation to report
+    assert malformed["channels"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "modality"),
+    [("CT", "CT"), ("ct_arterial", "CT"), ("MRI", "MR"), ("T2", "MR"), ("t1gd", "MR"), ("FLAIR", "MR"),
+     ("ADC", "MR"), ("PET", "other"), ("noNorm", "other")],
+)  # fmt: skip
+def test_channel_modality_from_the_name(name: str, modality: str) -> None:
+    assert channel_modality(name) == modality
+
+
+@pytest.mark.parametrize(
+    ("direction", "axis"),
+    [
+        ((1, 0, 0, 0, 1, 0, 0, 0, 1), 2),  # LPS, (z, y, x) arrays: x is left-right
+        ((1, 0, 0, 0, -1, 0, 0, 0, -1), 2),  # RAS: x flipped, still axis 2
+        ((0, 0, 1, 0, 1, 0, 1, 0, 0), 0),  # sagittal-first file: array axis 0 runs left-right
+        ((0, 1, 0, 0, 0, 1, -1, 0, 0), 0),  # permuted and flipped
+        ((1, 0, 0, 0, 0.94, -0.34, 0, 0.34, 0.94), 2),  # oblique about z: largest |x| component
+        ((1, 0, 0, 0, 0.34, -0.94, 0, 0.94, 0.34), 1),  # rotated past 45 degrees: axis 1 is closest to x
+    ],
+)
+def test_left_right_axis_follows_the_direction(direction: tuple[float, ...], axis: int) -> None:
+    assert left_right_axis(direction) == axis
+    kept = MirroringPlan(left_right=False).axes(3, direction)
+    assert axis not in kept and len(kept) == 2
+    assert MirroringPlan().axes(3, direction) == (0, 1, 2)
+    assert MirroringPlan(left_right=False).axes(2, direction) == tuple(a for a in (0, 1) if a != axis - 1)

@@ -14,7 +14,9 @@ The rules (reasoning in ``docs/planning.md``):
   image;
 * normalisation: CT channels clip to the foreground 0.5/99.5 percentiles and z-score with the foreground
   mean/std; others z-score per image, inside the nonzero mask when cropping removed at least a quarter of the
-  image.
+  image;
+* mirroring: every axis, except the patient's left-right one when a structure name has a side
+  (:mod:`autoseg.planning.laterality`).
 
 A planner preset (``planners/``) supplies a :class:`Budget` (memory or time) and the block layout; everything
 else is here.
@@ -32,6 +34,8 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.fingerprint import Fingerprint
+from autoseg.planning.channels import channel_records
+from autoseg.planning.laterality import mirroring_plan
 from autoseg.plans import (
     PLANS_SCHEMA_VERSION,
     ChannelNormalization,
@@ -152,6 +156,11 @@ def make_plans(
     configurations["2d"] = _with_why(
         two_d, {"spacing_mm": "in-plane target spacing; slices along z", **common}
     )
+    mirroring, why_mirroring = mirroring_plan(fingerprint.labels)
+    configurations = {
+        name: replace(config, mirroring=mirroring, why={**config.why, "mirroring": why_mirroring})
+        for name, config in configurations.items()
+    }
     why = {"configurations": _why_configurations(configurations, median)}
     return Plans(
         PLANS_SCHEMA_VERSION,
@@ -164,6 +173,7 @@ def make_plans(
         fingerprint.channel_names,
         budget.device,
         dict(sorted(configurations.items())),
+        channel_records(fingerprint),
         why,
     )
 
