@@ -38,7 +38,8 @@ from autoseg.postprocessing.choice import (
     choose_postprocessing,
     min_volume_mm3_from_fingerprint,
 )
-from autoseg.postprocessing.steps import apply_postprocessing, keep_largest_component
+from autoseg.postprocessing.components import keep_largest_component
+from autoseg.postprocessing.steps import apply_postprocessing
 
 Spacing = tuple[float, float, float]
 ANISOTROPIC: Spacing = (2.0, 0.7, 1.3)

@@ -148,3 +148,25 @@ def test_only_workdir_spells_work_directory_file_names() -> None:
             if pattern.search(code) and not re.match(r"\s*[A-Z_]+ = ", code):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "use autoseg.workdir.Workdir:\n" + "\n".join(offenders)
+
+
+def test_no_module_re_exports_another_modules_names() -> None:
+    """A module's ``__all__`` lists what it defines; only a package's ``__init__`` names entry points of its
+    modules (no facade modules)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("autoseg")
+            for alias in node.names
+        }
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                assert isinstance(node.value, ast.List | ast.Tuple)
+                names = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n in imported]
+    assert not offenders, offenders

@@ -15,16 +15,9 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from autoseg.evaluation.metrics import dice_from_counts
-from autoseg.evaluation.stage import (
-    EvaluateRequest,
-    EvaluationError,
-    dice_per_label,
-    evaluate_case,
-    match_cases,
-    read_label_names,
-    run_evaluate,
-)
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.metrics import dice_from_counts, dice_per_label, evaluate_case
+from autoseg.evaluation.stage import EvaluateRequest, match_cases, read_label_names, run_evaluate
 from autoseg.io import Geometry, read_labels, write_labels
 
 ANISOTROPIC = (3.0, 0.8, 0.8)

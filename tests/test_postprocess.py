@@ -12,8 +12,8 @@ import pytest
 from helpers import make_fingerprint
 from scipy import ndimage
 
-from autoseg.errors import EvaluationError
-from autoseg.evaluation.stage import dice_per_label
+from autoseg.errors import EvaluationError, PostprocessingError
+from autoseg.evaluation.metrics import dice_per_label
 from autoseg.fingerprint import Distribution
 from autoseg.io import Geometry, read_labels, write_labels
 from autoseg.postprocessing.choice import (
@@ -21,14 +21,12 @@ from autoseg.postprocessing.choice import (
     min_volume_mm3_from_fingerprint,
     run_choose_postprocessing,
 )
+from autoseg.postprocessing.components import keep_largest_component, remove_small_components
 from autoseg.postprocessing.steps import (
     Postprocessing,
-    PostprocessingError,
     PostprocessingStep,
     apply_postprocessing,
-    keep_largest_component,
     load_postprocessing,
-    remove_small_components,
     save_postprocessing,
 )
 

@@ -20,12 +20,11 @@ from autoseg.report.structures import (
     ClassReference,
     StructureRow,
     TrainingReference,
-    intensity_window,
     structure_confidences,
     structure_table,
     write_structure_table,
 )
-from autoseg.report.views import slice_views
+from autoseg.report.views import intensity_window, slice_views
 
 NAMES = {"background": 0, "liver": 1, "tumour": 2}
 GEOMETRY = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0))  # voxel = 1 mm³ = 0.001 ml

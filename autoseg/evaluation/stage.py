@@ -2,9 +2,7 @@
 
 :func:`run_evaluate` pairs prediction and reference files by case name, checks that each pair shares one grid,
 computes the metrics of :mod:`autoseg.evaluation.metrics` per case and class (optionally in worker processes)
-and writes ``summary.json``, ``metrics.csv`` and ``metrics.png`` (:mod:`autoseg.evaluation.summary`). The
-metric functions are re-exported here: ``dice_per_label`` (fast, counts only) and ``evaluate_case``
-(everything).
+and writes ``summary.json``, ``metrics.csv`` and ``metrics.png`` (:mod:`autoseg.evaluation.summary`).
 """
 
 from __future__ import annotations
@@ -23,39 +21,26 @@ from autoseg.dataset.layout import Problem, parse_labels
 from autoseg.errors import EvaluationError, ImageReadError
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
-    METRIC_NAMES,
     ClassMetrics,
     OverlapCounts,
     class_metrics,
-    dice_per_label,
     evaluate_case,
-    overlap_counts,
-    surface_distances_mm,
 )
-from autoseg.evaluation.summary import EvaluationSummary, MetricStats, summarize, write_report
+from autoseg.evaluation.summary import EvaluationSummary, summarize, write_report
 from autoseg.io import Geometry, read_json, read_labels, require_same_grid, split_ending
 from autoseg.parallel import map_cases
 from autoseg.types import LabelVolume
 
 __all__ = [
-    "DEFAULT_TOLERANCE_MM",
-    "METRIC_NAMES",
     "CasePair",
-    "ClassMetrics",
     "EvaluateRequest",
-    "EvaluationError",
-    "EvaluationSummary",
-    "MetricStats",
-    "OverlapCounts",
-    "dice_per_label",
-    "evaluate_case",
+    "evaluate_pair",
     "evaluate_pairs",
     "match_cases",
-    "overlap_counts",
+    "output_folder",
     "read_label_names",
     "read_pair",
     "run_evaluate",
-    "surface_distances_mm",
 ]
 
 logger = logging.getLogger(__name__)

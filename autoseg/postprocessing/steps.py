@@ -29,12 +29,9 @@ __all__ = [
     "Evidence",
     "Operation",
     "Postprocessing",
-    "PostprocessingError",
     "PostprocessingStep",
     "apply_postprocessing",
-    "keep_largest_component",
     "load_postprocessing",
-    "remove_small_components",
     "save_postprocessing",
 ]
 

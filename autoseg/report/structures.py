@@ -35,7 +35,6 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY, Fingerprint
 from autoseg.io import Geometry, write_json, write_text_atomically
-from autoseg.report.views import intensity_window
 from autoseg.types import LabelVolume
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "StructureRow",
     "TrainingReference",
     "format_ml",
-    "intensity_window",
     "structure_confidences",
     "structure_table",
     "write_structure_table",
