@@ -1,6 +1,7 @@
 """DICOM RT Structure Set (RTSTRUCT) writing and reading, on pydicom, on the grid of a DICOM image series.
 
-Writing: one ROI per label; on every slice, the outlines of the label's pixels are traced with
+Writing: one ROI per structure (:class:`autoseg.dicom.structures.Structure`; structures may overlap, a
+label map is one way to get them); on every slice, the outlines of the label's pixels are traced with
 ``skimage.measure.find_contours`` at level 0.5 on the zero-padded binary slice, so each outline runs along
 pixel edges (through the midpoints between inside and outside pixel centres). Holes become inner contours.
 Contour points go to LPS patient millimetres through :mod:`autoseg.dicom.geometry` (oblique series included).
@@ -13,6 +14,7 @@ combined by XOR (even-odd), so inner contours cut holes.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
@@ -20,26 +22,29 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 from skimage import draw, measure
 
 from autoseg import __version__
 from autoseg.dicom.geometry import index_to_patient, patient_to_index
 from autoseg.dicom.series import DicomSeries, read_header, series_geometry
-from autoseg.dicom.writing import copy_patient_and_study, read_source_headers, save_atomically
+from autoseg.dicom.structures import Structure, check_structures, roi_numbers, structures_from_labels
+from autoseg.dicom.writing import (
+    apply_character_set,
+    check_label_grid,
+    copy_patient_and_study,
+    read_source_headers,
+    save_atomically,
+    series_shape,
+)
 from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import BoolVolume, LabelVolume
 
 logger = logging.getLogger(__name__)
 
-PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
-)  # fmt: skip
-"""ROI display colours (RGB), used in turn by label value: label ``v`` gets ``PALETTE[(v - 1) % 20]``."""
+_AI_FAMILY = codes.cid7162.ArtificialIntelligence
 
 _STUDY_SOP_CLASS = (
     "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, what RTReferencedStudy conventionally cites
@@ -52,37 +57,84 @@ def write_rtstruct(
     label_names: Mapping[int, str],
     path: Path,
     *,
+    skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
 ) -> None:
     """Write a label map as an RTSTRUCT that references ``series``, atomically.
 
     One ROI per label in ``label_names`` (ROI number = label value; labels without voxels become ROIs with no
-    contours) plus one ROI named ``label_<v>`` per label present but not named.
+    contours unless ``skip_empty``) plus one ROI named ``label_<v>`` per label present but not named; types
+    and colours as :func:`autoseg.dicom.structures.structures_from_labels` gives them.
 
     Args:
         labels: ``(Z, Y, X)`` unsigned label map on the series grid (Z in slice order, Y = rows, X = columns).
         series: the image series the labels were computed on.
         label_names: label value -> ROI name (background 0 is ignored).
         path: output file.
-        algorithm_name: ROIGenerationDescription/Manufacturer name.
-        algorithm_version: SoftwareVersions.
+        skip_empty: leave out the ROIs of labels without voxels.
+        algorithm_name: Manufacturer, ROIGenerationDescription and the ROI derivation algorithm's name.
+        algorithm_version: SoftwareVersions and the algorithm's version.
 
     Raises:
         DicomError: labels not on the series grid, or the series geometry is invalid.
     """
+    check_label_grid(labels, series)
+    structures = structures_from_labels(labels, label_names)
+    write_rtstruct_structures(
+        structures,
+        series,
+        path,
+        skip_empty=skip_empty,
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+    )
+
+
+def write_rtstruct_structures(
+    structures: Sequence[Structure],
+    series: DicomSeries,
+    path: Path,
+    *,
+    skip_empty: bool = False,
+    algorithm_name: str = "autoseg",
+    algorithm_version: str = __version__,
+) -> None:
+    """Write structures (they may overlap) as an RTSTRUCT referencing ``series``, one ROI each, atomically.
+
+    The structure set is UNAPPROVED (Approval module), every ROI AUTOMATIC with its algorithm identified;
+    Patient and Study attributes come from the source; the character set is the source's unless a name needs
+    UTF-8 (:func:`autoseg.dicom.writing.apply_character_set`).
+
+    Args:
+        structures: masks on the series grid with name, RTROIInterpretedType, colour, ROI number.
+        series: the image series the masks were computed on.
+        path: output file.
+        skip_empty: leave out structures without voxels (otherwise: ROIs without contours).
+        algorithm_name: as :func:`write_rtstruct`.
+        algorithm_version: as :func:`write_rtstruct`.
+
+    Raises:
+        DicomError: a mask off the series grid, repeated names or ROI numbers, no structure to write, or an
+            invalid series geometry.
+        StructureNameError: an invalid ROI name (:func:`autoseg.dicom.names.check_roi_name`).
+    """
     geometry = series_geometry(series)
-    _check_grid(labels, series)
+    check_structures(structures, series_shape(series), str(path))
+    numbered = list(zip(roi_numbers(structures), structures, strict=True))
+    if skip_empty:
+        numbered = [(number, s) for number, s in numbered if not s.is_empty]
+    if not numbered:
+        raise DicomError(f"{path}: no structure to write; an RTSTRUCT needs at least one ROI")
     headers = read_source_headers(series)
     dataset = _structure_set(headers, algorithm_name, algorithm_version)
-    frame_uid = str(headers[0].FrameOfReferenceUID)
-    values = sorted({v for v in label_names if v > 0} | {int(v) for v in np.unique(labels) if v > 0})
-    for value in values:
-        name = label_names.get(value, f"label_{value}")
-        contours = _label_contours(labels == value, geometry, headers)
+    algorithm = _algorithm_identification(algorithm_name, algorithm_version)
+    for number, structure in numbered:
+        contours = _label_contours(structure.mask, geometry, headers)
         if not contours:
-            logger.info("%s: label %d (%s) has no voxels; its ROI has no contours", path, value, name)
-        _add_roi(dataset, value, name, frame_uid, contours, algorithm_name)
+            logger.info("%s: structure %s has no voxels; its ROI has no contours", path, structure.name)
+        _add_roi(dataset, number, structure, contours, algorithm)
+    apply_character_set(dataset, headers[0])
     save_atomically(dataset, path)
 
 
@@ -125,23 +177,12 @@ def read_rtstruct(path: Path, series: DicomSeries) -> dict[str, BoolVolume]:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _check_grid(labels: LabelVolume, series: DicomSeries) -> None:
-    first = series.instances[0]
-    expected = (len(series.instances), first.rows, first.columns)
-    if labels.shape != expected:
-        raise DicomError(
-            f"label map shape {labels.shape} does not match the series grid (Z, Y, X) = {expected} of "
-            f"{series.summary()}"
-        )
-
-
 def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_version: str) -> Dataset:
     source = headers[0]
     now = datetime.datetime.now()
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.SpecificCharacterSet = "ISO_IR 192"
     dataset.SOPClassUID = RTStructureSetStorage
     dataset.SOPInstanceUID = generate_uid()
     copy_patient_and_study(source, dataset)
@@ -149,17 +190,37 @@ def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_ve
     dataset.SeriesInstanceUID = generate_uid()
     dataset.SeriesNumber = 901
     dataset.SeriesDescription = f"{algorithm_name} structures"
+    dataset.OperatorsName = ""
+    dataset.FrameOfReferenceUID = source.FrameOfReferenceUID
+    dataset.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "") or ""
     dataset.InstanceNumber = 1
-    dataset.Manufacturer = algorithm_name
+    dataset.Manufacturer = dataset.ManufacturerModelName = algorithm_name
     dataset.SoftwareVersions = algorithm_version
     dataset.StructureSetLabel = algorithm_name[:16]
+    dataset.StructureSetDescription = f"automatic contours by {algorithm_name} {algorithm_version}"[:1024]
     dataset.StructureSetDate = dataset.InstanceCreationDate = now.strftime("%Y%m%d")
     dataset.StructureSetTime = dataset.InstanceCreationTime = now.strftime("%H%M%S")
     dataset.ReferencedFrameOfReferenceSequence = [_referenced_frame(headers)]
     dataset.StructureSetROISequence = []
     dataset.ROIContourSequence = []
     dataset.RTROIObservationsSequence = []
+    dataset.ApprovalStatus = "UNAPPROVED"
     return dataset
+
+
+def _algorithm_identification(name: str, version: str) -> Dataset:
+    """An ROIDerivationAlgorithmIdentificationSequence item: family Artificial Intelligence, name, version."""
+    family = Dataset()
+    family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning = (
+        _AI_FAMILY.value,
+        _AI_FAMILY.scheme_designator,
+        _AI_FAMILY.meaning,
+    )
+    item = Dataset()
+    item.AlgorithmFamilyCodeSequence = [family]
+    item.AlgorithmName = name
+    item.AlgorithmVersion = version
+    return item
 
 
 def _image_reference(header: Dataset) -> Dataset:
@@ -205,25 +266,26 @@ def _ds(value: float) -> str:
 
 
 def _add_roi(
-    dataset: Dataset, value: int, name: str, frame_uid: str, contours: list[Dataset], algorithm_name: str
+    dataset: Dataset, number: int, structure: Structure, contours: list[Dataset], algorithm: Dataset
 ) -> None:
     roi = Dataset()
-    roi.ROINumber = value
-    roi.ReferencedFrameOfReferenceUID = frame_uid
-    roi.ROIName = name
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = dataset.FrameOfReferenceUID
+    roi.ROIName = structure.name
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
-    roi.ROIGenerationDescription = algorithm_name
+    roi.ROIGenerationDescription = f"{algorithm.AlgorithmName} {algorithm.AlgorithmVersion}"
+    roi.ROIDerivationAlgorithmIdentificationSequence = [copy.deepcopy(algorithm)]
     dataset.StructureSetROISequence.append(roi)
     roi_contour = Dataset()
-    roi_contour.ROIDisplayColor = list(PALETTE[(value - 1) % len(PALETTE)])
-    roi_contour.ReferencedROINumber = value
+    roi_contour.ROIDisplayColor = list(structure.colour)
+    roi_contour.ReferencedROINumber = number
     if contours:
         roi_contour.ContourSequence = contours
     dataset.ROIContourSequence.append(roi_contour)
     observation = Dataset()
-    observation.ObservationNumber = value
-    observation.ReferencedROINumber = value
-    observation.RTROIInterpretedType = "ORGAN"
+    observation.ObservationNumber = number
+    observation.ReferencedROINumber = number
+    observation.RTROIInterpretedType = structure.interpreted_type
     observation.ROIInterpreter = ""
     dataset.RTROIObservationsSequence.append(observation)
 

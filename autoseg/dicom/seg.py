@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -26,7 +26,23 @@ from pydicom.uid import generate_uid
 from autoseg import __version__
 from autoseg.dicom.geometry import patient_to_index
 from autoseg.dicom.series import DicomSeries, read_header, series_geometry
-from autoseg.dicom.writing import read_source_headers, save_atomically
+from autoseg.dicom.structures import (
+    Structure,
+    check_structures,
+    overlaps,
+    structures_from_labels,
+    without_empty,
+)
+from autoseg.dicom.writing import (
+    apply_character_set,
+    check_label_grid,
+    copy_patient_and_study,
+    highdicom_character_set,
+    read_source_headers,
+    save_atomically,
+    series_shape,
+    source_character_set,
+)
 from autoseg.errors import DicomError
 from autoseg.io import Geometry
 from autoseg.types import BoolVolume, LabelVolume
@@ -40,39 +56,82 @@ def write_dicom_seg(
     label_names: Mapping[int, str],
     path: Path,
     *,
+    skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
 ) -> None:
     """Write a label map as a BINARY DICOM SEG referencing ``series``, atomically.
+
+    One segment per label in ``label_names`` (labels without voxels get a segment without frames unless
+    ``skip_empty``) plus one ``label_<v>`` per label present but not named, in increasing label value; colours
+    as :func:`autoseg.dicom.structures.structures_from_labels` gives them.
 
     Args:
         labels: ``(Z, Y, X)`` unsigned label map on the series grid (Z in slice order, Y = rows, X = columns).
         series: the image series the labels were computed on.
         label_names: label value -> segment label (background 0 is ignored).
         path: output file.
+        skip_empty: leave out the segments of labels without voxels.
         algorithm_name: name in the AlgorithmIdentificationSequence and Manufacturer.
         algorithm_version: algorithm and software version.
 
     Raises:
         DicomError: labels not on the series grid, or highdicom rejects the inputs.
     """
+    check_label_grid(labels, series)
+    write_dicom_seg_structures(
+        structures_from_labels(labels, label_names),
+        series,
+        path,
+        skip_empty=skip_empty,
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+    )
+
+
+def write_dicom_seg_structures(
+    structures: Sequence[Structure],
+    series: DicomSeries,
+    path: Path,
+    *,
+    skip_empty: bool = False,
+    algorithm_name: str = "autoseg",
+    algorithm_version: str = __version__,
+) -> None:
+    """Write structures (they may overlap) as a BINARY DICOM SEG referencing ``series``, atomically.
+
+    Segment ``i`` (from 1) is ``structures[i - 1]``; overlapping structures give overlapping segments. Each
+    segment is AUTOMATIC with the algorithm identified and the structure's colour as
+    RecommendedDisplayCIELabValue; Patient and Study attributes come from the source; the character set is
+    the source's unless a label needs UTF-8 (:func:`autoseg.dicom.writing.apply_character_set`).
+
+    Args:
+        structures: masks on the series grid with name and colour (the RTROIInterpretedType is not used).
+        series: the image series the masks were computed on.
+        path: output file.
+        skip_empty: leave out structures without voxels (otherwise: segments without frames).
+        algorithm_name: as :func:`write_dicom_seg`.
+        algorithm_version: as :func:`write_dicom_seg`.
+
+    Raises:
+        DicomError: a mask off the series grid, repeated names, no structure to write, or highdicom rejects
+            the inputs.
+        StructureNameError: an invalid segment label (:func:`autoseg.dicom.names.check_roi_name`).
+    """
     series_geometry(series)
-    first = series.instances[0]
-    expected = (len(series.instances), first.rows, first.columns)
-    if labels.shape != expected:
-        raise DicomError(f"label map shape {labels.shape} does not match the series grid {expected}")
-    values = sorted({v for v in label_names if v > 0} | {int(v) for v in np.unique(labels) if v > 0})
-    segments = np.zeros(labels.shape, np.uint16 if len(values) > 255 else np.uint8)
-    for number, value in enumerate(values, start=1):
-        segments[labels == value] = number
+    check_structures(structures, series_shape(series), str(path))
+    chosen = without_empty(structures) if skip_empty else list(structures)
+    if not chosen:
+        raise DicomError(f"{path}: no structure to write; a DICOM SEG needs at least one segment")
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
-    descriptions = [
-        _segment(number, label_names.get(value, f"label_{value}"), algorithm)
-        for number, value in enumerate(values, start=1)
-    ]
-    seg = _build(read_source_headers(series), segments, descriptions, algorithm_name, algorithm_version, path)
+    descriptions = [_segment(number, s, algorithm) for number, s in enumerate(chosen, start=1)]
+    headers = read_source_headers(series)
+    identity = (algorithm_name, algorithm_version)
+    seg = _build(headers, _segment_pixels(chosen), descriptions, identity, path)
+    copy_patient_and_study(headers[0], seg)
+    apply_character_set(seg, headers[0])
     save_atomically(seg, path)
 
 
@@ -136,24 +195,35 @@ def read_dicom_seg(
 
 
 def _segment(
-    number: int, name: str, algorithm: hd.AlgorithmIdentificationSequence
+    number: int, structure: Structure, algorithm: hd.AlgorithmIdentificationSequence
 ) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=name[:64],
+        segment_label=structure.name,
         segmented_property_category=codes.SCT.Tissue,
         segmented_property_type=codes.SCT.Tissue,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*structure.colour),
     )
+
+
+def _segment_pixels(structures: Sequence[Structure]) -> np.ndarray:
+    """highdicom's pixel array: ``(Z, Y, X)`` segment numbers when no structures overlap (small), else
+    ``(Z, Y, X, S)`` binary, one channel per segment."""
+    if overlaps(structures):
+        return np.stack([s.mask for s in structures], axis=-1).astype(np.uint8)
+    numbers = np.zeros(structures[0].mask.shape, np.uint16 if len(structures) > 255 else np.uint8)
+    for number, structure in enumerate(structures, start=1):
+        numbers[structure.mask] = number
+    return numbers
 
 
 def _build(
     sources: list[Dataset],
     segments: np.ndarray,
     descriptions: list[hd.seg.SegmentDescription],
-    algorithm_name: str,
-    algorithm_version: str,
+    identity: tuple[str, str],
     path: Path,
 ) -> hd.seg.Segmentation:
     try:
@@ -161,7 +231,7 @@ def _build(
             # highdicom re-validates the source's PatientName and warns on single-component names such as
             # "JANCT000", which are common in real data and harmless: copy them as they are.
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-            return _segmentation(sources, segments, descriptions, algorithm_name, algorithm_version)
+            return _segmentation(sources, segments, descriptions, identity)
     except (ValueError, TypeError, AttributeError) as error:
         raise DicomError(f"{path}: cannot build the DICOM SEG ({error})") from None
 
@@ -170,9 +240,9 @@ def _segmentation(
     sources: list[Dataset],
     segments: np.ndarray,
     descriptions: list[hd.seg.SegmentDescription],
-    algorithm_name: str,
-    algorithm_version: str,
+    identity: tuple[str, str],
 ) -> hd.seg.Segmentation:
+    name, version = identity
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=segments,
@@ -182,11 +252,13 @@ def _segmentation(
         series_number=902,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer=algorithm_name,
-        manufacturer_model_name=algorithm_name,
-        software_versions=algorithm_version,
+        manufacturer=name,
+        manufacturer_model_name=name,
+        software_versions=version,
         device_serial_number="none",
-        series_description=f"{algorithm_name} segmentation",
+        series_description=f"{name} segmentation",
+        content_description=f"automatic, unapproved: {name} {version}"[:64],
+        specific_character_set=highdicom_character_set(source_character_set(sources[0])),
     )
 
 

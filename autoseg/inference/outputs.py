@@ -41,6 +41,9 @@ class OutputOptions:
         instances: class names (or values) whose separate objects get their own ids (``CASE_instances``).
         split_touching: split touching objects of those classes with a watershed.
         report: a reviewer PNG and a structure table per case.
+        skip_empty_structures: leave structures the case has no voxel of out of the SEG and RTSTRUCT
+            (default: keep them, as SEG segments without frames and RTSTRUCT ROIs without contours, so
+            every case's objects list the model's full structure set).
     """
 
     formats: tuple[str, ...] = ("nifti",)
@@ -48,6 +51,7 @@ class OutputOptions:
     instances: tuple[str, ...] = ()
     split_touching: bool = False
     report: bool = False
+    skip_empty_structures: bool = False
 
     def check_inputs(self, cases: Sequence[InputCase]) -> None:
         """Refuse before any work what cannot be written: DICOM outputs of non-DICOM inputs."""
@@ -112,16 +116,7 @@ def write_case_outputs(
     if "nifti" in options.formats:
         files.append(stem.with_name(f"{case.identifier}.nii.gz"))
         write_labels(labels, geometry, files[-1])
-    if "dicom-seg" in options.formats:
-        from autoseg.dicom.seg import write_dicom_seg
-
-        files.append(stem.with_name(f"{case.identifier}_seg.dcm"))
-        write_dicom_seg(labels, case.series, names, files[-1])
-    if "rtstruct" in options.formats:
-        from autoseg.dicom.rtstruct import write_rtstruct
-
-        files.append(stem.with_name(f"{case.identifier}_rtstruct.dcm"))
-        write_rtstruct(labels, case.series, names, files[-1])
+    files += _write_dicom(case, labels, names, options, out)
     if options.save_probabilities:
         files.append(stem.with_name(f"{case.identifier}_probabilities.npz"))
         write_probabilities(probabilities, files[-1], class_names=list(context.labels_by_name))
@@ -134,6 +129,33 @@ def write_case_outputs(
     volumes = {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
     logger.info("%s: %s", case.identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
     return CaseOutput(case.identifier, tuple(files), volumes)
+
+
+def _write_dicom(
+    case: InputCase, labels: LabelVolume, names: dict[int, str], options: OutputOptions, out: Path
+) -> list[Path]:
+    """``CASE_seg.dcm`` and ``CASE_rtstruct.dcm`` as requested, referencing the case's DICOM series.
+
+    With ``skip_empty_structures`` and no structure present, neither is written (both need at least one
+    structure) and a warning says so.
+    """
+    wanted = [f for f in options.formats if f in DICOM_FORMATS]
+    skip = options.skip_empty_structures
+    if wanted and skip and not labels.any():
+        logger.warning("%s: no structure has voxels; no %s written", case.identifier, " or ".join(wanted))
+        return []
+    paths: list[Path] = []
+    if "dicom-seg" in wanted:
+        from autoseg.dicom.seg import write_dicom_seg
+
+        paths.append(out / f"{case.identifier}_seg.dcm")
+        write_dicom_seg(labels, case.series, names, paths[-1], skip_empty=skip)
+    if "rtstruct" in wanted:
+        from autoseg.dicom.rtstruct import write_rtstruct
+
+        paths.append(out / f"{case.identifier}_rtstruct.dcm")
+        write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip)
+    return paths
 
 
 def _write_instances(
