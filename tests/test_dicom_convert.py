@@ -16,7 +16,7 @@ from autoseg.dicom.mapping import load_mapping, mapping_from_names, parse_mappin
 from autoseg.dicom.rtstruct import write_rtstruct
 from autoseg.dicom.seg import write_dicom_seg
 from autoseg.dicom.series import read_series, single_series
-from autoseg.errors import DicomError
+from autoseg.errors import DicomError, StructureNameError
 from autoseg.io import read_image, read_json, read_labels
 
 MAPPING = {
@@ -76,6 +76,7 @@ def test_unknown_missing_overlapping_and_skipped_cases(tmp_path: Path) -> None:
         "labels": {"background": 0, "GTV": 1, "Lung": 2, "Heart": 3},
         "numTraining": 1,
         "file_ending": ".nii.gz",
+        "structure_types": {"GTV": "GTV", "Lung": "ORGAN", "Heart": "ORGAN"},
     }
     assert load_mapping(tmp_path / "out" / "label_mapping.json") == load_mapping(tmp_path / "mapping.json")
     assert len(load_dataset(tmp_path / "out").cases) == 1
@@ -162,3 +163,131 @@ def test_convert_dicom_command_then_verify(
     assert "4 case(s) written" in printed
     assert main(["verify", str(out), "-q"]) == 0
     assert main(["convert-dicom", str(tmp_path / "nothing"), str(tmp_path / "x"), "-q"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+CLINIC_NAMES = ("BODY", "Areola", "Borders", "Breast", "Heart", "Lt Lung", "Nodes", "Scar", "Tumor Bed")
+
+
+def write_named_case(folder: Path, names: tuple[str, ...]) -> None:
+    """A 2 x 8 x (4 * len(names)) CT case; one RTSTRUCT holds one 2 x 4 x 3 box per name, side by side."""
+    labels = np.zeros((2, 8, 4 * len(names)), np.uint8)
+    for index in range(len(names)):
+        labels[:, 2:6, 4 * index : 4 * index + 3] = index + 1
+    write_ct_series(folder / "ct", (labels * 10).astype(np.int16))
+    series = single_series(folder / "ct")
+    write_rtstruct(labels, series, dict(enumerate(names, start=1)), folder / "rtstruct.dcm")
+
+
+def test_tg263_names_without_a_mapping(tmp_path: Path) -> None:
+    write_named_case(tmp_path / "cases" / "a", CLINIC_NAMES)
+    write_named_case(tmp_path / "cases" / "b", ("LUNG_LT", "External", "Cor"))
+    request = ConvertRequest(tmp_path / "cases", tmp_path / "out", names="tg263")
+    a, b = convert_dicom(request).cases
+    expected = {"background": 0, "External": 1, "Heart": 2, "Lung_L": 3}  # sorted standard names
+    assert load_dataset(tmp_path / "out").labels == expected  # the extra dataset.json keys are ignored
+    assert a.unknown_rois == ("Areola", "Borders", "Breast", "Nodes", "Scar", "Tumor Bed")
+    assert a.suggestions["Breast"][:2] == ("Breast_L", "Breast_R")
+    assert set(a.suggestions) == set(a.unknown_rois)
+    assert b.unknown_rois == () and b.voxels == {"External": 24, "Heart": 24, "Lung_L": 24}
+    meta = read_json(tmp_path / "out" / "dataset.json")
+    assert meta["structure_types"] == {"External": "EXTERNAL", "Heart": "ORGAN", "Lung_L": "ORGAN"}
+    assert meta["source_names"] == {
+        "a": {"External": ["BODY"], "Heart": ["Heart"], "Lung_L": ["Lt Lung"]},
+        "b": {"External": ["External"], "Heart": ["Cor"], "Lung_L": ["LUNG_LT"]},
+    }
+    saved = load_mapping(tmp_path / "out" / "label_mapping.json")
+    assert (
+        saved.labels["Lung_L"].rois == ("Lt Lung", "LUNG_LT") and saved.labels["External"].type == "EXTERNAL"
+    )
+
+
+def test_a_mapping_file_overrides_tg263(tmp_path: Path) -> None:
+    write_named_case(tmp_path / "cases" / "a", ("Lt Lung", "Heart", "Tumor Bed", "BODY"))
+    mapping = {"labels": {"TumourBed": {"value": 5, "rois": ["tumor bed"], "type": "CTV"}, "Heart": 1}}
+    (tmp_path / "mapping.json").write_text(json.dumps(mapping))
+    request = ConvertRequest(tmp_path / "cases", tmp_path / "out", tmp_path / "mapping.json", "tg263")
+    report = convert_dicom(request)
+    assert report.labels == {"background": 0, "Heart": 1, "TumourBed": 5, "External": 6, "Lung_L": 7}
+    assert report.cases[0].unknown_rois == ()
+    types = read_json(tmp_path / "out" / "dataset.json")["structure_types"]
+    assert types == {"Heart": "ORGAN", "TumourBed": "CTV", "External": "EXTERNAL", "Lung_L": "ORGAN"}
+    assert {m.name: m.standard for m in report.matches} == {"BODY": "External", "Lt Lung": "Lung_L"}
+
+
+def test_a_mapping_type_must_be_a_dicom_roi_type() -> None:
+    with pytest.raises(DicomError) as raised:
+        parse_mapping({"labels": {"GTV": {"value": 1, "type": "TUMOUR"}}}, "m.json")
+    assert "'type' must be one of" in raised.value.details[0]
+
+
+@pytest.mark.parametrize("bad", ["Lung\tL", "x" * 70, "Lung\\L"])
+def test_label_names_dicom_cannot_hold_are_refused_before_any_work(tmp_path: Path, bad: str) -> None:
+    import pydicom
+
+    write_named_case(tmp_path / "cases" / "a", ("Heart", "Lung"))
+    source = pydicom.dcmread(tmp_path / "cases" / "a" / "rtstruct.dcm")
+    source.StructureSetROISequence[1].ROIName = "placeholder"
+    source.save_as(tmp_path / "cases" / "a" / "rtstruct.dcm")
+    (tmp_path / "mapping.json").write_text(json.dumps({"labels": {bad: {"value": 1, "rois": ["heart"]}}}))
+    with pytest.raises(StructureNameError) as raised:
+        convert_dicom(ConvertRequest(tmp_path / "cases", tmp_path / "out", tmp_path / "mapping.json"))
+    assert repr(bad) in raised.value.message and "--mapping" in raised.value.details[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_clinic_name_with_a_tab_is_refused_and_long_names_warn(tmp_path: Path) -> None:
+    import pydicom
+
+    write_named_case(tmp_path / "cases" / "a", ("Heart", "Lung"))
+    path = tmp_path / "cases" / "a" / "rtstruct.dcm"
+    source = pydicom.dcmread(path)
+    source.StructureSetROISequence[1].ROIName = "Lung\tL"
+    source.save_as(path)
+    with pytest.raises(StructureNameError, match="control characters"):
+        convert_dicom(ConvertRequest(tmp_path / "cases", tmp_path / "out"))
+    source.StructureSetROISequence[1].ROIName = "Lung_L_for_planning"  # 19 characters
+    source.save_as(path)
+    report = convert_dicom(ConvertRequest(tmp_path / "cases", tmp_path / "out"))
+    assert len(report.warnings) == 1 and "'Lung_L_for_planning' has 19 characters" in report.warnings[0]
+
+
+def test_convert_dicom_command_with_tg263_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoseg.cli.main import main
+
+    write_named_case(tmp_path / "cases" / "a", ("Lt Lung", "Nodes"))
+    assert main(["convert-dicom", str(tmp_path / "cases"), str(tmp_path / "out"), "--names", "tg263"]) == 0
+    printed = capsys.readouterr().out
+    assert "TG-263: 'Lt Lung' -> Lung_L (normalised)" in printed
+    assert "a: written; structures not in the mapping: Nodes (nearest: " in printed
+
+
+@pytest.mark.realdata
+def test_tg263_names_of_a_real_clinic_structure_set(data_root: Path) -> None:
+    import pydicom
+
+    from autoseg.dicom.mapping import tg263_mapping
+
+    source = pydicom.dcmread(data_root / "dicompyler_example_rt" / "rtss.dcm")
+    names = [str(roi.ROIName) for roi in source.StructureSetROISequence]
+    assert len(names) == 10
+    mapping, matches = tg263_mapping(names)
+    assert {m.name: m.standard for m in matches.values() if m.standard} == {
+        "BODY": "External",
+        "Heart": "Heart",
+        "Lt Lung": "Lung_L",
+    }
+    assert mapping.values() == {"background": 0, "External": 1, "Heart": 2, "Lung_L": 3}
+    assert mapping.types() == {"External": "EXTERNAL", "Heart": "ORGAN", "Lung_L": "ORGAN"}
+    unmatched = {m.name: m.suggestions for m in matches.values() if m.standard is None}
+    assert sorted(unmatched) == [
+        "Areola",
+        "Borders",
+        "Breast",
+        "Nodes",
+        "Scar",
+        "Tumor Bed",
+        "Tumor Bed Block",
+    ]
+    assert unmatched["Breast"][:2] == ("Breast_L", "Breast_R")

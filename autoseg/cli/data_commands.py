@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
@@ -18,6 +19,9 @@ from autoseg.cli.options import (
 )
 from autoseg.dataset.catalogue import load_catalogue
 from autoseg.errors import UsageError
+
+if TYPE_CHECKING:
+    from autoseg.dicom.convert import CaseReport
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +153,14 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, metavar="OUT", help="dataset folder to write (nnU-Net v2 layout)")
     parser.add_argument(
         "--mapping", type=Path, default=None, metavar="FILE",
-        help='JSON: {"labels": {"GTV": {"value": 1, "rois": ["GTV*"]}}}; default: every structure name found',
+        help='JSON: {"labels": {"GTV": {"value": 1, "rois": ["GTV*"], "type": "GTV"}}}; default: every '
+        "structure name found (or, with --names tg263, its TG-263 name); with --names tg263 the mapping "
+        "names what it lists and TG-263 the rest",
+    )  # fmt: skip
+    parser.add_argument(
+        "--names", choices=("as-is", "tg263"), default="as-is",
+        help="as-is: keep the structure names; tg263: map each to its AAPM TG-263 standard name (Lt Lung -> "
+        "Lung_L) and report the unmatched ones with the nearest standard names",
     )  # fmt: skip
 
 
@@ -157,13 +168,18 @@ def run_convert_command(args: argparse.Namespace) -> int:
     """``autoseg convert-dicom SOURCE OUT``: DICOM series + RTSTRUCT/SEG -> an autoseg dataset."""
     from autoseg.dicom.convert import ConvertRequest, convert_dicom
 
-    report = convert_dicom(ConvertRequest(args.source, args.out, args.mapping))
+    report = convert_dicom(ConvertRequest(args.source, args.out, args.mapping, args.names))
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for match in report.matches:
+        if match.standard is not None and match.standard != match.name:
+            print(f"TG-263: {match.name!r} -> {match.standard} ({match.method})")
     for case in report.cases:
         line = f"{case.case}: {case.status}"
         if case.message:
             line += f" ({case.message})"
         if case.unknown_rois:
-            line += f"; structures not in the mapping: {', '.join(case.unknown_rois)}"
+            line += f"; structures not in the mapping: {', '.join(_with_nearest(case))}"
         if case.missing_labels:
             line += f"; missing: {', '.join(case.missing_labels)}"
         if case.overlap_voxels:
@@ -171,6 +187,15 @@ def run_convert_command(args: argparse.Namespace) -> int:
         print(line)
     print(f"{len(report.written)} case(s) written to {report.output_dir}; labels {report.labels}")
     return 0 if report.written else 1
+
+
+def _with_nearest(case: CaseReport) -> list[str]:
+    """'Nodes (nearest: LN_IMN_L, ...)' for each unknown structure name of a case."""
+    nearest = case.suggestions
+    return [
+        f"{name} (nearest: {', '.join(nearest[name])})" if nearest.get(name) else name
+        for name in case.unknown_rois
+    ]
 
 
 COMMANDS = [

@@ -7,13 +7,17 @@ Such a folder is one case named after the folder. Output::
 
     OUTPUT/imagesTr/<case>_0000.nii.gz   the series (HU for CT), geometry exactly that of the DICOM series
     OUTPUT/labelsTr/<case>.nii.gz        uint8/uint16 label map on the same grid
-    OUTPUT/dataset.json                  channel_names from the modality, labels, numTraining, file_ending
+    OUTPUT/dataset.json                  channel_names from the modality, labels, numTraining, file_ending,
+                                         structure_types (label -> RTROIInterpretedType), and with
+                                         ``names="tg263"`` source_names (case -> label -> the clinic names)
     OUTPUT/label_mapping.json            the mapping used (the one given, or the one made from the names)
 
-Structures map to labels through a :class:`~autoseg.dicom.mapping.LabelMapping`. Where structures overlap,
-the higher label value wins. Each file is written atomically, the label map last; re-running rewrites the same
-files. A case without any non-empty mapped structure is reported, skipped, and files a previous run wrote
-for it are removed, so the dataset never holds half a case.
+Structures map to labels through a :class:`~autoseg.dicom.mapping.LabelMapping`: the mapping file's, then
+(``names="tg263"``) TG-263 standard names for the names it does not cover; without either, every name is its
+own label. The label names are checked against DICOM's ROI name rules before any case is read. Where
+structures overlap, the higher label value wins. Each file is written atomically, the label map last;
+re-running rewrites the same files. A case without any non-empty mapped structure is reported, skipped, and
+files a previous run wrote for it are removed, so the dataset never holds half a case.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Literal
 
 import numpy as np
 
-from autoseg.dicom.mapping import LabelMapping, load_mapping, mapping_from_names, save_mapping
+from autoseg.dicom.mapping import LabelMapping, load_mapping, mapping_from_names, save_mapping, tg263_mapping
+from autoseg.dicom.names import Match
 from autoseg.dicom.rtstruct import read_rtstruct
 from autoseg.dicom.seg import read_dicom_seg_masks
 from autoseg.dicom.series import DicomObject, DicomSeries, read_header, read_series, scan_folder
@@ -50,11 +55,15 @@ class ConvertRequest:
         output_dir: dataset folder to write (created; existing cases are overwritten).
         mapping_file: JSON label mapping (see :mod:`autoseg.dicom.mapping`); ``None`` maps every structure
             name found to its own label, in sorted order, and writes that mapping to the output.
+        names: ``"as-is"`` keeps the structure names (or the mapping file's labels); ``"tg263"`` maps every
+            name the mapping file does not cover to its TG-263 standard name
+            (:func:`autoseg.dicom.mapping.tg263_mapping`) and reports the unmatched ones.
     """
 
     input_dir: Path
     output_dir: Path
     mapping_file: Path | None = None
+    names: Literal["as-is", "tg263"] = "as-is"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class CaseReport:
         missing_labels: mapping labels with no (non-empty) structure in this case.
         overlap_voxels: voxels claimed by more than one label (the higher value was kept).
         message: why the case was skipped, if it was.
+        suggestions: with ``names="tg263"``, each unknown structure name -> the nearest standard names.
+        source_names: label name -> the case's structure names written as that label.
     """
 
     case: str
@@ -80,16 +91,22 @@ class CaseReport:
     missing_labels: tuple[str, ...] = ()
     overlap_voxels: int = 0
     message: str = ""
+    suggestions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    source_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ConvertReport:
-    """The result: one report per case, the labels of ``dataset.json`` and the mapping used."""
+    """The result: one report per case, the labels of ``dataset.json`` and the mapping used, the TG-263
+    matches (``names="tg263"``: of every structure name the mapping file does not cover) and the name
+    warnings."""
 
     output_dir: Path
     cases: tuple[CaseReport, ...]
     labels: dict[str, int]
     mapping: LabelMapping
+    matches: tuple[Match, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def written(self) -> tuple[CaseReport, ...]:
@@ -116,6 +133,8 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
     Raises:
         DicomError: no case found, an invalid mapping file, cases of different modalities, or every case
             skipped. A problem in one case (unreadable series, no annotation...) skips that case instead.
+        StructureNameError: a label name DICOM cannot hold (empty, over 64 characters, a backslash or a
+            control character), before any case is read.
     """
     cases, reports = _discover(request.input_dir)
     if not cases:
@@ -123,15 +142,15 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
             f"{request.input_dir}: no case with an image series and an RTSTRUCT/SEG found",
             details=[f"{r.case}: {r.message}" for r in reports],
         )
-    if request.mapping_file is not None:
-        mapping = load_mapping(request.mapping_file)
-    else:
-        mapping = mapping_from_names(name for case in cases for name in _structure_names(case))
-        logger.info("no mapping given: every structure name gets its own label (see %s)", MAPPING_FILE)
+    mapping, matches = _make_mapping(request, cases)
+    warnings = mapping.check_names()
+    for warning in warnings:
+        logger.warning("%s", warning)
     save_mapping(mapping, request.output_dir / MAPPING_FILE)
     modality = _common_modality(cases)
+    suggestions = {name: match.suggestions for name, match in matches.items()}
     for case in cases:
-        reports.append(_convert_case(case, mapping, request.output_dir))
+        reports.append(_convert_case(case, mapping, request.output_dir, suggestions))
     written = [r for r in reports if r.status == "written"]
     if not written:
         raise DicomError(
@@ -144,10 +163,26 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
         "labels": mapping.values(),
         "numTraining": len(written),
         "file_ending": FILE_ENDING,
+        "structure_types": mapping.types(),
     }
+    if request.names == "tg263":
+        meta["source_names"] = {r.case: {k: list(v) for k, v in r.source_names.items()} for r in written}
     write_json(meta, request.output_dir / "dataset.json")
     ordered = tuple(sorted(reports, key=lambda r: r.case))
-    return ConvertReport(request.output_dir, ordered, mapping.values(), mapping)
+    return ConvertReport(
+        request.output_dir, ordered, mapping.values(), mapping, tuple(matches.values()), tuple(warnings)
+    )
+
+
+def _make_mapping(request: ConvertRequest, cases: list[_Case]) -> tuple[LabelMapping, dict[str, Match]]:
+    given = load_mapping(request.mapping_file) if request.mapping_file is not None else None
+    names = [name for case in cases for name in _structure_names(case)]
+    if request.names == "tg263":
+        return tg263_mapping(names, given)
+    if given is None:
+        logger.info("no mapping given: every structure name gets its own label (see %s)", MAPPING_FILE)
+        return mapping_from_names(names), {}
+    return given, {}
 
 
 def read_structures(annotation: DicomObject, series: DicomSeries) -> dict[str, BoolVolume]:
@@ -246,7 +281,9 @@ def _common_modality(cases: list[_Case]) -> str:
 # ------------------------------------------------------------------------------------------------ one case
 
 
-def _convert_case(case: _Case, mapping: LabelMapping, output_dir: Path) -> CaseReport:
+def _convert_case(
+    case: _Case, mapping: LabelMapping, output_dir: Path, suggestions: dict[str, tuple[str, ...]]
+) -> CaseReport:
     image_path = output_dir / "imagesTr" / f"{case.name}_0000{FILE_ENDING}"
     label_path = output_dir / "labelsTr" / f"{case.name}{FILE_ENDING}"
     try:
@@ -255,7 +292,7 @@ def _convert_case(case: _Case, mapping: LabelMapping, output_dir: Path) -> CaseR
     except AutosegError as error:
         _remove_stale(image_path, label_path)
         return CaseReport(case.name, case.folder, "skipped", message=" ".join(error.lines()))
-    labels, report = _label_map(case, structures, mapping)
+    labels, report = _label_map(case, structures, mapping, suggestions)
     if report.status == "skipped":
         logger.warning("%s: skipped: %s", case.folder, report.message)
         _remove_stale(image_path, label_path)
@@ -275,10 +312,14 @@ def _all_structures(case: _Case) -> dict[str, BoolVolume]:
 
 
 def _label_map(
-    case: _Case, structures: dict[str, BoolVolume], mapping: LabelMapping
+    case: _Case,
+    structures: dict[str, BoolVolume],
+    mapping: LabelMapping,
+    suggestions: dict[str, tuple[str, ...]],
 ) -> tuple[LabelVolume, CaseReport]:
     shape = (len(case.series.instances), case.series.instances[0].rows, case.series.instances[0].columns)
     by_label: dict[str, BoolVolume] = {}
+    sources: dict[str, tuple[str, ...]] = {}
     unknown: list[str] = []
     for name, mask in structures.items():
         label = mapping.label_for(name)
@@ -286,6 +327,7 @@ def _label_map(
             unknown.append(name)
         elif mask.any():
             by_label[label] = by_label[label] | mask if label in by_label else mask
+            sources[label] = (*sources.get(label, ()), name)
     missing = tuple(name for name in mapping.labels if name not in by_label)
     dtype = np.uint16 if max(r.value for r in mapping.labels.values()) > 255 else np.uint8
     labels = np.zeros(shape, dtype)
@@ -299,8 +341,10 @@ def _label_map(
         "" if by_label else f"no non-empty structure matches the mapping (structures: {sorted(structures)})"
     )
     overlap = int(np.sum(claimed > 1))
+    nearest = {name: suggestions[name.strip()] for name in sorted(unknown) if name.strip() in suggestions}
     report = CaseReport(
-        case.name, case.folder, status, voxels, tuple(sorted(unknown)), missing, overlap, message
+        case.name, case.folder, status, voxels, tuple(sorted(unknown)), missing, overlap, message, nearest,
+        {label: tuple(sorted(names)) for label, names in sorted(sources.items())},
     )  # fmt: skip
     return labels, report
 

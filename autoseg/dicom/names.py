@@ -29,6 +29,11 @@ MatchMethod = Literal["standard", "normalised", "synonym", "word order", "number
 MAX_NAME_LENGTH = 64  # DICOM LO
 VENDOR_NAME_LENGTH = 16  # TG-263: the shortest limit among treatment planning systems
 TARGET_PREFIXES = ("GTV", "CTV", "ITV", "PTV")
+ROI_TYPES = (  # DICOM PS3.3 C.8.8.8: the defined terms of RTROIInterpretedType
+    "EXTERNAL", "PTV", "CTV", "GTV", "TREATED_VOLUME", "IRRAD_VOLUME", "BOLUS", "AVOIDANCE", "ORGAN",
+    "MARKER", "REGISTRATION", "ISOCENTER", "CONTRAST_AGENT", "CAVITY", "BRACHY_CHANNEL", "BRACHY_ACCESSORY",
+    "BRACHY_SRC_APP", "BRACHY_CHNL_SHLD", "SUPPORT", "FIXATION", "DOSE_REGION", "CONTROL", "DOSE_MEASUREMENT",
+)  # fmt: skip
 _LEFT = frozenset({"l", "lt", "left", "lft", "links", "gauche"})
 _RIGHT = frozenset({"r", "rt", "right", "rgt", "rechts", "droit"})
 _BOTH = frozenset({"bilat", "bilateral", "both"})
