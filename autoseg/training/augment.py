@@ -1,6 +1,9 @@
 """Data augmentation with batchgenerators, as nnU-Net: spatial (rotation, scaling), noise, blur, brightness,
 contrast, low-resolution simulation, gamma, mirroring.
 
+When the plan keeps laterality (``MirroringPlan.left_right`` False), :class:`PatientMirrorTransform` mirrors
+each sample along every axis but its case's patient left-right one (the batch carries each sample's axes).
+
 For anisotropic 3D plans (a separate coarse z axis) rotation is in-plane only (around z) and the
 low-resolution simulation leaves z alone, because rotating thick slices out of plane invents data the scanner
 never measured.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
@@ -48,8 +52,11 @@ def enlarged_patch(patch_size: Sequence[int], dims: int, in_plane_only: bool) ->
     return tuple(math.ceil(g) for g in np.maximum(grown, size))
 
 
-def training_transforms(patch_size: Sequence[int], *, in_plane_only: bool) -> AbstractTransform:
-    """The augmentation pipeline for ``patch_size`` (``(z, y, x)`` or ``(y, x)``)."""
+def training_transforms(
+    patch_size: Sequence[int], *, in_plane_only: bool, mirror_left_right: bool = True
+) -> AbstractTransform:
+    """The augmentation pipeline for ``patch_size`` (``(z, y, x)`` or ``(y, x)``); with
+    ``mirror_left_right`` False the batch must carry ``mirror_axes`` (see :class:`PatientMirrorTransform`)."""
     dims = len(patch_size)
     ignore_axes = (0,) if (dims == 3 and in_plane_only) else None
     return Compose(
@@ -76,9 +83,25 @@ def training_transforms(patch_size: Sequence[int], *, in_plane_only: bool) -> Ab
             GammaTransform(
                 (0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3
             ),
-            MirrorTransform(tuple(range(dims))),
+            MirrorTransform(tuple(range(dims))) if mirror_left_right else PatientMirrorTransform(),
         ]
     )
+
+
+class PatientMirrorTransform(AbstractTransform):  # type: ignore[misc]
+    """Mirror sample ``b`` along each axis of ``batch["mirror_axes"][b]`` with probability 0.5 (the axes its
+    case allows: all but the patient's left-right one, ``MirroringPlan.axes``), as batchgenerators'
+    ``MirrorTransform`` does for fixed axes, drawing from the same global generator."""
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        data, seg = batch["data"], batch.get("seg")
+        for index, axes in enumerate(batch["mirror_axes"]):
+            for axis in axes:
+                if np.random.uniform() < 0.5:  # noqa: NPY002 (batchgenerators' private seeded state)
+                    data[index] = np.flip(data[index], axis + 1).copy()
+                    if seg is not None:
+                        seg[index] = np.flip(seg[index], axis + 1).copy()
+        return batch
 
 
 def _spatial_transform(patch_size: Sequence[int], *, in_plane_only: bool) -> SpatialTransform:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from autoseg.errors import PreprocessError, WorkerError
+from autoseg.plans import MirroringPlan
 from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
 from autoseg.training.sampling import forced_foreground, sample_patch
@@ -35,6 +36,8 @@ class BatchSpec:
         augment: spatial and intensity augmentation (training) or plain patches (validation).
         in_plane_only: rotate and scale in the ``(y, x)`` plane only (anisotropic data, resampled per axis).
         seed: the stream's randomness, with the epoch and the worker index.
+        mirroring: the plan's mirroring; without left-right mirroring each sample is mirrored along the axes
+            its case's original direction allows.
     """
 
     folder: Path
@@ -45,6 +48,7 @@ class BatchSpec:
     augment: bool
     in_plane_only: bool = False
     seed: int
+    mirroring: MirroringPlan = field(default_factory=MirroringPlan)
 
 
 class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
@@ -62,7 +66,13 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
         private = _GlobalRandomState(int(rng.integers(2**31)))
         spec = self.spec
         transform = (
-            training_transforms(spec.patch_size, in_plane_only=spec.in_plane_only) if spec.augment else None
+            training_transforms(
+                spec.patch_size,
+                in_plane_only=spec.in_plane_only,
+                mirror_left_right=spec.mirroring.left_right,
+            )
+            if spec.augment
+            else None
         )
         size = (
             enlarged_patch(spec.patch_size, len(spec.patch_size), spec.in_plane_only)
@@ -83,10 +93,11 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
 
 def _sample_batch(
     spec: BatchSpec, size: Sequence[int], cases: dict[str, StoredCase], rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """One batch of ``size`` patches as batchgenerators takes it (``data``, ``seg``); the last
-    :func:`forced_foreground` samples are placed on foreground. ``cases`` caches the opened cases."""
-    images, targets = [], []
+) -> dict[str, Any]:
+    """One batch of ``size`` patches as batchgenerators takes it (``data``, ``seg``, and ``mirror_axes`` per
+    sample when left-right mirroring is off); the last :func:`forced_foreground` samples are placed on
+    foreground. ``cases`` caches the opened cases."""
+    images, targets, mirror_axes = [], [], []
     forced = forced_foreground(spec.batch_size)
     for index in range(spec.batch_size):
         identifier = spec.identifiers[int(rng.integers(len(spec.identifiers)))]
@@ -107,7 +118,12 @@ def _sample_batch(
         )
         images.append(image)
         targets.append(target)
-    return {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
+        direction = case.properties.original_geometry.direction
+        mirror_axes.append(spec.mirroring.axes(len(spec.patch_size), direction))
+    batch: dict[str, Any] = {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
+    if not spec.mirroring.left_right:
+        batch["mirror_axes"] = mirror_axes
+    return batch
 
 
 class _GlobalRandomState:

@@ -127,6 +127,7 @@ def fold_batches(
         augment=True,
         in_plane_only=plan.resampling.separate_axis is not None,
         seed=config.seed + 1009 * rank.index,
+        mirroring=plan.mirroring,
     )
     validation = BatchSpec(
         folder,

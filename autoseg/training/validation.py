@@ -120,12 +120,19 @@ class FinalValidation(Callback):
 
 
 def predict_preprocessed(
-    network: nn.Module, image: np.ndarray, config: ConfigurationPlan, device: torch.device, num_classes: int
+    network: nn.Module,
+    image: np.ndarray,
+    config: ConfigurationPlan,
+    device: torch.device,
+    num_classes: int,
+    *,
+    direction: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image, with
-    mirroring over every spatial axis."""
+    mirroring over every spatial axis the plan allows for an image of ``direction`` (its original one)."""
     network.eval()
-    settings = InferenceSettings(mirror_axes=tuple(range(config.dims)), device=str(device))
+    axes = config.mirroring.axes(config.dims, direction)
+    settings = InferenceSettings(mirror_axes=axes, device=str(device))
     return predict_probabilities([network], image, config.patch_size, num_classes, settings)
 
 
@@ -184,7 +191,10 @@ def _predict_case(
 ) -> np.ndarray:
     """The case's label map in its original geometry; writes it and its probabilities into ``out``."""
     stored = load_case(data_dir, identifier)
-    probabilities = predict_preprocessed(network, stored.image, plan, device, len(labels))
+    direction = stored.properties.original_geometry.direction
+    probabilities = predict_preprocessed(
+        network, stored.image, plan, device, len(labels), direction=direction
+    )
     restored = restore_probabilities(probabilities, stored.properties)
     prediction: np.ndarray = labels_from_probabilities(restored)
     write_labels(prediction, stored.properties.original_geometry, out.labels_path(identifier))
