@@ -60,6 +60,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
     parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse a case that does not look like the model's modality (a DICOM series' Modality tag, or "
+        "the intensities of an image file: docs/design.md 'Prediction'); it is reported and skipped, the "
+        "others go on, and predict exits 1. Without it such a case gets a warning",
+    )  # fmt: skip
+    parser.add_argument(
         "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
     )
     parser.add_argument(
@@ -95,6 +101,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         threads=args.threads,
         checkpoint=args.checkpoint,
+        strict=args.strict,
         outputs=OutputOptions(
             formats=tuple(dict.fromkeys(args.formats)),
             save_probabilities=args.save_probabilities,

@@ -4,7 +4,8 @@ An exported model is a zip file holding plain data only:
 
 ```
 autoseg_model.json      manifest: format and autoseg versions, configuration, folds, SHA-256 of each entry
-plans.json              the plan the networks were trained with
+plans.json              the plan the networks were trained with (with each channel's modality and foreground
+                        intensity range, and the mirroring it was trained with)
 dataset.json            labels and channel names
 postprocessing.json     the post-processing chosen on cross-validation (when one was chosen)
 training_reference.json structure volumes in the training data (for the reviewer report's flags)
@@ -36,7 +37,7 @@ from autoseg import __version__
 from autoseg.errors import ModelError
 from autoseg.io import atomic_target
 from autoseg.network import build_network
-from autoseg.plans import Plans, plans_from_json
+from autoseg.plans import Plans, plans_from_json, upgrade_plans_json
 from autoseg.postprocessing.steps import Postprocessing, postprocessing_from_json
 from autoseg.report.structures import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
@@ -220,7 +221,7 @@ def _load_exported(
     if configuration is not None and configuration != name:
         raise ModelError(f"{path}: the model holds configuration {name}, not {configuration}")
     try:
-        plans = plans_from_json(_as_dict(json.loads(entries[PLANS_ENTRY])))
+        plans = plans_from_json(upgrade_plans_json(_as_dict(json.loads(entries[PLANS_ENTRY]))))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{path}: {PLANS_ENTRY} is not a valid autoseg plan ({error})") from None
     available = [str(f) for f in manifest.get("folds", [])]

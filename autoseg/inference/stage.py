@@ -1,8 +1,10 @@
 """``autoseg predict``: segment new scans with a trained model, in the input's exact geometry.
 
-Per case: preprocess as in training (crop, normalise, resample), slide the folds' networks over the image
-(:mod:`autoseg.inference.ensemble`), bring the probabilities back to the original grid, take the argmax,
-apply the post-processing chosen on cross-validation, write the outputs. The next case is read and
+Per case: check that the input looks like the modality the model was trained on
+(:mod:`autoseg.inference.modality`: a warning, or a refusal with ``strict``), preprocess as in training (crop,
+normalise, resample), slide the folds' networks over the image (:mod:`autoseg.inference.ensemble`), bring the
+probabilities back to the original grid, take the argmax, apply the post-processing chosen on
+cross-validation, write the outputs. The next case is read and
 preprocessed in a background thread while the current one is predicted, and the previous one is exported in
 another.
 """
@@ -22,13 +24,14 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, UsageError
+from autoseg.errors import AutosegError, PredictInputError, UsageError
 from autoseg.inference.ensemble import InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
+from autoseg.inference.modality import InputCheck, check_case, model_channels
 from autoseg.inference.model_file import TrainedModel, load_model
 from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
 from autoseg.io import Geometry, write_json
-from autoseg.plans import ConfigurationPlan
+from autoseg.plans import ChannelRecord, ConfigurationPlan
 from autoseg.postprocessing.instances import parse_class_selection
 from autoseg.postprocessing.steps import Postprocessing
 from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
@@ -71,6 +74,7 @@ class PredictRequest:
     threads: int | None = None
     checkpoint: str = "final"
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class PreparedCase:
     images: list[FloatVolume]
     properties: list[CaseProperties]
     report_image: FloatVolume | None = None
+    check: InputCheck | None = None
 
 
 def predict_case(
@@ -101,8 +106,19 @@ def predict_case(
         plan: the configuration they were trained with.
     """
     prepared = preprocess_case(image, None, geometry, plan, in_place=True)
+    settings = case_settings(settings, plan, geometry)
     probabilities = predict_probabilities(networks, prepared.image, plan.patch_size, num_classes, settings)
     return restore_probabilities(probabilities, prepared.properties)
+
+
+def case_settings(
+    settings: InferenceSettings, plan: ConfigurationPlan, geometry: Geometry
+) -> InferenceSettings:
+    """``settings`` for one image: its mirror axes less those the plan forbids for the image's direction (the
+    patient's left-right axis, when the plan keeps laterality: ``MirroringPlan``)."""
+    allowed = plan.mirroring.axes(plan.dims, geometry.direction)
+    axes = tuple(axis for axis in settings.mirror_axes if axis in allowed)
+    return settings if axes == settings.mirror_axes else replace(settings, mirror_axes=axes)
 
 
 def resolve_device(name: str) -> str:
@@ -116,7 +132,7 @@ def resolve_device(name: str) -> str:
 
 def inference_settings(request: PredictRequest, plan: ConfigurationPlan, device: str) -> InferenceSettings:
     """The preset's settings with the request's explicit choices on top; mirroring over every spatial axis
-    (training mirrors them all)."""
+    (:func:`case_settings` leaves out, per image, the left-right one when the plan keeps laterality)."""
     if request.preset not in PRESETS:
         raise UsageError(f"unknown preset '{request.preset}'; choose {', '.join(PRESETS)}")
     preset = PRESETS[request.preset]
@@ -227,7 +243,22 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
         if request.outputs.instances
         else (),
     )
-    outputs, failures = _predict_all(cases, ensemble, context, request.outputs, request.output, show_progress)
+    reading = CaseReading(
+        tuple(m.plan for m in ensemble.members),
+        request.outputs.report,
+        model_channels(ensemble.members[0].model.plans),
+        request.strict,
+    )
+    outputs, failures = _predict_all(
+        cases,
+        ensemble,
+        context,
+        request.outputs,
+        request.output,
+        reading=reading,
+        show_progress=show_progress,
+    )
+    checked = reading.checks
     write_json(
         {
             "autoseg_version": __version__,
@@ -241,6 +272,7 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
             else [],
             "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
             "failures": failures,
+            "input_checks": [asdict(checked[c.identifier]) for c in cases if c.identifier in checked],
         },
         request.output / "predict.json",
     )
@@ -249,12 +281,27 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     return outputs
 
 
+@dataclass(frozen=True)
+class CaseReading:
+    """How each case is read before its networks run: the configurations to preprocess for, whether to keep
+    the raw image (for the report), the model's channel records to check the input against, whether a
+    mismatch refuses the case; ``checks`` collects each case's :class:`InputCheck`."""
+
+    plans: tuple[ConfigurationPlan, ...]
+    keep_image: bool
+    channels: tuple[ChannelRecord, ...]
+    strict: bool = False
+    checks: dict[str, InputCheck] = field(default_factory=dict)
+
+
 def _predict_all(
     cases: Sequence[InputCase],
     ensemble: Ensemble,
     context: OutputContext,
     options: OutputOptions,
     out: Path,
+    *,
+    reading: CaseReading,
     show_progress: bool,
 ) -> tuple[list[CaseOutput], list[str]]:
     """The pipeline: read ahead in one thread, predict here, export in another (one case in flight each)."""
@@ -262,16 +309,21 @@ def _predict_all(
     failures: list[str] = []
     pending: Future[CaseOutput] | None = None
     bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not show_progress)
-    plans = [m.plan for m in ensemble.members]
     with ThreadPoolExecutor(1, "autoseg-read") as reader, ThreadPoolExecutor(1, "autoseg-export") as exporter:
-        for _, prepared in _read_ahead(cases, reader, plans, options.report):
+        for _, prepared in _read_ahead(cases, reader, reading):
             if isinstance(prepared, str):
                 failures.append(prepared)
                 bar.update()
                 continue
             started = time.perf_counter()
             predicted = [
-                predict_probabilities(m.networks, image, m.plan.patch_size, len(ensemble.labels), m.settings)
+                predict_probabilities(
+                    m.networks,
+                    image,
+                    m.plan.patch_size,
+                    len(ensemble.labels),
+                    case_settings(m.settings, m.plan, prepared.geometry),
+                )
                 for m, image in zip(ensemble.members, prepared.images, strict=True)
             ]
             seconds = time.perf_counter() - started
@@ -286,18 +338,15 @@ def _predict_all(
 
 
 def _read_ahead(
-    cases: Sequence[InputCase],
-    reader: ThreadPoolExecutor,
-    plans: Sequence[ConfigurationPlan],
-    keep_image: bool,
+    cases: Sequence[InputCase], reader: ThreadPoolExecutor, reading: CaseReading
 ) -> Iterator[tuple[InputCase, PreparedCase | str]]:
     """Yield each case preprocessed (or an error line), reading the next one while the caller works."""
     futures: list[Future[PreparedCase]] = []
     for index, case in enumerate(cases):
         if not futures:
-            futures.append(reader.submit(_prepare, case, plans, keep_image))
+            futures.append(reader.submit(_prepare, case, reading))
         if index + 1 < len(cases):
-            futures.append(reader.submit(_prepare, cases[index + 1], plans, keep_image))
+            futures.append(reader.submit(_prepare, cases[index + 1], reading))
         future = futures.pop(0)
         try:
             yield case, future.result()
@@ -305,9 +354,15 @@ def _read_ahead(
             yield case, f"{case.identifier}: {error.message}"
 
 
-def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan], keep_image: bool) -> PreparedCase:
+def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
     image, geometry = read_input_case(case)
-    report_image = image[0].copy() if keep_image else None
+    modality = str(getattr(case.series, "modality", "")) if case.is_dicom else None
+    check = check_case(case.identifier, image, reading.channels, modality, strict=reading.strict)
+    reading.checks[case.identifier] = check
+    if check.refused:
+        raise PredictInputError(f"not the model's modality: {check.reason}; refused (--strict)")
+    report_image = image[0].copy() if reading.keep_image else None
+    plans = reading.plans
     images: list[FloatVolume] = []
     properties: list[CaseProperties] = []
     for index, plan in enumerate(plans):
@@ -315,7 +370,7 @@ def _prepare(case: InputCase, plans: Sequence[ConfigurationPlan], keep_image: bo
         prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=last)
         images.append(prepared.image)
         properties.append(prepared.properties)
-    return PreparedCase(case, geometry, images, properties, report_image)
+    return PreparedCase(case, geometry, images, properties, report_image, check)
 
 
 def _export(
