@@ -56,6 +56,8 @@ def test_how_a_name_matched_and_suggestions_for_an_unmatched_one() -> None:
     assert unmatched.standard is None and unmatched.method == "none"
     assert unmatched.suggestions[:2] == ("Parotid_L", "Parotid_R")
     assert "SpinalCord" in match_tg263("SpinalCrd").suggestions
+    assert all(s.startswith("LN_") for s in match_tg263("Nodes").suggestions)  # a shared word counts
+    assert match_tg263("Areola").suggestions == ()  # nothing near: no noise
 
 
 def test_the_table_is_consistent() -> None:

@@ -70,6 +70,7 @@ class _Table:
     standard_keys: frozenset[str]
     sorted_keys: dict[str, str]  # word-order-free key -> standard name
     colours: dict[str, RGB]
+    spellings: tuple[tuple[str, str], ...]  # (normalised words of a name or synonym, standard name)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -177,7 +178,7 @@ def match_tg263(name: str) -> Match:
     numberless = [w for w in (re.sub(r"\d+$", "", w) for w in _words(name)) if w]
     if numberless != _words(name) and _key(numberless) in table.keys:
         return Match(name, table.keys[_key(numberless)], "number removed")
-    return Match(name, None, "none", _suggestions(key))
+    return Match(name, None, "none", _suggestions(name))
 
 
 def standard_names() -> list[str]:
@@ -210,15 +211,24 @@ def _target_form(name: str) -> str | None:
     return "_".join([first, *parts[1:]])
 
 
-def _suggestions(key: str) -> tuple[str, ...]:
+def _suggestions(name: str) -> tuple[str, ...]:
+    """The nearest standard names: both sides of a paired organ named without one, then by similarity of the
+    normalised spellings (difflib), where sharing a word of 4 letters or more counts as similar."""
     table = _table()
-    body, _, side = key.partition("|")
+    body, _, side = _key(_words(name)).partition("|")
     found: list[str] = []
-    if not side:  # a paired organ named without its side: both sides
+    if not side:
         found += [table.keys[f"{body}|{s}"] for s in ("L", "R") if f"{body}|{s}" in table.keys]
-    readable = {f"{k.partition('|')[0]} {k.partition('|')[2]}".strip(): v for k, v in table.keys.items()}
-    query = f"{body} {side}".strip()
-    found += [readable[k] for k in difflib.get_close_matches(query, list(readable), n=12, cutoff=0.6)]
+    query = " ".join(_words(name))
+    long_words = {w for w in _words(name) if len(w) >= 4}
+    scored: list[tuple[float, str]] = []
+    for spelling, standard in table.spellings:
+        score = difflib.SequenceMatcher(None, query, spelling).ratio()
+        if long_words & set(spelling.split()):
+            score = max(score, 0.75)
+        if score >= 0.7:
+            scored.append((score, standard))
+    found += [standard for _, standard in sorted(scored, key=lambda item: -item[0])]
     return tuple(dict.fromkeys(found))[:3]
 
 
@@ -246,7 +256,8 @@ def _build_table(data: dict[str, Any]) -> _Table:
     for spelling in [*types, *(s for s, _ in synonyms)]:
         sorted_keys.setdefault(_key(_words(spelling), ordered=False), keys[_key(_words(spelling))])
     colours = {name: (int(c[0]), int(c[1]), int(c[2])) for name, c in data["colours"].items()}
-    return _Table(types, keys, standard_keys, sorted_keys, colours)
+    spellings = tuple((" ".join(_words(s)), std) for s, std in [*((s, s) for s in types), *synonyms])
+    return _Table(types, keys, standard_keys, sorted_keys, colours, spellings)
 
 
 # ------------------------------------------------------------------------------------------------ colours
