@@ -191,7 +191,7 @@ def test_tg263_names_without_a_mapping(tmp_path: Path) -> None:
     assert a.suggestions["Breast"][:2] == ("Breast_L", "Breast_R")
     assert set(a.suggestions) == set(a.unknown_rois)
     assert b.unknown_rois == () and b.voxels == {"External": 24, "Heart": 24, "Lung_L": 24}
-    meta = read_json(tmp_path / "out" / "dataset.json")
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert meta["structure_types"] == {"External": "EXTERNAL", "Heart": "ORGAN", "Lung_L": "ORGAN"}
     assert meta["source_names"] == {
         "a": {"External": ["BODY"], "Heart": ["Heart"], "Lung_L": ["Lt Lung"]},
@@ -211,7 +211,7 @@ def test_a_mapping_file_overrides_tg263(tmp_path: Path) -> None:
     report = convert_dicom(request)
     assert report.labels == {"background": 0, "Heart": 1, "TumourBed": 5, "External": 6, "Lung_L": 7}
     assert report.cases[0].unknown_rois == ()
-    types = read_json(tmp_path / "out" / "dataset.json")["structure_types"]
+    types = json.loads((tmp_path / "out" / "dataset.json").read_text())["structure_types"]
     assert types == {"Heart": "ORGAN", "TumourBed": "CTV", "External": "EXTERNAL", "Lung_L": "ORGAN"}
     assert {m.name: m.standard for m in report.matches} == {"BODY": "External", "Lt Lung": "Lung_L"}
 
