@@ -157,7 +157,17 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
             f"{request.input_dir}: no case could be converted",
             details=[f"{r.case}: {r.message}" for r in reports],
         )
-    meta = {
+    write_json(_dataset_json(request, mapping, modality, written), request.output_dir / "dataset.json")
+    ordered = tuple(sorted(reports, key=lambda r: r.case))
+    return ConvertReport(
+        request.output_dir, ordered, mapping.values(), mapping, tuple(matches.values()), tuple(warnings)
+    )
+
+
+def _dataset_json(
+    request: ConvertRequest, mapping: LabelMapping, modality: str, written: list[CaseReport]
+) -> dict[str, object]:
+    meta: dict[str, object] = {
         "name": request.output_dir.name,
         "channel_names": {"0": _CHANNEL_NAMES.get(modality, modality or "image")},
         "labels": mapping.values(),
@@ -167,11 +177,7 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
     }
     if request.names == "tg263":
         meta["source_names"] = {r.case: {k: list(v) for k, v in r.source_names.items()} for r in written}
-    write_json(meta, request.output_dir / "dataset.json")
-    ordered = tuple(sorted(reports, key=lambda r: r.case))
-    return ConvertReport(
-        request.output_dir, ordered, mapping.values(), mapping, tuple(matches.values()), tuple(warnings)
-    )
+    return meta
 
 
 def _make_mapping(request: ConvertRequest, cases: list[_Case]) -> tuple[LabelMapping, dict[str, Match]]:
