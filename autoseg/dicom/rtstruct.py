@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 from skimage import draw, measure
 
 from autoseg import __version__
@@ -142,10 +142,18 @@ def mask_outlines(mask: np.ndarray) -> list[np.ndarray]:
     """Closed outlines of a 2D mask's pixels, as ``(N, 2)`` float ``(row, column)`` index vertices.
 
     Outer boundaries and hole boundaries both come out; the first vertex is not repeated at the end.
+    Vertices in the middle of a straight run are dropped (the polygon is the same, the file smaller).
     """
     padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
     found = measure.find_contours(padded, 0.5)  # type: ignore[no-untyped-call]  # skimage ships no hints
-    return [contour[:-1] - 1.0 for contour in found if len(contour) >= 4]
+    return [_corners(contour[:-1] - 1.0) for contour in found if len(contour) >= 4]
+
+
+def _corners(outline: np.ndarray) -> np.ndarray:
+    """The vertices of a closed polygon where it turns (collinear ones dropped)."""
+    before, after = outline - np.roll(outline, 1, axis=0), np.roll(outline, -1, axis=0) - outline
+    turns = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
+    return outline[turns] if turns.sum() >= 3 else outline
 
 
 def read_rtstruct(path: Path, series: DicomSeries) -> dict[str, BoolVolume]:
@@ -182,7 +190,8 @@ def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_ve
     now = datetime.datetime.now()
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # Implicit VR: ContourData of a long outline can pass the 64 KB that explicit VR's DS length allows.
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     dataset.SOPClassUID = RTStructureSetStorage
     dataset.SOPInstanceUID = generate_uid()
     copy_patient_and_study(source, dataset)
