@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 import zipfile
@@ -151,3 +152,19 @@ def test_not_a_model(tmp_path: Path) -> None:
         load_model(tmp_path / "missing")
     with pytest.raises(ModelError, match=r"no plans\.json"):
         load_model(tmp_path)
+
+
+def test_a_model_exported_with_schema_1_plans_still_loads(trained_workdir: Path, tmp_path: Path) -> None:
+    good = export_model(trained_workdir, tmp_path / "good.zip")
+    with zipfile.ZipFile(good) as archive:
+        plans, manifest = json.loads(archive.read("plans.json")), json.loads(archive.read(MANIFEST))
+    plans["schema_version"] = 1  # as written before the mirroring and channel records existed
+    del plans["channels"]
+    for config in plans["configurations"].values():
+        del config["mirroring"]
+    old = json.dumps(plans).encode()
+    manifest["files"]["plans.json"] = hashlib.sha256(old).hexdigest()
+    _rewrite(good, tmp_path / "old.zip", {"plans.json": old, MANIFEST: json.dumps(manifest).encode()})
+    model = load_model(tmp_path / "old.zip")
+    assert model.plans.configuration(model.configuration).mirroring.left_right  # trained with every axis
+    assert [(c.name, c.modality, c.foreground_median) for c in model.plans.channels] == [("CT", "CT", None)]
