@@ -3,9 +3,9 @@
 Writing: a BINARY SEG with one segment per structure (:class:`autoseg.dicom.structures.Structure`;
 overlapping structures give overlapping segments), or from a label map one segment per label in
 ``label_names`` plus one per label present but not named (``label_<v>``), in increasing label value. DICOM
-numbers segments 1, 2, 3... so segment numbers are not label values: the segment *label* carries the name, and
-:func:`read_dicom_seg` maps names back to values. Frames of empty slices are omitted; a structure with no voxels
-still gets its segment description (and no frames) unless ``skip_empty``.
+numbers segments 1, 2, 3... so segment numbers are not label values: the segment *label* carries the name,
+and :func:`read_dicom_seg` maps names back to values. Frames of empty slices are omitted; a structure with no
+voxels still gets its segment description (and no frames) unless ``skip_empty``.
 
 Reading: every frame is placed on the series slice it lies on (by its ImagePositionPatient along the slice
 normal, through :mod:`autoseg.dicom.geometry`), not by SOPInstanceUID, so SEGs of anonymised series work too.
