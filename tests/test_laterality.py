@@ -130,9 +130,10 @@ def test_a_left_structure_is_never_predicted_on_the_right(name: str) -> None:
     shape = [8, 12, 12]
     shape[axis] = 24
     image = np.full((1, *shape), 0.1, np.float32)
-    low, high = [slice(None)] * 3, [slice(None)] * 3
+    low: list[slice] = [slice(None)] * 3
+    high: list[slice] = [slice(None)] * 3
     low[axis], high[axis] = slice(3, 8), slice(16, 21)  # two bright organs, mirror images of each other
-    image[(0, *low)] = image[(0, *high)] = 1.0
+    image[0][tuple(low)] = image[0][tuple(high)] = 1.0
     left_side, right_side = (high, low) if towards_left else (low, high)
     network = SideAwareNetwork(axis, towards_left).eval()
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)

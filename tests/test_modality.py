@@ -44,7 +44,7 @@ def test_a_ct_model_fed_mr_intensities_and_the_reverse(rng: np.random.Generator)
     assert "trained on CT (channel 'CT', foreground 0.5-99.5% [-980, 900])" in mr_to_ct.reason
     ct_to_mr = check_input("d", ct_like(rng), [MR])
     assert ct_to_mr.verdict == "mismatch" and "Hounsfield units (CT), not MR" in ct_to_mr.reason
-    normalised = (mr_like(rng) - 500.0) / 600.0  # an image already z-scored: no air either
+    normalised = ((mr_like(rng) - 500.0) / 600.0).astype(np.float32)  # already z-scored: no air either
     assert check_input("e", normalised, [CT]).verdict == "mismatch"
     assert check_input("f", normalised, [MR]).verdict == "ok"
 
