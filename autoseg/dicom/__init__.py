@@ -15,8 +15,13 @@ from autoseg import lazy_exports
 if TYPE_CHECKING:
     from autoseg.dicom.convert import CaseReport, ConvertReport, ConvertRequest, convert_dicom
     from autoseg.dicom.names import check_roi_name, match_tg263, roi_interpreted_type, structure_colours
-    from autoseg.dicom.rtstruct import read_rtstruct, write_rtstruct
-    from autoseg.dicom.seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
+    from autoseg.dicom.rtstruct import read_rtstruct, write_rtstruct, write_rtstruct_structures
+    from autoseg.dicom.seg import (
+        read_dicom_seg,
+        read_dicom_seg_masks,
+        write_dicom_seg,
+        write_dicom_seg_structures,
+    )
     from autoseg.dicom.series import (
         DicomSeries,
         find_series,
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
         series_geometry,
         single_series,
     )
+    from autoseg.dicom.structures import Structure
     from autoseg.errors import DicomError
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "ConvertRequest",
     "DicomError",
     "DicomSeries",
+    "Structure",
     "check_roi_name",
     "convert_dicom",
     "find_series",
@@ -49,7 +56,9 @@ __all__ = [
     "single_series",
     "structure_colours",
     "write_dicom_seg",
+    "write_dicom_seg_structures",
     "write_rtstruct",
+    "write_rtstruct_structures",
 ]
 __getattr__ = lazy_exports(
     __name__,
@@ -61,6 +70,9 @@ __getattr__ = lazy_exports(
         "read_rtstruct": "rtstruct",
         "write_rtstruct": "rtstruct",
         "check_roi_name": "names",
+        "Structure": "structures",
+        "write_dicom_seg_structures": "seg",
+        "write_rtstruct_structures": "rtstruct",
         "match_tg263": "names",
         "roi_interpreted_type": "names",
         "structure_colours": "names",
