@@ -258,7 +258,18 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
         reading=reading,
         show_progress=show_progress,
     )
-    checked = reading.checks
+    checks = [reading.checks[c.identifier] for c in cases if c.identifier in reading.checks]
+    _write_record(request.output / "predict.json", ensemble, outputs, failures, checks)
+    if failures:
+        raise AutosegError(f"{len(failures)} of {len(cases)} case(s) failed", details=failures)
+    return outputs
+
+
+def _write_record(
+    path: Path, ensemble: Ensemble, outputs: list[CaseOutput], failures: list[str], checks: list[InputCheck]
+) -> None:
+    """``predict.json``: model, configurations, settings, post-processing, per case files, failures, and
+    each case's input check."""
     write_json(
         {
             "autoseg_version": __version__,
@@ -272,13 +283,10 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
             else [],
             "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
             "failures": failures,
-            "input_checks": [asdict(checked[c.identifier]) for c in cases if c.identifier in checked],
+            "input_checks": [asdict(check) for check in checks],
         },
-        request.output / "predict.json",
+        path,
     )
-    if failures:
-        raise AutosegError(f"{len(failures)} of {len(cases)} case(s) failed", details=failures)
-    return outputs
 
 
 @dataclass(frozen=True)
