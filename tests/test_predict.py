@@ -228,3 +228,32 @@ def test_instances_and_report_are_written_per_case(
     }
     assert _predict(tmp_path / "in", tmp_path / "bad", trained_workdir, "--instances", "liver") == 2
     assert "liver" in capsys.readouterr().err
+
+
+def test_skip_empty_structures_leaves_them_out_of_rtstruct_and_seg(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    from autoseg.dicom.export import write_image_series
+    from autoseg.dicom.rtstruct import read_rtstruct
+    from autoseg.dicom.seg import read_dicom_seg_masks
+    from autoseg.inference.inputs import read_input_case
+    from autoseg.inference.outputs import OutputContext, OutputOptions, write_case_outputs
+
+    image, labels, geometry = tiny_case(rng)
+    write_image_series(image[0], geometry, tmp_path / "series" / "scan")
+    (case,) = find_input_cases(tmp_path / "series" / "scan", 1)
+    _, read_geometry = read_input_case(case)
+    assert case.series is not None
+    probabilities = np.stack([labels == 0, labels > 0, np.zeros_like(labels, bool)]).astype(np.float32)
+    context = OutputContext({"background": 0, "organ": 1, "core": 2})  # "core" never wins: empty
+    found = {}
+    for skip in (False, True):
+        options = OutputOptions(formats=("dicom-seg", "rtstruct"), skip_empty_structures=skip)
+        out = tmp_path / f"skip_{skip}"
+        write_case_outputs(case, probabilities, read_geometry, None, context, options, out)
+        found[skip] = (
+            set(read_rtstruct(out / "scan_rtstruct.dcm", case.series)),
+            set(read_dicom_seg_masks(out / "scan_seg.dcm", case.series)),
+        )
+    assert found[False] == ({"organ", "core"}, {"organ", "core"})
+    assert found[True] == ({"organ"}, {"organ"})

@@ -31,6 +31,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="configuration, or two to ensemble (default: find_best_configuration's choice, else 3d_fullres)",
     )  # fmt: skip
     parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD", help="folds to ensemble")
+    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+    _output_arguments(parser)
+    _speed_arguments(parser)
+
+
+def _speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", choices=("fast", "accurate"), default="accurate",
         help="accurate: all folds, mirroring, step 0.5 (default); fast: one fold, no mirroring, step 0.75",
@@ -39,8 +45,30 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tta", dest="mirror", action="store_false", default=None, help="no mirroring")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument(
+        "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+        help="network arithmetic; auto: float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 "
+        "(AVX-512 BF16 or AMX), float32 otherwise; float32 for bit-reproducible results",
+    )  # fmt: skip
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (3D)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None,
+        help="CPU threads for the networks (default: torch's, one per core); 1 is faster on a machine whose "
+        "other cores are busy (docs/benchmarks.md)",
+    )  # fmt: skip
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--format", dest="formats", nargs="+", default=["nifti"], choices=("nifti", "dicom-seg", "rtstruct"),
         help="output format(s); dicom-seg and rtstruct need a DICOM input series (default: nifti)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-empty-structures", action="store_true",
+        help="leave structures without voxels out of the SEG and RTSTRUCT (default: kept, as ROIs without "
+        "contours and segments without frames)",
     )  # fmt: skip
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write CASE_probabilities.npz (float16)"
@@ -58,26 +86,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="CASE_report.png (contours on three orientations, structure table with flags) and "
         "CASE_structures.json per case",
     )  # fmt: skip
-    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
     parser.add_argument(
         "--strict", action="store_true",
         help="refuse a case that does not look like the model's modality (a DICOM series' Modality tag, or "
         "the intensities of an image file: docs/design.md 'Prediction'); it is reported and skipped, the "
         "others go on, and predict exits 1. Without it such a case gets a warning",
-    )  # fmt: skip
-    parser.add_argument(
-        "--windows-per-batch", type=positive_int, default=1, help="windows per network call (default: 1)"
-    )
-    parser.add_argument(
-        "--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-        help="network arithmetic; auto: float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 "
-        "(AVX-512 BF16 or AMX), float32 otherwise; float32 for bit-reproducible results",
-    )  # fmt: skip
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (3D)")
-    parser.add_argument(
-        "--threads", type=positive_int, default=None,
-        help="CPU threads for the networks (default: torch's, one per core); 1 is faster on a machine whose "
-        "other cores are busy (docs/benchmarks.md)",
     )  # fmt: skip
 
 
@@ -105,6 +118,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         outputs=OutputOptions(
             formats=tuple(dict.fromkeys(args.formats)),
             save_probabilities=args.save_probabilities,
+            skip_empty_structures=args.skip_empty_structures,
             instances=tuple(args.instances),
             split_touching=args.split_touching,
             report=args.report,
