@@ -24,7 +24,7 @@ from autoseg.inference.outputs import OutputOptions
 from autoseg.inference.stage import PredictRequest, run_predict
 from autoseg.io import read_image
 from autoseg.pipeline import plan_and_preprocess
-from autoseg.planning.stage import PlanRequest, default_device
+from autoseg.planning.stage import PlanOptions, default_device
 from autoseg.plans import Plans
 from autoseg.preprocessing.stage import PreprocessOptions
 from autoseg.training.config import TrainConfig
@@ -76,9 +76,9 @@ def run_demo(
     raw = write_synthetic_dataset(
         dataset, work.demo_dir("raw"), num_workers=num_workers, show_progress=show_progress
     )
-    request = PlanRequest(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanRequest()
+    plan_options = PlanOptions(time_budget=DEMO_TIME_BUDGET) if default_device() == "cpu" else PlanOptions()
     options = PreprocessOptions(num_workers=num_workers)
-    report, folders = plan_and_preprocess(raw, workdir, request, options, show_progress=show_progress)
+    report, folders = plan_and_preprocess(raw, workdir, plan_options, options, show_progress=show_progress)
     lines = [
         f"synth:       {dataset.cases} synthetic CT cases in {raw}",
         f"verify:      {report.cases_checked} cases, 0 errors, {len(report.warnings)} warning(s)",

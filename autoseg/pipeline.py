@@ -9,7 +9,7 @@ from autoseg.dataset.layout import load_dataset
 from autoseg.dataset.verify import VerifyReport, verify_dataset
 from autoseg.errors import DatasetError
 from autoseg.fingerprint import FingerprintOptions, run_fingerprint
-from autoseg.planning.stage import PlanRequest, run_plan
+from autoseg.planning.stage import PlanOptions, run_plan
 from autoseg.preprocessing.stage import PreprocessOptions, run_preprocess
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 def plan_and_preprocess(
     dataset_folder: Path,
     workdir: Path,
-    request: PlanRequest,
+    plan_options: PlanOptions,
     options: PreprocessOptions,
     *,
     show_progress: bool = True,
@@ -40,6 +40,6 @@ def plan_and_preprocess(
         logger.warning("%s", warning.line())
     fingerprint_options = FingerprintOptions(num_workers=options.num_workers)
     run_fingerprint(workdir, load_dataset(dataset_folder), fingerprint_options, show_progress=show_progress)
-    run_plan(workdir, request)
+    run_plan(workdir, plan_options)
     folders = run_preprocess(workdir, options, show_progress=show_progress)
     return report, folders

@@ -18,7 +18,7 @@ from autoseg.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from autoseg.planning.stage import PlanRequest
+    from autoseg.planning.stage import PlanOptions
     from autoseg.preprocessing.stage import PreprocessOptions
 
 
@@ -55,10 +55,10 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _plan_request(args: argparse.Namespace) -> PlanRequest:
-    from autoseg.planning.stage import PlanRequest
+def _plan_options(args: argparse.Namespace) -> PlanOptions:
+    from autoseg.planning.stage import PlanOptions
 
-    return PlanRequest(
+    return PlanOptions(
         planner=args.planner,
         device=args.device,
         gpu_memory_gb=args.gpu_memory,
@@ -71,7 +71,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     """``autoseg plan``: WORKDIR/fingerprint.json -> WORKDIR/plans.json."""
     from autoseg.planning.stage import run_plan
 
-    print(run_plan(args.workdir, _plan_request(args)))
+    print(run_plan(args.workdir, _plan_options(args)))
     return 0
 
 
@@ -143,7 +143,7 @@ def run_plan_and_preprocess_command(args: argparse.Namespace) -> int:
     _, folders = plan_and_preprocess(
         dataset_folder(args),
         args.workdir,
-        _plan_request(args),
+        _plan_options(args),
         _preprocess_options(args),
         show_progress=show_progress(args),
     )

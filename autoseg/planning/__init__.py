@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     )
     from autoseg.planning.registry import Planner, available_planners, describe, get_planner, register
     from autoseg.planning.rules import Architecture, make_plans
-    from autoseg.planning.stage import PlanRequest, run_plan
+    from autoseg.planning.stage import PlanOptions, run_plan
     from autoseg.plans import Plans
 
 
@@ -41,7 +41,7 @@ __all__ = [
     "Architecture",
     "Fingerprint",
     "MemoryBudget",
-    "PlanRequest",
+    "PlanOptions",
     "Planner",
     "Plans",
     "TimeBudget",
@@ -70,7 +70,7 @@ __getattr__ = lazy_exports(
         "describe": "registry",
         "get_planner": "registry",
         "register": "registry",
-        "PlanRequest": "stage",
+        "PlanOptions": "stage",
         "run_plan": "stage",
         "Fingerprint": "autoseg.fingerprint",
         "Plans": "autoseg.plans",

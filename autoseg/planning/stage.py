@@ -15,8 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PlanRequest:
-    """What the user asked for; ``None`` means the default."""
+class PlanOptions:
+    """What ``autoseg plan`` runs: the preset and its budget; ``None`` means the default."""
 
     planner: str | None = None
     device: Literal["cpu", "cuda"] | None = None
@@ -32,17 +32,18 @@ def default_device() -> Literal["cpu", "cuda"]:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def planner_options(request: PlanRequest, planner: str, device: str, workdir: Path) -> dict[str, Any]:
-    """The options to pass to the preset: only what the user set, plus the device for memory presets."""
-    options: dict[str, Any] = {}
-    if request.gpu_memory_gb is not None:
-        options["gpu_memory_gb"] = request.gpu_memory_gb
-    if request.time_budget is not None:
-        options["time_budget"] = request.time_budget
-    if request.cpu_gflops is not None:
-        options["cpu_gflops"] = request.cpu_gflops
+def planner_kwargs(options: PlanOptions, planner: str, device: str, workdir: Path) -> dict[str, Any]:
+    """The keyword arguments to pass to the preset: only what the user set, plus the device for memory
+    presets."""
+    kwargs: dict[str, Any] = {}
+    if options.gpu_memory_gb is not None:
+        kwargs["gpu_memory_gb"] = options.gpu_memory_gb
+    if options.time_budget is not None:
+        kwargs["time_budget"] = options.time_budget
+    if options.cpu_gflops is not None:
+        kwargs["cpu_gflops"] = options.cpu_gflops
     if planner == "cpu":
-        if request.cpu_gflops is None:
+        if options.cpu_gflops is None:
             previous = _previous_throughput(Workdir(workdir))
             if previous is not None:
                 logger.info(
@@ -50,27 +51,27 @@ def planner_options(request: PlanRequest, planner: str, device: str, workdir: Pa
                     "pass --cpu-gflops to override",
                     previous,
                 )
-                options["cpu_gflops"] = previous
+                kwargs["cpu_gflops"] = previous
     else:
-        options["device"] = device
-    return options
+        kwargs["device"] = device
+    return kwargs
 
 
-def run_plan(workdir: Path, request: PlanRequest) -> Path:
+def run_plan(workdir: Path, options: PlanOptions) -> Path:
     """Plan from ``workdir/fingerprint.json`` into ``workdir/plans.json`` (deterministic for a given
     fingerprint, options and, for the cpu preset, measured throughput)."""
     work = Workdir(workdir)
     fingerprint = work.read_fingerprint()
-    device = request.device or default_device()
-    name = request.planner or ("default" if device == "cuda" else "cpu")
-    options = planner_options(request, name, device, workdir)
+    device = options.device or default_device()
+    name = options.planner or ("default" if device == "cuda" else "cpu")
+    kwargs = planner_kwargs(options, name, device, workdir)
     logger.info(
         "planning with preset '%s' for %s (%s)",
         name,
         device,
-        ", ".join(f"{k}={v}" for k, v in options.items()) or "preset defaults",
+        ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "preset defaults",
     )
-    plans = get_planner(name, **options).plan(fingerprint)
+    plans = get_planner(name, **kwargs).plan(fingerprint)
     path = work.write_plans(plans)
     for config_name, config in plans.configurations.items():
         net = config.network
