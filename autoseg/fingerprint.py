@@ -17,7 +17,7 @@ import logging
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from autoseg.dataset.layout import Case, Dataset, read_case
 from autoseg.errors import FingerprintError, ImageReadError
 from autoseg.io import read_json
 from autoseg.parallel import map_cases
-from autoseg.types import BoolVolume, FloatVolume, LabelVolume
+from autoseg.regions import Region, foreground_mask, is_region_target, overlapping_pairs, structure_mask
+from autoseg.types import BoolVolume, FloatVolume, TargetVolume
 from autoseg.workdir import Workdir
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class CaseFingerprint:
     intensity: tuple[IntensityStats, ...]
     class_voxels: dict[str, int]
     component_sizes: dict[str, list[int]]
+    overlaps: dict[str, int] = field(default_factory=dict)
+    """Region datasets: ``"A+B"`` -> voxels in both structures, for each overlapping pair."""
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,24 @@ class Fingerprint:
     classes: tuple[ClassFingerprint, ...]
     cases: tuple[CaseFingerprint, ...]
     seed: int
+    regions: tuple[Region, ...] = ()
+    """The structures when they may overlap (:mod:`autoseg.regions`); ``labels`` then numbers them 1..K."""
+    regions_class_order: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible dict (tuples become lists)."""
-        return asdict(self)
+        """JSON-compatible dict (tuples become lists); the region fields only for a region dataset, so a
+        dataset of disjoint labels has the fingerprint (and hash) it always had."""
+        data = asdict(self)
+        if not self.regions:
+            del data["regions"], data["regions_class_order"]
+            for case in data["cases"]:
+                del case["overlaps"]
+        return data
+
+    def overlap_cases(self) -> dict[str, int]:
+        """``"A+B"`` -> number of cases in which the two structures overlap."""
+        counts: Counter[str] = Counter(pair for case in self.cases for pair in case.overlaps)
+        return dict(sorted(counts.items()))
 
     def sha256(self) -> str:
         """Content hash, for plans to record which fingerprint they came from."""
@@ -174,7 +191,7 @@ def crop_box_of_nonzero(image: FloatVolume) -> tuple[tuple[int, int], ...]:
 
 def fingerprint_case(
     image: FloatVolume,
-    labels: LabelVolume,
+    labels: TargetVolume,
     spacing_mm: tuple[float, float, float],
     orientation: str,
     identifier: str,
@@ -186,7 +203,7 @@ def fingerprint_case(
 
     Args:
         image: ``(C, Z, Y, X)`` float32, raw intensities.
-        labels: ``(Z, Y, X)`` uint8/uint16.
+        labels: ``(Z, Y, X)`` uint8/uint16 label map, or a ``(K, Z, Y, X)`` uint8 region target.
         spacing_mm: ``(z, y, x)``.
         samples: foreground voxels to sample per channel.
         seed: dataset seed; the case's generator is seeded from it and the identifier.
@@ -195,23 +212,22 @@ def fingerprint_case(
         The case fingerprint and, per channel, the sampled foreground intensities (float32, 1D).
     """
     box = crop_box_of_nonzero(image)
-    foreground = labels > 0
+    foreground = foreground_mask(labels)
     rng = np.random.default_rng([seed, zlib.crc32(identifier.encode())])
     positions = np.flatnonzero(foreground)
     if positions.size > samples:
         positions = np.sort(rng.choice(positions, size=samples, replace=False))
     sampled = [channel.ravel()[positions].astype(np.float32) for channel in image]
     intensity = tuple(IntensityStats.of(channel[foreground]) for channel in image)
-    values, counts = np.unique(labels, return_counts=True)
-    class_voxels = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
+    class_voxels = _class_voxels(labels)
     structure = ndimage.generate_binary_structure(3, CONNECTIVITY)
     component_sizes: dict[str, list[int]] = {}
     for value in class_voxels:
-        components, _ = ndimage.label(labels == int(value), structure=structure)
+        components, _ = ndimage.label(structure_mask(labels, int(value)), structure=structure)
         component_sizes[value] = sorted((int(s) for s in np.bincount(components.ravel())[1:]), reverse=True)
     fingerprint = CaseFingerprint(
         identifier=identifier,
-        shape=_triple_int(labels.shape),
+        shape=_triple_int(labels.shape[-3:]),
         spacing_mm=spacing_mm,
         orientation=orientation,
         cropped_shape=_triple_int(tuple(b - a for a, b in box)),
@@ -219,8 +235,20 @@ def fingerprint_case(
         intensity=intensity,
         class_voxels=class_voxels,
         component_sizes=component_sizes,
+        overlaps=overlapping_pairs(labels, [str(k + 1) for k in range(len(labels))])
+        if is_region_target(labels)
+        else {},
     )
     return fingerprint, sampled
+
+
+def _class_voxels(labels: TargetVolume) -> dict[str, int]:
+    """Label value (structure number for a region target) -> voxels, for those present."""
+    if is_region_target(labels):
+        sizes = [int(np.count_nonzero(channel)) for channel in labels]
+        return {str(k + 1): c for k, c in enumerate(sizes) if c}
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
 
 
 def extract_fingerprint(
@@ -259,6 +287,8 @@ def extract_fingerprint(
         classes=_class_fingerprints(dataset.foreground_labels, cases),
         cases=cases,
         seed=seed,
+        regions=dataset.regions,
+        regions_class_order=dataset.regions_class_order,
     )
     logger.info(
         "fingerprinted %d case(s): median spacing %s mm, median shape %s voxels",
@@ -422,6 +452,7 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
             intensity=tuple(IntensityStats(**s) for s in c["intensity"]),
             class_voxels={str(k): int(v) for k, v in c["class_voxels"].items()},
             component_sizes={str(k): [int(s) for s in v] for k, v in c["component_sizes"].items()},
+            overlaps={str(k): int(v) for k, v in c.get("overlaps", {}).items()},
         )
         for c in data["cases"]
     )
@@ -455,4 +486,8 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
         classes=classes,
         cases=cases,
         seed=int(data["seed"]),
+        regions=tuple(
+            Region(str(r["name"]), tuple(int(v) for v in r["label_values"])) for r in data.get("regions", [])
+        ),
+        regions_class_order=tuple(int(v) for v in data.get("regions_class_order", [])),
     )

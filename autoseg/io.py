@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError, ImageReadError, ImageWriteError
-from autoseg.types import AnyArray, FloatVolume, LabelVolume, Triple
+from autoseg.types import AnyArray, FloatVolume, LabelVolume, TargetVolume, Triple
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File endings autoseg reads and writes, longest first so that ``.nii.gz`` wins over ``.nii``."""
@@ -275,6 +275,55 @@ def write_image(image: FloatVolume | AnyArray, geometry: Geometry, path: Path) -
 def write_labels(labels: LabelVolume, geometry: Geometry, path: Path) -> None:
     """Write a ``(Z, Y, X)`` label map atomically as uint8 (uint16 if a value exceeds 255)."""
     write_image(labels_to_unsigned(np.asarray(labels), path), geometry, path)
+
+
+def read_masks(path: Path) -> tuple[TargetVolume, Geometry]:
+    """Read a multi-label file (one binary channel per structure on its 4th axis) as ``(K, Z, Y, X)`` uint8;
+    a 3D file is one structure.
+
+    Raises:
+        ImageReadError: unreadable file, or values other than 0 and 1.
+    """
+    array, geometry = read_array(path)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise ImageReadError(f"{path}: is {array.ndim}D; expected one binary channel per structure (4D)")
+    if not np.isin(np.unique(array), (0, 1)).all():
+        raise ImageReadError(f"{path}: a multi-label file holds 0 and 1 only (one binary mask per channel)")
+    masks: TargetVolume = array.astype(np.uint8, copy=False)
+    return masks, geometry
+
+
+def write_masks(masks: TargetVolume, geometry: Geometry, path: Path) -> None:
+    """Write ``(K, Z, Y, X)`` binary masks atomically as one 4D uint8 file (channel = 4th NIfTI axis), with
+    ``geometry`` on the spatial axes (the 4th has spacing 1 and origin 0)."""
+    array = np.ascontiguousarray(np.asarray(masks) > 0, dtype=np.uint8)
+    if array.ndim != 4:
+        raise ImageWriteError(f"{path}: expected (K, Z, Y, X) masks to write, got shape {array.shape}")
+    image = sitk.GetImageFromArray(array, isVector=False)
+    direction = np.eye(4)
+    direction[:3, :3] = geometry.direction_matrix()[::-1, ::-1]
+    image.SetSpacing((*(float(v) for v in geometry.spacing_mm[::-1]), 1.0))
+    image.SetOrigin((*(float(v) for v in geometry.origin_mm[::-1]), 0.0))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    _write_atomically(image, path)
+
+
+def read_target(path: Path) -> tuple[TargetVolume, Geometry]:
+    """A stored target: a 3D label map (:func:`read_labels`) or a 4D region target (:func:`read_masks`)."""
+    if read_header(path).ndim == 4:
+        return read_masks(path)
+    return read_labels(path)
+
+
+def write_target(target: TargetVolume, geometry: Geometry, path: Path) -> None:
+    """Write a ``(Z, Y, X)`` label map (:func:`write_labels`) or a ``(K, Z, Y, X)`` region target
+    (:func:`write_masks`)."""
+    if np.asarray(target).ndim == 4:
+        write_masks(target, geometry, path)
+    else:
+        write_labels(target, geometry, path)
 
 
 def write_probabilities(

@@ -29,3 +29,7 @@ Triple: TypeAlias = tuple[float, float, float]
 
 IntTriple: TypeAlias = tuple[int, int, int]
 """A ``(z, y, x)`` triple of ints, e.g. a shape in voxels."""
+
+TargetVolume: TypeAlias = npt.NDArray[np.unsignedinteger]
+"""A training target: a ``(Z, Y, X)`` label map, or a ``(K, Z, Y, X)`` uint8 region target (one binary channel
+per structure, :mod:`autoseg.regions`)."""

@@ -19,6 +19,18 @@ Medical Segmentation Decathlon::
 
 MSD images hold all channels in one file (a 4D file when there is more than one channel).
 
+Overlapping structures (:mod:`autoseg.regions`, ``docs/dicom.md`` "Overlapping structures"), in the nnU-Net v2
+layout only:
+
+* nnU-Net v2 regions, read unchanged: label values that are lists (``{"background": 0, "whole_tumor": [1, 2,
+  3], "tumor_core": [2, 3], "enhancing": 3}``), optionally ``"regions_class_order"``; the label files are
+  label maps and each region is the union of its label values;
+* a multi-label layout: ``"structures": ["GTV", "CTV", "PTV"]`` and ``labelsTr/CASE.nii.gz`` 4D, one binary
+  channel per structure in that order (``"labels"``, if given, must be ``{"background": 0, "GTV": 1, ...}``).
+
+Either way :attr:`Dataset.labels` maps ``background`` to 0 and structure ``k`` to ``k + 1``, and
+:func:`read_case` returns the ``(K, Z, Y, X)`` region target.
+
 :func:`scan_dataset` never raises for problems in the data: it returns them, so that ``autoseg verify`` can
 report all of them at once. :func:`load_dataset` raises :class:`DatasetError` listing every error.
 """
@@ -28,21 +40,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from autoseg.errors import DatasetError
+from autoseg.errors import DatasetError, ImageReadError
 from autoseg.io import (
     SUPPORTED_ENDINGS,
     Geometry,
     read_channels_4d,
     read_image,
     read_labels,
+    read_masks,
     require_same_grid,
     split_ending,
 )
-from autoseg.types import FloatVolume, LabelVolume
+from autoseg.regions import Region, regions_from_labels
+from autoseg.types import FloatVolume, TargetVolume
 
 Layout = Literal["nnunet-v2", "msd"]
 Severity = Literal["error", "warning"]
@@ -72,12 +86,20 @@ class Case:
         image_paths: one file per channel, in channel order; for MSD multi-channel data, one 4D file.
         label_path: the label map, ``None`` for unlabelled test cases.
         channels_in_one_file: the single image file holds every channel on its 4th axis (MSD).
+        regions: the dataset's structures when they may overlap (:mod:`autoseg.regions`): the label file is
+            then read as a ``(K, Z, Y, X)`` region target.
     """
 
     identifier: str
     image_paths: tuple[Path, ...]
     label_path: Path | None
     channels_in_one_file: bool = False
+    regions: tuple[Region, ...] = ()
+
+    @property
+    def label_channels(self) -> int:
+        """Channels of the label file: one per structure for a multi-label (4D) file, else 0 (3D)."""
+        return len(self.regions) if self.regions and not self.regions[0].label_values else 0
 
     def files(self) -> tuple[Path, ...]:
         """Every file of the case, images first."""
@@ -99,6 +121,8 @@ class Dataset:
         cases: complete labelled training cases, sorted by identifier.
         test_cases: unlabelled cases from ``imagesTs`` (complete ones only).
         metadata: the whole ``dataset.json``.
+        regions: the structures when they may overlap (nnU-Net regions or ``"structures"``), else ``()``.
+        regions_class_order: nnU-Net's ``regions_class_order``, if declared.
     """
 
     root: Path
@@ -111,6 +135,8 @@ class Dataset:
     cases: tuple[Case, ...]
     test_cases: tuple[Case, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+    regions_class_order: tuple[int, ...] = ()
 
     @property
     def num_channels(self) -> int:
@@ -119,8 +145,11 @@ class Dataset:
 
     @property
     def label_values(self) -> tuple[int, ...]:
-        """Declared label values, sorted, background included."""
-        return tuple(sorted(set(self.labels.values())))
+        """Values the label files may hold, sorted, background included: the declared labels; an nnU-Net
+        region dataset's region values; 0 and 1 for a multi-label file."""
+        if self.regions and self.regions[0].label_values:
+            return tuple(sorted({0, *(v for r in self.regions for v in r.label_values)}))
+        return (0, 1) if self.regions else tuple(sorted(set(self.labels.values())))
 
     @property
     def foreground_labels(self) -> dict[str, int]:
@@ -234,6 +263,67 @@ def parse_labels(
     return labels
 
 
+def parse_regions(
+    meta: Mapping[str, Any], path: Path, problems: list[Problem]
+) -> tuple[tuple[Region, ...], tuple[int, ...]]:
+    """The structures of a dataset whose structures may overlap, and nnU-Net's ``regions_class_order``:
+    ``"structures"`` (a multi-label file), or ``"labels"`` with list values (nnU-Net regions); ``((), ())``
+    for a dataset of disjoint labels. Problems are appended to ``problems``."""
+    if "structures" in meta:
+        return _structure_regions(meta, path, problems), ()
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not (
+        "regions_class_order" in meta or any(isinstance(v, list) for v in raw.values())
+    ):
+        return (), ()
+    regions = []
+    for name, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if values in ([0], ["0"]):
+            continue
+        if not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65535 for v in values
+        ):
+            problems.append(
+                Problem("error", f"region '{name}' is {value!r}; expected label values 1..65535", path)
+            )
+            continue
+        regions.append(Region(str(name), tuple(int(v) for v in values)))
+    order = meta.get("regions_class_order", [])
+    if not isinstance(order, list) or (order and len(order) != len(regions)):
+        problems.append(
+            Problem("error", f"'regions_class_order' needs one label value per region ({len(regions)})", path)
+        )
+        order = []
+    return tuple(regions), tuple(int(v) for v in order)
+
+
+def _is_label_value(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 65535
+
+
+def _structure_regions(meta: Mapping[str, Any], path: Path, problems: list[Problem]) -> tuple[Region, ...]:
+    names = meta.get("structures")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(Problem("error", "'structures' must be a non-empty list of structure names", path))
+        return ()
+    if len(set(names)) != len(names):
+        problems.append(Problem("error", "'structures' names a structure twice", path))
+        return ()
+    labels = meta.get("labels")
+    expected = structure_labels([Region(n) for n in names])
+    if labels is not None and labels != expected:
+        problems.append(
+            Problem("error", f"'labels' must be {expected} for these 'structures' (or be left out)", path)
+        )
+    return tuple(Region(n) for n in names)
+
+
+def structure_labels(regions: Sequence[Region]) -> dict[str, int]:
+    """``{"background": 0, <structure k>: k + 1}``: the labels of a region dataset."""
+    return {"background": 0, **{region.name: index + 1 for index, region in enumerate(regions)}}
+
+
 def _parse_channels(meta: Mapping[str, Any], path: Path, problems: list[Problem]) -> tuple[str, ...]:
     key = "channel_names" if "channel_names" in meta else "modality"
     raw = meta.get(key)
@@ -290,7 +380,8 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Dataset | None:
     path = root / "dataset.json"
     channels = _parse_channels(meta, path, problems)
-    labels = parse_labels(meta, path, problems, msd=False)
+    regions, order = parse_regions(meta, path, problems)
+    labels = structure_labels(regions) if regions else parse_labels(meta, path, problems, msd=False)
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
         problems.append(
@@ -315,9 +406,11 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
         labels,
         num_training,
         ending,
-        tuple(cases),
+        tuple(replace(case, regions=regions) for case in cases),
         tuple(test_cases),
         meta,
+        regions,
+        order,
     )
 
 
@@ -583,8 +676,9 @@ def _report_missing(files: Sequence[Path], identifier: str, problems: list[Probl
     return not missing
 
 
-def read_case(case: Case) -> tuple[FloatVolume, LabelVolume | None, Geometry]:
-    """Read a case's channels as ``(C, Z, Y, X)`` float32 and its label map as ``(Z, Y, X)`` uint8/uint16.
+def read_case(case: Case) -> tuple[FloatVolume, TargetVolume | None, Geometry]:
+    """Read a case's channels as ``(C, Z, Y, X)`` float32 and its target: the label map ``(Z, Y, X)``
+    uint8/uint16, or for a dataset with regions the ``(K, Z, Y, X)`` uint8 region target.
 
     Raises:
         ImageReadError: a file is unreadable, or the channels and label disagree in shape or geometry.
@@ -595,9 +689,20 @@ def read_case(case: Case) -> tuple[FloatVolume, LabelVolume | None, Geometry]:
         image, geometry = read_image(case.image_paths)
     if case.label_path is None:
         return image, None, geometry
-    labels, label_geometry = read_labels(case.label_path)
+    labels: TargetVolume
+    if case.label_channels:
+        labels, label_geometry = read_masks(case.label_path)
+        if len(labels) != case.label_channels:
+            raise ImageReadError(
+                f"{case.label_path}: holds {len(labels)} structure channel(s); dataset.json lists "
+                f"{case.label_channels} 'structures'"
+            )
+    else:
+        labels, label_geometry = read_labels(case.label_path)
     reference = case.image_paths[0].name
     require_same_grid(
-        case.label_path, labels.shape, label_geometry, image.shape, geometry, reference_name=reference
+        case.label_path, labels.shape[-3:], label_geometry, image.shape, geometry, reference_name=reference
     )
+    if case.regions and not case.label_channels:
+        labels = regions_from_labels(labels, case.regions)
     return image, labels, geometry

@@ -141,12 +141,15 @@ def check_case(
     reference_path, (reference_array, reference_geometry) = images[0]
     shape = tuple(int(s) for s in reference_array.shape[-3:])
     for path, (array, geometry) in [*images[1:], (case.label_path, (label_array, label_geometry))]:
-        mismatch = grid_mismatch(array.shape, geometry, shape, reference_geometry, reference_path.name)
+        spatial = array.shape[-3:] if path == case.label_path else array.shape
+        mismatch = grid_mismatch(spatial, geometry, shape, reference_geometry, reference_path.name)
         if mismatch is not None:
             problems.append(Problem("error", mismatch, path, case.identifier))
     if any(p.severity == "error" for p in problems):
         return None, problems
     present = _check_label_values(case.label_path, label_array, labels, case.identifier, problems)
+    if case.regions:
+        present = _structures_present(case, label_array, present)
     summary = CaseSummary(
         case.identifier,
         (shape[0], shape[1], shape[2]),
@@ -258,11 +261,21 @@ def _read_channels(
     return read if len(read) == len(case.image_paths) else None
 
 
+def _structures_present(case: Case, labels: AnyArray, values: Sequence[int]) -> tuple[int, ...]:
+    """Structure numbers (1-based) with voxels: nonempty channels of a multi-label file, regions of which a
+    label value is present in an nnU-Net region label map."""
+    if case.label_channels:
+        return tuple(k + 1 for k in range(len(labels)) if labels[k].any())
+    return tuple(k + 1 for k, r in enumerate(case.regions) if set(r.label_values) & set(values))
+
+
 def _read_label(case: Case, problems: list[Problem]) -> tuple[AnyArray, Geometry] | None:
     assert case.label_path is not None
     content = _read(case.label_path, case.identifier, problems)
     if content is None:
         return None
+    if case.label_channels:
+        return _multi_label(case, content, problems)
     if content[0].ndim != 3:
         problems.append(
             Problem(
@@ -274,6 +287,26 @@ def _read_label(case: Case, problems: list[Problem]) -> tuple[AnyArray, Geometry
         )
         return None
     return content
+
+
+def _multi_label(
+    case: Case, content: tuple[AnyArray, Geometry], problems: list[Problem]
+) -> tuple[AnyArray, Geometry] | None:
+    """A multi-label file: 4D (3D for one structure) with one channel per declared structure."""
+    assert case.label_path is not None
+    array = content[0][None] if content[0].ndim == 3 else content[0]
+    if array.ndim != 4 or len(array) != case.label_channels:
+        problems.append(
+            Problem(
+                "error",
+                f"has shape {content[0].shape}; expected 4D with one binary channel per structure "
+                f"({case.label_channels}, the 'structures' of dataset.json)",
+                case.label_path,
+                case.identifier,
+            )
+        )
+        return None
+    return array, content[1]
 
 
 def _read(path: Path, identifier: str, problems: list[Problem]) -> tuple[AnyArray, Geometry] | None:

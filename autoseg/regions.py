@@ -1,0 +1,100 @@
+"""Region targets: structures that may overlap (PTV contains CTV contains GTV; every organ lies inside BODY).
+
+A dataset whose structures overlap cannot be one label map. autoseg then trains one sigmoid output per
+structure (region-based training, as nnU-Net's regions) and every stage works on a *region target*: a
+``(K, Z, Y, X)`` uint8 stack, channel ``k`` the binary mask of structure ``k``. A label map stays the target
+of a dataset of disjoint classes. Both are "targets"; :func:`structure_mask` is the one way to get the mask of
+one structure (label value ``v`` of a label map; structure number ``v`` = channel ``v - 1`` of a region
+target), so that evaluation, post-processing and the report treat both alike.
+
+Two dataset forms give a region target (``docs/dicom.md``, "Overlapping structures"):
+
+* nnU-Net v2 regions: ``"labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
+  "enhancing": 3}``: the label file is a label map, region ``k`` the union of its label values
+  (:func:`regions_from_labels`);
+* a multi-label file: ``"structures": ["GTV", "CTV", "PTV"]``, the label file is 4D with one binary channel
+  per structure, in that order.
+
+Structure numbers are 1-based (``plans.labels`` maps ``background`` to 0 and structure ``k`` to ``k + 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from autoseg.types import BoolVolume, LabelVolume, TargetVolume
+
+REGION_THRESHOLD = 0.5
+"""A voxel belongs to a structure when its sigmoid probability is at least this."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """One structure of a region target.
+
+    Attributes:
+        name: the structure's name (``"CTV"``, ``"whole_tumor"``).
+        label_values: nnU-Net region: the label values of the label file whose union it is; ``()`` for a
+            channel of a multi-label (4D) label file.
+    """
+
+    name: str
+    label_values: tuple[int, ...] = ()
+
+
+def is_region_target(target: TargetVolume) -> bool:
+    """Whether ``target`` is a ``(K, Z, Y, X)`` region target rather than a ``(Z, Y, X)`` label map."""
+    return target.ndim == 4
+
+
+def structure_mask(target: TargetVolume, value: int) -> BoolVolume:
+    """The ``(Z, Y, X)`` bool mask of label value ``value`` (label map) or structure number ``value``
+    (channel ``value - 1`` of a region target)."""
+    if is_region_target(target):
+        mask: BoolVolume = target[value - 1] > 0
+        return mask
+    found: BoolVolume = target == value
+    return found
+
+
+def foreground_mask(target: TargetVolume) -> BoolVolume:
+    """Voxels of any structure (any nonzero label)."""
+    mask: BoolVolume = np.any(target, axis=0) if is_region_target(target) else np.asarray(target > 0)
+    return mask
+
+
+def regions_from_labels(labels: TargetVolume, regions: Sequence[Region]) -> TargetVolume:
+    """The ``(K, Z, Y, X)`` uint8 region target of an nnU-Net region label map: channel ``k`` is 1 where the
+    label is one of ``regions[k].label_values``."""
+    target = np.zeros((len(regions), *labels.shape), np.uint8)
+    for index, region in enumerate(regions):
+        target[index] = np.isin(labels, region.label_values)
+    return target
+
+
+def overlapping_pairs(target: TargetVolume, names: Sequence[str]) -> dict[str, int]:
+    """``"A+B"`` -> voxels in both, for every pair of structures of a region target that overlap."""
+    found: dict[str, int] = {}
+    for first, second in combinations(range(len(names)), 2):
+        shared = int(np.count_nonzero(target[first] & target[second]))
+        if shared:
+            found[f"{names[first]}+{names[second]}"] = shared
+    return found
+
+
+def are_disjoint(target: TargetVolume) -> bool:
+    """Whether no voxel of a region target belongs to two structures."""
+    return bool((target.astype(np.uint16).sum(0) <= 1).all()) if len(target) else True
+
+
+def label_map_of(target: TargetVolume) -> LabelVolume:
+    """A disjoint region target as a label map (structure number ``k + 1`` where channel ``k`` is set;
+    uint8, uint16 above 255 structures). The caller checks :func:`are_disjoint` first."""
+    labels = np.zeros(target.shape[1:], np.uint8 if len(target) < 256 else np.uint16)
+    for index in range(len(target)):
+        labels[target[index] > 0] = index + 1
+    return labels
