@@ -16,8 +16,9 @@ from typing import Any, Literal, cast
 
 from autoseg.errors import ImageReadError, PlansError
 from autoseg.io import read_json, write_json
+from autoseg.regions import Region
 
-PLANS_SCHEMA_VERSION = 2
+PLANS_SCHEMA_VERSION = 3
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 MAX_BATCH_SIZE = 4096
 
@@ -144,6 +145,21 @@ class TrainingSchedule:
 
 
 @dataclass(frozen=True)
+class TargetPlan:
+    """What the network predicts (``docs/design.md``, "Region-based training").
+
+    ``"labels"``: one softmax over the classes of a label map (Dice + cross-entropy). ``"regions"``: one
+    sigmoid per structure of ``regions`` (Dice + binary cross-entropy), chosen when structures may overlap;
+    a voxel belongs to every structure whose probability is at least 0.5. ``regions_class_order`` is
+    nnU-Net's, kept from its ``dataset.json``.
+    """
+
+    kind: Literal["labels", "regions"] = "labels"
+    regions: tuple[Region, ...] = ()
+    regions_class_order: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ConfigurationPlan:
     """One configuration (``2d``, ``3d_fullres``, ...). ``patch_size`` has ``dims`` entries, ``(z, y, x)`` or
     ``(y, x)``; ``spacing_mm`` and ``median_shape`` are always ``(z, y, x)``."""
@@ -180,6 +196,17 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     channels: tuple[ChannelRecord, ...] = ()
     why: dict[str, str] = field(default_factory=dict)
+    target: TargetPlan = field(default_factory=TargetPlan)
+
+    @property
+    def region_based(self) -> bool:
+        """Whether the network has one sigmoid output per structure (:class:`TargetPlan`)."""
+        return self.target.kind == "regions"
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: the classes (background included), or the structures."""
+        return len(self.target.regions) if self.region_based else len(self.labels)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict with a stable key order."""
@@ -250,7 +277,13 @@ def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: migrate_v1}
+def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 -> 3: the network predicts one softmax over the label map's classes (every schema-2 model
+    was trained so)."""
+    return dict(data, schema_version=3, target={"kind": "labels", "regions": [], "regions_class_order": []})
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: migrate_v1, 2: migrate_v2}
 """``MIGRATIONS[n]`` upgrades a schema-``n`` plans dict to schema ``n + 1``."""
 
 
@@ -274,7 +307,19 @@ def validate_plans(plans: Plans) -> list[str]:
         problems.append(f"channels has {len(plans.channels)} entries for {len(plans.channel_names)} channels")
     for name, config in plans.configurations.items():
         problems.extend(f"configuration '{name}': {p}" for p in _configuration_problems(config, plans))
-    return problems
+    return problems + _target_problems(plans)
+
+
+def _target_problems(plans: Plans) -> list[str]:
+    target = plans.target
+    if target.kind not in ("labels", "regions"):
+        return [f"target.kind '{target.kind}' is not 'labels' or 'regions'"]
+    if target.kind == "labels":
+        return ["target.regions must be empty for kind 'labels'"] if target.regions else []
+    expected = {"background": 0, **{r.name: k + 1 for k, r in enumerate(target.regions)}}
+    if not target.regions or plans.labels != expected:
+        return [f"target 'regions' needs labels {expected} (background 0, structure k -> k + 1)"]
+    return []
 
 
 def _configuration_problems(config: ConfigurationPlan, plans: Plans) -> list[str]:
@@ -375,6 +420,17 @@ def plans_from_json(data: Mapping[str, Any]) -> Plans:
         configurations={str(k): _configuration_from_json(v) for k, v in data["configurations"].items()},
         channels=tuple(ChannelRecord(**c) for c in data["channels"]),
         why={str(k): str(v) for k, v in data.get("why", {}).items()},
+        target=_target_from_json(data["target"]),
+    )
+
+
+def _target_from_json(data: Mapping[str, Any]) -> TargetPlan:
+    return TargetPlan(
+        kind=data["kind"],
+        regions=tuple(
+            Region(str(r["name"]), tuple(int(v) for v in r["label_values"])) for r in data["regions"]
+        ),
+        regions_class_order=tuple(int(v) for v in data["regions_class_order"]),
     )
 
 

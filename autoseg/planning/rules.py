@@ -36,6 +36,7 @@ from autoseg import __version__
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.channels import channel_records
 from autoseg.planning.laterality import mirroring_plan
+from autoseg.planning.regions import training_target
 from autoseg.plans import (
     PLANS_SCHEMA_VERSION,
     ChannelNormalization,
@@ -161,7 +162,8 @@ def make_plans(
         name: replace(config, mirroring=mirroring, why={**config.why, "mirroring": why_mirroring})
         for name, config in configurations.items()
     }
-    why = {"configurations": _why_configurations(configurations, median)}
+    target, why_target = training_target(fingerprint)
+    why = {"configurations": _why_configurations(configurations, median), "target": why_target}
     return Plans(
         PLANS_SCHEMA_VERSION,
         __version__,
@@ -175,6 +177,7 @@ def make_plans(
         dict(sorted(configurations.items())),
         channel_records(fingerprint),
         why,
+        target,
     )
 
 
