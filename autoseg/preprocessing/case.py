@@ -21,11 +21,12 @@ from autoseg.io import Geometry
 from autoseg.plans import ChannelNormalization, ConfigurationPlan
 from autoseg.preprocessing.resample import (
     resample_image,
-    resample_labels,
     resample_probabilities,
+    resample_target,
     target_shape,
 )
-from autoseg.types import FloatVolume, LabelVolume
+from autoseg.regions import is_region_target, structure_mask
+from autoseg.types import FloatVolume, TargetVolume
 
 FOREGROUND_SAMPLES = 10_000
 """Foreground voxel locations stored per class and case, for oversampling."""
@@ -88,18 +89,19 @@ class CaseProperties:
 
 @dataclass(frozen=True)
 class PreprocessedCase:
-    """A case ready for training: ``image`` ``(C, Z, Y, X)`` float32 normalised, ``labels`` ``(Z, Y, X)``, and
-    per foreground class a sample of its voxel locations ``(N, 3)`` int32 (``(z, y, x)``)."""
+    """A case ready for training: ``image`` ``(C, Z, Y, X)`` float32 normalised, ``labels`` ``(Z, Y, X)`` (or
+    the ``(K, Z, Y, X)`` region target), and per foreground class (structure number) a sample of its voxel
+    locations ``(N, 3)`` int32 (``(z, y, x)``)."""
 
     image: FloatVolume
-    labels: LabelVolume | None
+    labels: TargetVolume | None
     properties: CaseProperties
     foreground: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def preprocess_case(
     image: FloatVolume,
-    labels: LabelVolume | None,
+    labels: TargetVolume | None,
     geometry: Geometry,
     config: ConfigurationPlan,
     *,
@@ -112,7 +114,8 @@ def preprocess_case(
     Args:
         image: ``(C, Z, Y, X)`` float32, raw intensities; normalised in place when ``in_place`` (saves a copy
             of the volume on large scans), otherwise left untouched.
-        labels: ``(Z, Y, X)`` uint8/uint16, or ``None`` for an unlabelled case.
+        labels: ``(Z, Y, X)`` uint8/uint16, or a ``(K, Z, Y, X)`` uint8 region target (each structure
+            resampled on its own), or ``None`` for an unlabelled case.
         geometry: the image's geometry.
         config: the configuration to preprocess for.
         identifier, seed: seed the foreground sample (with the identifier, so it is order independent).
@@ -122,14 +125,14 @@ def preprocess_case(
     cropped = image[(slice(None), *region)]
     if not in_place or cropped.dtype != np.float32:
         cropped = np.array(cropped, dtype=np.float32)
-    cropped_labels = None if labels is None else labels[region]
+    cropped_labels = None if labels is None else labels[..., region[0], region[1], region[2]]
     mask = np.any(cropped != 0, axis=0)
     normalise(cropped, config.normalization, mask)
     shape = target_shape(cropped.shape[1:], geometry.spacing_mm, config.spacing_mm)
     resampled = resample_image(cropped, shape, config.resampling)
     del cropped
     resampled_labels = (
-        None if cropped_labels is None else resample_labels(cropped_labels, shape, config.resampling)
+        None if cropped_labels is None else resample_target(cropped_labels, shape, config.resampling)
     )
     foreground = (
         {}
@@ -175,35 +178,45 @@ def normalise(image: FloatVolume, schemes: Sequence[ChannelNormalization], nonze
             channel[~nonzero] = 0.0
 
 
-def sample_foreground(labels: LabelVolume, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Per foreground class present, up to :data:`FOREGROUND_SAMPLES` voxel locations ``(N, 3)`` int32 (at
-    least
-    :data:`MIN_FOREGROUND_COVERAGE` of the class's voxels), sorted."""
+def sample_foreground(labels: TargetVolume, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Per foreground class present (structure number of a region target), up to :data:`FOREGROUND_SAMPLES`
+    voxel locations ``(N, 3)`` int32 (at least :data:`MIN_FOREGROUND_COVERAGE` of the class's voxels),
+    sorted."""
     found: dict[int, np.ndarray] = {}
-    for value in np.unique(labels):
+    region = is_region_target(labels)
+    values = [k + 1 for k in range(len(labels)) if labels[k].any()] if region else np.unique(labels)
+    for value in values:
         if value == 0:
             continue
-        flat = np.flatnonzero(labels == value)
+        flat = np.flatnonzero(structure_mask(labels, int(value)))
         count = max(min(FOREGROUND_SAMPLES, flat.size), math.ceil(flat.size * MIN_FOREGROUND_COVERAGE))
         chosen = np.sort(rng.choice(flat, size=count, replace=False)) if count < flat.size else flat
-        found[int(value)] = np.stack(np.unravel_index(chosen, labels.shape), axis=1).astype(np.int32)
+        found[int(value)] = np.stack(np.unravel_index(chosen, labels.shape[-3:]), axis=1).astype(np.int32)
     return found
 
 
-def restore_labels(labels: LabelVolume, properties: CaseProperties, config: ConfigurationPlan) -> LabelVolume:
-    """A ``(Z, Y, X)`` label map in preprocessed space -> the original grid (resample per class, uncrop)."""
-    restored = resample_labels(labels, properties.cropped_shape, config.resampling)
-    full = np.zeros(properties.original_shape, dtype=labels.dtype)
-    full[tuple(slice(a, b) for a, b in properties.crop_box)] = restored
+def restore_labels(
+    labels: TargetVolume, properties: CaseProperties, config: ConfigurationPlan
+) -> TargetVolume:
+    """A ``(Z, Y, X)`` label map (or ``(K, Z, Y, X)`` region target) in preprocessed space -> the original
+    grid (resample per class or structure, uncrop)."""
+    restored = resample_target(labels, properties.cropped_shape, config.resampling)
+    full = np.zeros((*labels.shape[:-3], *properties.original_shape), dtype=labels.dtype)
+    (z0, z1), (y0, y1), (x0, x1) = properties.crop_box
+    full[..., z0:z1, y0:y1, x0:x1] = restored
     return full
 
 
-def restore_probabilities(probabilities: FloatVolume, properties: CaseProperties) -> FloatVolume:
+def restore_probabilities(
+    probabilities: FloatVolume, properties: CaseProperties, *, regions: bool = False
+) -> FloatVolume:
     """``(K, Z, Y, X)`` probabilities in preprocessed space -> the original grid; outside the crop box the
-    background (class 0) has probability 1."""
+    background (class 0) has probability 1, or, for per-structure sigmoid probabilities (``regions``), every
+    structure 0."""
     restored = resample_probabilities(probabilities, properties.cropped_shape)
     full = np.zeros((probabilities.shape[0], *properties.original_shape), dtype=np.float32)
-    full[0] = 1.0
+    if not regions:
+        full[0] = 1.0
     full[(slice(None), *(slice(a, b) for a, b in properties.crop_box))] = restored
     return full
 

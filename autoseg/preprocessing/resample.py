@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from autoseg.plans import ResamplingPlan
-from autoseg.types import FloatVolume, LabelVolume
+from autoseg.types import FloatVolume, LabelVolume, TargetVolume
 
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
 _HALO = {0: 1, 1: 2, 3: 8}
@@ -97,6 +97,17 @@ def resample_labels(labels: LabelVolume, shape: Sequence[int], plan: ResamplingP
             result[j0:j1][better] = value
             np.maximum(best, score, out=best)
     return result
+
+
+def resample_target(target: TargetVolume, shape: Sequence[int], plan: ResamplingPlan) -> TargetVolume:
+    """A label map (:func:`resample_labels`) or a ``(K, Z, Y, X)`` region target resampled structure by
+    structure (each binary mask as a two-class label map: interpolated, kept where it is at least 0.5)."""
+    if target.ndim == 3:
+        return resample_labels(target, shape, plan)
+    out = np.empty((target.shape[0], *shape), np.uint8)
+    for k in range(target.shape[0]):
+        out[k] = resample_labels(np.asarray(target[k], np.uint8), shape, plan)
+    return out
 
 
 def resample_probabilities(probabilities: FloatVolume, shape: Sequence[int]) -> FloatVolume:

@@ -26,7 +26,7 @@ from typing import Any
 
 from autoseg.dataset.layout import Case, load_dataset, read_case
 from autoseg.errors import AutosegError, PreprocessError, UsageError
-from autoseg.io import write_json, write_labels
+from autoseg.io import write_json, write_target
 from autoseg.parallel import map_cases
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import preprocess_case
@@ -167,7 +167,7 @@ def _preprocess_job(
             f"case '{case.identifier}': {error.message}; nothing was written for it"
         ) from None
     if reference is not None and labels is not None:
-        write_labels(labels, geometry, reference)
+        write_target(labels, geometry, reference)
     if is_up_to_date(target, signature):
         return "skipped"
     result = preprocess_case(
