@@ -75,12 +75,15 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     from autoseg.dataset.synthetic import SynthConfig
 
     default = SynthConfig()
-    parser.add_argument("out", metavar="OUT", type=Path, help="folder to create (nnU-Net v2 layout)")
     parser.add_argument(
-        "--preset",
-        default=None,
-        help="start from a synthetic entry of datasets.json, e.g. synthetic-ct; flags override it",
-    )
+        "out", metavar="OUT", type=Path,
+        help="folder to create (nnU-Net v2 layout; with --preset rt, DICOM case folders for convert-dicom)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preset", default=None,
+        help="rt: DICOM CT series with clinic-style RTSTRUCTs (8 cases of 40x64x64 voxels unless --cases, "
+        "--shape); or a synthetic entry of datasets.json, e.g. synthetic-ct, synthetic-rt; flags override it",
+    )  # fmt: skip
     parser.add_argument("--cases", type=int, default=None, help=f"number of cases (default: {default.cases})")
     parser.add_argument(
         "--shape",
@@ -115,16 +118,17 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     add_num_workers(parser)
 
 
+_RT_FLAGS = {"cases": "cases", "shape": "shape", "spacing_mm": "spacing", "seed": "seed"}
+"""Config key -> flag (dest) of the options the rt preset takes; the others are refused for it."""
+
+
 def run_synth_command(args: argparse.Namespace) -> int:
-    """``autoseg synth OUT``: write a synthetic dataset."""
+    """``autoseg synth OUT``: write a synthetic dataset (or, ``--preset rt``, DICOM structure sets)."""
     from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 
-    base = SynthConfig().to_json()
-    if args.preset is not None:
-        entry = load_catalogue(catalogue_path(args)).entry(args.preset)
-        if entry.generator is None:
-            raise UsageError(f"--preset {args.preset}: not a synthetic catalogue entry")
-        base = entry.generator.to_json()
+    base, rt = _synth_base(args)
+    if rt is not None:
+        return _run_rt_synth(args, rt)
     overrides = {
         "cases": args.cases,
         "shape": args.shape,
@@ -142,6 +146,40 @@ def run_synth_command(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _run_rt_synth(args: argparse.Namespace, base: dict[str, object]) -> int:
+    """``autoseg synth OUT --preset rt``: the structure-set archive; refuse flags it does not take."""
+    from autoseg.dataset.rt_synthetic import RtSynthConfig, write_rt_dataset
+
+    refused = {"--classes": args.classes, "--channels": args.channels, "--modality": args.modality}
+    given = [flag for flag, v in {**refused, "--file-ending": args.file_ending}.items() if v is not None]
+    if given:
+        raise UsageError(
+            f"--preset {args.preset}: structure sets take --cases, --shape, --spacing and --seed, "
+            f"not {', '.join(given)}"
+        )
+    values = {key: getattr(args, dest) for key, dest in _RT_FLAGS.items()}
+    config = RtSynthConfig.from_json({**base, **{k: v for k, v in values.items() if v is not None}})
+    print(write_rt_dataset(config, args.out, show_progress=show_progress(args)))
+    return 0
+
+
+def _synth_base(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, object] | None]:
+    """The preset's config as JSON: ``(synth config, None)``, or ``({}, rt config)`` for structure sets."""
+    from autoseg.dataset.rt_synthetic import RtSynthConfig
+    from autoseg.dataset.synthetic import SynthConfig
+
+    if args.preset is None:
+        return SynthConfig().to_json(), None
+    if args.preset == "rt":
+        return {}, RtSynthConfig().to_json()
+    entry = load_catalogue(catalogue_path(args)).entry(args.preset)
+    if entry.rt_generator is not None:
+        return {}, entry.rt_generator.to_json()
+    if entry.generator is None:
+        raise UsageError(f"--preset {args.preset}: not a synthetic catalogue entry")
+    return entry.generator.to_json(), None
 
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +251,8 @@ COMMANDS = [
     ),
     CommandSpec(
         "synth",
-        "write an anatomy-like synthetic dataset (nnU-Net v2 layout)",
+        "write an anatomy-like synthetic dataset (nnU-Net v2 layout), or (--preset rt) DICOM CT series with "
+        "clinic-style RTSTRUCTs",
         _synth_arguments,
         run_synth_command,
     ),

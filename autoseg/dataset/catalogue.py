@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from autoseg.dataset.rt_synthetic import RtSynthConfig
 from autoseg.dataset.synthetic import SynthConfig, write_synthetic_dataset
 from autoseg.errors import CatalogueError, ImageReadError, UsageError
 from autoseg.io import read_json
@@ -35,7 +36,11 @@ class CatalogueEntry:
         ``"dicom-rtstruct"``,
             ``"dicom-seg"`` (raw material for other commands).
         location: folder relative to the data root (real datasets).
-        generator: generator parameters (synthetic datasets).
+        generator: generator parameters (synthetic datasets in the nnU-Net v2 layout).
+        details: the entry's other keys (licence, source, modality, ...).
+        rt_generator: parameters of a synthetic DICOM structure-set archive (``"generator": {"preset": "rt",
+            ...}``, layout ``"dicom-rtstruct"``): written by ``autoseg synth OUT --preset <name>``, then
+            turned into a dataset by ``autoseg convert-dicom``.
     """
 
     name: str
@@ -45,6 +50,7 @@ class CatalogueEntry:
     location: str | None
     generator: SynthConfig | None
     details: dict[str, Any]
+    rt_generator: RtSynthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,11 @@ def resolve_dataset(
             f"{', '.join(sorted(catalogue.entries))})"
         )
     entry = catalogue.entries[argument]
+    if entry.rt_generator is not None:
+        raise UsageError(
+            f"{argument}: a synthetic DICOM structure-set archive, not a training dataset; write it with "
+            f"'autoseg synth OUT --preset {argument}', then 'autoseg convert-dicom OUT DATASET --names tg263'"
+        )
     if entry.kind == "synthetic":
         assert entry.generator is not None
         folder = synthetic_folder(entry, cache_dir)
@@ -169,6 +180,11 @@ def _parse_entry(path: Path, name: str, raw: Any) -> CatalogueEntry:
         if not isinstance(raw.get("generator"), dict):
             raise CatalogueError(f"{path}: synthetic entry '{name}' needs a 'generator' object")
         try:
+            if raw["generator"].get("preset") == "rt":
+                rt = RtSynthConfig.from_json(raw["generator"])
+                return CatalogueEntry(
+                    name, "synthetic", description, "dicom-rtstruct", None, None, details, rt
+                )
             generator = SynthConfig.from_json(raw["generator"])
         except UsageError as error:
             raise CatalogueError(f"{path}: entry '{name}': {error.message}") from None
