@@ -49,6 +49,16 @@ def test_a_ct_model_fed_mr_intensities_and_the_reverse(rng: np.random.Generator)
     assert check_input("f", normalised, [MR]).verdict == "ok"
 
 
+def test_a_ct_cropped_inside_the_body_keeps_its_fat_and_passes(rng: np.random.Generator) -> None:
+    shape = (10, 20, 20)
+    image = np.full(shape, 40.0, np.float32)  # soft tissue, no air anywhere
+    image[:, :4, :] = -100.0  # a fifth of it fat
+    image += rng.normal(0.0, 10.0, shape).astype(np.float32)
+    assert check_input("cropped", image[None], [CT]).verdict == "ok"
+    soft_tissue_only = np.full((1, *shape), 40.0, np.float32)  # windowed above fat: flagged (documented)
+    assert check_input("windowed", soft_tissue_only, [CT]).verdict == "mismatch"
+
+
 def test_the_rules_stay_out_of_the_way_where_they_cannot_tell(rng: np.random.Generator) -> None:
     other = ChannelRecord("PET", "other")
     assert check_input("a", mr_like(rng), [other]).verdict == "unchecked"

@@ -4,12 +4,13 @@ The plan records each channel's modality and foreground range (``Plans.channels`
 run, ``predict`` checks it:
 
 * a DICOM series: its Modality tag (CT, MR) against the channel's modality;
-* an image file: its intensities. A CT field of view always holds air (-1000 HU) or at least fat (-100 HU),
-  so a CT model's input whose lowest 0.5% of voxels lie above :data:`CT_LOWEST_HU` has no air at all: an MR
-  scan (magnitude images are never negative), an already normalised image, or a CT without its rescale
-  applied. MR images have no large negative values, so an MR model's input with at least
-  :data:`MR_MAX_AIR_FRACTION` of its voxels below :data:`AIR_HU` holds Hounsfield units (air, padding at
-  -1024 or -3024) - unless the training images' own foreground reached below that value.
+* an image file: its intensities. A CT field of view holds air (-1000 HU), lung or at least fat (about
+  -100 HU), so a CT model's input whose lowest 0.5% of voxels lie above :data:`CT_LOWEST_HU` holds neither:
+  an MR scan (magnitude images are never negative), an already normalised image, or a CT without its rescale
+  applied. (A CT cut to a window above fat, or skull-stripped to a background of 0, is flagged too: a
+  warning, or a refusal with ``--strict``.) MR images have no large negative values, so an MR model's input
+  with at least :data:`MR_MAX_AIR_FRACTION` of its voxels below :data:`AIR_HU` holds Hounsfield units (air,
+  padding at -1024 or -3024) - unless the training images' own foreground reached below that value.
 
 A mismatch is a warning naming the case (``predict --strict`` refuses the case); a channel of another modality
 (PET, ``noNorm``...) is not checked. Each case's check goes into ``predict.json``.
@@ -29,8 +30,10 @@ from autoseg.types import FloatVolume
 
 logger = logging.getLogger(__name__)
 
-CT_LOWEST_HU = -200.0
-"""A CT image's 0.5th percentile lies below this (air, lung, or the air around the patient)."""
+CT_LOWEST_HU = -50.0
+"""A CT image's 0.5th percentile lies below this: air, lung or fat (about -100 HU) reach below it. Fat-only
+fields of view (a CT cropped inside the body) have their 0.5th percentile near -120 HU, so the threshold sits
+above fat, not between fat and air."""
 
 AIR_HU = -500.0
 """Below this, a voxel is air (or padding) in Hounsfield units."""
@@ -137,8 +140,8 @@ def intensity_summary(channel: np.ndarray) -> tuple[float, float, float]:
 def _intensity_problem(record: ChannelRecord, low: float, air_fraction: float) -> str:
     if record.modality == "CT" and low > CT_LOWEST_HU:
         return (
-            f"its lowest 0.5% of voxels lie above {CT_LOWEST_HU:g} ({low:.4g}): no air, so not CT in HU; "
-            "an MR or normalised image, or a CT without its rescale applied"
+            f"its lowest 0.5% of voxels lie above {CT_LOWEST_HU:g} ({low:.4g}): no fat and no air, so not "
+            "CT in HU; an MR or normalised image, or a CT without its rescale applied"
         )
     trained_low = record.foreground_percentile_00_5
     trained_air = trained_low is not None and trained_low < AIR_HU
