@@ -5,8 +5,9 @@ run along LPS: x towards the patient's left, y towards the back, z towards the h
 elliptical body (a fat layer under the skin) holding a vertebra with the spinal cord in its canal at the
 back, two lungs (the right one, at smaller x, a little larger), the heart in front and to the left behind a
 rim of pericardial fat, the oesophagus in front of the vertebra (an air lumen inside its wall), and a lung
-tumour (GTV) with its margins: CTV = GTV + 4 mm, PTV = CTV + 4 mm (inside the body), a ring 3-12 mm outside
-the PTV and the cord's planning risk volume (cord + 4 mm). Every structure lies inside the body.
+tumour (GTV) with its margins: CTV = GTV + 4 mm, PTV = CTV + 4 mm (inside the body), a ring 2-8 mm outside
+the PTV (closed on a slice where the PTV keeps clear of the skin), the skin (the body's outer 4 mm: a ring
+on every slice) and the cord's planning risk volume (cord + 4 mm). Every structure lies inside the body.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from autoseg.types import BoolVolume, FloatVolume, IntTriple, Triple
 _F64 = npt.NDArray[np.float64]
 CTV_MARGIN_MM = 4.0
 PTV_MARGIN_MM = 4.0
-RING_MM = (3.0, 12.0)
+RING_MM = (2.0, 8.0)
 PRV_MARGIN_MM = 4.0
+SKIN_MM = 4.0
 # Mean HU per tissue; each case shifts them a little. Organs differ from their surroundings by >= 20 HU.
 _HU = {
     "air": -1000.0,
@@ -114,7 +116,15 @@ def _organs(space: _Space, rng: np.random.Generator) -> tuple[dict[str, BoolVolu
         centre = c + a * [0.1, -0.08, side * 0.47]
         radii = a * [0.95, 0.62, 0.4 * scale] * rng.uniform(0.92, 1.05, 3)
         lungs[name] = _ellipsoid(space, centre, radii) & ~spare
-    masks = {"External": body, "SpinalCord": cord, "Esophagus": esophagus, "Heart": heart, **lungs}
+    skin = body & (ndimage.distance_transform_edt(body, sampling=space.spacing) <= SKIN_MM)
+    masks = {
+        "External": body,
+        "Skin": skin,
+        "SpinalCord": cord,
+        "Esophagus": esophagus,
+        "Heart": heart,
+        **lungs,
+    }
     tissue = {"fat": (body & ~inner) | pericardium, "bone": bone, "csf": canal & ~cord, "air": lumen}
     return masks, tissue
 

@@ -10,13 +10,13 @@ reads, plus the synthetic truth for scoring::
                                             (``null``: not contoured in that case)
 
 The anatomy is :mod:`autoseg.dataset.rt_anatomy`'s thorax. What makes it a clinic's archive: targets
-nest (GTV in CTV in PTV), the PTV crosses the lung and the chest wall or the mediastinum, a ring has a hole,
-BODY holds everything, the lungs are a left/right pair; ROI names are spelled differently from case to case
-("Lt Lung", "LUNG_L", "lung left"), each with the RTROIInterpretedType a planner sets; the heart, the
-oesophagus, the ring and the cord PRV are not contoured in some cases (no ROI at all, not an empty one); the
-PRV's names have no TG-263 match in autoseg's table, so ``convert-dicom --names tg263`` reports them. Case
-``i`` depends only on ``(config.seed, i)``; UIDs, dates and pixels included, the same config writes the same
-files.
+nest (GTV in CTV in PTV); the PTV crosses the lung and the chest wall or the mediastinum; the skin (a rind)
+has a hole on every slice, the PTV ring wherever the PTV keeps clear of the skin; BODY holds everything; the
+lungs are a left/right pair; ROI names are spelled differently from case to case ("Lt Lung", "LUNG_L",
+"lung left"), each with the RTROIInterpretedType a planner sets; the heart, the oesophagus, the ring and the
+cord PRV are not contoured in some cases (no ROI at all, not an empty one); the PRV's names have no TG-263
+match in autoseg's table, so ``convert-dicom --names tg263`` reports them. Case ``i`` depends only on
+``(config.seed, i)``; UIDs, dates and pixels included, the same config writes the same files.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class RtStructure:
 
 STRUCTURES = (
     RtStructure("External", "EXTERNAL", ("BODY", "External", "EXTERNAL", "Outline"), None, (0, 200, 0)),
+    RtStructure("Skin", "ORGAN", ("Skin", "SKIN", "skin rind"), None, (255, 200, 170)),
     RtStructure("Lung_L", "ORGAN", ("Lt Lung", "LUNG_L", "lung left", "Left Lung"), None, (0, 150, 255)),
     RtStructure("Lung_R", "ORGAN", ("Rt Lung", "LUNG_R", "lung right", "Right Lung"), None, (0, 90, 200)),
     RtStructure("Heart", "ORGAN", ("Heart", "HEART", "Cor", "heart1"), (4, 1), (255, 80, 80)),
