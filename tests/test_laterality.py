@@ -41,6 +41,15 @@ def test_names_with_a_side_and_their_pairs() -> None:
     assert lateral_pairs(names) == [("Kidney_L", "Kidney_R"), ("Lt Parotid", "PAROTID_R")]
 
 
+def test_the_planner_reads_sides_as_the_tg263_matcher_does() -> None:
+    from autoseg.dicom.names import match_tg263
+
+    for left, right in (("Parotid_Lft", "Parotid_Rgt"), ("Niere links", "Niere rechts")):
+        assert side_of(left) is not None and side_of(right) is not None
+        assert lateral_pairs([left, right]) == [(left, right)]
+    assert match_tg263("Parotid_Lft").standard == "Parotid_L"
+
+
 # ----------------------------------------------------------------------------------- training augmentation
 
 

@@ -34,8 +34,10 @@ ROI_TYPES = (  # DICOM PS3.3 C.8.8.8: the defined terms of RTROIInterpretedType
     "MARKER", "REGISTRATION", "ISOCENTER", "CONTRAST_AGENT", "CAVITY", "BRACHY_CHANNEL", "BRACHY_ACCESSORY",
     "BRACHY_SRC_APP", "BRACHY_CHNL_SHLD", "SUPPORT", "FIXATION", "DOSE_REGION", "CONTROL", "DOSE_MEASUREMENT",
 )  # fmt: skip
-_LEFT = frozenset({"l", "lt", "left", "lft", "links", "gauche"})
-_RIGHT = frozenset({"r", "rt", "right", "rgt", "rechts", "droit"})
+LEFT_WORDS = frozenset({"l", "lt", "left", "lft", "links", "gauche"})
+"""Words (lower case) that name the patient's left side; shared with the planner's laterality rule."""
+RIGHT_WORDS = frozenset({"r", "rt", "right", "rgt", "rechts", "droit"})
+"""Words (lower case) that name the patient's right side."""
 _BOTH = frozenset({"bilat", "bilateral", "both"})
 _CONTROL_WORDS = frozenset(
     {"ring", "opt", "optim", "optimization", "optimisation", "help", "helper", "dummy"}
@@ -193,10 +195,10 @@ def _words(name: str) -> list[str]:
 
 def _key(words: Sequence[str], *, ordered: bool = True) -> str:
     """``lung|L`` for "Lt Lung": the words without laterality, then the side (L, R, or empty)."""
-    left = any(w in _LEFT for w in words)
-    right = any(w in _RIGHT for w in words)
+    left = any(w in LEFT_WORDS for w in words)
+    right = any(w in RIGHT_WORDS for w in words)
     side = "" if left == right else ("L" if left else "R")
-    rest = [w for w in words if w not in _BOTH and not (side and w in (_LEFT | _RIGHT))]
+    rest = [w for w in words if w not in _BOTH and not (side and w in (LEFT_WORDS | RIGHT_WORDS))]
     body = "".join(rest) if ordered else " ".join(sorted(rest))
     return f"{body}|{side}"
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from autoseg.dicom.names import LEFT_WORDS, RIGHT_WORDS
 from autoseg.plans import MirroringPlan
 
-SIDES = {"l": "L", "lt": "L", "left": "L", "r": "R", "rt": "R", "right": "R"}
-"""Words (lower case) that name a side."""
+SIDES = {**dict.fromkeys(LEFT_WORDS, "L"), **dict.fromkeys(RIGHT_WORDS, "R")}
+"""Words (lower case) that name a side: the same vocabulary as the TG-263 matcher
+(:data:`autoseg.dicom.names.LEFT_WORDS`), so a name the matcher reads as sided is sided here too."""
 
 _WORDS = re.compile(r"[A-Z]+(?![a-z])\d*|[A-Z]?[a-z]+\d*|\d+")
 
