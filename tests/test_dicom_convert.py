@@ -17,7 +17,7 @@ from autoseg.dicom.rtstruct import write_rtstruct
 from autoseg.dicom.seg import write_dicom_seg
 from autoseg.dicom.series import read_series, single_series
 from autoseg.errors import DicomError, StructureNameError
-from autoseg.io import read_image, read_json, read_labels
+from autoseg.io import read_image, read_json, read_labels, read_target
 
 MAPPING = {
     "labels": {
@@ -47,7 +47,6 @@ def write_case(folder: Path, names: tuple[str, str], *, seg: bool = False) -> tu
 def test_unknown_missing_overlapping_and_skipped_cases(tmp_path: Path) -> None:
     cases = tmp_path / "cases"
     gtv, lung = write_case(cases / "a", ("GTV_primary", "Lung_L"))
-    labels = np.maximum(gtv, 2 * lung)  # the higher value wins where they overlap
     write_rtstruct(
         np.zeros((4, 12, 20), np.uint8),
         single_series(cases / "a" / "ct"),
@@ -63,17 +62,19 @@ def test_unknown_missing_overlapping_and_skipped_cases(tmp_path: Path) -> None:
     report = convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
     a, b, c = report.cases
     assert a.status == "written" and a.unknown_rois == ("Couch",) and a.missing_labels == ("Heart",)
-    assert a.voxels == {"GTV": int(np.sum(labels == 1)), "Lung": int(np.sum(labels == 2))}
+    assert a.voxels == {"GTV": int(gtv.sum()), "Lung": int(lung.sum())}  # each structure whole
     assert a.overlap_voxels == 2 * 2 * 2  # rows 4-5, columns 6-7, two slices
+    assert a.overlaps == {"GTV+Lung": 8}
     assert b.status == "skipped" and "no non-empty structure" in b.message and not stale.exists()
     assert c.status == "skipped" and "no RTSTRUCT or SEG" in c.message
-    written, _ = read_labels(tmp_path / "out" / "labelsTr" / "a.nii.gz")
-    np.testing.assert_array_equal(written, labels)  # higher value wins where GTV and Lung overlap
+    written, _ = read_target(tmp_path / "out" / "labelsTr" / "a.nii.gz")  # overlaps kept: multi-label
+    np.testing.assert_array_equal(written, np.stack([gtv, lung, np.zeros_like(gtv)]).astype(np.uint8))
     meta = read_json(tmp_path / "out" / "dataset.json")
     assert meta == {
         "name": "out",
         "channel_names": {"0": "CT"},
         "labels": {"background": 0, "GTV": 1, "Lung": 2, "Heart": 3},
+        "structures": ["GTV", "Lung", "Heart"],
         "numTraining": 1,
         "file_ending": ".nii.gz",
         "structure_types": {"GTV": "GTV", "Lung": "ORGAN", "Heart": "ORGAN"},
@@ -87,8 +88,8 @@ def test_seg_case_without_mapping_maps_every_name(tmp_path: Path) -> None:
     report = convert_dicom(ConvertRequest(tmp_path / "one_case", tmp_path / "out"))
     assert [c.case for c in report.written] == ["one_case"]
     assert report.labels == {"background": 0, "Aorta": 1, "kidney": 2}  # sorted, case-insensitively
-    written, _ = read_labels(tmp_path / "out" / "labelsTr" / "one_case.nii.gz")
-    np.testing.assert_array_equal(written, np.maximum(aorta, 2 * kidney))
+    written, _ = read_target(tmp_path / "out" / "labelsTr" / "one_case.nii.gz")  # they overlap: kept
+    np.testing.assert_array_equal(written, np.stack([aorta, kidney]))
     assert "Aorta" in load_mapping(tmp_path / "out" / "label_mapping.json").labels
 
 
@@ -291,3 +292,27 @@ def test_tg263_names_of_a_real_clinic_structure_set(data_root: Path) -> None:
         "Tumor Bed Block",
     ]
     assert unmatched["Breast"][:2] == ("Breast_L", "Breast_R")
+
+
+def test_overlapping_rois_write_the_multi_label_layout_for_every_case(tmp_path: Path) -> None:
+    """One case's GTV lies partly in its lung: every case becomes a 4D multi-label file (the disjoint one
+    expanded exactly), dataset.json lists the structures, and the dataset reads back as region targets."""
+    cases = tmp_path / "cases"
+    gtv, lung = write_case(cases / "a", ("GTV_primary", "Lung_L"))
+    apart = np.zeros((4, 12, 20), np.uint8)
+    apart[1:3, 2:5, 2:5] = 1
+    write_ct_series(cases / "b" / "ct", (apart * 40).astype(np.int16))
+    write_rtstruct(apart, single_series(cases / "b" / "ct"), {1: "GTV_primary"}, cases / "b" / "rs.dcm")
+    (tmp_path / "mapping.json").write_text(json.dumps(MAPPING))
+    report = convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
+    assert [c.overlaps for c in report.cases] == [{"GTV+Lung": 8}, {}]
+    b_target, _ = read_target(tmp_path / "out" / "labelsTr" / "b.nii.gz")
+    assert b_target.shape == (3, 4, 12, 20) and np.array_equal(b_target[0], apart) and not b_target[1:].any()
+    dataset = load_dataset(tmp_path / "out")
+    assert [r.name for r in dataset.regions] == ["GTV", "Lung", "Heart"]
+    from autoseg.dataset.layout import read_case
+
+    _, target, _ = read_case(dataset.cases[0])
+    assert target is not None and target.shape == (3, 4, 12, 20)
+    assert np.array_equal(target[0], gtv) and np.array_equal(target[1], lung)
+    assert int((target[0] & target[1]).sum()) == 8  # the overlap is in both structures

@@ -6,7 +6,9 @@ sub-folders together (not one by one) hold a series and its annotation, e.g. ``c
 Such a folder is one case named after the folder. Output::
 
     OUTPUT/imagesTr/<case>_0000.nii.gz   the series (HU for CT), geometry exactly that of the DICOM series
-    OUTPUT/labelsTr/<case>.nii.gz        uint8/uint16 label map on the same grid
+    OUTPUT/labelsTr/<case>.nii.gz        uint8/uint16 label map on the same grid; when structures overlap
+                                         in any case, every case's is 4D instead, one binary channel per
+                                         structure (``"structures"`` in dataset.json, :mod:`autoseg.regions`)
     OUTPUT/dataset.json                  channel_names from the modality, labels, numTraining, file_ending,
                                          structure_types (label -> RTROIInterpretedType), and with
                                          ``names="tg263"`` source_names (case -> label -> the clinic names)
@@ -15,9 +17,11 @@ Such a folder is one case named after the folder. Output::
 Structures map to labels through a :class:`~autoseg.dicom.mapping.LabelMapping`: the mapping file's, then
 (``names="tg263"``) TG-263 standard names for the names it does not cover; without either, every name is its
 own label. The label names are checked against DICOM's ROI name rules before any case is read. Where
-structures overlap, the higher label value wins. Each file is written atomically, the label map last;
-re-running rewrites the same files. A case without any non-empty mapped structure is reported, skipped, and
-files a previous run wrote for it are removed, so the dataset never holds half a case.
+structures overlap (a GTV inside its CTV, every organ inside BODY) nothing is flattened: the dataset is
+written in the multi-label layout (``docs/dicom.md``, "Overlapping structures") and each case reports the
+overlaps it kept; a dataset of disjoint structures keeps label maps. Each file is written atomically, the
+label map last; re-running rewrites the same files. A case without any non-empty mapped structure is
+reported, skipped, and files a previous run wrote for it are removed, so the dataset never holds half a case.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from autoseg.dicom.rtstruct import read_rtstruct
 from autoseg.dicom.seg import read_dicom_seg_masks
 from autoseg.dicom.series import DicomObject, DicomSeries, read_header, read_series, scan_folder
 from autoseg.errors import AutosegError, DicomError
-from autoseg.io import write_image, write_json, write_labels
-from autoseg.types import BoolVolume, FloatVolume, LabelVolume
+from autoseg.io import read_labels, write_image, write_json, write_masks, write_target
+from autoseg.regions import overlapping_pairs
+from autoseg.types import BoolVolume, FloatVolume, TargetVolume
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +79,11 @@ class CaseReport:
         case: case identifier (file stem in the dataset).
         source: the case folder.
         status: ``"written"`` or ``"skipped"``.
-        voxels: label name -> voxel count written (after overlaps were resolved).
+        voxels: label name -> voxel count written (each structure whole: overlaps are kept).
         unknown_rois: structure names in the case's files that the mapping does not cover.
         missing_labels: mapping labels with no (non-empty) structure in this case.
-        overlap_voxels: voxels claimed by more than one label (the higher value was kept).
+        overlap_voxels: voxels claimed by more than one label (kept in every structure that claims them).
+        overlaps: ``"A+B"`` -> voxels in both, for each overlapping pair of labels.
         message: why the case was skipped, if it was.
         suggestions: with ``names="tg263"``, each unknown structure name -> the nearest standard names.
         source_names: label name -> the case's structure names written as that label.
@@ -93,6 +99,7 @@ class CaseReport:
     message: str = ""
     suggestions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    overlaps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,20 +164,50 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
             f"{request.input_dir}: no case could be converted",
             details=[f"{r.case}: {r.message}" for r in reports],
         )
-    write_json(_dataset_json(request, mapping, modality, written), request.output_dir / "dataset.json")
+    overlapping = any(r.overlap_voxels for r in written)
+    if overlapping:
+        _as_multi_label(written, mapping, request.output_dir)
+    meta = _dataset_json(request, mapping, modality, written, multi_label=overlapping)
+    write_json(meta, request.output_dir / "dataset.json")
     ordered = tuple(sorted(reports, key=lambda r: r.case))
     return ConvertReport(
         request.output_dir, ordered, mapping.values(), mapping, tuple(matches.values()), tuple(warnings)
     )
 
 
+def _as_multi_label(written: list[CaseReport], mapping: LabelMapping, output_dir: Path) -> None:
+    """Some case's structures overlap: rewrite the label maps of the cases whose do not as multi-label files
+    (exact: a disjoint label map loses nothing), and log the overlaps kept."""
+    for report in written:
+        path = output_dir / "labelsTr" / f"{report.case}{FILE_ENDING}"
+        if report.overlap_voxels:
+            logger.info("%s: overlapping structures kept: %s", report.case, report.overlaps)
+            continue
+        labels, geometry = read_labels(path)
+        write_masks(np.stack([labels == mapping.labels[n].value for n in _ordered(mapping)]), geometry, path)
+
+
+def _ordered(mapping: LabelMapping) -> list[str]:
+    """The mapping's labels by value: the structure order of a multi-label dataset."""
+    return sorted(mapping.labels, key=lambda n: mapping.labels[n].value)
+
+
 def _dataset_json(
-    request: ConvertRequest, mapping: LabelMapping, modality: str, written: list[CaseReport]
+    request: ConvertRequest,
+    mapping: LabelMapping,
+    modality: str,
+    written: list[CaseReport],
+    *,
+    multi_label: bool = False,
 ) -> dict[str, object]:
+    names = _ordered(mapping)
     meta: dict[str, object] = {
         "name": request.output_dir.name,
         "channel_names": {"0": _CHANNEL_NAMES.get(modality, modality or "image")},
-        "labels": mapping.values(),
+        "labels": {"background": 0, **{n: k + 1 for k, n in enumerate(names)}}
+        if multi_label
+        else mapping.values(),
+        **({"structures": names} if multi_label else {}),
         "numTraining": len(written),
         "file_ending": FILE_ENDING,
         "structure_types": mapping.types(),
@@ -304,7 +341,7 @@ def _convert_case(
         _remove_stale(image_path, label_path)
         return report
     write_image(_compact(image), geometry, image_path)
-    write_labels(labels, geometry, label_path)
+    write_target(labels, geometry, label_path)
     logger.info("%s: written as %s (%s)", case.folder, case.name, report.voxels)
     return report
 
@@ -322,7 +359,7 @@ def _label_map(
     structures: dict[str, BoolVolume],
     mapping: LabelMapping,
     suggestions: dict[str, tuple[str, ...]],
-) -> tuple[LabelVolume, CaseReport]:
+) -> tuple[TargetVolume, CaseReport]:
     shape = (len(case.series.instances), case.series.instances[0].rows, case.series.instances[0].columns)
     by_label: dict[str, BoolVolume] = {}
     sources: dict[str, tuple[str, ...]] = {}
@@ -335,24 +372,40 @@ def _label_map(
             by_label[label] = by_label[label] | mask if label in by_label else mask
             sources[label] = (*sources.get(label, ()), name)
     missing = tuple(name for name in mapping.labels if name not in by_label)
-    dtype = np.uint16 if max(r.value for r in mapping.labels.values()) > 255 else np.uint8
-    labels = np.zeros(shape, dtype)
-    claimed = np.zeros(shape, np.uint8)
-    for name in sorted(by_label, key=lambda n: mapping.labels[n].value):
-        labels[by_label[name]] = mapping.labels[name].value
-        claimed += by_label[name]
-    voxels = {name: int(np.sum(labels == mapping.labels[name].value)) for name in by_label}
+    labels, overlaps = _target(shape, by_label, mapping)
+    voxels = {name: int(np.count_nonzero(mask)) for name, mask in by_label.items()}
     status: Literal["written", "skipped"] = "written" if by_label else "skipped"
     message = (
         "" if by_label else f"no non-empty structure matches the mapping (structures: {sorted(structures)})"
     )
-    overlap = int(np.sum(claimed > 1))
+    overlap = int(np.count_nonzero(labels.sum(0, dtype=np.uint16) > 1)) if labels.ndim == 4 else 0
     nearest = {name: suggestions[name.strip()] for name in sorted(unknown) if name.strip() in suggestions}
     report = CaseReport(
         case.name, case.folder, status, voxels, tuple(sorted(unknown)), missing, overlap, message, nearest,
-        {label: tuple(sorted(names)) for label, names in sorted(sources.items())},
+        {label: tuple(sorted(names)) for label, names in sorted(sources.items())}, overlaps,
     )  # fmt: skip
     return labels, report
+
+
+def _target(
+    shape: tuple[int, int, int], by_label: dict[str, BoolVolume], mapping: LabelMapping
+) -> tuple[TargetVolume, dict[str, int]]:
+    """The case's label map, or where structures overlap its ``(K, Z, Y, X)`` multi-label target (one
+    channel per mapping label, by value), with the overlapping pairs."""
+    names = _ordered(mapping)
+    stack = np.zeros((len(names), *shape), np.uint8)
+    for index, name in enumerate(names):
+        if name in by_label:
+            stack[index] = by_label[name]
+    overlaps = overlapping_pairs(stack, names)
+    if overlaps:
+        return stack, overlaps
+    dtype = np.uint16 if max(r.value for r in mapping.labels.values()) > 255 else np.uint8
+    labels = np.zeros(shape, dtype)
+    for name in names:
+        if name in by_label:
+            labels[by_label[name]] = mapping.labels[name].value
+    return labels, {}
 
 
 def _compact(image: FloatVolume) -> np.ndarray:
