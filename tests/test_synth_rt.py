@@ -29,7 +29,7 @@ from autoseg.dicom.series import single_series
 from autoseg.errors import UsageError
 from autoseg.io import read_labels
 
-TINY = ["--cases", "3", "--shape", "20", "40", "40"]
+TINY = ["--cases", "3", "--shape", "20", "40", "40", "-np", "2"]
 OPTIONAL = ("Heart", "Esophagus", "PTV_Ring", "SpinalCord_PRV05")
 
 

@@ -161,7 +161,7 @@ def _run_rt_synth(args: argparse.Namespace, base: dict[str, object]) -> int:
         )
     values = {key: getattr(args, dest) for key, dest in _RT_FLAGS.items()}
     config = RtSynthConfig.from_json({**base, **{k: v for k, v in values.items() if v is not None}})
-    print(write_rt_dataset(config, args.out, show_progress=show_progress(args)))
+    print(write_rt_dataset(config, args.out, num_workers=args.num_workers, show_progress=show_progress(args)))
     return 0
 
 

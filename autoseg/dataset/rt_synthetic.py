@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import numpy as np
 from autoseg.dataset.rt_anatomy import Thorax, make_thorax
 from autoseg.errors import UsageError
 from autoseg.io import Geometry, write_labels
+from autoseg.parallel import map_cases
 from autoseg.types import IntTriple, Triple
 
 logger = logging.getLogger(__name__)
@@ -221,16 +223,22 @@ def synthesize_rt_case(config: RtSynthConfig, index: int) -> tuple[Thorax, Geome
     return thorax, Geometry((spacing[0], spacing[1], spacing[2]), origin)
 
 
-def write_rt_dataset(config: RtSynthConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
+def write_rt_dataset(
+    config: RtSynthConfig, out_dir: Path, *, num_workers: int = 1, show_progress: bool = True
+) -> Path:
     """Write the archive (layout in the module docstring) to ``out_dir``, atomically; skip it when up to date.
+
+    The cases are written by ``num_workers`` processes (:func:`autoseg.parallel.map_cases`).
 
     Returns:
         ``out_dir``.
 
     Raises:
-        UsageError: invalid config, or ``out_dir`` holds something else.
+        UsageError: invalid config or ``num_workers``, or ``out_dir`` holds something else.
     """
     validate_rt_config(config)
+    if num_workers < 1:
+        raise UsageError(f"num_workers is {num_workers}; expected >= 1")
     if _is_up_to_date(config, out_dir):
         logger.info("%s: synthetic structure sets are up to date", out_dir)
         return out_dir
@@ -242,11 +250,15 @@ def write_rt_dataset(config: RtSynthConfig, out_dir: Path, *, show_progress: boo
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        cases = {}
-        for index in range(config.cases):
-            identifier = rt_case_identifier(config, index)
-            cases[identifier] = _write_case(config, index, scratch / identifier)
-            logger.debug("synthesized %s", identifier)
+        write = partial(_write_case, config, scratch)
+        entries = map_cases(
+            write,
+            range(config.cases),
+            num_workers=num_workers,
+            description="synthesizing",
+            show_progress=show_progress,
+        )
+        cases = {rt_case_identifier(config, index): entry for index, entry in enumerate(entries)}
         manifest = {"autoseg_synth_rt": config.to_json(), "cases": cases}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.is_dir():
@@ -259,13 +271,14 @@ def write_rt_dataset(config: RtSynthConfig, out_dir: Path, *, show_progress: boo
     return out_dir
 
 
-def _write_case(config: RtSynthConfig, index: int, folder: Path) -> dict[str, Any]:
-    """Write one case folder; return its manifest entry."""
+def _write_case(config: RtSynthConfig, scratch: Path, index: int) -> dict[str, Any]:
+    """Write case ``index``'s folder under ``scratch``; return its manifest entry (picklable for workers)."""
     from autoseg.dicom.export import write_clinical_structure_set, write_image_series
     from autoseg.dicom.structures import Structure
 
     thorax, geometry = synthesize_rt_case(config, index)
     identifier = rt_case_identifier(config, index)
+    folder = scratch / identifier
     seed = f"autoseg synth rt {config.seed} {index}"
     study = {
         "PatientName": f"Synthetic^Case{index + 1:03d}",
