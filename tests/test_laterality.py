@@ -179,3 +179,27 @@ def test_case_settings_leave_out_the_left_right_axis_of_each_image() -> None:
         0,
         1,
     )
+
+
+def test_rotation_and_mirroring_together_never_make_a_left_right_mirror_image() -> None:
+    """A 180-degree in-plane rotation followed by a mirror of the other in-plane axis is a left-right mirror:
+    with laterality kept, the full 2D pipeline never puts a left structure (and its marker) on the right."""
+    from autoseg.training.augment import training_transforms
+
+    transforms = training_transforms((48, 48), in_plane_only=False, mirror_left_right=False)
+    state = np.random.get_state()  # noqa: NPY002
+    np.random.seed(0)  # noqa: NPY002 (batchgenerators draws from numpy's global generator)
+    try:
+        mirrored = 0
+        for _ in range(40):
+            seg = np.zeros((8, 1, 48, 48), np.float32)
+            seg[:, 0, 6:15, 4:13] = 1  # a left structure, anterior
+            seg[:, 0, 33:42, 4:13] = 2  # a marker on the left, posterior
+            out = transforms(data=seg.copy(), seg=seg, mirror_axes=[(0,)] * 8)  # y may flip, x never
+            for sample in out["seg"][:, 0]:
+                first, second = (np.nonzero(np.rint(sample) == v) for v in (1, 2))
+                if first[1].size and second[1].size and first[1].mean() > 24 and second[1].mean() > 24:
+                    mirrored += 1
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    assert mirrored == 0

@@ -6,7 +6,10 @@ each sample along every axis but its case's patient left-right one (the batch ca
 
 For anisotropic 3D plans (a separate coarse z axis) rotation is in-plane only (around z) and the
 low-resolution simulation leaves z alone, because rotating thick slices out of plane invents data the scanner
-never measured.
+never measured. In-plane rotation goes up to 180 degrees, as nnU-Net, except when the plan keeps laterality:
+a 180-degree rotation followed by a mirror of the other in-plane axis is exactly a left-right mirror, so the
+in-plane rotation is then capped at :data:`ROTATION_3D` (a reflection across a line within 15 degrees of the
+left-right axis keeps left on the left).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ ROTATION_IN_PLANE = math.pi
 SCALE_RANGE = (0.7, 1.4)
 
 
-def rotation_ranges(dims: int, in_plane_only: bool) -> tuple[tuple[float, float], ...]:
+def rotation_ranges(
+    dims: int, in_plane_only: bool, *, keep_laterality: bool = False
+) -> tuple[tuple[float, float], ...]:
     """Rotation ranges (radians) around batchgenerators' x, y, z: for our (z, y, x) arrays, its "x" rotation
-    is in the (y, x) plane, i.e. around z."""
+    is in the (y, x) plane, i.e. around z. ``keep_laterality`` caps the in-plane rotation (see the module)."""
     if dims == 2 or in_plane_only:
-        return (-ROTATION_IN_PLANE, ROTATION_IN_PLANE), (0.0, 0.0), (0.0, 0.0)
+        limit = ROTATION_3D if keep_laterality else ROTATION_IN_PLANE
+        return (-limit, limit), (0.0, 0.0), (0.0, 0.0)
     return ((-ROTATION_3D, ROTATION_3D),) * 3
 
 
@@ -61,7 +67,9 @@ def training_transforms(
     ignore_axes = (0,) if (dims == 3 and in_plane_only) else None
     return Compose(
         [
-            _spatial_transform(patch_size, in_plane_only=in_plane_only),
+            _spatial_transform(
+                patch_size, in_plane_only=in_plane_only, keep_laterality=not mirror_left_right
+            ),
             GaussianNoiseTransform(p_per_sample=0.1),
             GaussianBlurTransform(
                 (0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5
@@ -104,9 +112,13 @@ class PatientMirrorTransform(AbstractTransform):  # type: ignore[misc]
         return batch
 
 
-def _spatial_transform(patch_size: Sequence[int], *, in_plane_only: bool) -> SpatialTransform:
+def _spatial_transform(
+    patch_size: Sequence[int], *, in_plane_only: bool, keep_laterality: bool
+) -> SpatialTransform:
     """Rotation and scaling (no elastic deformation), each for 20 % of the samples, cropped to the patch."""
-    angle_x, angle_y, angle_z = rotation_ranges(len(patch_size), in_plane_only)
+    angle_x, angle_y, angle_z = rotation_ranges(
+        len(patch_size), in_plane_only, keep_laterality=keep_laterality
+    )
     return SpatialTransform(
         tuple(patch_size),
         patch_center_dist_from_border=None,
