@@ -29,7 +29,8 @@ import numpy.typing as npt
 import torch
 
 from autoseg.errors import EvaluationError
-from autoseg.types import BoolVolume, LabelVolume, Triple
+from autoseg.regions import is_region_target, structure_mask
+from autoseg.types import BoolVolume, LabelVolume, TargetVolume, Triple
 
 DEFAULT_TOLERANCE_MM = 2.0
 """Default tolerance of the normalised surface Dice, in mm."""
@@ -106,17 +107,29 @@ def overlap_counts(
     """Per-label voxel counts in three passes over the volumes (any label count, uint8 or uint16).
 
     Args:
-        prediction: ``(Z, Y, X)`` unsigned integer label map.
-        reference: ``(Z, Y, X)`` unsigned integer label map, same shape.
-        label_ids: label values to count.
+        prediction: ``(Z, Y, X)`` unsigned integer label map, or a ``(K, Z, Y, X)`` region target
+            (:mod:`autoseg.regions`: label id ``v`` is structure ``v``, channel ``v - 1``; masks may overlap).
+        reference: the same kind, same shape.
+        label_ids: label values (structure numbers) to count.
     """
     if prediction.shape != reference.shape:
         raise EvaluationError(f"prediction shape {prediction.shape} differs from reference {reference.shape}")
+    if is_region_target(prediction):
+        return {int(k): _mask_counts(prediction, reference, int(k)) for k in label_ids}
     size = max([int(prediction.max(initial=0)), int(reference.max(initial=0)), *label_ids]) + 1
     predicted = np.bincount(prediction.ravel(), minlength=size)
     actual = np.bincount(reference.ravel(), minlength=size)
     agreed = np.bincount(prediction[prediction == reference], minlength=size)
     return {int(k): OverlapCounts(int(agreed[k]), int(predicted[k]), int(actual[k])) for k in label_ids}
+
+
+def _mask_counts(prediction: TargetVolume, reference: TargetVolume, value: int) -> OverlapCounts:
+    predicted, actual = structure_mask(prediction, value), structure_mask(reference, value)
+    return OverlapCounts(
+        int(np.count_nonzero(predicted & actual)),
+        int(np.count_nonzero(predicted)),
+        int(np.count_nonzero(actual)),
+    )
 
 
 def dice_per_label(
@@ -187,7 +200,9 @@ def evaluate_case(
     for label, count in counts.items():
         distances = (math.nan, math.nan, math.nan)
         if count.predicted and count.reference:
-            forward, backward = surface_distances_mm(prediction == label, reference == label, spacing_mm)
+            forward, backward = surface_distances_mm(
+                structure_mask(prediction, label), structure_mask(reference, label), spacing_mm
+            )
             distances = _distance_summaries(forward, backward, tolerance_mm)
         elif count.predicted or count.reference:
             distances = (math.nan, math.nan, 0.0)

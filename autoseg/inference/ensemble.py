@@ -4,9 +4,9 @@ folds) averaged per window.
 
 Every window is cut once and run through every network and every mirror, so an ensemble of five folds with
 eight mirrors costs one pass over the image, not forty. Within one network the mirrored logits are averaged;
-the networks' softmax probabilities are averaged; the windows are blended with a Gaussian importance map
-(sigma 1/8 of the patch, as nnU-Net). The blended volume accumulates on the compute device when it fits,
-otherwise on the CPU.
+the networks' softmax probabilities (sigmoid per structure for region-based models) are averaged; the
+windows are blended with a Gaussian importance map (sigma 1/8 of the patch, as nnU-Net). The blended volume
+accumulates on the compute device when it fits, otherwise on the CPU.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 from autoseg.inference.sliding_window import sliding_window
-from autoseg.types import FloatVolume, LabelVolume
+from autoseg.regions import REGION_THRESHOLD
+from autoseg.types import FloatVolume, LabelVolume, TargetVolume
 
 logger = logging.getLogger(__name__)
+
+Activation = Literal["softmax", "sigmoid"]
 
 DEVICE_ACCUMULATION_FRACTION = 0.4
 """Accumulate on the GPU only when the blended output (and its weight sums) take at most this fraction of
@@ -62,6 +65,8 @@ def predict_probabilities(
     patch_size: Sequence[int],
     num_classes: int,
     settings: InferenceSettings,
+    *,
+    activation: Activation = "softmax",
 ) -> FloatVolume:
     """Class probabilities for a preprocessed image.
 
@@ -69,16 +74,17 @@ def predict_probabilities(
         networks: trained networks of one configuration (the folds), in eval mode on ``settings.device``.
         image: ``(C, Z, Y, X)`` float32, preprocessed (normalised, at the plan's spacing).
         patch_size: ``(z, y, x)`` for 3D networks, ``(y, x)`` for 2D ones (run slice by slice).
-        num_classes: ``K``, background included.
+        num_classes: ``K``, background included (the structures, for ``activation="sigmoid"``).
+        activation: ``"softmax"`` over the classes, or ``"sigmoid"`` per structure (region-based models).
 
     Returns:
-        ``(K, Z, Y, X)`` float32 probabilities, summing to 1 over ``K``.
+        ``(K, Z, Y, X)`` float32 probabilities, summing to 1 over ``K`` (softmax), or each in [0, 1].
     """
     if not networks:
         raise ValueError("no network to predict with")
     device = torch.device(settings.device)
     roi = tuple(patch_size) if len(patch_size) == 3 else (1, *patch_size)
-    predictor = _EnsemblePredictor(networks, len(patch_size), settings, device)
+    predictor = _EnsemblePredictor(networks, len(patch_size), settings, device, activation)
     output_device = _accumulation_device(image.shape[1:], num_classes, settings, device)
     # windows are copied out of the input, so a read-only memory map is fine; torch needs a writable array.
     tensor = torch.from_numpy(np.require(image, np.float32, ["C", "W"]))[None]
@@ -94,6 +100,8 @@ def predict_probabilities(
             output_device=output_device,
         )
     probabilities: FloatVolume = np.asarray(blended[0].float().cpu().numpy(), dtype=np.float32)
+    if activation == "sigmoid":
+        return np.clip(probabilities, 0.0, 1.0, out=probabilities)
     # Gaussian blending keeps a convex combination per voxel, but float error and the zero weight far outside
     # a window's centre can leave sums a hair away from 1; renormalise so argmax and saved maps agree.
     probabilities /= np.maximum(probabilities.sum(0, keepdims=True), 1e-8)
@@ -120,6 +128,26 @@ def labels_from_probabilities(probabilities: FloatVolume) -> LabelVolume:
     return labels
 
 
+def regions_from_probabilities(probabilities: FloatVolume) -> TargetVolume:
+    """The region target of per-structure sigmoid probabilities: the one probabilities -> structures
+    conversion of autoseg (as :func:`labels_from_probabilities` is for softmax classes).
+
+    Args:
+        probabilities: ``(K, Z, Y, X)`` float, channel ``k`` structure ``k``.
+
+    Returns:
+        ``(K, Z, Y, X)`` uint8, 1 where the probability is at least
+        :data:`autoseg.regions.REGION_THRESHOLD` (0.5); structures may overlap.
+    """
+    masks: TargetVolume = (probabilities >= REGION_THRESHOLD).astype(np.uint8)
+    return masks
+
+
+def target_from_probabilities(probabilities: FloatVolume, *, regions: bool) -> TargetVolume:
+    """:func:`regions_from_probabilities` for a region-based model, else :func:`labels_from_probabilities`."""
+    return regions_from_probabilities(probabilities) if regions else labels_from_probabilities(probabilities)
+
+
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of ``axes`` (the empty one first): the flips test-time augmentation runs."""
     return [combo for count in range(len(axes) + 1) for combo in itertools.combinations(axes, count)]
@@ -129,8 +157,14 @@ class _EnsemblePredictor:
     """Sliding-window predictor: ``(B, C, *roi)`` windows -> ``(B, K, *roi)`` ensemble probabilities."""
 
     def __init__(
-        self, networks: Sequence[nn.Module], dims: int, settings: InferenceSettings, device: torch.device
+        self,
+        networks: Sequence[nn.Module],
+        dims: int,
+        settings: InferenceSettings,
+        device: torch.device,
+        activation: Activation = "softmax",
     ) -> None:
+        self.activation = activation
         self.networks = list(networks)
         self.dims = dims
         self.device = device
@@ -144,7 +178,8 @@ class _EnsemblePredictor:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         total: torch.Tensor | None = None
         for network in self.networks:
-            probabilities = self._mirrored_logits(network, batch).softmax(1)
+            logits = self._mirrored_logits(network, batch)
+            probabilities = logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(1)
             total = probabilities if total is None else total + probabilities
         assert total is not None
         result = total / len(self.networks)

@@ -1,5 +1,13 @@
 """What ``autoseg predict`` writes per case: a NIfTI label map, a DICOM SEG, an RTSTRUCT, probabilities,
-instances and a reviewer report, all on the input's own grid and geometry."""
+instances and a reviewer report, all on the input's own grid and geometry.
+
+A region-based model (structures that may overlap, :mod:`autoseg.regions`) predicts a ``(K, Z, Y, X)``
+region target (sigmoid >= 0.5 per structure, post-processed per structure). Its RTSTRUCT has one ROI and its
+SEG one segment per structure (overlapping where the structures overlap); its ``CASE.nii.gz`` is a label map
+(structure ``k`` = value ``k + 1``) when the predicted structures happen to be disjoint, otherwise a 4D file
+with one binary channel per structure in the model's order (the multi-label layout of ``labelsTr``). The
+instances and the report need a label map and are written only for disjoint predictions.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoseg.errors import UsageError
-from autoseg.inference.ensemble import labels_from_probabilities
-from autoseg.io import Geometry, write_json, write_labels, write_probabilities
+from autoseg.inference.ensemble import target_from_probabilities
+from autoseg.io import Geometry, write_json, write_labels, write_probabilities, write_target
 from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
+from autoseg.regions import are_disjoint, is_region_target, label_map_of, structure_mask
 from autoseg.report.figure import render_report
 from autoseg.report.structures import TrainingReference, structure_table, write_structure_table
-from autoseg.types import FloatVolume, LabelVolume
+from autoseg.types import FloatVolume, LabelVolume, TargetVolume
 
 if TYPE_CHECKING:
     from autoseg.inference.inputs import InputCase
@@ -89,6 +98,9 @@ class OutputContext:
     postprocessing: Postprocessing | None = None
     reference: TrainingReference | None = None
     instance_classes: tuple[int, ...] = ()
+    regions: bool = False
+    """The model is region-based: ``probabilities`` are per-structure sigmoids, ``labels_by_name`` numbers
+    the structures 1..K."""
 
 
 def write_case_outputs(
@@ -100,39 +112,69 @@ def write_case_outputs(
     options: OutputOptions,
     out: Path,
 ) -> CaseOutput:
-    """Argmax, post-processing, then every requested output of one case.
+    """Argmax (or the 0.5 threshold per structure), post-processing, then every requested output of one case.
 
     Args:
         probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
         geometry: the input's geometry (written unchanged).
         image: ``(Z, Y, X)`` float32 first channel, raw intensities, for the report (``None`` without one).
     """
-    labels = postprocess(
-        labels_from_probabilities(probabilities), context.postprocessing, geometry.spacing_mm
+    target = postprocess(
+        target_from_probabilities(probabilities, regions=context.regions),
+        context.postprocessing,
+        geometry.spacing_mm,
     )
     names = {value: name for name, value in context.labels_by_name.items() if value != 0}
+    labels = label_map_of(target) if is_region_target(target) and are_disjoint(target) else target
     stem = out / case.identifier
     files: list[Path] = []
     if "nifti" in options.formats:
         files.append(stem.with_name(f"{case.identifier}.nii.gz"))
-        write_labels(labels, geometry, files[-1])
-    files += _write_dicom(case, labels, names, options, out)
-    if options.save_probabilities:
-        files.append(stem.with_name(f"{case.identifier}_probabilities.npz"))
-        write_probabilities(probabilities, files[-1], class_names=list(context.labels_by_name))
+        write_target(labels, geometry, files[-1])
+    files += _write_dicom(case, target, names, options, out)
+    volumes = _volumes(target, names, geometry)
+    if is_region_target(labels):
+        if context.instance_classes or options.report:
+            logger.warning(
+                "%s: structures overlap; no instances or report (they need a label map)", case.identifier
+            )
+        return _finish(case.identifier, files, volumes, probabilities, context, options, stem)
     if context.instance_classes:
         files += _write_instances(case.identifier, labels, geometry, context, options.split_touching, out)
-    if options.report and image is not None:
+    if options.report and image is not None and not context.regions:
         files += _write_report(case.identifier, image, labels, probabilities, geometry, context, out)
+    return _finish(case.identifier, files, volumes, probabilities, context, options, stem)
+
+
+def _finish(
+    identifier: str,
+    files: list[Path],
+    volumes: dict[str, float],
+    probabilities: FloatVolume,
+    context: OutputContext,
+    options: OutputOptions,
+    stem: Path,
+) -> CaseOutput:
+    """The probabilities file if asked for, the volumes logged, the case's record."""
+    if options.save_probabilities:
+        files.append(stem.with_name(f"{identifier}_probabilities.npz"))
+        class_names = [n for n, v in context.labels_by_name.items() if v or not context.regions]
+        write_probabilities(probabilities, files[-1], class_names=class_names)
+    logger.info("%s: %s", identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
+    return CaseOutput(identifier, tuple(files), volumes)
+
+
+def _volumes(target: TargetVolume, names: dict[int, str], geometry: Geometry) -> dict[str, float]:
+    """Structure name -> predicted volume in ml."""
     voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=max(names, default=0) + 1)
-    volumes = {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
-    logger.info("%s: %s", case.identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
-    return CaseOutput(case.identifier, tuple(files), volumes)
+    return {
+        name: round(float(np.count_nonzero(structure_mask(target, value))) * voxel_ml, 4)
+        for value, name in names.items()
+    }
 
 
 def _write_dicom(
-    case: InputCase, labels: LabelVolume, names: dict[int, str], options: OutputOptions, out: Path
+    case: InputCase, labels: TargetVolume, names: dict[int, str], options: OutputOptions, out: Path
 ) -> list[Path]:
     """``CASE_seg.dcm`` and ``CASE_rtstruct.dcm`` as requested, referencing the case's DICOM series.
 
@@ -144,6 +186,8 @@ def _write_dicom(
     if wanted and skip and not labels.any():
         logger.warning("%s: no structure has voxels; no %s written", case.identifier, " or ".join(wanted))
         return []
+    if is_region_target(labels):
+        return _write_dicom_structures(case, labels, names, wanted, out, skip=skip)
     paths: list[Path] = []
     if "dicom-seg" in wanted:
         from autoseg.dicom.seg import write_dicom_seg
@@ -155,6 +199,32 @@ def _write_dicom(
 
         paths.append(out / f"{case.identifier}_rtstruct.dcm")
         write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip)
+    return paths
+
+
+def _write_dicom_structures(
+    case: InputCase, target: TargetVolume, names: dict[int, str], wanted: list[str], out: Path, *, skip: bool
+) -> list[Path]:
+    """A region target as structures (one ROI / one segment each, overlapping where they overlap), types
+    and colours from the names."""
+    from autoseg.dicom.names import roi_interpreted_type, structure_colours
+    from autoseg.dicom.rtstruct import write_rtstruct_structures
+    from autoseg.dicom.seg import write_dicom_seg_structures
+    from autoseg.dicom.structures import Structure
+
+    ordered = sorted(names)
+    colours = structure_colours([names[v] for v in ordered])
+    structures = [
+        Structure(names[v], structure_mask(target, v), roi_interpreted_type(names[v]), colour, number=v)
+        for v, colour in zip(ordered, colours, strict=True)
+    ]
+    paths: list[Path] = []
+    if "dicom-seg" in wanted:
+        paths.append(out / f"{case.identifier}_seg.dcm")
+        write_dicom_seg_structures(structures, case.series, paths[-1], skip_empty=skip)
+    if "rtstruct" in wanted:
+        paths.append(out / f"{case.identifier}_rtstruct.dcm")
+        write_rtstruct_structures(structures, case.series, paths[-1], skip_empty=skip)
     return paths
 
 
@@ -197,7 +267,8 @@ def _write_report(
 
 
 def postprocess(
-    labels: LabelVolume, choice: Postprocessing | None, spacing_mm: tuple[float, float, float]
-) -> LabelVolume:
-    """Apply the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
+    labels: TargetVolume, choice: Postprocessing | None, spacing_mm: tuple[float, float, float]
+) -> TargetVolume:
+    """Apply the post-processing chosen on cross-validation (``postprocessing.json``), if any (per structure
+    on a region target)."""
     return labels if choice is None else apply_postprocessing(labels, choice, spacing_mm)

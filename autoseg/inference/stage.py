@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, PredictInputError, UsageError
-from autoseg.inference.ensemble import InferenceSettings, predict_probabilities, resolve_precision
+from autoseg.inference.ensemble import Activation, InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
 from autoseg.inference.modality import InputCheck, check_case, model_channels
 from autoseg.inference.model_file import TrainedModel, load_model
@@ -96,8 +96,11 @@ def predict_case(
     plan: ConfigurationPlan,
     num_classes: int,
     settings: InferenceSettings,
+    *,
+    regions: bool = False,
 ) -> FloatVolume:
-    """Class probabilities ``(K, Z, Y, X)`` float32 on the image's own grid.
+    """Class probabilities ``(K, Z, Y, X)`` float32 on the image's own grid (with ``regions``, sigmoid
+    probabilities of ``num_classes`` structures).
 
     Args:
         image: ``(C, Z, Y, X)`` float32 raw intensities (HU for CT); normalised in place.
@@ -107,8 +110,11 @@ def predict_case(
     """
     prepared = preprocess_case(image, None, geometry, plan, in_place=True)
     settings = case_settings(settings, plan, geometry)
-    probabilities = predict_probabilities(networks, prepared.image, plan.patch_size, num_classes, settings)
-    return restore_probabilities(probabilities, prepared.properties)
+    activation: Activation = "sigmoid" if regions else "softmax"
+    probabilities = predict_probabilities(
+        networks, prepared.image, plan.patch_size, num_classes, settings, activation=activation
+    )
+    return restore_probabilities(probabilities, prepared.properties, regions=regions)
 
 
 def case_settings(
@@ -177,6 +183,13 @@ class Ensemble:
     members: list[Member]
     labels: dict[str, int]
     postprocessing: Postprocessing | None
+    regions: bool = False
+    """Region-based models: one sigmoid per structure (``labels`` numbers them 1..K)."""
+
+    @property
+    def num_outputs(self) -> int:
+        """Network outputs: the classes, or the structures."""
+        return len(self.labels) - 1 if self.regions else len(self.labels)
 
 
 def load_ensemble(request: PredictRequest) -> Ensemble:
@@ -204,12 +217,14 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
         settings = inference_settings(request, plan, device)
         members.append(Member(model, plan, model.networks(device), settings, list(model.folds)))
     first = members[0].model
-    if any(m.model.plans.labels != first.plans.labels for m in members):
-        raise UsageError("the configurations of an ensemble must share their labels")
+    if any(m.model.plans.labels != first.plans.labels for m in members) or any(
+        m.model.plans.target != first.plans.target for m in members
+    ):
+        raise UsageError("the configurations of an ensemble must share their labels and target")
     postprocessing = first.postprocessing
     if len(members) > 1:
         postprocessing = work.read_postprocessing([m.model.configuration for m in members])
-    return Ensemble(members, dict(first.plans.labels), postprocessing)
+    return Ensemble(members, dict(first.plans.labels), postprocessing, first.plans.region_based)
 
 
 def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[CaseOutput]:
@@ -242,6 +257,7 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
         tuple(parse_class_selection(request.outputs.instances, ensemble.labels))
         if request.outputs.instances
         else (),
+        regions=ensemble.regions,
     )
     reading = CaseReading(
         tuple(m.plan for m in ensemble.members),
@@ -329,8 +345,9 @@ def _predict_all(
                     m.networks,
                     image,
                     m.plan.patch_size,
-                    len(ensemble.labels),
+                    ensemble.num_outputs,
                     case_settings(m.settings, m.plan, prepared.geometry),
+                    activation="sigmoid" if ensemble.regions else "softmax",
                 )
                 for m, image in zip(ensemble.members, prepared.images, strict=True)
             ]
@@ -390,9 +407,10 @@ def _export(
     seconds: float,
 ) -> CaseOutput:
     """Each configuration's probabilities back on the input's grid, averaged, then the outputs."""
-    restored = restore_probabilities(predicted[0], prepared.properties[0])
+    regions = context.regions
+    restored = restore_probabilities(predicted[0], prepared.properties[0], regions=regions)
     for probabilities, properties in zip(predicted[1:], prepared.properties[1:], strict=True):
-        restored += restore_probabilities(probabilities, properties)
+        restored += restore_probabilities(probabilities, properties, regions=regions)
     if len(predicted) > 1:
         restored /= len(predicted)
     written = write_case_outputs(

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from autoseg.fingerprint import CONNECTIVITY
+from autoseg.regions import foreground_mask, is_region_target, structure_mask
 from autoseg.types import BoolVolume, LabelVolume, Triple
 
 LabelSelection: TypeAlias = Sequence[int] | Literal["foreground"]
@@ -55,11 +56,23 @@ def keep_largest_component(labels: LabelVolume, label_ids: LabelSelection) -> La
         A new label map of the same shape and dtype.
     """
     result = labels.copy()
-    for mask in _masks(labels, label_ids):
+    selected: list[int | None] = [None] if label_ids == "foreground" else list(label_ids)
+    for label, mask in zip(selected, _masks(labels, label_ids), strict=True):
         components, sizes = label_components(mask)
         if sizes.size > 1:
-            result[mask & (components != int(np.argmax(sizes)) + 1)] = 0
+            _clear(result, label, mask & (components != int(np.argmax(sizes)) + 1))
     return result
+
+
+def _clear(result: LabelVolume, label: int | None, voxels: BoolVolume) -> None:
+    """Set ``voxels`` to background: in a label map; in a region target (``(K, Z, Y, X)``, structures that
+    may overlap) in structure ``label``'s channel only, or in every channel for the whole foreground."""
+    if not is_region_target(result):
+        result[voxels] = 0
+    elif label is None:
+        result[:, voxels] = 0
+    else:
+        result[label - 1][voxels] = 0
 
 
 def remove_small_components(
@@ -90,17 +103,17 @@ def remove_small_components(
         components, sizes = label_components(mask)
         small = np.concatenate([[False], sizes * voxel_mm3 < threshold])  # indexed by component number
         if small.any():
-            result[small[components]] = 0
+            _clear(result, label, small[components])
     return result
 
 
 def _masks(labels: LabelVolume, label_ids: LabelSelection) -> Iterator[BoolVolume]:
     """One mask at a time (memory: one boolean volume)."""
     if label_ids == "foreground":
-        yield labels > 0
+        yield foreground_mask(labels)
         return
     for label in label_ids:
-        yield labels == label
+        yield structure_mask(labels, label)
 
 
 def _threshold_for(min_volume_mm3: float | Mapping[int, float], label: int | None) -> float | None:

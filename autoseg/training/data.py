@@ -38,6 +38,8 @@ class BatchSpec:
         seed: the stream's randomness, with the epoch and the worker index.
         mirroring: the plan's mirroring; without left-right mirroring each sample is mirrored along the axes
             its case's original direction allows.
+        regions: the stored targets are ``(K, Z, Y, X)`` region targets; batches then carry ``(B, K, ...)``
+            uint8 targets, every channel augmented alike (batchgenerators transforms each ``seg`` channel).
     """
 
     folder: Path
@@ -49,6 +51,7 @@ class BatchSpec:
     in_plane_only: bool = False
     seed: int
     mirroring: MirroringPlan = field(default_factory=MirroringPlan)
+    regions: bool = False
 
 
 class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
@@ -87,8 +90,16 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
                     batch = transform(**batch)
             yield {
                 "image": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
-                "target": torch.from_numpy(np.rint(batch["seg"][:, 0]).astype(np.int64)),
+                "target": _target_tensor(batch["seg"], spec.regions),
             }
+
+
+def _target_tensor(seg: np.ndarray, regions: bool) -> torch.Tensor:
+    """batchgenerators' ``(B, 1, ...)`` float segmentation as ``(B, ...)`` int64 class indices, or its
+    ``(B, K, ...)`` region channels as uint8 0/1."""
+    if regions:
+        return torch.from_numpy(np.rint(seg).astype(np.uint8))
+    return torch.from_numpy(np.rint(seg[:, 0]).astype(np.int64))
 
 
 def _sample_batch(
@@ -120,7 +131,8 @@ def _sample_batch(
         targets.append(target)
         direction = case.properties.original_geometry.direction
         mirror_axes.append(spec.mirroring.axes(len(spec.patch_size), direction))
-    batch: dict[str, Any] = {"data": np.stack(images), "seg": np.stack(targets)[:, None].astype(np.float32)}
+    stacked = np.stack(targets).astype(np.float32)
+    batch: dict[str, Any] = {"data": np.stack(images), "seg": stacked if spec.regions else stacked[:, None]}
     if not spec.mirroring.left_right:
         batch["mirror_axes"] = mirror_axes
     return batch

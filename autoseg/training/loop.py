@@ -111,13 +111,18 @@ def _new_run(
     """Join the process group, choose the fold's batches (unless ``parts`` brings them), make the run folder
     and the parts; the state is that of a new run (``resume`` restores it later)."""
     rank = init_from_environment(torch.device(config.device).type)
-    batches = parts.batches if parts is not None else fold_batches(work, plan, config, rank=rank)
+    regions = plans.region_based
+    batches = (
+        parts.batches if parts is not None else fold_batches(work, plan, config, rank=rank, regions=regions)
+    )
     folder = _open_run_folder(work, config, resume=resume)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     if parts is None:
-        channels, classes = len(plans.channel_names), len(plans.labels)
-        parts = default_parts(plan, config, num_channels=channels, num_classes=classes, batches=batches)
+        channels, classes = len(plans.channel_names), plans.num_outputs
+        parts = default_parts(
+            plan, config, num_channels=channels, num_classes=classes, batches=batches, regions=regions
+        )
     iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
     state = RunState(epochs=config.epochs or plan.schedule.epochs)
     return TrainingRun(config, parts, state, folder, iterations, rank)
@@ -139,17 +144,17 @@ def default_callbacks(
         [TimeLimit(config.time_limit_s, config.epochs or plan.schedule.epochs)] if config.time_limit_s else []
     )
     if not rank.writes:
-        return [PatchValidation(len(plans.labels)), EpochLog(), *limit]
+        return [PatchValidation(plans.num_outputs, regions=plans.region_based), EpochLog(), *limit]
     return [
         TextLog(),
         *([ProgressBar()] if show_progress else []),
-        PatchValidation(len(plans.labels)),
+        PatchValidation(plans.num_outputs, regions=plans.region_based),
         EpochLog(),
         *limit,
         JsonLog(),
         Checkpoints(),
         ProgressPlot(class_names),
-        FinalValidation(workdir, plan, plans.labels),
+        FinalValidation(workdir, plan, plans.labels, regions=plans.region_based),
     ]
 
 

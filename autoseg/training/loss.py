@@ -1,4 +1,6 @@
-"""Dice + cross-entropy, 1:1, with deep supervision (nnU-Net's loss).
+"""Dice + cross-entropy, 1:1, with deep supervision (nnU-Net's loss); for region-based training
+(:class:`RegionLoss`) Dice + binary cross-entropy on one sigmoid per structure (nnU-Net's
+``DC_and_BCE_loss``).
 
 Soft Dice excludes the background and is computed per sample or over the whole batch (``batch_dice``, from the
 plan), with a small smoothing term. Deep supervision weighs the decoder outputs 1, 1/2, 1/4, ... from the
@@ -37,6 +39,39 @@ def soft_dice(
     return ((2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)).mean()
 
 
+def soft_dice_sigmoid(
+    logits: torch.Tensor, target: torch.Tensor, *, batch_dice: bool, smooth: float = DICE_SMOOTH
+) -> torch.Tensor:
+    """Mean soft Dice over the structures of a region-based output.
+
+    Args:
+        logits: ``(B, K, ...)`` raw network output, one sigmoid per structure.
+        target: ``(B, K, ...)`` 0/1 (any dtype), channel ``k`` the mask of structure ``k``.
+        batch_dice: sum over the batch before dividing (one Dice per structure) instead of one per sample.
+    """
+    probabilities = logits.float().sigmoid()
+    truth = target.to(probabilities.dtype)
+    axes = tuple(range(2, logits.ndim))
+    if batch_dice:
+        axes = (0, *axes)
+    intersection = (probabilities * truth).sum(axes)
+    total = probabilities.sum(axes) + truth.sum(axes)
+    return ((2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)).mean()
+
+
+class RegionLoss(nn.Module):
+    """``binary_cross_entropy + (1 - soft_dice)`` on one sigmoid per structure (structures may overlap)."""
+
+    def __init__(self, *, batch_dice: bool) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of ``(B, K, ...)`` logits against ``(B, K, ...)`` 0/1 targets."""
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return bce + 1 - soft_dice_sigmoid(logits, target, batch_dice=self.batch_dice)
+
+
 class DiceCELoss(nn.Module):
     """``cross_entropy + (1 - soft_dice)`` on one output."""
 
@@ -61,10 +96,12 @@ def deep_supervision_weights(outputs: int) -> list[float]:
 
 
 def downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour ``(B, ...)`` int64 target at ``size`` (same grid convention as the network's
-    strides)."""
-    if tuple(target.shape[1:]) == tuple(size):
+    """Nearest-neighbour ``(B, ...)`` int64 target (or ``(B, K, ...)`` region target, dtype kept) at ``size``
+    (same grid convention as the network's strides)."""
+    if tuple(target.shape[-len(size) :]) == tuple(size):
         return target
+    if target.ndim == len(size) + 2:  # region channels
+        return F.interpolate(target.float(), size=tuple(size), mode="nearest-exact").to(target.dtype)
     small = F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest-exact")
     return small[:, 0].long()
 

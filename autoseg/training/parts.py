@@ -21,7 +21,7 @@ from autoseg.plans import ConfigurationPlan
 from autoseg.training.config import TrainConfig
 from autoseg.training.data import BatchSpec, default_workers, epoch_batches, split_batches
 from autoseg.training.distributed import Rank, barrier, unwrap
-from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
+from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss, RegionLoss
 from autoseg.training.splits import load_or_create_splits, read_groups
 from autoseg.workdir import Workdir
 
@@ -63,10 +63,17 @@ class TrainingParts:
 
 
 def default_parts(
-    plan: ConfigurationPlan, config: TrainConfig, *, num_channels: int, num_classes: int, batches: FoldBatches
+    plan: ConfigurationPlan,
+    config: TrainConfig,
+    *,
+    num_channels: int,
+    num_classes: int,
+    batches: FoldBatches,
+    regions: bool = False,
 ) -> TrainingParts:
     """nnU-Net's parts: the planned network (weights seeded from ``config.seed``), Dice + CE with deep
-    supervision, SGD with Nesterov momentum, and a gradient scaler enabled on CUDA."""
+    supervision (with ``regions``, the plan's region-based target: ``num_classes`` structures, Dice + BCE,
+    :class:`RegionLoss`), SGD with Nesterov momentum, and a gradient scaler enabled on CUDA."""
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
@@ -80,7 +87,9 @@ def default_parts(
     )
     return TrainingParts(
         network=network,
-        loss=DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice)),
+        loss=DeepSupervisionLoss(
+            RegionLoss(batch_dice=plan.batch_dice) if regions else DiceCELoss(batch_dice=plan.batch_dice)
+        ),
         optimizer=optimizer,
         batches=batches,
         scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
@@ -102,7 +111,12 @@ def _module_name(module: nn.Module) -> str:
 
 
 def fold_batches(
-    workdir: Workdir, plan: ConfigurationPlan, config: TrainConfig, *, rank: Rank | None = None
+    workdir: Workdir,
+    plan: ConfigurationPlan,
+    config: TrainConfig,
+    *,
+    rank: Rank | None = None,
+    regions: bool = False,
 ) -> FoldBatches:
     """The batches of ``config.fold`` for this process: its cases from ``splits.json`` (made by rank 0 on
     first use), its share of the planned batch, its own seed.
@@ -128,6 +142,7 @@ def fold_batches(
         in_plane_only=plan.resampling.separate_axis is not None,
         seed=config.seed + 1009 * rank.index,
         mirroring=plan.mirroring,
+        regions=regions,
     )
     validation = BatchSpec(
         folder,
@@ -137,6 +152,7 @@ def fold_batches(
         augment=False,
         in_plane_only=False,
         seed=config.seed + 1,
+        regions=regions,
     )
     return FoldBatches(train, validation, workers)
 

@@ -36,20 +36,23 @@ def sample_patch(
 
     Args:
         image: ``(C, Z, Y, X)`` float32.
-        labels: ``(Z, Y, X)`` uint8/uint16.
+        labels: ``(Z, Y, X)`` uint8/uint16, or a ``(K, Z, Y, X)`` uint8 region target (every channel cropped
+            alike).
         foreground: class -> ``(N, 3)`` voxel locations ``(z, y, x)``.
         patch_size: ``(z, y, x)`` for 3D, ``(y, x)`` for 2D (a random slice is taken).
         force_foreground: place the patch on a foreground voxel (if the case has any).
 
     Returns:
-        ``(C, *patch_size)`` float32 and ``patch_size`` int64 arrays.
+        ``(C, *patch_size)`` float32 and ``patch_size`` int64 arrays (``(K, *patch_size)`` uint8 for a region
+        target).
     """
     dims = len(patch_size)
-    shape = labels.shape
+    regions = labels.ndim == 4
+    shape = labels.shape[-3:]
     anchor = _foreground_anchor(foreground, rng) if force_foreground else None
     if dims == 2:
         z = int(anchor[0]) if anchor is not None else int(rng.integers(0, shape[0]))
-        image, labels, shape = image[:, z], labels[z], shape[1:]
+        image, labels, shape = image[:, z], labels[..., z, :, :], shape[1:]
         anchor = anchor[1:] if anchor is not None else None
     starts = []
     for axis, (size, patch) in enumerate(zip(shape, patch_size, strict=True)):
@@ -60,9 +63,10 @@ def sample_patch(
             starts.append(min(max(centre, low), high))
         else:
             starts.append(int(rng.integers(low, high + 1)))
-    return _crop_padded(image, starts, patch_size, channels=True), _crop_padded(
-        labels, starts, patch_size, channels=False
-    ).astype(np.int64)
+    target = _crop_padded(labels, starts, patch_size, channels=regions)
+    return _crop_padded(image, starts, patch_size, channels=True), target.astype(
+        np.uint8 if regions else np.int64
+    )
 
 
 def _foreground_anchor(foreground: Mapping[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:

@@ -25,8 +25,13 @@ from torch import nn
 
 from autoseg.errors import WorkdirError
 from autoseg.evaluation.metrics import dice_per_label
-from autoseg.inference.ensemble import InferenceSettings, labels_from_probabilities, predict_probabilities
-from autoseg.io import read_labels, write_json, write_labels, write_probabilities
+from autoseg.inference.ensemble import (
+    Activation,
+    InferenceSettings,
+    predict_probabilities,
+    target_from_probabilities,
+)
+from autoseg.io import read_target, write_json, write_probabilities, write_target
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
@@ -44,14 +49,21 @@ class PatchValidation(Callback):
     """Every epoch: ``val_loss``, ``pseudo_dice`` (per foreground class, ``None`` where undefined) and
     ``ema_pseudo_dice`` in the epoch's record, the moving average also in the run's state."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, *, regions: bool = False) -> None:
         self.num_classes = num_classes
+        self.regions = regions
 
     def on_validation(self, run: TrainingRun) -> None:
         parts, state = run.parts, run.state
         batches = parts.batches.validation_batches(state.epoch)
         val_loss, dice = patch_scores(
-            parts.network, parts.loss, batches, run.config.validation_iterations, run.device, self.num_classes
+            parts.network,
+            parts.loss,
+            batches,
+            run.config.validation_iterations,
+            run.device,
+            self.num_classes,
+            regions=self.regions,
         )
         mean_dice = float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else 0.0
         state.ema_pseudo_dice = (
@@ -71,11 +83,14 @@ def patch_scores(
     iterations: int,
     device: torch.device,
     num_classes: int,
+    *,
+    regions: bool = False,
 ) -> tuple[float, list[float]]:
     """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all validation patches;
-    NaN for a class absent from both)."""
+    NaN for a class absent from both); with ``regions``, per structure of a ``num_classes``-structure
+    sigmoid output (logit >= 0 is probability >= 0.5)."""
     network.eval()
-    losses, counts = [], np.zeros((3, num_classes - 1))
+    losses, counts = [], np.zeros((3, num_classes if regions else num_classes - 1))
     with torch.no_grad():
         for _ in range(iterations):
             batch = next(batches)
@@ -83,9 +98,9 @@ def patch_scores(
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 logits = network(image)
                 losses.append(float(loss_function(logits, target)))
-            predicted = logits.argmax(1)
-            for k in range(1, num_classes):
-                hit, truth = predicted == k, target == k
+            predicted = logits >= 0 if regions else logits.argmax(1)
+            for k in range(1, num_classes + (1 if regions else 0)):
+                hit, truth = _patch_masks(predicted, target, k, regions)
                 counts[:, k - 1] += [
                     float((hit & truth).sum()),
                     float((hit & ~truth).sum()),
@@ -97,12 +112,23 @@ def patch_scores(
     return float(np.mean(losses)), [float(d) for d in dice]
 
 
+def _patch_masks(
+    predicted: torch.Tensor, target: torch.Tensor, k: int, regions: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true masks of class ``k`` (structure ``k``: channel ``k - 1`` with ``regions``)."""
+    if regions:
+        return predicted[:, k - 1], target[:, k - 1] > 0
+    return predicted == k, target == k
+
+
 class FinalValidation(Callback):
     """After the last epoch (rank 0): :func:`validate_fold` on the fold's validation cases into the run
     folder's ``validation/``; the summary goes to ``run.summary``."""
 
-    def __init__(self, workdir: Workdir, plan: ConfigurationPlan, labels: dict[str, int]) -> None:
-        self.workdir, self.plan, self.labels = workdir, plan, labels
+    def __init__(
+        self, workdir: Workdir, plan: ConfigurationPlan, labels: dict[str, int], *, regions: bool = False
+    ) -> None:
+        self.workdir, self.plan, self.labels, self.regions = workdir, plan, labels, regions
 
     def on_train_end(self, run: TrainingRun) -> None:
         cases = run.parts.batches.validation
@@ -115,6 +141,7 @@ class FinalValidation(Callback):
             labels=self.labels,
             run=run.folder,
             device=run.device,
+            regions=self.regions,
         )
         logger.info("fold %s validation: mean Dice %s", run.config.fold, run.summary["mean_dice_per_class"])
 
@@ -127,13 +154,18 @@ def predict_preprocessed(
     num_classes: int,
     *,
     direction: Sequence[float] | None = None,
+    regions: bool = False,
 ) -> np.ndarray:
-    """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image, with
-    mirroring over every spatial axis the plan allows for an image of ``direction`` (its original one)."""
+    """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image (sigmoid per
+    structure with ``regions``), with mirroring over every spatial axis the plan allows for an image of
+    ``direction`` (its original one)."""
     network.eval()
     axes = config.mirroring.axes(config.dims, direction)
     settings = InferenceSettings(mirror_axes=axes, device=str(device))
-    return predict_probabilities([network], image, config.patch_size, num_classes, settings)
+    activation: Activation = "sigmoid" if regions else "softmax"
+    return predict_probabilities(
+        [network], image, config.patch_size, num_classes, settings, activation=activation
+    )
 
 
 def dice_per_class(
@@ -155,10 +187,12 @@ def validate_fold(
     labels: dict[str, int],
     run: RunFolder,
     device: torch.device,
+    regions: bool = False,
 ) -> dict[str, Any]:
     """Predict every validation case of ``data_dir`` into the run folder's ``validation/<case>.nii.gz``
     (original geometry) and ``<case>.npz``, score it against ``workdir``'s reference label map, and write
-    ``validation/summary.json`` with Dice per class per case and the mean per class.
+    ``validation/summary.json`` with Dice per class per case and the mean per class. With ``regions``
+    (region-based plan) predictions and references are ``(K, Z, Y, X)`` region targets, scored per structure.
 
     Raises:
         WorkdirError: a case has no reference label map in the work directory.
@@ -166,7 +200,9 @@ def validate_fold(
     foreground = sorted(v for v in labels.values() if v)
     per_case: dict[str, dict[str, float | None]] = {}
     for identifier in identifiers:
-        prediction = _predict_case(network, identifier, data_dir, plan, labels, run.validation, device)
+        prediction = _predict_case(
+            network, identifier, data_dir, plan, labels, run.validation, device, regions=regions
+        )
         per_case[identifier] = dice_per_class(prediction, _reference(workdir, identifier), foreground)
         logger.info(
             "validation %s: Dice %s",
@@ -188,16 +224,20 @@ def _predict_case(
     labels: dict[str, int],
     out: PredictionFolder,
     device: torch.device,
+    *,
+    regions: bool = False,
 ) -> np.ndarray:
-    """The case's label map in its original geometry; writes it and its probabilities into ``out``."""
+    """The case's label map (region target) in its original geometry; writes it and its probabilities into
+    ``out``."""
     stored = load_case(data_dir, identifier)
     direction = stored.properties.original_geometry.direction
+    outputs = len(labels) - 1 if regions else len(labels)
     probabilities = predict_preprocessed(
-        network, stored.image, plan, device, len(labels), direction=direction
+        network, stored.image, plan, device, outputs, direction=direction, regions=regions
     )
-    restored = restore_probabilities(probabilities, stored.properties)
-    prediction: np.ndarray = labels_from_probabilities(restored)
-    write_labels(prediction, stored.properties.original_geometry, out.labels_path(identifier))
+    restored = restore_probabilities(probabilities, stored.properties, regions=regions)
+    prediction: np.ndarray = target_from_probabilities(restored, regions=regions)
+    write_target(prediction, stored.properties.original_geometry, out.labels_path(identifier))
     write_probabilities(restored, out.probabilities_path(identifier))
     return prediction
 
@@ -209,7 +249,7 @@ def _reference(workdir: Workdir, identifier: str) -> np.ndarray:
             f"{path}: no reference label map for validation case '{identifier}'; run 'autoseg preprocess' "
             "again (it stores them in the work directory)"
         )
-    return read_labels(path)[0]
+    return read_target(path)[0]
 
 
 def _summary(per_case: dict[str, dict[str, float | None]], labels: dict[str, int]) -> dict[str, Any]:
