@@ -4,7 +4,8 @@ Reads a dataset folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) and ``da
 except :func:`write_synthetic_dataset` (a new dataset folder) and the catalogue's cache of synthetic datasets.
 Modules: ``layout`` (:func:`load_dataset`, :func:`read_case`), ``verify`` (:func:`verify_dataset`),
 ``catalogue`` (:func:`resolve_dataset`: names from ``datasets.json``), ``synthetic`` and ``anatomy``
-(anatomy-like synthetic cases).
+(anatomy-like synthetic cases), ``rt_synthetic`` and ``rt_anatomy`` (DICOM CT + RTSTRUCT structure sets as a
+clinic has them: nested targets, overlaps, rings, name variants, missing structures).
 """
 
 from __future__ import annotations
