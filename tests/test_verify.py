@@ -256,13 +256,13 @@ def test_missing_dataset_json_and_bad_labels(tmp_path: Path, capsys: pytest.Capt
     root = tmp_path / "bad"
     root.mkdir()
     (root / "dataset.json").write_text(
-        '{"channel_names": {"0": "CT"}, "labels": {"organ": 1, "x": [1, 2]}, '
+        '{"channel_names": {"0": "CT"}, "labels": {"organ": 1, "x": [1, "a"]}, '
         '"numTraining": 0, "file_ending": ".nii.gz"}'
     )
     (root / "imagesTr").mkdir()
     (root / "labelsTr").mkdir()
-    lines = verify_dataset(root, show_progress=False).lines()
-    assert any("region-based labels are not supported" in line for line in lines)
+    lines = verify_dataset(root, show_progress=False).lines()  # nnU-Net regions (list values) are read
+    assert any("region 'x' is [1, 'a']; expected label values" in line for line in lines)
     assert any("background as value 0" in line for line in lines)
 
 

@@ -289,6 +289,8 @@ def parse_regions(
             )
             continue
         regions.append(Region(str(name), tuple(int(v) for v in values)))
+    if raw.get("background") not in (0, [0]):
+        problems.append(Problem("error", "labels must declare background as value 0", path))
     order = meta.get("regions_class_order", [])
     if not isinstance(order, list) or (order and len(order) != len(regions)):
         problems.append(
