@@ -9,7 +9,7 @@ WORKDIR/
   preprocessed/configurations.json      Workdir.configurations_path  read_/write_configurations
   preprocessed/<folder>/                Workdir.data_dir(configuration), preprocessing_json(folder)
   preprocessed/<folder>/<case>/         CaseFolder: image.npy, labels.npy, foreground.npz, properties.json
-  reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess)
+  reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess; 4D for regions)
   trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
   trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
   trained/<configuration>/fold_<k>/validation/   RunFolder.validation -> PredictionFolder
@@ -63,7 +63,8 @@ class CaseFolder:
 
     @property
     def labels_path(self) -> Path:
-        """(Z, Y, X) uint8/uint16 ``.npy``; absent for an unlabelled case."""
+        """(Z, Y, X) uint8/uint16 ``.npy`` (a region dataset: the (K, Z, Y, X) uint8 region target); absent
+        for an unlabelled case."""
         return self.path / "labels.npy"
 
     @property
