@@ -16,7 +16,7 @@ from helpers import plan_and_preprocess_argv, tiny_train_config
 from autoseg.cli.main import main
 from autoseg.dataset.layout import load_dataset, read_case
 from autoseg.dataset.verify import verify_dataset
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg.evaluation.metrics import dice_per_label, evaluate_case
 from autoseg.io import Geometry, read_target, write_image, write_labels, write_masks
 from autoseg.postprocessing.components import keep_largest_component
 from autoseg.training.loss import DeepSupervisionLoss, RegionLoss, soft_dice_sigmoid
@@ -117,6 +117,8 @@ def test_post_processing_and_dice_per_structure() -> None:
     assert kept[0, 5, 5, 5] == 0 and kept[0].sum() == 27 and np.array_equal(kept[1], target[1])
     dice = dice_per_label(kept, target, [1, 2])
     assert dice[1] == pytest.approx(2 * 27 / (27 + 28)) and dice[2] == 1.0
+    metrics = evaluate_case(kept, target, (1.0, 1.0, 1.0), [1, 2])  # surface metrics per structure mask
+    assert metrics[2].hd95_mm == 0.0 and metrics[1].recall == pytest.approx(27 / 28)
 
 
 def test_nested_dataset_plan_preprocess_train_predict(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -27,7 +27,7 @@ from autoseg.evaluation.metrics import (
     evaluate_case,
 )
 from autoseg.evaluation.summary import EvaluationSummary, summarize, write_report
-from autoseg.io import Geometry, read_json, read_labels, require_same_grid, split_ending
+from autoseg.io import Geometry, read_json, read_target, require_same_grid, split_ending
 from autoseg.parallel import map_cases
 from autoseg.types import LabelVolume
 
@@ -117,14 +117,15 @@ def match_cases(
 
 
 def read_pair(pair: CasePair) -> tuple[LabelVolume, LabelVolume, Geometry]:
-    """Read a prediction and its reference and check that they share one grid.
+    """Read a prediction and its reference (label maps, or 4D region targets of overlapping structures,
+    scored per structure) and check that they share one grid.
 
     Raises:
         EvaluationError: shape, spacing, origin or direction differ (naming both files).
         ImageReadError: a file is unreadable or not a label map.
     """
-    prediction, predicted_geometry = read_labels(pair.prediction)
-    reference, geometry = read_labels(pair.reference)
+    prediction, predicted_geometry = read_target(pair.prediction)
+    reference, geometry = read_target(pair.reference)
     require_same_grid(
         pair.prediction,
         prediction.shape,
