@@ -7,6 +7,7 @@ and reports every problem with the configuration and field it is about.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,8 @@ class ChannelRecord:
     """What one input channel was trained on, for predict's input check (``autoseg.inference.modality``).
 
     ``modality`` follows the channel name (:func:`channel_modality`); the foreground percentiles (raw units,
-    HU for CT) are the fingerprint's, ``None`` in a plan migrated from schema 1, which did not record them.
+    HU for CT) are the fingerprint's; in a plan migrated from schema 1 they are a CT channel's clip bounds
+    (``None`` otherwise).
     """
 
     name: str
@@ -265,16 +267,40 @@ def load_plans(path: Path) -> Plans:
 
 def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 1 -> 2: every configuration mirrors every axis, left-right included (as schema-1 models were
-    trained), and the channel records come from the names (no intensity range: schema 1 had none)."""
-    upgraded = dict(data, schema_version=2)
-    configurations = data.get("configurations")
-    for config in configurations.values() if isinstance(configurations, dict) else ():
+    trained), and the channel records come from the names; a CT channel's foreground 0.5/99.5 percentiles
+    are its ``"ct"`` normalisation's clip bounds (schema 1 had them there, and no median). The input is not
+    changed."""
+    upgraded = copy.deepcopy(data)
+    upgraded["schema_version"] = 2
+    configurations = upgraded.get("configurations")
+    configurations = configurations if isinstance(configurations, dict) else {}
+    for config in configurations.values():
         if isinstance(config, dict):
             config.setdefault("mirroring", {"left_right": True, "lateral_structures": []})
-    names = data.get("channel_names")
+    names = upgraded.get("channel_names")
     names = names if isinstance(names, list) else []
-    upgraded["channels"] = [{"name": str(n), "modality": channel_modality(str(n))} for n in names]
+    upgraded["channels"] = [
+        {"name": str(n), "modality": channel_modality(str(n)), **_clip_percentiles(configurations, index)}
+        for index, n in enumerate(names)
+    ]
     return upgraded
+
+
+def _clip_percentiles(configurations: dict[str, Any], channel: int) -> dict[str, float]:
+    """A schema-1 channel's foreground 0.5/99.5 percentiles, from the first configuration's ``"ct"``
+    normalisation of that channel (clip bounds); nothing for a z-scored channel."""
+    for config in configurations.values():
+        normalization = config.get("normalization") if isinstance(config, dict) else None
+        if isinstance(normalization, list) and channel < len(normalization):
+            entry = normalization[channel]
+            if isinstance(entry, dict) and entry.get("scheme") == "ct":
+                low, high = entry.get("clip_low"), entry.get("clip_high")
+                if isinstance(low, int | float) and isinstance(high, int | float):
+                    return {
+                        "foreground_percentile_00_5": float(low),
+                        "foreground_percentile_99_5": float(high),
+                    }
+    return {}
 
 
 def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:

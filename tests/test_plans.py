@@ -132,6 +132,26 @@ def test_migrate_v1_adds_only_the_new_fields() -> None:
     assert malformed["channels"] == []
 
 
+def test_migrate_v1_keeps_a_ct_channels_range_and_leaves_its_input_alone() -> None:
+    ct = {"scheme": "ct", "clip_low": -980.0, "clip_high": 900.0, "mean": 40.0, "std": 300.0}
+    old = {
+        "schema_version": 1,
+        "channel_names": ["CT"],
+        "configurations": {"3d_fullres": {"normalization": [ct]}},
+    }
+    before = json.dumps(old, sort_keys=True)
+    new = migrate_v1(old)
+    assert json.dumps(old, sort_keys=True) == before
+    assert new["channels"] == [
+        {
+            "name": "CT",
+            "modality": "CT",
+            "foreground_percentile_00_5": -980.0,
+            "foreground_percentile_99_5": 900.0,
+        }
+    ]
+
+
 @pytest.mark.parametrize(
     ("name", "modality"),
     [("CT", "CT"), ("ct_arterial", "CT"), ("MRI", "MR"), ("T2", "MR"), ("t1gd", "MR"), ("FLAIR", "MR"),
