@@ -221,7 +221,8 @@ def run_convert_command(args: argparse.Namespace) -> int:
         if case.missing_labels:
             line += f"; missing: {', '.join(case.missing_labels)}"
         if case.overlap_voxels:
-            line += f"; {case.overlap_voxels} overlapping voxels (higher label kept)"
+            pairs = ", ".join(f"{pair} {voxels}" for pair, voxels in case.overlaps.items())
+            line += f"; overlapping structures kept ({pairs} voxels)"
         print(line)
     print(f"{len(report.written)} case(s) written to {report.output_dir}; labels {report.labels}")
     return 0 if report.written else 1
