@@ -257,3 +257,14 @@ def test_skip_empty_structures_leaves_them_out_of_rtstruct_and_seg(
         )
     assert found[False] == ({"organ", "core"}, {"organ", "core"})
     assert found[True] == ({"organ"}, {"organ"})
+
+
+def test_dicom_outputs_refuse_invalid_structure_names_before_any_work() -> None:
+    from autoseg.errors import StructureNameError
+    from autoseg.inference.outputs import OutputOptions
+
+    with pytest.raises(StructureNameError, match="backslash"):
+        OutputOptions(formats=("rtstruct",)).check_inputs([], ["Lung\\L"])
+    with pytest.raises(StructureNameError, match="64"):
+        OutputOptions(formats=("dicom-seg",)).check_inputs([], ["x" * 65])
+    OutputOptions(formats=("nifti",)).check_inputs([], ["Lung\\L"])  # a NIfTI label map has no ROI names

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from autoseg.dicom.names import check_roi_name
 from autoseg.errors import UsageError
 from autoseg.inference.ensemble import target_from_probabilities
 from autoseg.io import Geometry, write_json, write_labels, write_probabilities, write_target
@@ -62,8 +63,9 @@ class OutputOptions:
     report: bool = False
     skip_empty_structures: bool = False
 
-    def check_inputs(self, cases: Sequence[InputCase]) -> None:
-        """Refuse before any work what cannot be written: DICOM outputs of non-DICOM inputs."""
+    def check_inputs(self, cases: Sequence[InputCase], structure_names: Sequence[str] = ()) -> None:
+        """Refuse before any work what cannot be written: DICOM outputs of non-DICOM inputs, and, for DICOM
+        outputs, structure names that are not valid ROI names (:func:`autoseg.dicom.names.check_roi_name`)."""
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise UsageError(
@@ -77,6 +79,10 @@ class OutputOptions:
                 "but these inputs are not "
                 f"DICOM series: {', '.join(not_dicom[:5])}{'...' if len(not_dicom) > 5 else ''}"
             )
+        if wanted:
+            for name in structure_names:
+                for warning in check_roi_name(name):
+                    logger.warning("structure %r: %s", name, warning)
 
 
 @dataclass(frozen=True)

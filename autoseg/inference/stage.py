@@ -238,15 +238,16 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     ensemble = load_ensemble(request)
     channels = len(ensemble.members[0].model.plans.channel_names)
     cases = find_input_cases(request.inputs, channels)
-    request.outputs.check_inputs(cases)
+    request.outputs.check_inputs(cases, [name for name, value in ensemble.labels.items() if value != 0])
     for member in ensemble.members:
         logger.info(
-            "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s, device %s, %s",
+            "predicting %d case(s) with %s folds %s: step %.2f, mirroring %s%s, device %s, %s",
             len(cases),
             member.model.configuration,
             ", ".join(member.folds),
             member.settings.step,
             member.settings.mirror_axes or "off",
+            "" if member.plan.mirroring.left_right else " less each image's left-right axis",
             member.settings.device,
             member.settings.precision,
         )
@@ -293,6 +294,7 @@ def _write_record(
             "configurations": [m.model.configuration for m in ensemble.members],
             "folds": ensemble.members[0].folds,
             "settings": asdict(ensemble.members[0].settings),
+            "mirroring": {m.model.configuration: asdict(m.plan.mirroring) for m in ensemble.members},
             "threads": torch.get_num_threads(),
             "postprocessing": [s.describe() for s in ensemble.postprocessing.steps]
             if ensemble.postprocessing
