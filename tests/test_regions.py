@@ -130,6 +130,12 @@ def test_nested_dataset_plan_preprocess_train_predict(tmp_path: Path, rng: np.ra
     assert plans.region_based and plans.num_outputs == 3
     assert plans.why["target"].startswith("region-based: sigmoid per structure (GTV, CTV, PTV)")
     assert "GTV+CTV in 4 case(s)" in plans.why["target"]
+    from autoseg.planning.budgets import GIB
+    from autoseg.planning.cost import estimate_training_memory
+
+    plan = plans.configurations["3d_fullres"]  # the memory estimate counts 3 outputs, no background channel
+    memory = estimate_training_memory(plan.network, plan.patch_size, plan.batch_size, 1, 3).total / GIB
+    assert plan.estimated_memory_gb == round(memory, 3)
     reference, _ = read_target(work.reference_labels_path("case_000"))
     assert reference.shape == (3, 12, 16, 16)
     from autoseg.preprocessing.store import load_case

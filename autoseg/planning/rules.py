@@ -309,7 +309,9 @@ def plan_configuration(
     batch
     holds slices of many cases) and per sample in 3D, as nnU-Net does."""
     batch_dice = dims == 2
-    in_channels, num_classes = len(fingerprint.channel_names), len(fingerprint.labels)
+    in_channels = len(fingerprint.channel_names)
+    # network outputs: a softmax channel per class, background included; one sigmoid per structure (regions)
+    num_classes = len(fingerprint.labels) - (1 if fingerprint.regions else 0)
     median = median_shape_at(fingerprint, spacing)
     patch, net, why_patch = fit_patch(median[-dims:], spacing, budget, architecture, in_channels, num_classes)
     batch, why_batch = choose_batch(net, patch, budget, fingerprint, median, in_channels, num_classes)
