@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
+from scipy import ndimage
 
 from autoseg.types import BoolVolume, LabelVolume, TargetVolume
+
+Box = tuple[slice, slice, slice]
 
 REGION_THRESHOLD = 0.5
 """A voxel belongs to a structure when its sigmoid probability is at least this."""
@@ -59,6 +62,39 @@ def structure_mask(target: TargetVolume, value: int) -> BoolVolume:
         return mask
     found: BoolVolume = target == value
     return found
+
+
+def structure_values(target: TargetVolume) -> list[int]:
+    """The structure numbers (region target) or nonzero label values (label map) that have a voxel."""
+    if is_region_target(target):
+        return [index + 1 for index in range(len(target)) if target[index].any()]
+    return [int(v) for v in np.unique(target) if v != 0]
+
+
+def structure_boxes(target: TargetVolume, values: Sequence[int]) -> dict[int, Box]:
+    """Bounding box of each of ``values`` that has a voxel (as :func:`scipy.ndimage.find_objects`); crop a
+    structure with :func:`structure_mask` of ``crop(target, box)``."""
+    if not is_region_target(target):
+        boxes = ndimage.find_objects(target)
+        return {v: boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None}
+    found: dict[int, Box] = {}
+    for value in values:
+        (box,) = ndimage.find_objects(structure_mask(target, value).view(np.uint8), max_label=1)
+        if box is not None:
+            found[value] = box
+    return found
+
+
+def crop(target: TargetVolume, box: tuple[slice, ...]) -> TargetVolume:
+    """The ``(Z, Y, X)`` box of a label map or of every channel of a region target (a view)."""
+    cropped: TargetVolume = target[(slice(None), *box)] if is_region_target(target) else target[box]
+    return cropped
+
+
+def probability_channel(target: TargetVolume, value: int) -> int:
+    """The probability channel of structure ``value``: ``value - 1`` (sigmoids of a region model, no
+    background) for a region target, ``value`` (softmax, background 0) for a label map."""
+    return value - 1 if is_region_target(target) else value
 
 
 def foreground_mask(target: TargetVolume) -> BoolVolume:

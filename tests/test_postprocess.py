@@ -270,3 +270,26 @@ def _mean_dice_over_cases(
         defined = [s[label] for s in scores if not math.isnan(s[label])]
         means[label] = float(np.mean(defined)) if defined else math.nan
     return means
+
+
+def test_region_targets_are_post_processed_per_structure() -> None:
+    """Overlapping structures: GTV inside CTV. A stray GTV island (not in the reference) makes "keep the
+    largest GTV component" pay off; the CTV, whose second part is real, keeps both parts, and the GTV
+    voxels inside the CTV are one component of each. The chosen steps applied to a region target act on each
+    structure's own mask."""
+    reference = np.zeros((2, 10, 12, 12), np.uint8)
+    reference[1, 1:6, 1:9, 1:9] = 1  # CTV, part 1
+    reference[1, 8:10, 10:12, 10:12] = 1  # CTV, part 2 (real)
+    reference[0, 2:5, 3:7, 3:7] = 1  # GTV inside CTV part 1
+    prediction = reference.copy()
+    prediction[0, 9, 0, 0] = 1  # a stray GTV voxel outside everything
+    cases = [(prediction, reference, (1.0, 1.0, 1.0))] * 2
+    chosen = choose_postprocessing(cases, [1, 2])
+    assert [s.describe() for s in chosen.steps] == ["keep_largest_component(1)"]
+    assert chosen.evidence is not None
+    assert chosen.evidence.dice_before[1] < 1.0 and chosen.evidence.dice_after == {1: 1.0, 2: 1.0}
+    rejected = [c for c in chosen.evidence.candidates if c.step.labels == (2,)]
+    assert rejected and not any(c.accepted for c in rejected)  # the CTV's second part costs Dice
+    applied = apply_postprocessing(prediction, chosen, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(applied, reference)
+    assert np.array_equal(prediction[0, 9, 0, 0], 1)  # the input is not modified

@@ -6,6 +6,10 @@ The candidates, tried in this order on the predictions of every fold's validatio
 2. per class, keep only the largest component of that class, or (second candidate) remove its components
    smaller than a volume learned from the training labels (:func:`min_volume_mm3_from_fingerprint`).
 
+Region targets (structures that may overlap, :mod:`autoseg.regions`) are handled the same way per structure:
+a structure's components are those of its own mask (a GTV inside its CTV is one component of each), the
+foreground is the union of all structures, and a step is kept only when no structure's Dice drops.
+
 A candidate is kept when it raises the mean over classes of the per-class mean Dice by more than
 :data:`DICE_TOLERANCE` and lowers no class's mean Dice by more than it; later candidates are judged on the
 predictions as post-processed by the steps kept so far. Of the two per-class candidates the one with the
@@ -44,7 +48,8 @@ from autoseg.postprocessing.steps import (
     PostprocessingStep,
     save_postprocessing,
 )
-from autoseg.types import LabelVolume, Triple
+from autoseg.regions import crop, foreground_mask, is_region_target, structure_mask
+from autoseg.types import TargetVolume, Triple
 
 logger = logging.getLogger(__name__)
 
@@ -85,36 +90,39 @@ class CaseComponents:
 
 
 def case_components(
-    prediction: LabelVolume, reference: LabelVolume, spacing_mm: Triple, label_ids: Sequence[int]
+    prediction: TargetVolume, reference: TargetVolume, spacing_mm: Triple, label_ids: Sequence[int]
 ) -> CaseComponents:
     """Label the components of one predicted case once, on the bounding box of its foreground.
 
     Args:
-        prediction: ``(Z, Y, X)`` uint8/uint16 predicted label map.
-        reference: ``(Z, Y, X)`` uint8/uint16 reference label map, same grid.
+        prediction: ``(Z, Y, X)`` uint8/uint16 predicted label map, or a ``(K, Z, Y, X)`` region target
+            (structures that may overlap: each structure's components are those of its own mask).
+        reference: the reference of the same kind, same grid.
         spacing_mm: voxel size ``(z, y, x)`` in mm.
-        label_ids: foreground classes.
+        label_ids: foreground classes (structure numbers of a region target).
     """
-    reference_counts = np.bincount(reference.ravel(), minlength=max(label_ids) + 1)
-    foreground = prediction > 0
+    reference_voxels = _structure_voxels(reference, label_ids)
+    foreground = foreground_mask(prediction)
     box = _bounding_box(foreground)
     foreground_map, foreground_sizes = label_components(foreground[box])
-    cropped_prediction, cropped_reference = prediction[box], reference[box]
+    cropped_prediction, cropped_reference = crop(prediction, box), crop(reference, box)
     classes = {}
     for label in label_ids:
-        components, sizes = label_components(cropped_prediction == label)
-        overlaps = np.bincount(components[cropped_reference == label], minlength=sizes.size + 1)[1:]
+        components, sizes = label_components(structure_mask(cropped_prediction, label))
+        overlaps = np.bincount(
+            components[structure_mask(cropped_reference, label)], minlength=sizes.size + 1
+        )[1:]
         holder = np.zeros(sizes.size + 1, np.int64)
         inside = components > 0
         holder[components[inside]] = foreground_map[inside] - 1
         classes[label] = ClassComponents(
-            sizes, overlaps.astype(np.int64), holder[1:], int(reference_counts[label])
+            sizes, overlaps.astype(np.int64), holder[1:], reference_voxels[label]
         )
     return CaseComponents(classes, foreground_sizes, float(np.prod(spacing_mm)))
 
 
 def choose_postprocessing(
-    cases: Sequence[tuple[LabelVolume, LabelVolume, Triple]],
+    cases: Sequence[tuple[TargetVolume, TargetVolume, Triple]],
     label_ids: Sequence[int],
     min_volume_mm3: Mapping[int, float] | None = None,
     *,
@@ -123,7 +131,8 @@ def choose_postprocessing(
     """Choose post-processing steps on cross-validation cases (see the module docstring for the rule).
 
     Args:
-        cases: ``(prediction, reference, spacing_mm)`` per case; label maps ``(Z, Y, X)`` uint8/uint16.
+        cases: ``(prediction, reference, spacing_mm)`` per case; label maps ``(Z, Y, X)`` uint8/uint16, or
+            ``(K, Z, Y, X)`` region targets (every candidate then acts on each structure's own mask).
         label_ids: foreground classes.
         min_volume_mm3: per class, the size threshold of the "remove small components" candidate (mm3);
             classes without one get only the "keep the largest component" candidate.
@@ -240,6 +249,14 @@ def run_choose_postprocessing(
 def _pair_components(pair: CasePair, label_ids: Sequence[int]) -> CaseComponents:
     prediction, reference, geometry = read_pair(pair)
     return case_components(prediction, reference, geometry.spacing_mm, label_ids)
+
+
+def _structure_voxels(reference: TargetVolume, label_ids: Sequence[int]) -> dict[int, int]:
+    """Reference voxels of each class (one pass over a label map; one per structure of a region target)."""
+    if is_region_target(reference):
+        return {label: int(np.count_nonzero(structure_mask(reference, label))) for label in label_ids}
+    counts = np.bincount(reference.ravel(), minlength=max(label_ids) + 1)
+    return {label: int(counts[label]) for label in label_ids}
 
 
 def _keep_largest_foreground(case: CaseComponents, kept: dict[int, BoolArray]) -> dict[int, BoolArray]:

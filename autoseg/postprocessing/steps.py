@@ -20,7 +20,7 @@ from autoseg import __version__
 from autoseg.errors import ImageReadError, PostprocessingError
 from autoseg.io import read_json, write_json
 from autoseg.postprocessing.components import keep_largest_component, remove_small_components
-from autoseg.types import LabelVolume, Triple
+from autoseg.types import LabelVolume, TargetVolume, Triple
 
 __all__ = [
     "OPERATIONS",
@@ -122,12 +122,14 @@ OPERATIONS: dict[str, Callable[[LabelVolume, PostprocessingStep, Triple], LabelV
 
 
 def apply_postprocessing(
-    labels: LabelVolume, postprocessing: Postprocessing, spacing_mm: Triple
-) -> LabelVolume:
+    labels: TargetVolume, postprocessing: Postprocessing, spacing_mm: Triple
+) -> TargetVolume:
     """Apply every step in order.
 
     Args:
-        labels: ``(Z, Y, X)`` uint8/uint16 predicted label map (not modified).
+        labels: ``(Z, Y, X)`` uint8/uint16 predicted label map, or a ``(K, Z, Y, X)`` region target, where
+            each step acts on each listed structure's own mask (the others, even where they overlap it,
+            are untouched; ``"foreground"`` is the union of all structures) (not modified).
         postprocessing: the steps, e.g. from :func:`load_postprocessing`.
         spacing_mm: voxel size ``(z, y, x)`` in mm of ``labels``.
 
