@@ -265,3 +265,32 @@ def test_intensity_window_recognises_hounsfield_units(rng: np.random.Generator) 
     mr = rng.gamma(2.0, 100.0, size=(4, 30, 30)).astype(np.float32)
     low, high, text = intensity_window(mr)
     assert 0 <= low < high and "percentiles" in text
+
+
+def test_region_target_report_measures_and_draws_each_structure(tmp_path: Path) -> None:
+    """Nested structures (GTV inside CTV): each row measures its own mask and its own sigmoid; every view
+    has one outline per structure, overlapping; the PNG is drawn."""
+    z, y, x = np.meshgrid(np.arange(10), np.arange(20), np.arange(20), indexing="ij")
+    distance = np.sqrt(((z - 5) * 2.0) ** 2 + (y - 10.0) ** 2 + ((x - 10) * 0.5) ** 2)  # mm
+    target = np.stack([distance <= 4.0, distance <= 8.0]).astype(np.uint8)  # GTV inside CTV, concentric
+    gtv, ctv = int(target[0].sum()), int(target[1].sum())
+    sigmoids = np.where(target > 0, 0.9, 0.05).astype(np.float32)
+    sigmoids[0][target[0] > 0] = 0.7  # GTV less sure
+    names = {"background": 0, "GTV": 1, "CTV": 2}
+    rows = structure_table(target, sigmoids, GEOMETRY, names, None)
+    assert [(r.name, r.voxels, r.components) for r in rows] == [("GTV", gtv, 1), ("CTV", ctv, 1)]
+    assert rows[0].volume_ml == pytest.approx(gtv * 0.001) and gtv < ctv
+    assert rows[0].mean_confidence == pytest.approx(0.7) and rows[1].mean_confidence == pytest.approx(0.9)
+    assert [f.kind for f in rows[0].flags] == ["confidence"] and not rows[1].flags
+    assert structure_confidences(target, sigmoids, [1, 2]) == {
+        1: pytest.approx(0.7),
+        2: pytest.approx(0.9),
+    }
+    image = np.zeros((10, 20, 20), np.float32)
+    for view in slice_views(image, target, GEOMETRY):
+        assert sorted(view.outlines) == [1, 2]
+        assert (view.outlines[1] & view.outlines[2]).sum() == view.outlines[1].sum() > 0  # GTV within CTV
+    render_report(image, target, GEOMETRY, rows, tmp_path / "r.png", title="nested")
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_SIGNATURE
+    with pytest.raises(UsageError, match="K >= 2"):
+        structure_table(target, sigmoids[:1], GEOMETRY, names, None)

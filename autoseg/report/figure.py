@@ -26,7 +26,7 @@ from autoseg.errors import ImageWriteError, UsageError
 from autoseg.io import Geometry, write_bytes_atomically
 from autoseg.report.structures import StructureRow, format_ml
 from autoseg.report.views import SliceView, intensity_window, slice_views, tilt_degrees
-from autoseg.types import LabelVolume
+from autoseg.types import TargetVolume
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,7 +41,7 @@ _TOP_IN = 1.2  # inches above the views for the title, the subtitle and the view
 
 def render_report(
     image: npt.NDArray[np.float32],
-    labels: LabelVolume,
+    labels: TargetVolume,
     geometry: Geometry,
     rows: Sequence[StructureRow],
     path: Path,
@@ -53,7 +53,8 @@ def render_report(
 
     Args:
         image: ``(Z, Y, X)`` float32 raw intensities (one channel, e.g. the first).
-        labels: ``(Z, Y, X)`` predicted label map on the same grid.
+        labels: ``(Z, Y, X)`` predicted label map on the same grid, or a ``(K, Z, Y, X)`` region target
+            (each structure's contour drawn, overlapping contours where the structures overlap).
         geometry: their geometry (orientation, spacing).
         rows: the structure table of the case (:func:`autoseg.report.structures.structure_table`).
         path: the ``.png`` to write; nothing is left there if drawing or writing fails.
@@ -64,7 +65,7 @@ def render_report(
         UsageError: image and labels differ in shape or are not 3D.
         ImageWriteError: the file system refused the file.
     """
-    if image.ndim != 3 or image.shape != labels.shape:
+    if image.ndim != 3 or image.shape != labels.shape[-3:] or labels.ndim not in (3, 4):
         raise UsageError(
             f"report: image {image.shape} and labels {labels.shape} must be the same (Z, Y, X) grid"
         )

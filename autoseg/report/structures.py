@@ -14,6 +14,10 @@ something is unusual compared with the training data (:class:`TrainingReference`
   percentile of the training (cross-validation) confidences of that structure when those are known;
 * ``components``: more connected parts (face connectivity, as the fingerprint) than in any training case.
 
+A region-based model's prediction (structures that may overlap, a ``(K, Z, Y, X)`` region target,
+:mod:`autoseg.regions`) is measured the same way per structure: each structure's own mask gives its volume
+and parts, and its confidence is the mean of its own sigmoid inside it (a GTV inside its CTV counts in both).
+
 The thresholds live in :class:`FlagRules`. :func:`autoseg.report.figure.render_report` draws the PNG (see
 :mod:`autoseg.report.figure`); :func:`write_structure_table` writes the table as JSON or CSV.
 """
@@ -35,7 +39,8 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY, Fingerprint
 from autoseg.io import Geometry, write_json, write_text_atomically
-from autoseg.types import LabelVolume
+from autoseg.regions import crop, is_region_target, probability_channel, structure_boxes, structure_mask
+from autoseg.types import TargetVolume
 
 __all__ = [
     "ClassReference",
@@ -191,7 +196,7 @@ class StructureRow:
 
 
 def structure_table(
-    labels: LabelVolume,
+    labels: TargetVolume,
     probabilities: npt.NDArray[np.float32] | None,
     geometry: Geometry,
     label_names: Mapping[str, int],
@@ -202,9 +207,11 @@ def structure_table(
     """Measure and flag every foreground structure of one predicted case.
 
     Args:
-        labels: ``(Z, Y, X)`` uint8/uint16 predicted label map.
-        probabilities: ``(K, Z, Y, X)`` float32 class probabilities (channel k = label value k, softmax
-            output), or None; without them no confidence is reported or flagged.
+        labels: ``(Z, Y, X)`` uint8/uint16 predicted label map, or a ``(K, Z, Y, X)`` region target
+            (structure ``k`` = channel ``k - 1``; structures may overlap).
+        probabilities: ``(K, Z, Y, X)`` float32 probabilities (label map: softmax, channel k = label value
+            k; region target: sigmoids, channel k - 1 = structure k), or None; without them no confidence
+            is reported or flagged.
         geometry: the label map's geometry (voxel volume).
         label_names: name -> label value, as in ``dataset.json``; a row per foreground entry, in value order.
         reference: what is usual in training; None disables the volume, presence and part flags.
@@ -214,31 +221,41 @@ def structure_table(
         UsageError: probabilities whose shape does not match ``labels`` or that lack a channel per class.
     """
     foreground = sorted((value, name) for name, value in label_names.items() if value != 0)
-    _check_probabilities(labels, probabilities, max((v for v, _ in foreground), default=0))
     values = [v for v, _ in foreground]
+    _check_probabilities(labels, probabilities, max(values, default=0))
     voxel_ml = float(np.prod(geometry.spacing_mm)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=max(values, default=0) + 1)
-    stray = sorted(set(np.flatnonzero(counts).tolist()) - {0, *values})
-    if stray:
-        logger.warning("label value(s) %s are not in the label names; left out of the report", stray)
+    counts = _voxel_counts(labels, values)
     confidences = {} if probabilities is None else structure_confidences(labels, probabilities, values)
-    boxes = ndimage.find_objects(labels)
+    boxes = structure_boxes(labels, values)
     rows = []
     for value, name in foreground:
-        region = boxes[value - 1] if value <= len(boxes) else None
+        region = boxes.get(value)
         known = reference.get(value) if reference is not None else None
         row = StructureRow(
             value=value,
             name=name,
-            voxels=int(counts[value]),
-            volume_ml=int(counts[value]) * voxel_ml,
+            voxels=counts[value],
+            volume_ml=counts[value] * voxel_ml,
             mean_confidence=confidences.get(value),
-            components=0 if region is None else _count_components(labels[region] == value),
+            components=0
+            if region is None
+            else _count_components(structure_mask(crop(labels, region), value)),
             training_volume_ml=_range(known.volumes_ml) if known else None,
             flags=(),
         )
         rows.append(replace(row, flags=structure_flags(row, known, reference, rules)))
     return rows
+
+
+def _voxel_counts(labels: TargetVolume, values: Sequence[int]) -> dict[int, int]:
+    """Voxels of each structure; a label value of a label map outside ``values`` is warned about."""
+    if is_region_target(labels):
+        return {v: int(np.count_nonzero(structure_mask(labels, v))) for v in values}
+    counts = np.bincount(labels.ravel(), minlength=max(values, default=0) + 1)
+    stray = sorted(set(np.flatnonzero(counts).tolist()) - {0, *values})
+    if stray:
+        logger.warning("label value(s) %s are not in the label names; left out of the report", stray)
+    return {v: int(counts[v]) for v in values}
 
 
 def structure_flags(
@@ -260,16 +277,16 @@ def structure_flags(
 
 
 def structure_confidences(
-    labels: LabelVolume, probabilities: npt.NDArray[np.float32], values: Sequence[int]
+    labels: TargetVolume, probabilities: npt.NDArray[np.float32], values: Sequence[int]
 ) -> dict[int, float]:
-    """Mean probability of each structure's own class inside it, as in the table, for structures present."""
+    """Mean probability of each structure's own class (its own sigmoid, for a region target) inside it, as
+    in the table, for structures present."""
     _check_probabilities(labels, probabilities, max(values, default=0))
-    boxes = ndimage.find_objects(labels)
     found = {}
-    for value in values:
-        region = boxes[value - 1] if 0 < value <= len(boxes) else None
-        if region is not None:
-            found[value] = float(probabilities[value][region][labels[region] == value].mean(dtype=np.float64))
+    for value, region in structure_boxes(labels, values).items():
+        inside = structure_mask(crop(labels, region), value)
+        channel = probabilities[probability_channel(labels, value)]
+        found[value] = float(channel[region][inside].mean(dtype=np.float64))
     return found
 
 
@@ -323,16 +340,22 @@ def write_structure_table(rows: Sequence[StructureRow], path: Path) -> None:
 
 
 def _check_probabilities(
-    labels: LabelVolume, probabilities: npt.NDArray[np.float32] | None, top: int
+    labels: TargetVolume, probabilities: npt.NDArray[np.float32] | None, top: int
 ) -> None:
-    if labels.ndim != 3:
-        raise UsageError(f"report: expected a (Z, Y, X) label map, got shape {labels.shape}")
+    regions = is_region_target(labels)
+    if labels.ndim != 3 and not regions:
+        raise UsageError(f"report: expected a (Z, Y, X) label map or (K, Z, Y, X) masks, got {labels.shape}")
     if probabilities is None:
         return
-    if probabilities.ndim != 4 or probabilities.shape[1:] != labels.shape or probabilities.shape[0] <= top:
+    need = top if regions else top + 1  # sigmoids: one per structure; softmax: background too
+    if (
+        probabilities.ndim != 4
+        or probabilities.shape[1:] != labels.shape[-3:]
+        or probabilities.shape[0] < need
+    ):
         raise UsageError(
             f"report: probabilities of shape {probabilities.shape} do not fit labels {labels.shape} with "
-            f"label values up to {top}; expected (K, Z, Y, X) with K > {top}"
+            f"label values up to {top}; expected (K, Z, Y, X) with K >= {need}"
         )
 
 

@@ -21,10 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from autoseg.io import Geometry
-from autoseg.types import BoolVolume, LabelVolume
+from autoseg.regions import (
+    crop,
+    foreground_mask,
+    is_region_target,
+    structure_boxes,
+    structure_mask,
+    structure_values,
+)
+from autoseg.types import BoolVolume, TargetVolume
 
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 _VIEWS = {  # physical axes (z, y, x) = (S, P, L): normal, (row axis, row sign), (column axis, column sign)
@@ -76,24 +83,24 @@ def intensity_window(image: npt.NDArray[np.float32]) -> tuple[float, float, str]
     return (*_percentile_window(sample), "window 0.5-99.5 percentiles")
 
 
-def slice_views(image: npt.NDArray[np.float32], labels: LabelVolume, geometry: Geometry) -> list[SliceView]:
+def slice_views(image: npt.NDArray[np.float32], labels: TargetVolume, geometry: Geometry) -> list[SliceView]:
     """Axial, coronal and sagittal slices through the largest foreground area, then the axial projection.
 
     Args:
         image: ``(Z, Y, X)`` float32 intensities.
-        labels: ``(Z, Y, X)`` label map on the same grid.
+        labels: ``(Z, Y, X)`` label map on the same grid, or a ``(K, Z, Y, X)`` region target (one outline
+            per structure, overlapping where the structures overlap).
         geometry: their geometry (direction for the orientation, spacing for the aspect ratio and crop).
     """
-    foreground = labels > 0
+    foreground = foreground_mask(labels)
     box = _display_box(foreground, geometry.spacing_mm)
     views = []
     for name in _VIEWS:
         order, flips, edges, aspect = _orientation(geometry, name)
         index = _busiest_slice(foreground, order[0])
-        plane = _crop_flip(np.transpose(labels, order)[index], box, order, flips)
-        outlines = {int(v): plane == v for v in np.unique(plane) if v != 0}
+        outlines = _plane_outlines(labels, order, index, box, flips)
         pixels = _crop_flip(np.transpose(image, order)[index], box, order, flips).astype(np.float32)
-        caption = f"slice {index + 1} of {labels.shape[order[0]]} (array axis {order[0]})"
+        caption = f"slice {index + 1} of {foreground.shape[order[0]]} (array axis {order[0]})"
         views.append(SliceView(name, pixels, outlines, aspect, edges, caption))
     return [*views, _projection_view(image, labels, geometry, box)]
 
@@ -108,8 +115,27 @@ def tilt_degrees(geometry: Geometry) -> float:
 # ------------------------------------------------------------------------------------------- internals
 
 
+def _plane_outlines(
+    labels: TargetVolume,
+    order: tuple[int, int, int],
+    index: int,
+    box: list[tuple[int, int]],
+    flips: tuple[bool, bool],
+) -> dict[int, Mask2D]:
+    """Structure value -> its mask in slice ``index`` along ``order[0]``, cropped and flipped as the view."""
+    if not is_region_target(labels):
+        plane = _crop_flip(np.transpose(labels, order)[index], box, order, flips)
+        return {int(v): plane == v for v in np.unique(plane) if v != 0}
+    outlines = {}
+    for channel, masks in enumerate(np.transpose(labels, (0, *(a + 1 for a in order)))[:, index]):
+        mask = np.asarray(_crop_flip(masks > 0, box, order, flips), bool)
+        if mask.any():
+            outlines[channel + 1] = mask
+    return outlines
+
+
 def _projection_view(
-    image: npt.NDArray[np.float32], labels: LabelVolume, geometry: Geometry, box: list[tuple[int, int]]
+    image: npt.NDArray[np.float32], labels: TargetVolume, geometry: Geometry, box: list[tuple[int, int]]
 ) -> SliceView:
     """Outline of every structure's whole extent along the axial direction, over the mean intensity."""
     order, flips, edges, aspect = _orientation(geometry, "axial")
@@ -120,13 +146,12 @@ def _projection_view(
     if in_plane != order[1:]:
         slab = slab.T
     outlines = {}
-    for offset, region in enumerate(ndimage.find_objects(labels)):
-        if region is None:
-            continue
-        canvas = np.zeros([labels.shape[a] for a in order[1:]], bool)
-        hit = np.transpose(labels[region] == offset + 1, order).any(axis=0)
+    shape = labels.shape[-3:]
+    for value, region in structure_boxes(labels, structure_values(labels)).items():
+        canvas = np.zeros([shape[a] for a in order[1:]], bool)
+        hit = np.transpose(structure_mask(crop(labels, region), value), order).any(axis=0)
         canvas[region[order[1]], region[order[2]]] = hit
-        outlines[offset + 1] = np.asarray(_crop_flip(canvas, box, order, flips), bool)
+        outlines[value] = np.asarray(_crop_flip(canvas, box, order, flips), bool)
     pixels = _crop_flip(slab, box, order, flips).astype(np.float32)
     caption = f"projection of slices {start + 1}-{stop} (mean intensity)"
     return SliceView("axial projection", pixels, outlines, aspect, edges, caption, _percentile_window(pixels))
