@@ -298,9 +298,18 @@ def read_masks(path: Path) -> tuple[TargetVolume, Geometry]:
 def write_masks(masks: TargetVolume, geometry: Geometry, path: Path) -> None:
     """Write ``(K, Z, Y, X)`` binary masks atomically as one 4D uint8 file (channel = 4th NIfTI axis), with
     ``geometry`` on the spatial axes (the 4th has spacing 1 and origin 0)."""
-    array = np.ascontiguousarray(np.asarray(masks) > 0, dtype=np.uint8)
+    _write_channels(np.ascontiguousarray(np.asarray(masks) > 0, dtype=np.uint8), geometry, path)
+
+
+def write_label_channels(channels: TargetVolume, geometry: Geometry, path: Path) -> None:
+    """Write ``(C, Z, Y, X)`` label volumes (e.g. one instance map per structure) atomically as one 4D uint16
+    file, laid out as :func:`write_masks`."""
+    _write_channels(np.ascontiguousarray(channels, dtype=np.uint16), geometry, path)
+
+
+def _write_channels(array: AnyArray, geometry: Geometry, path: Path) -> None:
     if array.ndim != 4:
-        raise ImageWriteError(f"{path}: expected (K, Z, Y, X) masks to write, got shape {array.shape}")
+        raise ImageWriteError(f"{path}: expected (K, Z, Y, X) channels to write, got shape {array.shape}")
     image = sitk.GetImageFromArray(array, isVector=False)
     direction = np.eye(4)
     direction[:3, :3] = geometry.direction_matrix()[::-1, ::-1]

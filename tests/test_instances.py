@@ -147,3 +147,28 @@ def test_class_selection_by_name_value_or_all() -> None:
     for bad in ("tumour", "0", "", "3"):
         with pytest.raises(UsageError, match="choose from"):
             parse_class_selection(bad, NAMES)
+
+
+def test_overlapping_structures_get_a_4d_instance_map_one_channel_per_structure() -> None:
+    """A region target: two GTV objects inside one CTV; ids unique across the channels, each object names
+    its structure and channel."""
+    target = np.zeros((2, 8, 20, 30), np.uint8)
+    target[1, 1:7, 1:19, 1:29] = 1  # CTV: one object
+    target[0, 2:4, 3:7, 3:7] = 1  # GTV 1: 32 voxels
+    target[0, 2:5, 10:16, 20:26] = 1  # GTV 2: 108 voxels
+    names = {"background": 0, "GTV": 1, "CTV": 2}
+    result = label_instances(target, [2, 1], ANISOTROPIC, names)
+    assert result.instance_map.shape == (2, 8, 20, 30) and result.instance_map.dtype == np.uint16
+    assert [(o.instance_id, o.class_name, o.channel) for o in result.objects] == [
+        (1, "CTV", 0),
+        (2, "GTV", 1),
+        (3, "GTV", 1),
+    ]
+    assert [o.voxels for o in result.objects] == [6 * 18 * 28, 108, 32]
+    assert np.array_equal(result.instance_map[0] > 0, target[1] > 0)
+    assert set(np.unique(result.instance_map[1])) == {0, 2, 3}
+    data = instances_to_json(result)
+    assert data["channels"] == ["CTV", "GTV"] and data["counts"] == {"CTV": 1, "GTV": 2}
+    assert [o["channel"] for o in data["objects"]] == [0, 1, 1]
+    label_map = label_instances(np.zeros((4, 4, 4), np.uint8), [1], ANISOTROPIC, names)
+    assert "channels" not in instances_to_json(label_map)  # label maps: the 3D layout, unchanged

@@ -27,6 +27,12 @@ merged. Leave it off for organs.
 Instance ids are consecutive from 1, class by class in the order of ``class_ids`` and, within a class, from
 the largest object to the smallest (ties in array order), so that "instance 1" is the largest object of the
 first class.
+
+Overlapping structures (a region target, :mod:`autoseg.regions`): the objects of each selected structure are
+the components of its own mask, so a GTV inside its CTV is an object of both. One label volume cannot hold
+two objects in one voxel, so the instance map of a region target is 4D: ``(S, Z, Y, X)`` uint16, channel
+``c`` the instance ids of the ``c``-th selected structure (ids stay unique across channels), and every
+object records its ``channel``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from scipy import ndimage
 from autoseg.errors import UsageError
 from autoseg.fingerprint import CONNECTIVITY
 from autoseg.io import Geometry
-from autoseg.types import BoolVolume, LabelVolume
+from autoseg.regions import crop, is_region_target, structure_boxes, structure_mask
+from autoseg.types import BoolVolume, TargetVolume
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,8 @@ COORDINATE_FRAME = (
 )
 
 InstanceMap = npt.NDArray[np.uint16]
-"""``(Z, Y, X)`` uint16 instance ids, 0 = no object."""
+"""``(Z, Y, X)`` uint16 instance ids, 0 = no object (``(S, Z, Y, X)``, one channel per selected structure, for
+a region target)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class InstanceObject:
             reads (the reverse of :meth:`Geometry.index_to_physical`, which returns ``(z, y, x)``).
         bbox_start_zyx: first voxel of the bounding box, inclusive.
         bbox_stop_zyx: end of the bounding box, exclusive (half-open, as ``crop_box`` in the fingerprint).
+        channel: its channel of a 4D instance map (region target); None for a 3D one.
     """
 
     instance_id: int
@@ -88,6 +97,7 @@ class InstanceObject:
     centroid_lps_mm: tuple[float, float, float]
     bbox_start_zyx: tuple[int, int, int]
     bbox_stop_zyx: tuple[int, int, int]
+    channel: int | None = None
 
     @property
     def volume_ml(self) -> float:
@@ -100,7 +110,8 @@ class InstanceResult:
     """Instance map plus one record per object.
 
     Attributes:
-        instance_map: ``(Z, Y, X)`` uint16, 0 = no object; write it with the case's geometry.
+        instance_map: ``(Z, Y, X)`` uint16, 0 = no object, or ``(S, Z, Y, X)`` for a region target (channel
+            ``c`` = structure ``class_ids[c]``); write it with the case's geometry.
         objects: records in instance id order.
         class_ids: the classes that were labelled, in the order given.
         class_names: label value -> name, for the classes that were labelled.
@@ -147,7 +158,7 @@ def parse_class_selection(text: str | Sequence[str], label_names: Mapping[str, i
 
 
 def label_instances(
-    labels: LabelVolume,
+    labels: TargetVolume,
     class_ids: Sequence[int],
     geometry: Geometry,
     label_names: Mapping[str, int],
@@ -158,7 +169,8 @@ def label_instances(
     """Give each separate object of the requested classes its own id.
 
     Args:
-        labels: ``(Z, Y, X)`` uint8/uint16 label map (a prediction).
+        labels: ``(Z, Y, X)`` uint8/uint16 label map (a prediction), or a ``(K, Z, Y, X)`` region target
+            (structures that may overlap; the instance map is then 4D, see the module docstring).
         class_ids: label values to split into objects; a class absent from ``labels`` gives 0 objects.
         geometry: the label map's geometry (spacing for volumes and distances, frame for centroids).
         label_names: name -> label value, as in ``dataset.json``.
@@ -169,10 +181,11 @@ def label_instances(
         The uint16 instance map and one :class:`InstanceObject` per object.
 
     Raises:
-        UsageError: a label map that is not 3D, a class id that is background or not in ``label_names``,
-            a non-positive ``min_distance_mm``, or more than 65535 objects.
+        UsageError: a label map that is not 3D (or 4D masks), a class id that is background or not in
+            ``label_names``, a non-positive ``min_distance_mm``, or more than 65535 objects.
     """
-    if labels.ndim != 3:
+    regions = is_region_target(labels)
+    if labels.ndim != 3 and not regions:
         raise UsageError(f"instances: expected a (Z, Y, X) label map, got shape {labels.shape}")
     names = {value: name for name, value in label_names.items() if value != 0}
     unknown = [c for c in class_ids if c not in names]
@@ -183,33 +196,39 @@ def label_instances(
     if split_touching and not min_distance_mm > 0:
         raise UsageError(f"instances: min_distance_mm must be positive, got {min_distance_mm}")
     ordered = tuple(dict.fromkeys(int(c) for c in class_ids))
-    instance_map: InstanceMap = np.zeros(labels.shape, np.uint16)
+    shape = labels.shape[-3:]
+    instance_map: InstanceMap = np.zeros((len(ordered), *shape) if regions else shape, np.uint16)
+    layers = list(instance_map) if regions else [instance_map] * len(ordered)
+    boxes = structure_boxes(labels, ordered)
     instance_classes: list[int] = []
-    boxes = ndimage.find_objects(labels)
-    for class_id in ordered:
-        region = boxes[class_id - 1] if class_id <= len(boxes) else None
+    for class_id, layer in zip(ordered, layers, strict=True):
+        region = boxes.get(class_id)
         if region is None:
             continue  # class absent from this prediction: no objects
-        components = _class_components(
-            labels[region] == class_id, geometry.spacing_mm, split_touching, min_distance_mm
-        )
-        count = int(components.max())
-        if len(instance_classes) + count > MAX_INSTANCES:
-            raise UsageError(
-                f"instances: over {MAX_INSTANCES} objects (class {names[class_id]!r} alone has {count}); "
-                "the prediction is probably noise: post-process it or choose fewer classes"
-            )
+        mask = structure_mask(crop(labels, region), class_id)
+        components = _class_components(mask, geometry.spacing_mm, split_touching, min_distance_mm)
+        _check_count(len(instance_classes), int(components.max()), names[class_id])
         inside = components > 0
-        instance_map[region][inside] = components[inside] + len(instance_classes)
-        instance_classes += [class_id] * count
+        layer[region][inside] = components[inside] + len(instance_classes)
+        instance_classes += [class_id] * int(components.max())
     return InstanceResult(
         instance_map=instance_map,
-        objects=_describe(instance_map, instance_classes, names, geometry),
+        objects=_describe(
+            layers if regions else [instance_map], instance_classes, names, geometry, channels=regions
+        ),
         class_ids=ordered,
         class_names={c: names[c] for c in ordered},
         split_touching=split_touching,
         min_distance_mm=min_distance_mm if split_touching else None,
     )
+
+
+def _check_count(found: int, count: int, name: str) -> None:
+    if found + count > MAX_INSTANCES:
+        raise UsageError(
+            f"instances: over {MAX_INSTANCES} objects (class {name!r} alone has {count}); "
+            "the prediction is probably noise: post-process it or choose fewer classes"
+        )
 
 
 def instances_to_json(result: InstanceResult) -> dict[str, Any]:
@@ -229,7 +248,18 @@ def instances_to_json(result: InstanceResult) -> dict[str, Any]:
         "split_touching": result.split_touching,
         "min_distance_mm": result.min_distance_mm,
         "counts": counts,
+        **_layout_json(result),
         "objects": [_object_json(item) for item in result.objects],
+    }
+
+
+def _layout_json(result: InstanceResult) -> dict[str, Any]:
+    """For a 4D instance map (region target) only: which structure each channel holds."""
+    if result.instance_map.ndim != 4:
+        return {}
+    return {
+        "instance_map": "4D: channel c (NIfTI 4th axis) holds the instance ids of structure channels[c]",
+        "channels": [result.class_names[c] for c in result.class_ids],
     }
 
 
@@ -308,14 +338,26 @@ def _drop_close_markers(
 
 
 def _describe(
-    instance_map: InstanceMap, instance_classes: Sequence[int], names: Mapping[int, str], geometry: Geometry
+    layers: Sequence[InstanceMap],
+    instance_classes: Sequence[int],
+    names: Mapping[int, str],
+    geometry: Geometry,
+    *,
+    channels: bool,
 ) -> tuple[InstanceObject, ...]:
+    """One record per object, in id order; ``layers``: the 3D instance map, or (``channels``) each channel
+    of a 4D one."""
     voxel_mm3 = float(np.prod(geometry.spacing_mm))
+    found: dict[int, tuple[int, tuple[slice, ...]]] = {}
+    for channel, layer in enumerate(layers):
+        for offset, region in enumerate(ndimage.find_objects(layer)[: len(instance_classes)]):
+            if region is not None:
+                found[offset] = (channel, region)
     objects = []
-    for offset, region in enumerate(ndimage.find_objects(instance_map)[: len(instance_classes)]):
-        assert region is not None, "instance ids are consecutive"
+    for offset in range(len(instance_classes)):
+        channel, region = found[offset]  # instance ids are consecutive
         start = np.array([s.start for s in region])
-        inside = np.nonzero(instance_map[region] == offset + 1)
+        inside = np.nonzero(layers[channel][region] == offset + 1)
         centroid = np.array([axis.mean() for axis in inside]) + start
         z, y, x = (float(v) for v in geometry.index_to_physical(centroid))
         objects.append(
@@ -329,6 +371,7 @@ def _describe(
                 centroid_lps_mm=(x, y, z),
                 bbox_start_zyx=(int(start[0]), int(start[1]), int(start[2])),
                 bbox_stop_zyx=(region[0].stop, region[1].stop, region[2].stop),
+                channel=channel if channels else None,
             )
         )
     return tuple(objects)
@@ -346,4 +389,5 @@ def _object_json(item: InstanceObject) -> dict[str, Any]:
         "centroid_index_zyx": [round(v, 3) for v in item.centroid_index_zyx],
         "centroid_lps_mm": {"x": round(x, 3), "y": round(y, 3), "z": round(z, 3)},
         "bbox_index_zyx": {"start": list(item.bbox_start_zyx), "stop": list(item.bbox_stop_zyx)},
+        **({} if item.channel is None else {"channel": item.channel}),
     }
