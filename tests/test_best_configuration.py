@@ -57,3 +57,54 @@ def test_configurations_and_their_ensemble_are_compared(
 def test_nothing_trained_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["find_best_configuration", "--workdir", str(tmp_path), "-q"]) == 1
     assert "fingerprint.json" in capsys.readouterr().err
+
+
+def test_region_model_best_configuration_postprocessing_report_and_instances(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Nested GTV in CTV in PTV, two configurations: find_best_configuration averages the sigmoids and
+    thresholds each structure for the ensemble, scores per structure against the 4D references, writes the
+    training reference and post-processing per structure; predict then writes the report and a 4D instance
+    map for the region model."""
+    from helpers import plan_and_preprocess_argv, tiny_train_config
+    from test_regions import GEOMETRY, STRUCTURES, nested_case, write_multi_label_dataset
+
+    from autoseg.io import read_array, read_probabilities, read_target
+    from autoseg.training import train_fold
+    from autoseg.workdir import PredictionFolder
+
+    dataset = write_multi_label_dataset(tmp_path / "Dataset005_Nested", rng)
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "2d", "3d_fullres")) == 0
+    for configuration in ("2d", "3d_fullres"):
+        train_fold(workdir, tiny_train_config(configuration=configuration), show_progress=False)
+    assert main(["find_best_configuration", "--workdir", str(workdir), "-q"]) == 0
+    work = Workdir(workdir)
+    result = json.loads((workdir / "best_configuration.json").read_text())
+    assert sorted(c["name"] for c in result["candidates"]) == ["2d", "2d+3d_fullres", "3d_fullres"]
+    assert all(set(c["dice_per_class"]) == set(STRUCTURES) for c in result["candidates"])
+    members = [PredictionFolder(work.run(c, "all").validation_dir) for c in ("2d", "3d_fullres")]
+    mean = sum(read_probabilities(m.probabilities_path("case_000")) for m in members) / 2
+    ensemble, _ = read_target(work.ensemble_cross_validation(("2d", "3d_fullres")).labels_path("case_000"))
+    np.testing.assert_array_equal(ensemble, (mean >= 0.5).astype(np.uint8))  # per structure, not argmax
+    postprocessing = json.loads(Path(result["postprocessing"]).read_text())
+    tried = [c["step"]["labels"] for c in postprocessing["evidence"]["candidates"]]
+    assert [1] in tried and [2] in tried and [3] in tried  # a candidate per structure
+    assert set(postprocessing["evidence"]["dice_before"]) == {"1", "2", "3"}
+    reference = json.loads((workdir / "training_reference.json").read_text())
+    assert [c["name"] for c in reference["classes"]] == STRUCTURES
+    image, _ = nested_case(rng)
+    write_image(image[0], GEOMETRY, tmp_path / "in" / "x_0000.nii.gz")
+    out = tmp_path / "out"
+    argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(workdir), "-q"]
+    assert main([*argv, "--report", "--instances", "all"]) == 0
+    assert (out / "x_report.png").stat().st_size > 1000
+    table = json.loads((out / "x_structures.json").read_text())["structures"]
+    assert [row["name"] for row in table] == STRUCTURES
+    instances = json.loads((out / "x_instances.json").read_text())
+    assert instances["channels"] == STRUCTURES and set(instances["counts"]) == set(STRUCTURES)
+    instance_map, _ = read_array(out / "x_instances.nii.gz")
+    assert instance_map.shape == (3, 12, 16, 16)
+    assert sorted({o["channel"] for o in instances["objects"]}) == sorted(
+        {c for c in range(3) if instance_map[c].any()}
+    )

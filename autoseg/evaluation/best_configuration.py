@@ -3,9 +3,12 @@ supports, and its post-processing.
 
 Every trained configuration is scored on the validation predictions of its folds (written by ``train``);
 every pair of configurations is scored by averaging the two configurations' validation probabilities case by
-case. The best mean Dice wins (a single configuration wins a tie: it is cheaper to run). The post-processing
-is then chosen on the winner's cross-validation predictions (:mod:`autoseg.postprocessing.choice`). Every
-score is against the reference label maps in the work directory. Written, at the paths of
+case (softmax: the argmax of the mean; a region-based plan, sigmoid per structure: the mean thresholded at
+0.5 per structure, :func:`autoseg.inference.ensemble.target_from_probabilities`). The best mean Dice wins (a
+single configuration wins a tie: it is cheaper to run). The post-processing is then chosen on the winner's
+cross-validation predictions (:mod:`autoseg.postprocessing.choice`, per structure for region targets). Every
+score is against the references in the work directory (label maps, or 4D region targets scored per
+structure mask). Written, at the paths of
 :class:`autoseg.workdir.Workdir`: the choice with the table and the predict command
 (``write_best_configuration``), the training reference, the winner's post-processing
 (``postprocessing_path``), and each ensemble's cross-validation label maps (in its ``ensemble_dir``).
@@ -27,8 +30,8 @@ from autoseg.errors import BestConfigurationError
 from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint
-from autoseg.inference.ensemble import labels_from_probabilities
-from autoseg.io import read_header, read_labels, read_probabilities, write_labels
+from autoseg.inference.ensemble import target_from_probabilities
+from autoseg.io import read_header, read_probabilities, read_target, write_target
 from autoseg.postprocessing.choice import run_choose_postprocessing
 from autoseg.report.structures import TrainingReference, structure_confidences
 from autoseg.workdir import PredictionFolder, Workdir
@@ -90,7 +93,8 @@ def run_find_best_configuration(
         num_workers=options.num_workers,
         show_progress=show_progress,
     )
-    scores = _score_candidates(work, folders, score, ensembles=options.ensembles)
+    regions = work.read_plans().region_based
+    scores = _score_candidates(work, folders, score, ensembles=options.ensembles, regions=regions)
     best = sorted(scores, key=lambda s: (-_finite(s.mean_dice), len(s.configurations)))[0]
     target = work.postprocessing_path(best.configurations)
     best_folders = folders[best.name] if len(best.configurations) == 1 else [_cross_validation(work, best)]
@@ -140,12 +144,14 @@ def _score_candidates(
     score: Callable[[str, tuple[str, ...], Sequence[Path]], CandidateScore],
     *,
     ensembles: bool,
+    regions: bool,
 ) -> list[CandidateScore]:
-    """Every configuration, then (with ``ensembles``) every pair with common validation cases."""
+    """Every configuration, then (with ``ensembles``) every pair with common validation cases (``regions``:
+    the plan is region-based)."""
     scores = [score(name, (name,), found) for name, found in folders.items()]
     if ensembles:
         for pair in itertools.combinations(sorted(folders), 2):
-            folder = _ensemble_cross_validation(work, pair, folders)
+            folder = _ensemble_cross_validation(work, pair, folders, regions=regions)
             if folder is not None:
                 scores.append(score("+".join(pair), pair, [folder]))
     return scores
@@ -162,7 +168,7 @@ def _training_reference(fingerprint: Fingerprint, folders: Sequence[Path]) -> Tr
             labels_path = predictions.labels_path(case)
             if not labels_path.is_file():
                 continue
-            found = structure_confidences(read_labels(labels_path)[0], read_probabilities(npz), values)
+            found = structure_confidences(read_target(labels_path)[0], read_probabilities(npz), values)
             for value, confidence in found.items():
                 confidences[value].append(confidence)
     reference = TrainingReference.from_fingerprint(fingerprint)
@@ -206,10 +212,11 @@ def _score(
 
 
 def _ensemble_cross_validation(
-    work: Workdir, pair: tuple[str, str], folders: dict[str, list[Path]]
+    work: Workdir, pair: tuple[str, str], folders: dict[str, list[Path]], *, regions: bool
 ) -> Path | None:
-    """Average the two configurations' validation probabilities per case; ``None`` when they do not cover
-    the same cases with probabilities."""
+    """Average the two configurations' validation probabilities per case and take the argmax (softmax) or
+    threshold each structure (``regions``: sigmoids); ``None`` when they do not cover the same cases with
+    probabilities."""
     members = [
         {case: p for p in map(PredictionFolder, folders[c]) for case in p.probability_files()} for c in pair
     ]
@@ -223,11 +230,12 @@ def _ensemble_cross_validation(
         if target.is_file():
             continue
         first, second = members[0][case], members[1][case]
-        probabilities = read_probabilities(first.probabilities_path(case)) + read_probabilities(
+        total = read_probabilities(first.probabilities_path(case)) + read_probabilities(
             second.probabilities_path(case)
         )
+        probabilities = (total / 2).astype(np.float32, copy=False)  # the mean: sigmoids are thresholded
         geometry = read_header(first.labels_path(case)).geometry
-        write_labels(labels_from_probabilities(probabilities), geometry, target)
+        write_target(target_from_probabilities(probabilities, regions=regions), geometry, target)
     return out.path
 
 

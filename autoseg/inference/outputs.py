@@ -5,8 +5,9 @@ A region-based model (structures that may overlap, :mod:`autoseg.regions`) predi
 region target (sigmoid >= 0.5 per structure, post-processed per structure). Its RTSTRUCT has one ROI and its
 SEG one segment per structure (overlapping where the structures overlap); its ``CASE.nii.gz`` is a label map
 (structure ``k`` = value ``k + 1``) when the predicted structures happen to be disjoint, otherwise a 4D file
-with one binary channel per structure in the model's order (the multi-label layout of ``labelsTr``). The
-instances and the report need a label map and are written only for disjoint predictions.
+with one binary channel per structure in the model's order (the multi-label layout of ``labelsTr``). Its
+report draws and measures every structure on its own mask (overlapping contours where they overlap), and its
+instance map is 4D, one channel of instance ids per selected structure (``docs/report.md``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ import numpy as np
 from autoseg.dicom.names import check_roi_name
 from autoseg.errors import UsageError
 from autoseg.inference.ensemble import target_from_probabilities
-from autoseg.io import Geometry, write_json, write_labels, write_probabilities, write_target
+from autoseg.io import (
+    Geometry,
+    write_json,
+    write_label_channels,
+    write_labels,
+    write_probabilities,
+    write_target,
+)
 from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
 from autoseg.regions import are_disjoint, is_region_target, label_map_of, structure_mask
 from autoseg.report.figure import render_report
 from autoseg.report.structures import TrainingReference, structure_table, write_structure_table
-from autoseg.types import FloatVolume, LabelVolume, TargetVolume
+from autoseg.types import FloatVolume, TargetVolume
 
 if TYPE_CHECKING:
     from autoseg.inference.inputs import InputCase
@@ -139,16 +147,10 @@ def write_case_outputs(
         write_target(labels, geometry, files[-1])
     files += _write_dicom(case, target, names, options, out)
     volumes = _volumes(target, names, geometry)
-    if is_region_target(labels):
-        if context.instance_classes or options.report:
-            logger.warning(
-                "%s: structures overlap; no instances or report (they need a label map)", case.identifier
-            )
-        return _finish(case.identifier, files, volumes, probabilities, context, options, stem)
     if context.instance_classes:
-        files += _write_instances(case.identifier, labels, geometry, context, options.split_touching, out)
-    if options.report and image is not None and not context.regions:
-        files += _write_report(case.identifier, image, labels, probabilities, geometry, context, out)
+        files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
+    if options.report and image is not None:
+        files += _write_report(case.identifier, image, target, probabilities, geometry, context, out)
     return _finish(case.identifier, files, volumes, probabilities, context, options, stem)
 
 
@@ -236,18 +238,22 @@ def _write_dicom_structures(
 
 def _write_instances(
     identifier: str,
-    labels: LabelVolume,
+    labels: TargetVolume,
     geometry: Geometry,
     context: OutputContext,
     split_touching: bool,
     out: Path,
 ) -> list[Path]:
-    """``CASE_instances.nii.gz`` (an id per object), ``CASE_instances.json`` (volume, centroid per object)."""
+    """``CASE_instances.nii.gz`` (an id per object; 4D, a channel per selected structure, for a region
+    target), ``CASE_instances.json`` (structure, volume, centroid per object)."""
     result = label_instances(
         labels, context.instance_classes, geometry, context.labels_by_name, split_touching=split_touching
     )
     paths = [out / f"{identifier}_instances.nii.gz", out / f"{identifier}_instances.json"]
-    write_labels(result.instance_map, geometry, paths[0])
+    if is_region_target(labels):
+        write_label_channels(result.instance_map, geometry, paths[0])
+    else:
+        write_labels(result.instance_map, geometry, paths[0])
     write_json(instances_to_json(result), paths[1])
     return paths
 
@@ -255,7 +261,7 @@ def _write_instances(
 def _write_report(
     identifier: str,
     image: FloatVolume,
-    labels: LabelVolume,
+    labels: TargetVolume,
     probabilities: FloatVolume,
     geometry: Geometry,
     context: OutputContext,
