@@ -84,7 +84,8 @@ def test_region_model_best_configuration_postprocessing_report_and_instances(
     assert sorted(c["name"] for c in result["candidates"]) == ["2d", "2d+3d_fullres", "3d_fullres"]
     assert all(set(c["dice_per_class"]) == set(STRUCTURES) for c in result["candidates"])
     members = [PredictionFolder(work.run(c, "all").validation_dir) for c in ("2d", "3d_fullres")]
-    mean = sum(read_probabilities(m.probabilities_path("case_000")) for m in members) / 2
+    first, second = (read_probabilities(m.probabilities_path("case_000")) for m in members)
+    mean = (first + second) / 2
     ensemble, _ = read_target(work.ensemble_cross_validation(("2d", "3d_fullres")).labels_path("case_000"))
     np.testing.assert_array_equal(ensemble, (mean >= 0.5).astype(np.uint8))  # per structure, not argmax
     postprocessing = json.loads(Path(result["postprocessing"]).read_text())
