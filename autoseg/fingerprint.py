@@ -17,7 +17,7 @@ import logging
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,8 @@ class CaseFingerprint:
     component_sizes: dict[str, list[int]]
     overlaps: dict[str, int] = field(default_factory=dict)
     """Region datasets: ``"A+B"`` -> voxels in both structures, for each overlapping pair."""
+    annotated: tuple[int, ...] | None = None
+    """Partly contoured region datasets: the structure numbers contoured in the case; ``None``: all."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,9 @@ class Fingerprint:
         """JSON-compatible dict (tuples become lists); the region fields only for a region dataset, so a
         dataset of disjoint labels has the fingerprint (and hash) it always had."""
         data = asdict(self)
+        for case in data["cases"]:
+            if case["annotated"] is None:
+                del case["annotated"]
         if not self.regions:
             del data["regions"], data["regions_class_order"]
             for case in data["cases"]:
@@ -266,7 +271,7 @@ def extract_fingerprint(
             show_progress=show_progress,
         )
     )
-    cases = tuple(r[0] for r in results)
+    cases = tuple(replace(r[0], annotated=c.annotated) for r, c in zip(results, dataset.cases, strict=True))
     sampled = [np.concatenate([r[1][c] for r in results]) for c in range(dataset.num_channels)]
     orientations = Counter(c.orientation for c in cases)
     fingerprint = Fingerprint(
@@ -453,6 +458,7 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
             class_voxels={str(k): int(v) for k, v in c["class_voxels"].items()},
             component_sizes={str(k): [int(s) for s in v] for k, v in c["component_sizes"].items()},
             overlaps={str(k): int(v) for k, v in c.get("overlaps", {}).items()},
+            annotated=None if c.get("annotated") is None else tuple(int(v) for v in c["annotated"]),
         )
         for c in data["cases"]
     )

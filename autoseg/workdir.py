@@ -10,6 +10,7 @@ WORKDIR/
   preprocessed/<folder>/                Workdir.data_dir(configuration), preprocessing_json(folder)
   preprocessed/<folder>/<case>/         CaseFolder: image.npy, labels.npy, foreground.npz, properties.json
   reference_labels/<case>.nii.gz        Workdir.reference_labels_dir  (written by preprocess; 4D for regions)
+  reference_labels/annotated.json       read_/write_reference_annotated (partly contoured region datasets)
   trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
   trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
   trained/<configuration>/fold_<k>/validation/   RunFolder.validation -> PredictionFolder
@@ -261,6 +262,32 @@ class Workdir:
 
     def reference_labels_path(self, case: str) -> Path:
         return self.reference_labels_dir / f"{case}.nii.gz"
+
+    @property
+    def reference_annotated_path(self) -> Path:
+        """Case -> the structure numbers contoured there, for a partly contoured region dataset."""
+        return self.reference_labels_dir / "annotated.json"
+
+    def read_reference_annotated(self) -> dict[str, tuple[int, ...]]:
+        """Case -> structure numbers contoured in its reference (``docs/dicom.md``, "Partly contoured
+        cases"); a case not listed (or no file) has every structure."""
+        path = self.reference_annotated_path
+        if not path.is_file():
+            return {}
+        data = read_json(path)
+        if not isinstance(data, dict) or not all(
+            isinstance(v, list) and all(isinstance(n, int) for n in v) for v in data.values()
+        ):
+            raise WorkdirError(f"{path}: expected case -> structure numbers; run 'autoseg preprocess'")
+        return {str(case): tuple(values) for case, values in data.items()}
+
+    def write_reference_annotated(self, annotated: dict[str, tuple[int, ...]]) -> None:
+        """Write :meth:`read_reference_annotated`'s file, or remove it when every case has every structure."""
+        path = self.reference_annotated_path
+        if not annotated:
+            path.unlink(missing_ok=True)
+            return
+        write_json({case: list(values) for case, values in sorted(annotated.items())}, path)
 
     # ------------------------------------------------------------------ training runs
     @property

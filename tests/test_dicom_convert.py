@@ -78,6 +78,7 @@ def test_unknown_missing_overlapping_and_skipped_cases(tmp_path: Path) -> None:
         "numTraining": 1,
         "file_ending": ".nii.gz",
         "structure_types": {"GTV": "GTV", "Lung": "ORGAN", "Heart": "ORGAN"},
+        "annotated": {"a": ["GTV", "Lung"]},  # no Heart ROI: unannotated, not background
     }
     assert load_mapping(tmp_path / "out" / "label_mapping.json") == load_mapping(tmp_path / "mapping.json")
     assert len(load_dataset(tmp_path / "out").cases) == 1
@@ -303,13 +304,19 @@ def test_overlapping_rois_write_the_multi_label_layout_for_every_case(tmp_path: 
     apart[1:3, 2:5, 2:5] = 1
     write_ct_series(cases / "b" / "ct", (apart * 40).astype(np.int16))
     write_rtstruct(apart, single_series(cases / "b" / "ct"), {1: "GTV_primary"}, cases / "b" / "rs.dcm")
+    empty = np.zeros_like(apart)  # an ROI without contours: contoured, and empty
+    write_rtstruct(empty, single_series(cases / "b" / "ct"), {1: "Heart"}, cases / "b" / "heart.dcm")
     (tmp_path / "mapping.json").write_text(json.dumps(MAPPING))
     report = convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
     assert [c.overlaps for c in report.cases] == [{"GTV+Lung": 8}, {}]
+    assert [c.annotated for c in report.cases] == [("GTV", "Lung"), ("GTV", "Heart")]
+    meta = read_json(tmp_path / "out" / "dataset.json")
+    assert isinstance(meta, dict) and meta["annotated"] == {"a": ["GTV", "Lung"], "b": ["GTV", "Heart"]}
     b_target, _ = read_target(tmp_path / "out" / "labelsTr" / "b.nii.gz")
     assert b_target.shape == (3, 4, 12, 20) and np.array_equal(b_target[0], apart) and not b_target[1:].any()
     dataset = load_dataset(tmp_path / "out")
     assert [r.name for r in dataset.regions] == ["GTV", "Lung", "Heart"]
+    assert [c.annotated for c in dataset.cases] == [(1, 2), (1, 3)]  # structure numbers
     from autoseg.dataset.layout import read_case
 
     _, target, _ = read_case(dataset.cases[0])

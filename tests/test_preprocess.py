@@ -242,6 +242,21 @@ def test_properties_round_trip_geometry() -> None:
     assert again == result.properties
 
 
+def test_properties_carry_the_annotated_structures_and_read_old_ones_as_all() -> None:
+    """A partly contoured case records its contoured structures; properties written before the field
+    existed (and every label-map case) have no ``annotated`` key and mean "all annotated"."""
+    from autoseg.preprocessing.case import CaseProperties
+
+    image, labels, geometry = synthesize_case(SynthConfig(cases=1, shape=(16, 24, 24)), 0)
+    plain = preprocess_case(image, labels, geometry, _config(geometry.spacing_mm)).properties
+    assert "annotated" not in plain.to_json() and plain.annotated is None and plain.is_annotated(2)
+    config = _config(geometry.spacing_mm)
+    partial = preprocess_case(image, labels, geometry, config, annotated=(1,)).properties
+    data = json.loads(json.dumps(partial.to_json()))
+    assert data["annotated"] == [1] and CaseProperties.from_json(data) == partial
+    assert partial.is_annotated(1) and not partial.is_annotated(2)
+
+
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_slab_wise_resampling_matches_whole_volume(
     order: int, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator

@@ -29,7 +29,9 @@ layout only:
   channel per structure in that order (``"labels"``, if given, must be ``{"background": 0, "GTV": 1, ...}``).
 
 Either way :attr:`Dataset.labels` maps ``background`` to 0 and structure ``k`` to ``k + 1``, and
-:func:`read_case` returns the ``(K, Z, Y, X)`` region target.
+:func:`read_case` returns the ``(K, Z, Y, X)`` region target. A region dataset may say which structures each
+case has contoured (``"annotated": {"CASE": ["GTV", ...]}``, :attr:`Case.annotated`; a case not listed has
+all): the others are unannotated there, masked out of training and scoring, not background.
 
 :func:`scan_dataset` never raises for problems in the data: it returns them, so that ``autoseg verify`` can
 report all of them at once. :func:`load_dataset` raises :class:`DatasetError` listing every error.
@@ -88,6 +90,8 @@ class Case:
         channels_in_one_file: the single image file holds every channel on its 4th axis (MSD).
         regions: the dataset's structures when they may overlap (:mod:`autoseg.regions`): the label file is
             then read as a ``(K, Z, Y, X)`` region target.
+        annotated: region datasets: the structure numbers (1-based) contoured in this case (``"annotated"``
+            in dataset.json); the others are unannotated, not background. ``None``: every structure.
     """
 
     identifier: str
@@ -95,6 +99,7 @@ class Case:
     label_path: Path | None
     channels_in_one_file: bool = False
     regions: tuple[Region, ...] = ()
+    annotated: tuple[int, ...] | None = None
 
     @property
     def label_channels(self) -> int:
@@ -321,6 +326,31 @@ def _structure_regions(meta: Mapping[str, Any], path: Path, problems: list[Probl
     return tuple(Region(n) for n in names)
 
 
+def parse_annotated(
+    meta: Mapping[str, Any], regions: Sequence[Region], path: Path, problems: list[Problem]
+) -> dict[str, tuple[int, ...]]:
+    """``"annotated": {"CASE": ["GTVp", ...]}`` (region datasets; ``docs/dicom.md``, "Partly contoured
+    cases") as case -> the structure numbers contoured there; a case not listed has every structure."""
+    raw = meta.get("annotated")
+    if raw is None:
+        return {}
+    numbers = {region.name: index + 1 for index, region in enumerate(regions)}
+    if not regions or not isinstance(raw, dict):
+        problems.append(
+            Problem("error", "'annotated' must map case -> structure names, in a region dataset", path)
+        )
+        return {}
+    found: dict[str, tuple[int, ...]] = {}
+    for case, names in raw.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) and n in numbers for n in names):
+            problems.append(
+                Problem("error", f"'annotated' of '{case}' must list structures of {list(numbers)}", path)
+            )
+            continue
+        found[str(case)] = tuple(sorted({numbers[n] for n in names}))
+    return found
+
+
 def structure_labels(regions: Sequence[Region]) -> dict[str, int]:
     """``{"background": 0, <structure k>: k + 1}``: the labels of a region dataset."""
     return {"background": 0, **{region.name: index + 1 for index, region in enumerate(regions)}}
@@ -400,6 +430,7 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     else:
         cases = _cases_from_folders(root, "imagesTr", "labelsTr", ending, len(channels), problems)
     test_cases = _cases_from_folders(root, "imagesTs", None, ending, len(channels), problems)
+    annotated = parse_annotated(meta, regions, path, problems)
     return Dataset(
         root,
         "nnunet-v2",
@@ -408,7 +439,7 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
         labels,
         num_training,
         ending,
-        tuple(replace(case, regions=regions) for case in cases),
+        tuple(replace(c, regions=regions, annotated=annotated.get(c.identifier)) for c in cases),
         tuple(test_cases),
         meta,
         regions,

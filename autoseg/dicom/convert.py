@@ -11,7 +11,9 @@ Such a folder is one case named after the folder. Output::
                                          structure (``"structures"`` in dataset.json, :mod:`autoseg.regions`)
     OUTPUT/dataset.json                  channel_names from the modality, labels, numTraining, file_ending,
                                          structure_types (label -> RTROIInterpretedType), and with
-                                         ``names="tg263"`` source_names (case -> label -> the clinic names)
+                                         ``names="tg263"`` source_names (case -> label -> the clinic names);
+                                         in the multi-label layout ``annotated`` (case -> the structures
+                                         its structure set has an ROI for, even an empty one)
     OUTPUT/label_mapping.json            the mapping used (the one given, or the one made from the names)
 
 Structures map to labels through a :class:`~autoseg.dicom.mapping.LabelMapping`: the mapping file's, then
@@ -87,6 +89,8 @@ class CaseReport:
         message: why the case was skipped, if it was.
         suggestions: with ``names="tg263"``, each unknown structure name -> the nearest standard names.
         source_names: label name -> the case's structure names written as that label.
+        annotated: the labels the case's structure sets have an ROI for (empty ones included): contoured;
+            the others are unannotated there, not background (``docs/dicom.md``, "Partly contoured cases").
     """
 
     case: str
@@ -100,6 +104,7 @@ class CaseReport:
     suggestions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     overlaps: dict[str, int] = field(default_factory=dict)
+    annotated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,8 @@ def _dataset_json(
         "file_ending": FILE_ENDING,
         "structure_types": mapping.types(),
     }
+    if multi_label:
+        meta["annotated"] = {r.case: [n for n in names if n in r.annotated] for r in written}
     if request.names == "tg263":
         meta["source_names"] = {r.case: {k: list(v) for k, v in r.source_names.items()} for r in written}
     return meta
@@ -383,8 +390,16 @@ def _label_map(
     report = CaseReport(
         case.name, case.folder, status, voxels, tuple(sorted(unknown)), missing, overlap, message, nearest,
         {label: tuple(sorted(names)) for label, names in sorted(sources.items())}, overlaps,
+        _annotated(structures, mapping),
     )  # fmt: skip
     return labels, report
+
+
+def _annotated(structures: dict[str, BoolVolume], mapping: LabelMapping) -> tuple[str, ...]:
+    """The labels some structure of the case maps to, empty ones included (an ROI without contours is
+    contoured as empty: the structure is absent there, not unannotated)."""
+    found = {mapping.label_for(name) for name in structures}
+    return tuple(sorted(label for label in found if label is not None))
 
 
 def _target(

@@ -39,7 +39,9 @@ MIN_FOREGROUND_COVERAGE = 0.01
 class CaseProperties:
     """All that is needed to map a preprocessed case back to its original image.
 
-    Tuples are ``(z, y, x)``; ``crop_box`` is half-open ``[start, stop)`` in original voxels.
+    Tuples are ``(z, y, x)``; ``crop_box`` is half-open ``[start, stop)`` in original voxels. ``annotated``
+    (region targets of a partly contoured dataset): the structure numbers contoured in the case; ``None``
+    (and absent from the JSON, as in properties written before it existed): every structure.
     """
 
     identifier: str
@@ -50,10 +52,12 @@ class CaseProperties:
     spacing_mm: tuple[float, float, float]
     preprocessed_shape: tuple[int, int, int]
     classes_present: tuple[int, ...] = ()
+    annotated: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict."""
         geometry = self.original_geometry
+        extra = {} if self.annotated is None else {"annotated": list(self.annotated)}
         return {
             "identifier": self.identifier,
             "original_shape": list(self.original_shape),
@@ -67,7 +71,11 @@ class CaseProperties:
             "spacing_mm": list(self.spacing_mm),
             "preprocessed_shape": list(self.preprocessed_shape),
             "classes_present": list(self.classes_present),
-        }
+        } | extra
+
+    def is_annotated(self, value: int) -> bool:
+        """Whether structure number ``value`` was contoured in this case."""
+        return self.annotated is None or value in self.annotated
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseProperties:
@@ -84,6 +92,7 @@ class CaseProperties:
             spacing_mm=_float3(data["spacing_mm"]),
             preprocessed_shape=_int3(data["preprocessed_shape"]),
             classes_present=tuple(int(c) for c in data["classes_present"]),
+            annotated=None if data.get("annotated") is None else tuple(int(v) for v in data["annotated"]),
         )
 
 
@@ -108,6 +117,7 @@ def preprocess_case(
     identifier: str = "case",
     seed: int = 0,
     in_place: bool = False,
+    annotated: tuple[int, ...] | None = None,
 ) -> PreprocessedCase:
     """Crop to the nonzero region of all channels, normalise per channel, resample to the plan's spacing.
 
@@ -119,6 +129,7 @@ def preprocess_case(
         geometry: the image's geometry.
         config: the configuration to preprocess for.
         identifier, seed: seed the foreground sample (with the identifier, so it is order independent).
+        annotated: the structure numbers contoured in the case (:attr:`CaseProperties.annotated`).
     """
     box = crop_box_of_nonzero(image)
     region = tuple(slice(a, b) for a, b in box)
@@ -150,6 +161,7 @@ def preprocess_case(
         spacing_mm=config.spacing_mm,
         preprocessed_shape=shape,
         classes_present=tuple(sorted(foreground)),
+        annotated=annotated,
     )
     return PreprocessedCase(resampled, resampled_labels, properties, foreground)
 

@@ -6,6 +6,7 @@ Reads ``plans.json``, ``fingerprint.json`` and the raw dataset; writes (paths in
     WORKDIR/preprocessed/<folder>/preprocessing.json   spacing, normalisation, resampling of that folder
     WORKDIR/preprocessed/<folder>/<case>/         one stored case (:mod:`autoseg.preprocessing.store`)
     WORKDIR/reference_labels/<case>.nii.gz        the label map in its original geometry, for validation
+    WORKDIR/reference_labels/annotated.json       partly contoured regions: case -> structures contoured
 
 Configurations that preprocess identically (``2d`` and ``3d_fullres`` usually do; ``3d_cascade_fullres``
 always shares ``3d_fullres``) share one folder. A re-run skips every case whose sources and parameters are
@@ -87,6 +88,9 @@ def run_preprocess(
             work, folder, plans.configurations[folder], dataset.cases, job, options, show_progress
         )
     work.write_configurations({**work.read_configurations(), **folders})
+    work.write_reference_annotated(
+        {c.identifier: c.annotated for c in dataset.cases if c.annotated is not None}
+    )
     return {name: work.data_folder(folder) for name, folder in folders.items()}
 
 
@@ -171,8 +175,9 @@ def _preprocess_job(
     if is_up_to_date(target, signature):
         return "skipped"
     result = preprocess_case(
-        image, labels, geometry, config, identifier=case.identifier, seed=seed, in_place=True
-    )
+        image, labels, geometry, config, identifier=case.identifier, seed=seed, in_place=True,
+        annotated=case.annotated,
+    )  # fmt: skip
     del image, labels
     save_case(result, target, signature)
     return "done"
@@ -181,6 +186,8 @@ def _preprocess_job(
 def _case_signature(case: Case, dataset_root: Path, config: ConfigurationPlan, seed: int) -> str:
     digest = hashlib.sha256(json.dumps(preprocessing_parameters(config), sort_keys=True).encode())
     digest.update(f"seed={seed};".encode())
+    if case.annotated is not None:
+        digest.update(f"annotated={list(case.annotated)};".encode())
     for path in case.files():
         stat = path.stat()
         digest.update(f"{path.relative_to(dataset_root)}|{stat.st_size}|{stat.st_mtime_ns};".encode())
