@@ -1,9 +1,11 @@
 """Training batches from preprocessed cases, augmented in background worker processes.
 
 :class:`PatchBatches` is an endless stream of ``{"image": (B, C, ...) float32, "target": (B, ...) int64}``
-batches. Its randomness derives from ``(seed, epoch, worker)`` only, so an epoch's data can be reproduced,
-which is what makes ``--resume`` exact. batchgenerators draws from the global generators of NumPy and
-``random``: they get private seeded states, swapped in only while a transform runs.
+batches (region targets: ``(B, K, ...)`` uint8, and ``"annotated"``, ``(B, K)`` uint8, 1 where the sample's
+case has structure ``k`` contoured). Its randomness derives from ``(seed, epoch, worker)`` only, so an
+epoch's data can be reproduced, which is what makes ``--resume`` exact. batchgenerators draws from the
+global generators of NumPy and ``random``: they get private seeded states, swapped in only while a transform
+runs.
 """
 
 from __future__ import annotations
@@ -85,13 +87,15 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
         cases: dict[str, StoredCase] = {}
         while True:
             batch = _sample_batch(spec, size, cases, rng)
+            annotated = batch.pop("annotated")
             if transform is not None:
                 with private:
                     batch = transform(**batch)
-            yield {
+            out = {
                 "image": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
                 "target": _target_tensor(batch["seg"], spec.regions),
             }
+            yield out | ({"annotated": torch.from_numpy(annotated)} if spec.regions else {})
 
 
 def _target_tensor(seg: np.ndarray, regions: bool) -> torch.Tensor:
@@ -106,9 +110,10 @@ def _sample_batch(
     spec: BatchSpec, size: Sequence[int], cases: dict[str, StoredCase], rng: np.random.Generator
 ) -> dict[str, Any]:
     """One batch of ``size`` patches as batchgenerators takes it (``data``, ``seg``, and ``mirror_axes`` per
-    sample when left-right mirroring is off); the last :func:`forced_foreground` samples are placed on
-    foreground. ``cases`` caches the opened cases."""
-    images, targets, mirror_axes = [], [], []
+    sample when left-right mirroring is off, ``annotated`` per sample and structure); the last
+    :func:`forced_foreground` samples are placed on the foreground of a structure annotated in their case.
+    ``cases`` caches the opened cases."""
+    images, targets, mirror_axes, annotated = [], [], [], []
     forced = forced_foreground(spec.batch_size)
     for index in range(spec.batch_size):
         identifier = spec.identifiers[int(rng.integers(len(spec.identifiers)))]
@@ -122,17 +127,21 @@ def _sample_batch(
         image, target = sample_patch(
             case.image,
             case.labels,
-            case.foreground,
+            {k: v for k, v in case.foreground.items() if case.properties.is_annotated(k)},
             size,
             rng,
             force_foreground=index >= spec.batch_size - forced,
         )
         images.append(image)
         targets.append(target)
+        annotated.append(
+            [case.properties.is_annotated(k + 1) for k in range(len(target) if spec.regions else 0)]
+        )
         direction = case.properties.original_geometry.direction
         mirror_axes.append(spec.mirroring.axes(len(spec.patch_size), direction))
     stacked = np.stack(targets).astype(np.float32)
     batch: dict[str, Any] = {"data": np.stack(images), "seg": stacked if spec.regions else stacked[:, None]}
+    batch["annotated"] = np.array(annotated, np.uint8)
     if not spec.mirroring.left_right:
         batch["mirror_axes"] = mirror_axes
     return batch
@@ -186,6 +195,15 @@ def epoch_batches(
                     "Free memory or lower --num-workers, then --resume"
                 ) from None
             raise
+
+
+def loss_extras(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The keyword arguments a batch adds to the loss call: ``annotated`` when some structure of some sample
+    is unannotated (a partly contoured region dataset), else none (so a custom loss need not take it)."""
+    annotated = batch.get("annotated")
+    if annotated is None or bool(annotated.all()):
+        return {}
+    return {"annotated": annotated.to(device)}
 
 
 def default_workers(cpu_count: int | None) -> int:

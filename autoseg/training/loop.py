@@ -39,6 +39,7 @@ from autoseg.training.callbacks import (
 )
 from autoseg.training.checkpoint import restore_training
 from autoseg.training.config import RunState, TrainConfig, learning_rate, resolve_configuration
+from autoseg.training.data import loss_extras
 from autoseg.training.distributed import Rank, barrier, init_from_environment, unwrap
 from autoseg.training.parts import TrainingParts, default_parts, describe_parts, fold_batches
 from autoseg.training.progress import read_log
@@ -230,7 +231,7 @@ def _train_iterations(run: TrainingRun, callbacks: Sequence[Callback]) -> float:
         image, target = batch["image"].to(device, non_blocking=True), batch["target"].to(device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = parts.loss(network(image), target)
+            loss = parts.loss(network(image), target, **loss_extras(batch, device))
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(network.parameters(), run.config.gradient_clip)

@@ -40,7 +40,12 @@ def soft_dice(
 
 
 def soft_dice_sigmoid(
-    logits: torch.Tensor, target: torch.Tensor, *, batch_dice: bool, smooth: float = DICE_SMOOTH
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    batch_dice: bool,
+    smooth: float = DICE_SMOOTH,
+    annotated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean soft Dice over the structures of a region-based output.
 
@@ -48,28 +53,54 @@ def soft_dice_sigmoid(
         logits: ``(B, K, ...)`` raw network output, one sigmoid per structure.
         target: ``(B, K, ...)`` 0/1 (any dtype), channel ``k`` the mask of structure ``k``.
         batch_dice: sum over the batch before dividing (one Dice per structure) instead of one per sample.
+        annotated: ``(B, K)`` 0/1, structure ``k`` contoured in sample ``b``: the mean is over the annotated
+            ``(sample, structure)`` pairs (``batch_dice``: each structure's sums over its annotated samples,
+            the mean over structures annotated in some sample); ``None``: all.
     """
     probabilities = logits.float().sigmoid()
     truth = target.to(probabilities.dtype)
     axes = tuple(range(2, logits.ndim))
+    if annotated is None:
+        if batch_dice:
+            axes = (0, *axes)
+        intersection = (probabilities * truth).sum(axes)
+        total = probabilities.sum(axes) + truth.sum(axes)
+        return ((2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)).mean()
+    weight = annotated.to(probabilities.dtype)
+    intersection, total = (probabilities * truth).sum(axes), probabilities.sum(axes) + truth.sum(axes)
     if batch_dice:
-        axes = (0, *axes)
-    intersection = (probabilities * truth).sum(axes)
-    total = probabilities.sum(axes) + truth.sum(axes)
-    return ((2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)).mean()
+        intersection, total, weight = (
+            (intersection * weight).sum(0), (total * weight).sum(0), (weight.sum(0) > 0).to(weight.dtype),
+        )  # fmt: skip
+    dice = (2 * intersection + smooth) / (total + smooth).clamp_min(1e-8)
+    return (dice * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 class RegionLoss(nn.Module):
-    """``binary_cross_entropy + (1 - soft_dice)`` on one sigmoid per structure (structures may overlap)."""
+    """``binary_cross_entropy + (1 - soft_dice)`` on one sigmoid per structure (structures may overlap).
+
+    With ``annotated`` (``(B, K)`` 0/1; ``docs/dicom.md``, "Partly contoured cases") structure ``k`` of sample
+    ``b`` counts only where annotated: the cross-entropy is the mean over the annotated channels' voxels, the
+    Dice that of :func:`soft_dice_sigmoid`; an unannotated channel's logits get no gradient.
+    """
 
     def __init__(self, *, batch_dice: bool) -> None:
         super().__init__()
         self.batch_dice = batch_dice
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Loss of ``(B, K, ...)`` logits against ``(B, K, ...)`` 0/1 targets."""
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        return bce + 1 - soft_dice_sigmoid(logits, target, batch_dice=self.batch_dice)
+        if annotated is None:
+            bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        else:
+            each = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+            weight = annotated.to(each.dtype)
+            per_channel = each.flatten(2).mean(2)
+            bce = (per_channel * weight).sum() / weight.sum().clamp_min(1.0)
+        dice = soft_dice_sigmoid(logits, target, batch_dice=self.batch_dice, annotated=annotated)
+        return bce + 1 - dice
 
 
 class DiceCELoss(nn.Module):
@@ -107,23 +138,31 @@ def downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of ``loss`` over every output, each against the target downsampled to its resolution."""
+    """Weighted sum of ``loss`` over every output, each against the target downsampled to its resolution;
+    ``annotated`` (region targets, ``(B, K)``), when given, is passed on to ``loss`` unchanged."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
 
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        outputs: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor,
+        annotated: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``outputs``: logits, or a list of them from full to coarsest resolution; ``target``: ``(B,
         ...)``."""
+        extra = {} if annotated is None else {"annotated": annotated}
         if isinstance(outputs, torch.Tensor):
-            result: torch.Tensor = self.loss(outputs, target)
+            result: torch.Tensor = self.loss(outputs, target, **extra)
             return result
         weights = deep_supervision_weights(len(outputs))
         total = torch.zeros((), device=target.device)
         for weight, logits in zip(weights, outputs, strict=True):
             if weight:
-                total = total + weight * self.loss(logits, downsample_target(target, logits.shape[2:]))
+                small = downsample_target(target, logits.shape[2:])
+                total = total + weight * self.loss(logits, small, **extra)
             else:  # keep the coarsest head in the graph with zero gradient (DDP expects every parameter used)
                 total = total + 0.0 * logits.sum()
         return total

@@ -36,6 +36,7 @@ from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
 from autoseg.training.callbacks import Callback, TrainingRun
+from autoseg.training.data import loss_extras
 from autoseg.training.distributed import unwrap
 from autoseg.workdir import PredictionFolder, RunFolder, Workdir
 
@@ -88,19 +89,20 @@ def patch_scores(
 ) -> tuple[float, list[float]]:
     """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all validation patches;
     NaN for a class absent from both); with ``regions``, per structure of a ``num_classes``-structure
-    sigmoid output (logit >= 0 is probability >= 0.5)."""
+    sigmoid output (logit >= 0 is probability >= 0.5), each structure over the samples it is annotated in."""
     network.eval()
     losses, counts = [], np.zeros((3, num_classes if regions else num_classes - 1))
     with torch.no_grad():
         for _ in range(iterations):
             batch = next(batches)
             image, target = batch["image"].to(device), batch["target"].to(device)
+            extras = loss_extras(batch, device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 logits = network(image)
-                losses.append(float(loss_function(logits, target)))
+                losses.append(float(loss_function(logits, target, **extras)))
             predicted = logits >= 0 if regions else logits.argmax(1)
             for k in range(1, num_classes + (1 if regions else 0)):
-                hit, truth = _patch_masks(predicted, target, k, regions)
+                hit, truth = _patch_masks(predicted, target, k, regions, extras.get("annotated"))
                 counts[:, k - 1] += [
                     float((hit & truth).sum()),
                     float((hit & ~truth).sum()),
@@ -113,11 +115,17 @@ def patch_scores(
 
 
 def _patch_masks(
-    predicted: torch.Tensor, target: torch.Tensor, k: int, regions: bool
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    k: int,
+    regions: bool,
+    annotated: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and true masks of class ``k`` (structure ``k``: channel ``k - 1`` with ``regions``)."""
+    """Predicted and true masks of class ``k`` (structure ``k``: channel ``k - 1`` with ``regions``, of the
+    samples where it is ``annotated``)."""
     if regions:
-        return predicted[:, k - 1], target[:, k - 1] > 0
+        keep = slice(None) if annotated is None else annotated[:, k - 1] > 0
+        return predicted[keep, k - 1], target[keep, k - 1] > 0
     return predicted == k, target == k
 
 

@@ -1,0 +1,53 @@
+"""Partly contoured cases: an unannotated structure is left out of the loss, not background."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoseg.training.loss import DeepSupervisionLoss, RegionLoss, soft_dice_sigmoid
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 4, 6, 6, generator=generator)
+    target = (torch.rand(2, 2, 4, 6, 6, generator=generator) > 0.6).to(torch.uint8)
+    annotated = torch.tensor([[1, 1], [1, 0]], dtype=torch.uint8)  # structure 1 unannotated in sample 1
+    return logits, target, annotated
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_the_masked_loss_ignores_an_unannotated_channel(batch_dice: bool) -> None:
+    logits, target, annotated = _batch()
+    loss = RegionLoss(batch_dice=batch_dice)
+    masked = float(loss(logits, target, annotated))
+    changed_logits, changed_target = logits.clone(), target.clone()
+    changed_logits[1, 1] = 50.0  # the unannotated channel's predictions and target change...
+    changed_target[1, 1] = 0
+    assert float(loss(changed_logits, changed_target, annotated)) == pytest.approx(
+        masked, abs=1e-6
+    )  # ...no effect
+    assert float(loss(changed_logits, changed_target)) != pytest.approx(
+        masked, abs=1e-3
+    )  # unmasked: it counts
+    every = torch.ones_like(annotated)
+    assert float(loss(logits, target, every)) == pytest.approx(float(loss(logits, target)), abs=1e-6)
+    leaf = logits.clone().requires_grad_(True)
+    loss(leaf, target, annotated).backward()
+    assert leaf.grad is not None and not leaf.grad[1, 1].any() and leaf.grad[1, 0].any()
+
+
+def test_masked_dice_and_deep_supervision() -> None:
+    logits, target, annotated = _batch()
+    per_sample = float(soft_dice_sigmoid(logits, target, batch_dice=False, annotated=annotated))
+    one = [(logits[b : b + 1, k : k + 1], target[b : b + 1, k : k + 1]) for b, k in ((0, 0), (0, 1), (1, 0))]
+    pairs = [float(soft_dice_sigmoid(x, y, batch_dice=False)) for x, y in one]
+    assert per_sample == pytest.approx(sum(pairs) / 3, abs=1e-6)  # the mean over annotated pairs
+    batch = float(soft_dice_sigmoid(logits, target, batch_dice=True, annotated=annotated))
+    first = float(soft_dice_sigmoid(logits[:, :1], target[:, :1], batch_dice=True))
+    second = float(soft_dice_sigmoid(logits[:1, 1:], target[:1, 1:], batch_dice=True))
+    assert batch == pytest.approx((first + second) / 2, abs=1e-6)  # structure 1 summed over sample 0 only
+    wrapped = DeepSupervisionLoss(RegionLoss(batch_dice=False))
+    plain = float(RegionLoss(batch_dice=False)(logits, target, annotated))
+    coarse = logits[..., ::2, ::2, ::2]  # weights 1, 0 for two outputs: the mask reaches the loss unchanged
+    assert float(wrapped([logits, coarse], target, annotated)) == pytest.approx(plain, abs=1e-6)
