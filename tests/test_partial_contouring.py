@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +54,24 @@ def test_masked_dice_and_deep_supervision() -> None:
     plain = float(RegionLoss(batch_dice=False)(logits, target, annotated))
     coarse = logits[..., ::2, ::2, ::2]  # weights 1, 0 for two outputs: the mask reaches the loss unchanged
     assert float(wrapped([logits, coarse], target, annotated)) == pytest.approx(plain, abs=1e-6)
+
+
+def test_fold_validation_skips_a_structure_a_case_never_contoured(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    from helpers import plan_and_preprocess_argv, tiny_train_config
+    from test_regions import write_multi_label_dataset
+
+    from autoseg.cli.main import main
+    from autoseg.training import train_fold
+    from autoseg.workdir import Workdir
+
+    dataset = write_multi_label_dataset(tmp_path / "Dataset005_Partial", rng)
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
+    Workdir(workdir).write_reference_annotated({"case_000": (2, 3)})  # case_000's GTV (1) was never drawn
+    summary = train_fold(workdir, tiny_train_config(), show_progress=False).summary
+    assert summary is not None
+    assert summary["cases"]["case_000"]["1"] is None  # not scored there, not a zero
+    assert all(summary["cases"][case]["1"] is not None for case in ("case_001", "case_002", "case_003"))
+    assert summary["cases"]["case_000"]["2"] is not None

@@ -201,17 +201,22 @@ def validate_fold(
     (original geometry) and ``<case>.npz``, score it against ``workdir``'s reference label map, and write
     ``validation/summary.json`` with Dice per class per case and the mean per class. With ``regions``
     (region-based plan) predictions and references are ``(K, Z, Y, X)`` region targets, scored per structure.
+    A structure the case's reference never contoured (``Workdir.read_reference_annotated``) is not scored
+    there (``None``, like an undefined Dice: left out of the means).
 
     Raises:
         WorkdirError: a case has no reference label map in the work directory.
     """
     foreground = sorted(v for v in labels.values() if v)
+    annotated = workdir.read_reference_annotated()
     per_case: dict[str, dict[str, float | None]] = {}
     for identifier in identifiers:
         prediction = _predict_case(
             network, identifier, data_dir, plan, labels, run.validation, device, regions=regions
         )
-        per_case[identifier] = dice_per_class(prediction, _reference(workdir, identifier), foreground)
+        scored = [v for v in foreground if identifier not in annotated or v in annotated[identifier]]
+        dice = dice_per_class(prediction, _reference(workdir, identifier), scored)
+        per_case[identifier] = {str(v): dice.get(str(v)) for v in foreground}  # unannotated: None, not 0
         logger.info(
             "validation %s: Dice %s",
             identifier,
