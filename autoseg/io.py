@@ -415,6 +415,29 @@ def atomic_target(path: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """The folder form of :func:`atomic_target`: a new hidden folder beside ``path`` to fill, renamed onto
+    ``path`` when the block succeeds, so ``path`` is never a half-written folder.
+
+    An existing ``path`` (an outdated stored case, an empty folder) is first renamed aside and removed after
+    the new one is in place; the hidden folder is removed whether the block succeeds or fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield scratch
+        if path.exists():
+            stale = path.with_name(f".{path.name}.stale-{scratch.name.rsplit('-', 1)[-1]}")
+            path.rename(stale)
+            scratch.rename(path)
+            shutil.rmtree(stale)
+        else:
+            scratch.rename(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def grid_mismatch(
     shape: Sequence[int],
     geometry: Geometry,

@@ -268,3 +268,20 @@ def test_grid_mismatch_is_the_one_same_grid_check() -> None:
     assert (grid_mismatch((3, 4, 5), moved, (3, 4, 5), geometry, "ref") or "").startswith(
         "geometry differs from ref: origin (0, 0, 5) vs (0, 0, 0)"
     )
+
+
+def test_atomic_folder_replaces_whole_or_leaves_the_old_folder(tmp_path: Path) -> None:
+    from autoseg.io import atomic_folder
+
+    target = tmp_path / "case"
+    with atomic_folder(target) as scratch:
+        (scratch / "a.txt").write_text("old")
+    assert (target / "a.txt").read_text() == "old"
+    with pytest.raises(RuntimeError), atomic_folder(target) as scratch:
+        (scratch / "a.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert (target / "a.txt").read_text() == "old"  # the old folder stays whole
+    with atomic_folder(target) as scratch:
+        (scratch / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]  # no scratch or stale folder left

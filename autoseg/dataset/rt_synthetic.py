@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -35,7 +33,7 @@ import numpy as np
 
 from autoseg.dataset.rt_anatomy import Thorax, make_thorax
 from autoseg.errors import UsageError
-from autoseg.io import Geometry, write_labels
+from autoseg.io import Geometry, atomic_folder, write_labels
 from autoseg.parallel import map_cases
 from autoseg.types import IntTriple, Triple
 
@@ -247,9 +245,7 @@ def write_rt_dataset(
             f"{out_dir}: exists and is not this synthetic structure-set archive; pick another folder or "
             "delete it"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as scratch:
         write = partial(_write_case, config, scratch)
         entries = map_cases(
             write,
@@ -261,12 +257,6 @@ def write_rt_dataset(
         cases = {rt_case_identifier(config, index): entry for index, entry in enumerate(entries)}
         manifest = {"autoseg_synth_rt": config.to_json(), "cases": cases}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.is_dir():
-            out_dir.rmdir()
-        scratch.replace(out_dir)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
     logger.info("wrote %d synthetic CT structure sets to %s", config.cases, out_dir)
     return out_dir
 

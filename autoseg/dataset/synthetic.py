@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -24,7 +22,7 @@ import numpy as np
 
 from autoseg.dataset.anatomy import Grid, make_anatomy, render_ct, render_mr
 from autoseg.errors import UsageError
-from autoseg.io import Geometry, write_image, write_labels
+from autoseg.io import Geometry, atomic_folder, write_image, write_labels
 from autoseg.parallel import map_cases
 from autoseg.types import FloatVolume, IntTriple, LabelVolume, Triple
 
@@ -199,9 +197,7 @@ def write_synthetic_dataset(
         logger.info("%s: synthetic dataset is up to date", out_dir)
         return out_dir
     _require_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as scratch:
         (scratch / "imagesTr").mkdir()
         (scratch / "labelsTr").mkdir()
         write = partial(_write_case, config, scratch)
@@ -214,10 +210,6 @@ def write_synthetic_dataset(
         ):
             logger.debug("synthesized %s", identifier)
         (scratch / "dataset.json").write_text(json.dumps(_dataset_json(config), indent=2) + "\n")
-        _move_into_place(config, scratch, out_dir)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
     logger.info(
         "wrote %d synthetic %s cases (%d classes, %d channel(s)) to %s",
         config.cases,
@@ -271,18 +263,6 @@ def _require_replaceable(out_dir: Path) -> None:
             f"{out_dir}: exists and is not this synthetic dataset (other config or other "
             "content); pick another folder or delete it"
         )
-
-
-def _move_into_place(config: SynthConfig, scratch: Path, out_dir: Path) -> None:
-    """Rename the finished ``scratch`` folder to ``out_dir`` (an empty ``out_dir`` is replaced)."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    try:
-        scratch.replace(out_dir)
-    except OSError:
-        if not _is_up_to_date(config, out_dir):  # another process may have just written the same dataset
-            _require_replaceable(out_dir)
-            raise
 
 
 def _is_int(value: object) -> TypeGuard[int | np.integer[Any]]:

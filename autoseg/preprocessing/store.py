@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autoseg.errors import AutosegError, PreprocessError
-from autoseg.io import read_json, write_json
+from autoseg.io import atomic_folder, read_json, write_json
 from autoseg.preprocessing.case import CaseProperties, PreprocessedCase
 from autoseg.workdir import CaseFolder
 
@@ -59,9 +58,7 @@ def load_case(folder: Path, identifier: str, *, memory_map: bool = True) -> Stor
 
 def save_case(result: PreprocessedCase, target: Path, signature: str) -> None:
     """Write ``result`` as the case folder ``target`` (replacing an outdated one), whole or not at all."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with atomic_folder(target) as scratch:
         case = CaseFolder(scratch)
         np.save(case.image_path, result.image, allow_pickle=False)
         if result.labels is not None:
@@ -69,10 +66,6 @@ def save_case(result: PreprocessedCase, target: Path, signature: str) -> None:
         foreground: dict[str, Any] = {str(k): v for k, v in result.foreground.items()}
         np.savez(case.foreground_path, allow_pickle=False, **foreground)
         write_json({"signature": signature, "properties": result.properties.to_json()}, case.properties_path)
-        _swap_into_place(scratch, target)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
 
 
 def is_up_to_date(target: Path, signature: str) -> bool:
@@ -97,14 +90,3 @@ def remove_leftovers(folder: Path) -> None:
         ):
             logger.info("removing %s, left by an interrupted run", leftover)
             shutil.rmtree(leftover)
-
-
-def _swap_into_place(scratch: Path, target: Path) -> None:
-    """Rename the finished case folder to its final name, replacing an outdated one."""
-    if target.exists():
-        stale = target.with_name(f".{target.name}.stale-{scratch.name.rsplit('-', 1)[-1]}")
-        target.rename(stale)
-        scratch.rename(target)
-        shutil.rmtree(stale)
-    else:
-        scratch.rename(target)
