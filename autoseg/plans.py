@@ -19,7 +19,7 @@ from autoseg.errors import ImageReadError, PlansError
 from autoseg.io import read_json, write_json
 from autoseg.regions import Region
 
-PLANS_SCHEMA_VERSION = 3
+PLANS_SCHEMA_VERSION = 4
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 MAX_BATCH_SIZE = 4096
 
@@ -97,6 +97,30 @@ def channel_modality(name: str) -> Literal["CT", "MR", "other"]:
     if upper.startswith("CT"):
         return "CT"
     return "MR" if _MR_NAME.match(upper) else "other"
+
+
+CANONICAL_AXIS_CODE = "LPS"
+"""The canonical orientation, as ``Geometry.orientation_code``: the identity DICOM/ITK direction, array axes
+``(z, y, x)`` increasing towards patient superior, posterior and left (what most axial CT already is)."""
+
+OBLIQUE_THRESHOLD_DEG = 3.0
+"""An image whose array axes are further than this from the nearest patient axes is oblique (resampled)."""
+
+
+@dataclass(frozen=True)
+class OrientationPlan:
+    """How images are oriented before the network sees them (``docs/design.md``, "Canonical orientation").
+
+    ``"canonical"``: every image, in training and inference, is brought to :data:`CANONICAL_AXIS_CODE`:
+    an axis-aligned one by an exact permutation and flip of its array, an oblique one (an axis more than
+    ``oblique_threshold_deg`` from the nearest patient axis) by resampling onto an axis-aligned grid in world
+    space; outputs go back to the input's own grid. ``"as-stored"``: the array order of the file, as plans
+    before schema 4 were trained.
+    """
+
+    mode: Literal["canonical", "as-stored"] = "canonical"
+    axis_code: str = CANONICAL_AXIS_CODE
+    oblique_threshold_deg: float = OBLIQUE_THRESHOLD_DEG
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,7 @@ class ConfigurationPlan:
     previous_stage: str | None = None
     mirroring: MirroringPlan = field(default_factory=MirroringPlan)
     why: dict[str, str] = field(default_factory=dict)
+    orientation: OrientationPlan = field(default_factory=OrientationPlan)
 
 
 @dataclass(frozen=True)
@@ -309,7 +334,23 @@ def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
     return dict(data, schema_version=3, target={"kind": "labels", "regions": [], "regions_class_order": []})
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: migrate_v1, 2: migrate_v2}
+def migrate_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 -> 4: every configuration sees images in their stored array order (``"as-stored"``: schema-3
+    models were trained so, without canonical orientation). The input is not changed."""
+    upgraded = copy.deepcopy(data)
+    upgraded["schema_version"] = 4
+    configurations = upgraded.get("configurations")
+    for config in configurations.values() if isinstance(configurations, dict) else ():
+        if isinstance(config, dict):
+            config.setdefault("orientation", asdict(OrientationPlan(mode="as-stored")))
+    return upgraded
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: migrate_v1,
+    2: migrate_v2,
+    3: migrate_v3,
+}
 """``MIGRATIONS[n]`` upgrades a schema-``n`` plans dict to schema ``n + 1``."""
 
 
@@ -380,6 +421,19 @@ def _configuration_problems(config: ConfigurationPlan, plans: Plans) -> list[str
         problems.append(f"previous_stage '{config.previous_stage}' is not a planned configuration")
     if config.schedule.epochs < 1 or config.schedule.iterations_per_epoch < 1:
         problems.append("schedule needs epochs >= 1 and iterations_per_epoch >= 1")
+    return problems + _orientation_problems(config.orientation)
+
+
+def _orientation_problems(orientation: OrientationPlan) -> list[str]:
+    problems = []
+    if orientation.mode not in ("canonical", "as-stored"):
+        problems.append(f"orientation.mode '{orientation.mode}' is not 'canonical' or 'as-stored'")
+    if orientation.axis_code != CANONICAL_AXIS_CODE:
+        problems.append(f"orientation.axis_code '{orientation.axis_code}' is not '{CANONICAL_AXIS_CODE}'")
+    if not 0.0 < orientation.oblique_threshold_deg < 45.0:  # NaN fails too
+        problems.append(
+            f"orientation.oblique_threshold_deg {orientation.oblique_threshold_deg} must be in (0, 45) deg"
+        )
     return problems
 
 
@@ -479,6 +533,15 @@ def _configuration_from_json(data: Mapping[str, Any]) -> ConfigurationPlan:
             tuple(str(s) for s in data["mirroring"]["lateral_structures"]),
         ),
         why={str(k): str(v) for k, v in data.get("why", {}).items()},
+        orientation=_orientation_from_json(data["orientation"]),
+    )
+
+
+def _orientation_from_json(data: Mapping[str, Any]) -> OrientationPlan:
+    return OrientationPlan(
+        mode=data["mode"],
+        axis_code=str(data["axis_code"]),
+        oblique_threshold_deg=float(data["oblique_threshold_deg"]),
     )
 
 

@@ -92,7 +92,7 @@ def test_edited_plans_are_validated_with_clear_errors(plans_file: Path, change: 
 
 def test_schema_versions_and_malformed_files(plans_file: Path, tmp_path: Path) -> None:
     _edit(plans_file, lambda d: d.update(schema_version=PLANS_SCHEMA_VERSION + 1))
-    with pytest.raises(PlansError, match=r"this autoseg reads up to 3\. Upgrade autoseg or re-plan"):
+    with pytest.raises(PlansError, match=r"this autoseg reads up to 4\. Upgrade autoseg or re-plan"):
         load_plans(plans_file)
     _edit(plans_file, lambda d: d.update(schema_version=1, configurations={"2d": {"dims": 2}}))
     with pytest.raises(PlansError, match="malformed plans"):
