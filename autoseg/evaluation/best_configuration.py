@@ -8,7 +8,9 @@ case (softmax: the argmax of the mean; a region-based plan, sigmoid per structur
 single configuration wins a tie: it is cheaper to run). The post-processing is then chosen on the winner's
 cross-validation predictions (:mod:`autoseg.postprocessing.choice`, per structure for region targets). Every
 score is against the references in the work directory (label maps, or 4D region targets scored per
-structure mask). Written, at the paths of
+structure mask); in a partly contoured dataset a structure a case's reference never contoured
+(``Workdir.read_reference_annotated``) is left out of that case's score, in the choice of configuration and
+of post-processing alike. Written, at the paths of
 :class:`autoseg.workdir.Workdir`: the choice with the table and the predict command
 (``write_best_configuration``), the training reference, the winner's post-processing
 (``postprocessing_path``), and each ensemble's cross-validation label maps (in its ``ensemble_dir``).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import BestConfigurationError
+from autoseg.evaluation.metrics import ClassMetrics, OverlapCounts, class_metrics
 from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint
@@ -86,10 +89,12 @@ def run_find_best_configuration(
     fingerprint = work.read_fingerprint()
     folders = _candidate_folders(work, options.configurations or work.trained_configurations())
     references = _reference_folder(work)
+    annotated = work.read_reference_annotated()
     score = partial(
         _score,
         references=references,
         fingerprint=fingerprint,
+        annotated=annotated,
         num_workers=options.num_workers,
         show_progress=show_progress,
     )
@@ -105,6 +110,7 @@ def run_find_best_configuration(
         target,
         num_workers=options.num_workers,
         show_progress=show_progress,
+        annotated=annotated,
     )
     after = best.mean_dice
     if chosen.evidence is not None and chosen.evidence.dice_after:
@@ -197,6 +203,7 @@ def _score(
     *,
     references: Path,
     fingerprint: Fingerprint,
+    annotated: Mapping[str, Sequence[int]],
     num_workers: int,
     show_progress: bool,
 ) -> CandidateScore:
@@ -205,10 +212,22 @@ def _score(
         pairs += match_cases(folder, references, missing_predictions="ignore")
     labels = {v: n for n, v in fingerprint.labels.items() if v != 0}
     cases = evaluate_pairs(pairs, sorted(labels), num_workers=num_workers, show_progress=show_progress)
+    cases = {case: _contoured_only(metrics, annotated.get(case)) for case, metrics in cases.items()}
     summary = summarize(cases, labels, 2.0)
     per_class = {labels[k]: summary.per_class[k]["dice"].mean for k in labels}
     logger.info("%s: mean Dice %.4f on %d case(s)", name, summary.mean_dice, len(cases))
     return CandidateScore(name, configurations, len(cases), summary.mean_dice, per_class)
+
+
+def _contoured_only(
+    metrics: dict[int, ClassMetrics], contoured: Sequence[int] | None
+) -> dict[int, ClassMetrics]:
+    """A case's metrics with every structure its reference never contoured made undefined (as both empty:
+    left out of the means)."""
+    if contoured is None:
+        return metrics
+    undefined = class_metrics(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
+    return {k: m if k in contoured else undefined for k, m in metrics.items()}
 
 
 def _ensemble_cross_validation(

@@ -16,7 +16,9 @@ predictions as post-processed by the steps kept so far. Of the two per-class can
 higher Dice wins (a tie goes to removing small components, which never removes a large one). Dice is
 undefined (NaN) and left out of a class's mean where prediction and reference are both empty, as in
 :mod:`autoseg.evaluation.metrics`; removing a false-positive object from a case without that class therefore
-raises the mean by taking a zero out of it.
+raises the mean by taking a zero out of it. In a partly contoured dataset (``docs/dicom.md``, "Partly
+contoured cases") a structure a case's reference never contoured is left out of that case's score the same
+way (:attr:`CaseComponents.unannotated`): an empty reference there means "not drawn", not "absent".
 
 Efficient: each case's components are labelled once (:func:`case_components`, face connectivity as in
 :mod:`autoseg.postprocessing.components`); every candidate is then scored from per-component voxel counts,
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -82,11 +84,13 @@ class ClassComponents:
 
 @dataclass(frozen=True)
 class CaseComponents:
-    """Per-class components of one case, the foreground component sizes, and the voxel volume (mm3)."""
+    """Per-class components of one case, the foreground component sizes, and the voxel volume (mm3);
+    ``unannotated``: the classes its reference never contoured (left out of its score)."""
 
     classes: dict[int, ClassComponents]
     foreground_sizes: IntArray
     voxel_mm3: float
+    unannotated: frozenset[int] = frozenset()
 
 
 def case_components(
@@ -204,6 +208,7 @@ def run_choose_postprocessing(
     *,
     num_workers: int = 1,
     show_progress: bool = True,
+    annotated: Mapping[str, Sequence[int]] | None = None,
 ) -> Postprocessing:
     """Choose post-processing on the validation predictions of all folds and write ``postprocessing.json``.
 
@@ -213,6 +218,8 @@ def run_choose_postprocessing(
             by case name.
         fingerprint: the dataset fingerprint (labels and training component volumes).
         out_path: where to write ``postprocessing.json``.
+        annotated: case -> the structures its reference contoured (``Workdir.read_reference_annotated``);
+            a case not listed has every structure.
 
     Raises:
         EvaluationError: a prediction without reference, a case predicted in two folders, or a grid mismatch.
@@ -232,6 +239,10 @@ def run_choose_postprocessing(
         map_cases(work, list(pairs.values()), num_workers=num_workers, description="postprocessing",
                   show_progress=show_progress)
     )  # fmt: skip
+    components = [
+        _without_unannotated(c, label_ids, (annotated or {}).get(case))
+        for case, c in zip(pairs, components, strict=True)
+    ]
     chosen = choose_from_components(components, label_ids, min_volume_mm3_from_fingerprint(fingerprint))
     save_postprocessing(chosen, out_path)
     logger.info(
@@ -249,6 +260,14 @@ def run_choose_postprocessing(
 def _pair_components(pair: CasePair, label_ids: Sequence[int]) -> CaseComponents:
     prediction, reference, geometry = read_pair(pair)
     return case_components(prediction, reference, geometry.spacing_mm, label_ids)
+
+
+def _without_unannotated(
+    case: CaseComponents, label_ids: Sequence[int], contoured: Sequence[int] | None
+) -> CaseComponents:
+    if contoured is None:
+        return case
+    return replace(case, unannotated=frozenset(label_ids) - set(contoured))
 
 
 def _structure_voxels(reference: TargetVolume, label_ids: Sequence[int]) -> dict[int, int]:
@@ -288,11 +307,13 @@ def _remove_small_class(
 def _mean_dice(
     cases: Sequence[CaseComponents], kept: Sequence[dict[int, BoolArray]], label_ids: Sequence[int]
 ) -> dict[int, float]:
-    """Per class, mean Dice over the cases where it is defined (NaN when it is nowhere)."""
+    """Per class, mean Dice over the cases where it is defined and contoured (NaN when it is nowhere)."""
     means = {}
     for label in label_ids:
         scores = []
         for case, mask in zip(cases, kept, strict=True):
+            if label in case.unannotated:
+                continue
             c = case.classes[label]
             dice = dice_from_counts(
                 int(c.overlaps[mask[label]].sum()), int(c.sizes[mask[label]].sum()), c.reference_voxels
