@@ -117,3 +117,8 @@ class WorkerError(AutosegError):
 
 class SplitsError(AutosegError):
     """``splits.json`` does not match the dataset, or a groups file is unusable."""
+
+
+class FolderInUseError(AutosegError):
+    """Another autoseg process holds the lock of a folder this one would write (an output folder of
+    ``predict``, a fold's run folder): the message names the folder and the holder's pid."""

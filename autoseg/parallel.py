@@ -1,9 +1,18 @@
-"""Run a function over cases in worker processes, with a progress bar and results in input order."""
+"""Run a function over cases in worker processes, with a progress bar and results in input order.
+
+Interruptions: the workers ignore SIGINT (a Ctrl-C at a terminal reaches the whole process group; only the
+parent reacts, so no worker prints a traceback), and when the parent stops early, for any reason (Ctrl-C,
+SIGTERM, an error in one case, the consumer leaving the loop), the pending cases are cancelled and the workers
+are terminated and joined before the exception goes on: nothing keeps working after the command says it
+stopped. Each worker writes its outputs atomically (:func:`autoseg.io.atomic_target`), so a terminated case
+leaves no half file.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -20,6 +29,9 @@ logger = logging.getLogger(__name__)
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 """Workers start from a clean server process, never by forking a parent that may hold threads (tqdm's monitor,
 BLAS or PyTorch pools): forking a threaded process can deadlock, and Python 3.12+ warns about it."""
+
+STOP_TIMEOUT_S = 10.0
+"""How long a terminated worker may take to exit before it is killed."""
 
 
 def map_cases(
@@ -44,12 +56,39 @@ def map_cases(
             return
         workers = min(num_workers, len(items))
         logger.debug("running %s over %d items in %d processes", description, len(items), workers)
-        context = multiprocessing.get_context(_START_METHOD)
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=limit_threads, initargs=(1,)
-        ) as pool:
-            for result in pool.map(function, items, chunksize=1):
-                yield result
-                bar.update()
+        yield from _in_processes(function, items, workers, bar)
     finally:
         bar.close()
+
+
+def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, bar: tqdm) -> Iterator[R]:
+    context = multiprocessing.get_context(_START_METHOD)
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
+    try:
+        for result in pool.map(function, items, chunksize=1):
+            yield result
+            bar.update()
+    except BaseException:  # Ctrl-C, SIGTERM, a failed case, GeneratorExit: stop now, not after the queue
+        _stop(pool, [p for p in multiprocessing.active_children() if p not in before])
+        raise
+    pool.shutdown(wait=True)
+
+
+def _start_worker() -> None:
+    """Worker initializer: one thread, and SIGINT left to the parent (which terminates the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads(1)
+
+
+def _stop(pool: ProcessPoolExecutor, processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """Cancel the pending calls and end the pool's worker processes (SIGTERM, then SIGKILL)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(STOP_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    logger.debug("stopped %d worker process(es)", len(processes))

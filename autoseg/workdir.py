@@ -18,6 +18,8 @@ WORKDIR/
   training_reference.json               read_training_reference / write_training_reference
   best_configuration.json, .md          read_best_choice / write_best_configuration
   raw/, heldout/, heldout_dicom/, predictions/, predictions_dicom/, evaluation/   Workdir.demo_dir(name)
+  <any folder>/.autoseg.lock            folder_lock(folder, activity): one writer at a time (predict's output
+                                        folder, a fold's run folder); removed on release
 ```
 
 The work directory is self-contained after ``preprocess``: the reference label maps that validation and
@@ -31,12 +33,15 @@ module stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from autoseg.errors import WorkdirError
+from autoseg.errors import FolderInUseError, WorkdirError
 from autoseg.io import read_json, write_json, write_text_atomically
 
 if TYPE_CHECKING:
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from autoseg.report.structures import TrainingReference
 
 CHECKPOINTS = ("final", "best", "latest")
+LOCK_FILE = ".autoseg.lock"
 DemoFolder = Literal["raw", "heldout", "heldout_dicom", "predictions", "predictions_dicom", "evaluation"]
 Split = dict[str, list[str]]
 
@@ -413,3 +419,55 @@ class Workdir:
         raise WorkdirError(
             f"{self.root}: several configurations are trained ({', '.join(trained)}); choose one with -c"
         )
+
+
+# ---------------------------------------------------------------------- one writer per folder
+@contextlib.contextmanager
+def folder_lock(folder: Path, activity: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (``folder/.autoseg.lock``, made with the folder if needed) while the block runs.
+
+    ``fcntl.flock``: the kernel releases it when the holder exits in any way, ``kill -9`` included, so a lock
+    is never stale; a left-over lock file (after ``kill -9``) is simply taken over. The file holds the
+    holder's pid and ``activity`` and is removed on release.
+
+    Raises:
+        FolderInUseError: another process holds the lock (the message names the folder and its pid).
+        WorkdirError: the folder or its lock file cannot be made (a file in the way, no permission).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WorkdirError(f"{folder}: cannot make the folder ({error.strerror or error})") from None
+    path = folder / LOCK_FILE
+    descriptor = _take_lock(path, folder)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"pid {os.getpid()}: {activity}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiter that opened this file retries on a new one
+        os.close(descriptor)
+
+
+def _take_lock(path: Path, folder: Path) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock (the file still at ``path``)."""
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise WorkdirError(f"{folder}: cannot make the lock file ({error.strerror or error})") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(descriptor)
+            raise FolderInUseError(
+                f"{folder} is in use by another autoseg process ({holder}); wait for it to end or stop it"
+            ) from None
+        try:
+            current = path.stat().st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(descriptor).st_ino:
+            return descriptor
+        os.close(descriptor)  # the previous holder removed the file between our open and our lock: again

@@ -1,8 +1,13 @@
 """The ``autoseg`` command line: a thin layer that parses flags, calls a stage and prints its outcome.
 
 Exit codes: 0 success, 1 a data problem (the message names the file), 2 a usage problem (bad flag, unknown
-name).
+name), 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM).
 No traceback is shown unless ``--debug`` is given.
+
+Signals: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, so the command unwinds as for an
+error (atomic writes drop their temporaries, worker pools are terminated: :mod:`autoseg.parallel`), then
+prints one line and exits 130 or 143. Once the first signal arrived, further ones are ignored, so a second
+Ctrl-C cannot break the clean-up half-way.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -25,8 +33,25 @@ logger = logging.getLogger("autoseg")
 Command = Callable[[argparse.Namespace], int]
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``exit_code`` is 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``autoseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    with _signals_interrupt():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as interruption:  # also one arriving outside _run's own handler
+            return _interrupted(interruption)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -45,9 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in error.lines():
             print(f"autoseg: {line}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("autoseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        return _interrupted(interruption)
     except Exception as error:  # an autoseg bug or an unforeseen environment problem: one line, no traceback
         if args.debug:
             raise
@@ -57,6 +81,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _interrupted(interruption: KeyboardInterrupt) -> int:
+    """The one line and the exit code of an interrupted command (a plain KeyboardInterrupt: SIGINT)."""
+    _ignore_signals()
+    signum = interruption.signum if isinstance(interruption, Interrupted) else signal.SIGINT
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    print(f"autoseg: {what}; the outputs finished so far are kept", file=sys.stderr)
+    return 128 + signum
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (main thread only); the previous
+    handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    _ignore_signals()  # the clean-up that follows runs to its end
+    raise Interrupted(signum)
+
+
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def build_parser() -> argparse.ArgumentParser:
