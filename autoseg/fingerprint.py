@@ -1,7 +1,9 @@
 """``autoseg fingerprint``: what the planner needs to know about a dataset, in ``fingerprint.json``.
 
 Per case: spacing, shape, orientation, and the bounding box / shape after cropping to the nonzero region of
-all channels. Per channel: intensity statistics of the foreground (label > 0) from a seeded sample of
+all channels; spacing, shapes and box in the canonical axis order (:mod:`autoseg.preprocessing.orientation`),
+the order preprocessing gives the network, so that a dataset stored in mixed orientations plans the right
+spacing per axis. Per channel: intensity statistics of the foreground (label > 0) from a seeded sample of
 foreground voxels, plus per-case statistics. Per class: voxel fraction, fraction of cases where present, and
 the number and size of its connected components. Across cases: whether the orientation is consistent.
 
@@ -30,6 +32,8 @@ from autoseg.dataset.layout import Case, Dataset, read_case
 from autoseg.errors import FingerprintError, ImageReadError
 from autoseg.io import read_json
 from autoseg.parallel import map_cases
+from autoseg.plans import CANONICAL_AXIS_CODE, OBLIQUE_THRESHOLD_DEG
+from autoseg.preprocessing.orientation import axis_alignment, canonical_extent
 from autoseg.regions import Region, foreground_mask, is_region_target, overlapping_pairs, structure_mask
 from autoseg.types import BoolVolume, FloatVolume, TargetVolume
 from autoseg.workdir import Workdir
@@ -78,7 +82,10 @@ class IntensityStats:
 
 @dataclass(frozen=True)
 class CaseFingerprint:
-    """One case. Tuples follow the ``(z, y, x)`` array order; ``crop_box`` is half-open ``[start, stop)``."""
+    """One case. Tuples follow the ``(z, y, x)`` axis order of the canonical orientation (the stored order
+    for an image already canonical); ``crop_box`` is half-open ``[start, stop)``. ``orientation`` is the
+    stored one (``Geometry.orientation_code``); ``oblique_deg``: how far an oblique image's axes are from
+    the patient axes (``None``, and absent from the JSON, when within the oblique threshold)."""
 
     identifier: str
     shape: tuple[int, int, int]
@@ -93,6 +100,7 @@ class CaseFingerprint:
     """Region datasets: ``"A+B"`` -> voxels in both structures, for each overlapping pair."""
     annotated: tuple[int, ...] | None = None
     """Partly contoured region datasets: the structure numbers contoured in the case; ``None``: all."""
+    oblique_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,9 @@ class Fingerprint:
         dataset of disjoint labels has the fingerprint (and hash) it always had."""
         data = asdict(self)
         for case in data["cases"]:
-            if case["annotated"] is None:
-                del case["annotated"]
+            for optional in ("annotated", "oblique_deg"):
+                if case[optional] is None:
+                    del case[optional]
         if not self.regions:
             del data["regions"], data["regions_class_order"]
             for case in data["cases"]:
@@ -274,6 +283,7 @@ def extract_fingerprint(
     cases = tuple(replace(r[0], annotated=c.annotated) for r, c in zip(results, dataset.cases, strict=True))
     sampled = [np.concatenate([r[1][c] for r in results]) for c in range(dataset.num_channels)]
     orientations = Counter(c.orientation for c in cases)
+    _warn_orientations(orientations, [c for c in cases if c.oblique_deg is not None])
     fingerprint = Fingerprint(
         schema_version=FINGERPRINT_SCHEMA_VERSION,
         autoseg_version=__version__,
@@ -304,10 +314,33 @@ def extract_fingerprint(
     return fingerprint
 
 
+def _warn_orientations(orientations: Counter[str], oblique: Sequence[CaseFingerprint]) -> None:
+    """A warning when training cases are stored in more than one orientation, or some are oblique, saying
+    what the canonical orientation does about it."""
+    if len(orientations) > 1:
+        logger.warning(
+            "training cases are stored in %d orientations (%s); each is brought to the canonical %s "
+            "orientation before training and prediction (an exact permutation/flip of its array), and the "
+            "spacings and shapes planned from here are in that axis order",
+            len(orientations),
+            ", ".join(f"{code}: {count}" for code, count in orientations.most_common()),
+            CANONICAL_AXIS_CODE,
+        )
+    if oblique:
+        logger.warning(
+            "%d training case(s) are oblique (e.g. %s by %.1f deg): they are resampled onto an axis-aligned "
+            "grid in world space before training, which blurs them a little",
+            len(oblique),
+            oblique[0].identifier,
+            oblique[0].oblique_deg,
+        )
+
+
 def dataset_signature(dataset: Dataset, *, seed: int) -> str:
     """sha256 of ``dataset.json`` and every case file's path, size and modification time (plus the seed)."""
     digest = hashlib.sha256()
-    digest.update(f"schema={FINGERPRINT_SCHEMA_VERSION};seed={seed};".encode())
+    # "axes": fingerprints before the canonical axis order are stale (their shapes are in stored order)
+    digest.update(f"schema={FINGERPRINT_SCHEMA_VERSION};seed={seed};axes={CANONICAL_AXIS_CODE};".encode())
     digest.update((dataset.root / "dataset.json").read_bytes())
     for case in dataset.cases:
         for path in case.files():
@@ -399,7 +432,7 @@ def _fingerprint_case_file(
 ) -> tuple[CaseFingerprint, list[np.ndarray]]:
     image, labels, geometry = read_case(case)
     assert labels is not None, "training cases have labels"
-    return fingerprint_case(
+    fingerprint, sampled = fingerprint_case(
         image,
         labels,
         geometry.spacing_mm,
@@ -407,6 +440,21 @@ def _fingerprint_case_file(
         case.identifier,
         samples=samples,
         seed=seed,
+    )
+    return in_canonical_order(fingerprint, geometry.direction), sampled
+
+
+def in_canonical_order(fingerprint: CaseFingerprint, direction: Sequence[float]) -> CaseFingerprint:
+    """A case fingerprint of an image stored with ``direction`` in the canonical axis order (shape, spacing,
+    crop box), what preprocessing gives the network; oblique images noted (``oblique_deg``)."""
+    alignment = axis_alignment(direction)
+    shape, spacing, box = canonical_extent(
+        alignment, fingerprint.shape, fingerprint.spacing_mm, fingerprint.crop_box
+    )
+    oblique = round(alignment.angle_deg, 2) if alignment.angle_deg > OBLIQUE_THRESHOLD_DEG else None
+    cropped = _triple_int(tuple(b - a for a, b in box))
+    return replace(
+        fingerprint, shape=shape, spacing_mm=spacing, crop_box=box, cropped_shape=cropped, oblique_deg=oblique
     )
 
 
@@ -459,6 +507,7 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
             component_sizes={str(k): [int(s) for s in v] for k, v in c["component_sizes"].items()},
             overlaps={str(k): int(v) for k, v in c.get("overlaps", {}).items()},
             annotated=None if c.get("annotated") is None else tuple(int(v) for v in c["annotated"]),
+            oblique_deg=None if c.get("oblique_deg") is None else float(c["oblique_deg"]),
         )
         for c in data["cases"]
     )

@@ -1,9 +1,11 @@
 """Preprocessing of one case: crop to the nonzero region, normalise, resample; and its exact inverse.
 
 ``preprocess_case`` turns a raw case into training-ready arrays at a configuration's spacing, plus the
-properties needed to undo it; ``restore_to_original`` maps a prediction in preprocessed space back to the
-original grid (resample, then uncrop). Storage and the parallel, resumable run over a dataset live in
-:mod:`autoseg.preprocessing.stage`.
+properties needed to undo it; ``restore_probabilities`` / ``restore_labels`` map a prediction in preprocessed
+space back to the original grid (resample, uncrop, undo the canonical orientation). Before anything else the
+case is brought to the plan's canonical orientation (:mod:`autoseg.preprocessing.orientation`), so training
+and inference see the same anatomy in the same array order whatever the file's axis order.
+Storage and the parallel, resumable run over a dataset live in :mod:`autoseg.preprocessing.stage`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ import numpy as np
 from autoseg.fingerprint import crop_box_of_nonzero
 from autoseg.io import Geometry
 from autoseg.plans import ChannelNormalization, ConfigurationPlan
+from autoseg.preprocessing.orientation import (
+    Reorientation,
+    canonical_view,
+    from_canonical,
+    log_reorientation,
+    plan_reorientation,
+    target_from_canonical,
+    target_to_canonical,
+    to_canonical,
+)
 from autoseg.preprocessing.resample import (
     resample_image,
     resample_probabilities,
@@ -39,7 +51,11 @@ MIN_FOREGROUND_COVERAGE = 0.01
 class CaseProperties:
     """All that is needed to map a preprocessed case back to its original image.
 
-    Tuples are ``(z, y, x)``; ``crop_box`` is half-open ``[start, stop)`` in original voxels. ``annotated``
+    Tuples are ``(z, y, x)``; ``original_shape`` and ``original_geometry`` are the input's own grid.
+    ``orientation``: how the case was brought to the canonical orientation; ``None`` (and absent from the
+    JSON, as in properties written before it existed): it was not (already canonical, or an ``"as-stored"``
+    plan). ``crop_box`` is half-open ``[start, stop)`` in voxels of the canonical array
+    (:attr:`network_geometry`), which is the original one when ``orientation`` is ``None``. ``annotated``
     (region targets of a partly contoured dataset): the structure numbers contoured in the case; ``None``
     (and absent from the JSON, as in properties written before it existed): every structure.
     """
@@ -53,11 +69,25 @@ class CaseProperties:
     preprocessed_shape: tuple[int, int, int]
     classes_present: tuple[int, ...] = ()
     annotated: tuple[int, ...] | None = None
+    orientation: Reorientation | None = None
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """Shape of the canonical array the crop box refers to."""
+        return self.original_shape if self.orientation is None else self.orientation.canonical_shape
+
+    @property
+    def network_geometry(self) -> Geometry:
+        """Geometry of the canonical array (before crop and resampling): its direction says which array
+        axis is the patient's left-right one for the network (mirroring, laterality)."""
+        return self.original_geometry if self.orientation is None else self.orientation.canonical_geometry
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict."""
         geometry = self.original_geometry
-        extra = {} if self.annotated is None else {"annotated": list(self.annotated)}
+        extra: dict[str, Any] = {} if self.annotated is None else {"annotated": list(self.annotated)}
+        if self.orientation is not None:
+            extra["orientation"] = self.orientation.to_json()
         return {
             "identifier": self.identifier,
             "original_shape": list(self.original_shape),
@@ -93,6 +123,9 @@ class CaseProperties:
             preprocessed_shape=_int3(data["preprocessed_shape"]),
             classes_present=tuple(int(c) for c in data["classes_present"]),
             annotated=None if data.get("annotated") is None else tuple(int(v) for v in data["annotated"]),
+            orientation=None
+            if data.get("orientation") is None
+            else Reorientation.from_json(data["orientation"]),
         )
 
 
@@ -119,27 +152,37 @@ def preprocess_case(
     in_place: bool = False,
     annotated: tuple[int, ...] | None = None,
 ) -> PreprocessedCase:
-    """Crop to the nonzero region of all channels, normalise per channel, resample to the plan's spacing.
+    """Bring to the canonical orientation (``config.orientation``), crop to the nonzero region of all
+    channels, normalise per channel, resample to the plan's spacing.
 
     Args:
         image: ``(C, Z, Y, X)`` float32, raw intensities; normalised in place when ``in_place`` (saves a copy
             of the volume on large scans), otherwise left untouched.
         labels: ``(Z, Y, X)`` uint8/uint16, or a ``(K, Z, Y, X)`` uint8 region target (each structure
             resampled on its own), or ``None`` for an unlabelled case.
-        geometry: the image's geometry.
+        geometry: the image's geometry (any orientation; oblique images are resampled in world space).
         config: the configuration to preprocess for.
         identifier, seed: seed the foreground sample (with the identifier, so it is order independent).
         annotated: the structure numbers contoured in the case (:attr:`CaseProperties.annotated`).
     """
+    original_shape = _int3(image.shape[1:])
+    reorientation = plan_reorientation(geometry, original_shape, config.orientation, config.spacing_mm)
+    canonical_geometry = geometry
+    if reorientation is not None:
+        log_reorientation(identifier, reorientation, geometry, config.orientation.oblique_threshold_deg)
+        image, labels = _canonical_case(image, labels, geometry, reorientation, config)
+        canonical_geometry = reorientation.canonical_geometry
     box = crop_box_of_nonzero(image)
     region = tuple(slice(a, b) for a, b in box)
     cropped = image[(slice(None), *region)]
     if not in_place or cropped.dtype != np.float32:
-        cropped = np.array(cropped, dtype=np.float32)
+        cropped = np.array(cropped, dtype=np.float32, order="C")
+    elif reorientation is not None and not cropped.flags.c_contiguous:
+        cropped = np.ascontiguousarray(cropped)  # one copy of a transposed view, not strided work throughout
     cropped_labels = None if labels is None else labels[..., region[0], region[1], region[2]]
     mask = np.any(cropped != 0, axis=0)
     normalise(cropped, config.normalization, mask)
-    shape = target_shape(cropped.shape[1:], geometry.spacing_mm, config.spacing_mm)
+    shape = target_shape(cropped.shape[1:], canonical_geometry.spacing_mm, config.spacing_mm)
     resampled = resample_image(cropped, shape, config.resampling)
     del cropped
     resampled_labels = (
@@ -154,7 +197,7 @@ def preprocess_case(
     )
     properties = CaseProperties(
         identifier=identifier,
-        original_shape=_int3(image.shape[1:]),
+        original_shape=original_shape,
         original_geometry=geometry,
         crop_box=box,
         cropped_shape=_int3(tuple(b - a for a, b in box)),
@@ -162,8 +205,35 @@ def preprocess_case(
         preprocessed_shape=shape,
         classes_present=tuple(sorted(foreground)),
         annotated=annotated,
+        orientation=reorientation,
     )
     return PreprocessedCase(resampled, resampled_labels, properties, foreground)
+
+
+def _canonical_case(
+    image: FloatVolume,
+    labels: TargetVolume | None,
+    geometry: Geometry,
+    reorientation: Reorientation,
+    config: ConfigurationPlan,
+) -> tuple[FloatVolume, TargetVolume | None]:
+    """Image ``(C, Z, Y, X)`` and labels in the canonical orientation: views for an exact permutation; for an
+    oblique image resampled with the plan's orders, each channel filled with its minimum outside the image
+    (air for CT, the background of a masked MR: cropped away or masked as the image's own border would be)."""
+    if reorientation.kind == "permute":
+        canonical_labels = None if labels is None else canonical_view(labels, reorientation)
+        return canonical_view(image, reorientation), canonical_labels
+    order = config.resampling.image_order
+    channels = [
+        to_canonical(c, reorientation, geometry, order, default=float(c.min()) if c.size else 0.0)
+        for c in image
+    ]
+    canonical_labels = (
+        None
+        if labels is None
+        else target_to_canonical(labels, reorientation, geometry, config.resampling.label_order)
+    )
+    return np.stack(channels), canonical_labels
 
 
 def normalise(image: FloatVolume, schemes: Sequence[ChannelNormalization], nonzero: np.ndarray) -> None:
@@ -211,11 +281,20 @@ def restore_labels(
     labels: TargetVolume, properties: CaseProperties, config: ConfigurationPlan
 ) -> TargetVolume:
     """A ``(Z, Y, X)`` label map (or ``(K, Z, Y, X)`` region target) in preprocessed space -> the original
-    grid (resample per class or structure, uncrop)."""
+    grid (resample per class or structure, uncrop, undo the canonical orientation: exactly for a
+    permutation, by world-space resampling for an oblique image)."""
     restored = resample_target(labels, properties.cropped_shape, config.resampling)
-    full = np.zeros((*labels.shape[:-3], *properties.original_shape), dtype=labels.dtype)
-    (z0, z1), (y0, y1), (x0, x1) = properties.crop_box
-    full[..., z0:z1, y0:y1, x0:x1] = restored
+    orientation = properties.orientation
+    lead = labels.shape[:-3]
+    if orientation is not None and orientation.kind == "resample":
+        full = np.zeros((*lead, *properties.canonical_shape), dtype=labels.dtype)
+        full[(Ellipsis, *_box_slices(properties))] = restored
+        order = config.resampling.label_order
+        original = properties.original_geometry
+        return target_from_canonical(full, orientation, properties.original_shape, original, order)
+    full = np.zeros((*lead, *properties.original_shape), dtype=labels.dtype)
+    canonical = full if orientation is None else canonical_view(full, orientation)  # writes land in `full`
+    canonical[(Ellipsis, *_box_slices(properties))] = restored
     return full
 
 
@@ -224,13 +303,34 @@ def restore_probabilities(
 ) -> FloatVolume:
     """``(K, Z, Y, X)`` probabilities in preprocessed space -> the original grid; outside the crop box the
     background (class 0) has probability 1, or, for per-structure sigmoid probabilities (``regions``), every
-    structure 0."""
+    structure 0. The canonical orientation is undone exactly (a permutation: written through a view of the
+    original-order array, no extra copy) or, for an oblique image, by linear resampling in world space."""
     restored = resample_probabilities(probabilities, properties.cropped_shape)
-    full = np.zeros((probabilities.shape[0], *properties.original_shape), dtype=np.float32)
+    orientation = properties.orientation
+    oblique = orientation is not None and orientation.kind == "resample"
+    shape = properties.canonical_shape if oblique else properties.original_shape
+    full = np.zeros((probabilities.shape[0], *shape), dtype=np.float32)
     if not regions:
         full[0] = 1.0
-    full[(slice(None), *(slice(a, b) for a, b in properties.crop_box))] = restored
-    return full
+    canonical = full if orientation is None or oblique else canonical_view(full, orientation)
+    canonical[(slice(None), *_box_slices(properties))] = restored
+    if orientation is None or not oblique:
+        return full
+    del restored
+    original = properties.original_geometry
+    return np.stack(
+        [
+            from_canonical(
+                c, orientation, properties.original_shape, original, 1, default=float(k == 0 and not regions)
+            )
+            for k, c in enumerate(full)
+        ]
+    )
+
+
+def _box_slices(properties: CaseProperties) -> tuple[slice, slice, slice]:
+    (z0, z1), (y0, y1), (x0, x1) = properties.crop_box
+    return slice(z0, z1), slice(y0, y1), slice(x0, x1)
 
 
 def _int3(values: Sequence[Any]) -> tuple[int, int, int]:

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from autoseg.io import Geometry
 from autoseg.plans import ResamplingPlan
 from autoseg.types import FloatVolume, LabelVolume, TargetVolume
 
@@ -268,3 +269,43 @@ def _resample_block(
     resampled = resampler.Execute(image)
     del image
     return sitk.GetArrayViewFromImage(resampled).copy()
+
+
+def resample_onto_grid(
+    volume: np.ndarray,
+    source: Geometry,
+    target: Geometry,
+    shape: Sequence[int],
+    order: int,
+    *,
+    default: float = 0.0,
+) -> FloatVolume:
+    """Resample a ``(Z, Y, X)`` volume on grid ``source`` onto grid ``target`` of ``shape`` in world space
+    (float32); target voxels outside the source take ``default``. Any directions: this is what brings an
+    oblique image onto an axis-aligned grid and back (:mod:`autoseg.preprocessing.orientation`)."""
+    if order not in _INTERPOLATORS:
+        raise ValueError(f"interpolation order {order} is not one of {sorted(_INTERPOLATORS)}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume, dtype=np.float32))
+    _set_itk_geometry(image, source)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(shape[2]), int(shape[1]), int(shape[0])])
+    resampler.SetOutputSpacing([float(v) for v in target.spacing_mm[::-1]])
+    resampler.SetOutputOrigin([float(v) for v in target.origin_mm[::-1]])
+    resampler.SetOutputDirection(_itk_direction(target))
+    resampler.SetInterpolator(_INTERPOLATORS[order])
+    resampler.SetDefaultPixelValue(float(default))
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    resampled = resampler.Execute(image)
+    del image
+    return sitk.GetArrayViewFromImage(resampled).copy()
+
+
+def _set_itk_geometry(image: sitk.Image, geometry: Geometry) -> None:
+    image.SetSpacing([float(v) for v in geometry.spacing_mm[::-1]])
+    image.SetOrigin([float(v) for v in geometry.origin_mm[::-1]])
+    image.SetDirection(_itk_direction(geometry))
+
+
+def _itk_direction(geometry: Geometry) -> list[float]:
+    """ITK's direction (rows physical ``x, y, z``, columns index ``i, j, k``) of an autoseg geometry."""
+    return [float(v) for v in geometry.direction_matrix()[::-1, ::-1].ravel()]

@@ -39,7 +39,7 @@ class BatchSpec:
         in_plane_only: rotate and scale in the ``(y, x)`` plane only (anisotropic data, resampled per axis).
         seed: the stream's randomness, with the epoch and the worker index.
         mirroring: the plan's mirroring; without left-right mirroring each sample is mirrored along the axes
-            its case's original direction allows.
+            its case's canonical direction allows (the array it trains on).
         regions: the stored targets are ``(K, Z, Y, X)`` region targets; batches then carry ``(B, K, ...)``
             uint8 targets, every channel augmented alike (batchgenerators transforms each ``seg`` channel).
     """
@@ -137,7 +137,7 @@ def _sample_batch(
         annotated.append(
             [case.properties.is_annotated(k + 1) for k in range(len(target) if spec.regions else 0)]
         )
-        direction = case.properties.original_geometry.direction
+        direction = case.properties.network_geometry.direction  # the canonical array's, which it trains on
         mirror_axes.append(spec.mirroring.axes(len(spec.patch_size), direction))
     stacked = np.stack(targets).astype(np.float32)
     batch: dict[str, Any] = {"data": np.stack(images), "seg": stacked if spec.regions else stacked[:, None]}

@@ -166,7 +166,7 @@ def predict_preprocessed(
 ) -> np.ndarray:
     """Class probabilities ``(K, Z, Y, X)`` float32 for a preprocessed ``(C, Z, Y, X)`` image (sigmoid per
     structure with ``regions``), with mirroring over every spatial axis the plan allows for an image of
-    ``direction`` (its original one)."""
+    ``direction`` (the canonical array's: ``CaseProperties.network_geometry``)."""
     network.eval()
     axes = config.mirroring.axes(config.dims, direction)
     settings = InferenceSettings(mirror_axes=axes, device=str(device))
@@ -243,7 +243,7 @@ def _predict_case(
     """The case's label map (region target) in its original geometry; writes it and its probabilities into
     ``out``."""
     stored = load_case(data_dir, identifier)
-    direction = stored.properties.original_geometry.direction
+    direction = stored.properties.network_geometry.direction
     outputs = len(labels) - 1 if regions else len(labels)
     probabilities = predict_preprocessed(
         network, stored.image, plan, device, outputs, direction=direction, regions=regions
