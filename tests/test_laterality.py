@@ -17,7 +17,13 @@ from autoseg.inference.stage import case_settings, predict_case
 from autoseg.io import Geometry
 from autoseg.planning import get_planner
 from autoseg.planning.laterality import lateral_pairs, side_of
-from autoseg.plans import ChannelNormalization, ConfigurationPlan, MirroringPlan, left_right_axis
+from autoseg.plans import (
+    ChannelNormalization,
+    ConfigurationPlan,
+    MirroringPlan,
+    OrientationPlan,
+    left_right_axis,
+)
 from autoseg.preprocessing.case import CaseProperties, PreprocessedCase, sample_foreground
 from autoseg.preprocessing.store import save_case
 from autoseg.training.data import BatchSpec, PatchBatches
@@ -122,17 +128,25 @@ class SideAwareNetwork(nn.Module):
         return torch.cat([torch.full_like(bright, 0.5), 2 * bright * left, 2 * bright * (1 - left)], dim=1)
 
 
-def _plan(mirroring: MirroringPlan, patch: tuple[int, int, int]) -> ConfigurationPlan:
+def _plan(
+    mirroring: MirroringPlan, patch: tuple[int, int, int], orientation: str = "canonical"
+) -> ConfigurationPlan:
     fingerprint = make_fingerprint([(1.0, 1.0, 1.0)] * 2, [patch] * 2, channel_names=("CT",))
     plan = get_planner("default").plan(fingerprint).configuration("3d_fullres")
     identity = ChannelNormalization("ct", False, -1e6, 1e6, 0.0, 1.0)
     return dataclasses.replace(
-        plan, spacing_mm=(1.0, 1.0, 1.0), patch_size=patch, normalization=(identity,), mirroring=mirroring
+        plan,
+        spacing_mm=(1.0, 1.0, 1.0),
+        patch_size=patch,
+        normalization=(identity,),
+        mirroring=mirroring,
+        orientation=OrientationPlan(mode="as-stored" if orientation == "as-stored" else "canonical"),
     )
 
 
+@pytest.mark.parametrize("orientation", ["canonical", "as-stored"])
 @pytest.mark.parametrize("name", list(DIRECTIONS))
-def test_a_left_structure_is_never_predicted_on_the_right(name: str) -> None:
+def test_a_left_structure_is_never_predicted_on_the_right(name: str, orientation: str) -> None:
     direction = DIRECTIONS[name]
     axis = left_right_axis(direction)
     towards_left = direction[6 + axis] > 0
@@ -144,13 +158,19 @@ def test_a_left_structure_is_never_predicted_on_the_right(name: str) -> None:
     low[axis], high[axis] = slice(3, 8), slice(16, 21)  # two bright organs, mirror images of each other
     image[0][tuple(low)] = image[0][tuple(high)] = 1.0
     left_side, right_side = (high, low) if towards_left else (low, high)
-    network = SideAwareNetwork(axis, towards_left).eval()
+    # the network sees the stored array ("as-stored") or the canonical one: left-right on axis 2, left high
+    network = (
+        SideAwareNetwork(axis, towards_left) if orientation == "as-stored" else SideAwareNetwork(2, True)
+    ).eval()
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
     settings = InferenceSettings(mirror_axes=(0, 1, 2))
     patch = (shape[0], shape[1], shape[2])
+    if orientation == "canonical":  # the window covers the canonical array: left-right (24) last
+        others = [shape[a] for a in range(3) if a != axis]
+        patch = (others[0], others[1], shape[axis])
 
     def predict(mirroring: MirroringPlan) -> tuple[np.ndarray, np.ndarray]:
-        plan = _plan(mirroring, patch)
+        plan = _plan(mirroring, patch, orientation)
         probabilities = predict_case(image.copy(), geometry, [network], plan, 3, settings)
         return probabilities, labels_from_probabilities(probabilities)
 
@@ -164,14 +184,20 @@ def test_a_left_structure_is_never_predicted_on_the_right(name: str) -> None:
 
 
 def test_case_settings_leave_out_the_left_right_axis_of_each_image() -> None:
-    plan = _plan(KEEP_LATERALITY, (8, 16, 16))
+    canonical = _plan(KEEP_LATERALITY, (8, 16, 16))  # the network sees LPS: left-right is always axis 2
+    settings = InferenceSettings(mirror_axes=(0, 1, 2))
+    for direction in DIRECTIONS.values():
+        assert case_settings(
+            settings, canonical, Geometry((1.0,) * 3, (0.0,) * 3, direction)
+        ).mirror_axes == (0, 1)
+    plan = _plan(KEEP_LATERALITY, (8, 16, 16), "as-stored")  # the stored array: its own left-right axis
     settings = InferenceSettings(mirror_axes=(0, 1, 2))
     geometry = {n: Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), d) for n, d in DIRECTIONS.items()}
     assert case_settings(settings, plan, geometry["LPS"]).mirror_axes == (0, 1)
     assert case_settings(settings, plan, geometry["RAS"]).mirror_axes == (0, 1)
     assert case_settings(settings, plan, geometry["permuted"]).mirror_axes == (1, 2)
     assert case_settings(InferenceSettings(), plan, geometry["LPS"]).mirror_axes == ()
-    every = _plan(MirroringPlan(), (8, 16, 16))
+    every = _plan(MirroringPlan(), (8, 16, 16), "as-stored")
     assert case_settings(settings, every, geometry["permuted"]) is settings
     two_d = dataclasses.replace(plan, dims=2, patch_size=(16, 16))
     assert case_settings(InferenceSettings(mirror_axes=(0, 1)), two_d, geometry["LPS"]).mirror_axes == (0,)
