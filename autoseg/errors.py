@@ -122,3 +122,13 @@ class SplitsError(AutosegError):
 class FolderInUseError(AutosegError):
     """Another autoseg process holds the lock of a folder this one would write (an output folder of
     ``predict``, a fold's run folder): the message names the folder and the holder's pid."""
+
+
+# ------------------------------------------------------------------------------------------- configurations
+
+
+class ConfigurationNotPlannedError(PlansError, UsageError):
+    """A configuration asked for (``-c``), or needed as the default, is not in ``plans.json``: a usage
+    error (exit 2) in every command; the message lists the planned configurations."""
+
+    exit_code = 2

@@ -8,20 +8,42 @@ and reports every problem with the configuration and field it is about.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from autoseg.errors import ImageReadError, PlansError
+from autoseg.errors import ConfigurationNotPlannedError, ImageReadError, PlansError
 from autoseg.io import read_json, write_json
 from autoseg.regions import Region
 
 PLANS_SCHEMA_VERSION = 4
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 MAX_BATCH_SIZE = 4096
+# Limits of a plan read from disk (``plans.json`` may be edited by hand): beyond them a value is a typo, or
+# fails later (out of memory, a wrong volume) where it is harder to trace back to the file.
+MAX_SPACING_MM = 100.0
+MAX_MEDIAN_SHAPE = 100_000.0
+MAX_PATCH_SIDE = 768
+MAX_PATCH_VOXELS = 256**3
+MAX_KERNEL_SIZE = 7
+MAX_STRIDE = 4
+MAX_STAGES = 10
+MAX_FEATURES = 4096
+MAX_BLOCKS = 32
+MAX_SCHEDULE = 1_000_000
+MAX_LABEL_VALUE = 65535
+INTERPOLATION_ORDERS = (0, 1, 3)
+"""What :mod:`autoseg.preprocessing.resample` interpolates with (nearest, linear, B-spline)."""
+NORMS = ("instance",)
+NONLINEARITIES = ("leaky_relu",)
+"""The normalisation and nonlinearity :func:`autoseg.network.build_network` builds (``NetworkPlan``)."""
 
 
 @dataclass(frozen=True)
@@ -240,10 +262,11 @@ class Plans:
         return asdict(self)
 
     def configuration(self, name: str) -> ConfigurationPlan:
-        """The named configuration; :class:`PlansError` listing the planned ones otherwise."""
+        """The named configuration; :class:`ConfigurationNotPlannedError` (exit 2) listing the planned ones
+        otherwise."""
         if name not in self.configurations:
-            raise PlansError(
-                f"configuration '{name}' was not planned; planned: {', '.join(self.configurations)}"
+            raise ConfigurationNotPlannedError(
+                f"configuration '{name}' is not in plans.json; planned: {', '.join(self.configurations)}"
             )
         return self.configurations[name]
 
@@ -257,10 +280,11 @@ def save_plans(plans: Plans, path: Path) -> None:
 
 
 def load_plans(path: Path) -> Plans:
-    """Read, upgrade and validate ``plans.json``.
+    """Read, upgrade and validate ``plans.json`` completely (:func:`plans_from_dict`).
 
     Raises:
-        PlansError: missing file, newer schema, malformed content, or inconsistent values (all listed).
+        PlansError: missing file, newer schema, malformed content, or inconsistent values (each with its
+            key path).
     """
     if not path.is_file():
         raise PlansError(f"{path}: no plans; run 'autoseg plan' first")
@@ -268,26 +292,48 @@ def load_plans(path: Path) -> Plans:
         data = read_json(path)
     except ImageReadError as error:
         raise PlansError(error.message) from None
+    return plans_from_dict(data, str(path))
+
+
+def plans_from_dict(data: Any, source: str) -> Plans:
+    """Upgrade, check and build a plans dict read from ``source`` (``plans.json``, or the plan inside a
+    model file). Every field is checked: its type (``batch_size`` 2.7 is not an integer; ``network.norm``
+    must be a name the network builder knows), finite numbers, ranges (:func:`validate_plans`); an unknown
+    key is refused, because a misspelt field would otherwise be ignored.
+
+    Raises:
+        PlansError: ``source: <key path>: <problem>`` for the first problem, every problem in ``details``.
+    """
     if not isinstance(data, dict):
-        raise PlansError(f"{path}: must hold a JSON object")
+        raise PlansError(f"{source}: must hold a JSON object")
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > PLANS_SCHEMA_VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PlansError(
-            f"{path}: schema_version {version!r}; this autoseg reads up to {PLANS_SCHEMA_VERSION}. "
+            f"{source}: schema_version: must be an integer from 1 to {PLANS_SCHEMA_VERSION}, got "
+            f"{_shown(version)}; fix the file or re-run 'autoseg plan'"
+        )
+    if version > PLANS_SCHEMA_VERSION:
+        raise PlansError(
+            f"{source}: schema_version {version}; this autoseg reads up to {PLANS_SCHEMA_VERSION}. "
             "Upgrade autoseg or re-plan."
         )
     data = upgrade_plans_json(data)
-    try:
-        plans = plans_from_json(data)
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise PlansError(
-            f"{path}: malformed plans ({type(error).__name__}: {error}); re-run 'autoseg plan' "
-            "or fix the file"
-        ) from None
+    structural = json_problems(data)
+    if structural:
+        raise _plans_error(source, "malformed plans: ", structural)
+    plans = plans_from_json(data)
     problems = validate_plans(plans)
     if problems:
-        raise PlansError(f"{path}: {len(problems)} problem(s) in the plan", details=problems)
+        raise _plans_error(source, "", problems)
     return plans
+
+
+def _plans_error(source: str, kind: str, problems: Sequence[str]) -> PlansError:
+    more = f" (and {len(problems) - 1} more, listed below)" if len(problems) > 1 else ""
+    return PlansError(
+        f"{source}: {kind}{problems[0]}{more}; fix the file or re-run 'autoseg plan'",
+        details=list(problems) if len(problems) > 1 else [],
+    )
 
 
 def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -366,62 +412,156 @@ def upgrade_plans_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_plans(plans: Plans) -> list[str]:
-    """Every inconsistency, one line each naming the configuration and field."""
+    """Every inconsistency or out-of-range value, one line each starting with its key path in
+    ``plans.json`` (``configurations.3d_fullres.patch_size[0]: ...``)."""
     problems = []
     if not plans.configurations:
-        problems.append("no configuration planned")
+        problems.append("configurations: no configuration planned")
+    if not plans.channel_names:
+        problems.append("channel_names: must name at least one input channel")
     if len(plans.channels) not in (0, len(plans.channel_names)):
-        problems.append(f"channels has {len(plans.channels)} entries for {len(plans.channel_names)} channels")
+        problems.append(
+            f"channels: {len(plans.channels)} entries for {len(plans.channel_names)} channel_names"
+        )
+    if plans.device not in ("cpu", "cuda"):
+        problems.append(f"device: '{plans.device}' is not 'cpu' or 'cuda'")
+    problems.extend(_label_problems(plans.labels))
     for name, config in plans.configurations.items():
-        problems.extend(f"configuration '{name}': {p}" for p in _configuration_problems(config, plans))
+        problems.extend(f"configurations.{name}.{p}" for p in _configuration_problems(config, plans))
     return problems + _target_problems(plans)
+
+
+def _label_problems(labels: Mapping[str, int]) -> list[str]:
+    if not labels:
+        return ["labels: empty; a plan needs background 0 and at least one structure"]
+    problems = [
+        f"labels.{name}: {value} is outside 0..{MAX_LABEL_VALUE}"
+        for name, value in labels.items()
+        if not 0 <= value <= MAX_LABEL_VALUE
+    ]
+    if len(set(labels.values())) != len(labels):
+        problems.append(f"labels: a value is given to two names ({dict(labels)})")
+    if 0 not in labels.values():
+        problems.append("labels: no background (value 0)")
+    if len(labels) < 2:
+        problems.append("labels: only background; a plan needs at least one structure")
+    if any(not name.strip() for name in labels):
+        problems.append("labels: a label name is empty")
+    return problems
 
 
 def _target_problems(plans: Plans) -> list[str]:
     target = plans.target
     if target.kind not in ("labels", "regions"):
-        return [f"target.kind '{target.kind}' is not 'labels' or 'regions'"]
+        return [f"target.kind: '{target.kind}' is not 'labels' or 'regions'"]
     if target.kind == "labels":
-        return ["target.regions must be empty for kind 'labels'"] if target.regions else []
+        return ["target.regions: must be empty for kind 'labels'"] if target.regions else []
     expected = {"background": 0, **{r.name: k + 1 for k, r in enumerate(target.regions)}}
     if not target.regions or plans.labels != expected:
-        return [f"target 'regions' needs labels {expected} (background 0, structure k -> k + 1)"]
+        return [f"target: kind 'regions' needs labels {expected} (background 0, structure k -> k + 1)"]
     return []
 
 
 def _configuration_problems(config: ConfigurationPlan, plans: Plans) -> list[str]:
-    problems = []
+    """Problems of one configuration, each starting with its key path below the configuration."""
     net = config.network
     if config.dims not in (2, 3) or net.dims != config.dims:
-        problems.append(f"dims is {config.dims} and network.dims {net.dims}; both must be 2 or 3 and agree")
-        return problems
-    if len(config.patch_size) != config.dims:
-        problems.append(f"patch_size {list(config.patch_size)} needs {config.dims} entries")
-    problems.extend(_network_problems(net))
+        return [f"dims: {config.dims} and network.dims {net.dims}; both must be 2 or 3 and agree"]
+    problems = _patch_problems(config) + _network_problems(net)
     if not problems:
-        for axis, (size, stride) in enumerate(zip(config.patch_size, net.total_stride(), strict=True)):
-            if size <= 0 or size % stride:
-                lower, upper = max(stride, size // stride * stride), (size // stride + 1) * stride
-                name = "zyx"[axis + 3 - config.dims]
-                problems.append(
-                    f"patch_size[{axis}] = {size} is not divisible by the total stride {stride} "
-                    f"along {name}; use a multiple of {stride} (e.g. {lower} or {upper})"
-                )
+        problems.extend(_divisibility_problems(config.patch_size, net.total_stride()))
     if not 1 <= config.batch_size <= MAX_BATCH_SIZE:
-        problems.append(f"batch_size {config.batch_size} is outside 1..{MAX_BATCH_SIZE}")
-    if any(s <= 0 for s in config.spacing_mm) or len(config.spacing_mm) != 3:
-        problems.append(f"spacing_mm {list(config.spacing_mm)} must be three positive numbers (z, y, x)")
+        problems.append(f"batch_size: {config.batch_size} is outside 1..{MAX_BATCH_SIZE}")
+    problems.extend(_spacing_problems("spacing_mm", config.spacing_mm, MAX_SPACING_MM))
+    problems.extend(_spacing_problems("median_shape", config.median_shape, MAX_MEDIAN_SHAPE))
     if len(config.normalization) != len(plans.channel_names):
         problems.append(
-            f"normalization has {len(config.normalization)} entries for {len(plans.channel_names)} channel(s)"
+            f"normalization: {len(config.normalization)} entries for {len(plans.channel_names)} channel(s)"
         )
     for index, norm in enumerate(config.normalization):
-        problems.extend(f"normalization[{index}]: {p}" for p in _normalization_problems(norm))
+        problems.extend(f"normalization[{index}].{p}" for p in _normalization_problems(norm))
+    problems.extend(f"resampling.{p}" for p in _resampling_problems(config.resampling))
     if config.previous_stage is not None and config.previous_stage not in plans.configurations:
-        problems.append(f"previous_stage '{config.previous_stage}' is not a planned configuration")
-    if config.schedule.epochs < 1 or config.schedule.iterations_per_epoch < 1:
-        problems.append("schedule needs epochs >= 1 and iterations_per_epoch >= 1")
+        problems.append(f"previous_stage: '{config.previous_stage}' is not a planned configuration")
+    problems.extend(f"schedule.{p}" for p in _schedule_problems(config.schedule))
+    if not (math.isfinite(config.estimated_memory_gb) and config.estimated_memory_gb >= 0):
+        problems.append(f"estimated_memory_gb: {config.estimated_memory_gb} must be a number >= 0")
     return problems + _orientation_problems(config.orientation)
+
+
+def _patch_problems(config: ConfigurationPlan) -> list[str]:
+    patch = config.patch_size
+    if len(patch) != config.dims:
+        return [f"patch_size: {list(patch)} needs {config.dims} entries (dims)"]
+    problems = [
+        f"patch_size[{axis}]: {size} must be a positive number of voxels"
+        if size < 1
+        else f"patch_size[{axis}]: {size} exceeds {MAX_PATCH_SIDE} voxels, the largest patch side"
+        for axis, size in enumerate(patch)
+        if not 1 <= size <= MAX_PATCH_SIDE
+    ]
+    if not problems and math.prod(patch) > MAX_PATCH_VOXELS:
+        problems.append(
+            f"patch_size: {list(patch)} holds {math.prod(patch)} voxels; at most {MAX_PATCH_VOXELS} "
+            "(256^3) fit a training batch"
+        )
+    return problems
+
+
+def _divisibility_problems(patch: Sequence[int], total_stride: Sequence[int]) -> list[str]:
+    problems = []
+    for axis, (size, stride) in enumerate(zip(patch, total_stride, strict=True)):
+        if size % stride:
+            lower, upper = max(stride, size // stride * stride), (size // stride + 1) * stride
+            name = "zyx"[axis + 3 - len(patch)]
+            problems.append(
+                f"patch_size[{axis}]: {size} is not divisible by the total stride {stride} "
+                f"along {name}; use a multiple of {stride} (e.g. {lower} or {upper})"
+            )
+    return problems
+
+
+def _spacing_problems(key: str, values: Sequence[float], largest: float) -> list[str]:
+    if len(values) != 3:
+        return [f"{key}: {list(values)} needs three entries (z, y, x)"]
+    return [
+        f"{key}[{axis}]: {value} must be a finite number in (0, {largest:g}]"
+        for axis, value in enumerate(values)
+        if not 0 < value <= largest  # NaN fails too
+    ]
+
+
+def _resampling_problems(resampling: ResamplingPlan) -> list[str]:
+    orders = {
+        "image_order": resampling.image_order,
+        "label_order": resampling.label_order,
+        "image_order_separate": resampling.image_order_separate,
+        "label_order_separate": resampling.label_order_separate,
+    }
+    problems = [
+        f"{key}: {order} is not an interpolation order autoseg resamples with "
+        f"({', '.join(map(str, INTERPOLATION_ORDERS))})"
+        for key, order in orders.items()
+        if order not in INTERPOLATION_ORDERS
+    ]
+    if resampling.separate_axis not in (None, 0, 1, 2):
+        problems.append(f"separate_axis: {resampling.separate_axis} must be null or an axis 0, 1, 2")
+    return problems
+
+
+def _schedule_problems(schedule: TrainingSchedule) -> list[str]:
+    problems = [
+        f"{key}: {value} is outside 1..{MAX_SCHEDULE}"
+        for key, value in (
+            ("epochs", schedule.epochs),
+            ("iterations_per_epoch", schedule.iterations_per_epoch),
+        )
+        if not 1 <= value <= MAX_SCHEDULE
+    ]
+    seconds = schedule.estimated_seconds_per_iteration
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        problems.append(f"estimated_seconds_per_iteration: {seconds} must be null or a number >= 0")
+    return problems
 
 
 def _orientation_problems(orientation: OrientationPlan) -> list[str]:
@@ -439,7 +579,9 @@ def _orientation_problems(orientation: OrientationPlan) -> list[str]:
 
 def _network_problems(net: NetworkPlan) -> list[str]:
     stages = net.num_stages
-    problems = []
+    problems = (
+        [] if 1 <= stages <= MAX_STAGES else [f"network.features_per_stage: {stages} stages; 1..{MAX_STAGES}"]
+    )
     lengths = {
         "kernel_sizes": len(net.kernel_sizes),
         "strides": len(net.strides),
@@ -447,39 +589,69 @@ def _network_problems(net: NetworkPlan) -> list[str]:
     }
     for name, length in lengths.items():
         if length != stages:
-            problems.append(f"network.{name} has {length} entries for {stages} stage(s) (features_per_stage)")
+            problems.append(f"network.{name}: {length} entries for {stages} stage(s) (features_per_stage)")
     if len(net.decoder_blocks_per_stage) != stages - 1:
         problems.append(
-            f"network.decoder_blocks_per_stage has {len(net.decoder_blocks_per_stage)} entries; "
+            f"network.decoder_blocks_per_stage: {len(net.decoder_blocks_per_stage)} entries; "
             f"expected {stages - 1} (stages - 1)"
         )
-    for name, per_stage in (("kernel_sizes", net.kernel_sizes), ("strides", net.strides)):
+    for name, per_stage, largest in (
+        ("kernel_sizes", net.kernel_sizes, MAX_KERNEL_SIZE),
+        ("strides", net.strides, MAX_STRIDE),
+    ):
         for stage, values in enumerate(per_stage):
-            if len(values) != net.dims or any(v < 1 for v in values):
-                problems.append(f"network.{name}[{stage}] = {list(values)} needs {net.dims} positive entries")
+            if len(values) != net.dims or not all(1 <= v <= largest for v in values):
+                problems.append(
+                    f"network.{name}[{stage}]: {list(values)} needs {net.dims} entries in 1..{largest}"
+                )
     if any(k % 2 == 0 for kernel in net.kernel_sizes for k in kernel):
-        problems.append("network.kernel_sizes must be odd (1, 3, 5, ...)")
-    if any(f < 1 for f in net.features_per_stage) or any(b < 1 for b in net.blocks_per_stage):
-        problems.append("network.features_per_stage and blocks_per_stage must be positive")
-    if any(b < 1 for b in net.decoder_blocks_per_stage):
-        problems.append("network.decoder_blocks_per_stage must be positive")
-    if net.architecture not in ("plain", "residual"):
-        problems.append(f"network.architecture '{net.architecture}' is not 'plain' or 'residual'")
+        problems.append("network.kernel_sizes: must be odd (1, 3, 5, 7)")
+    problems.extend(_widths_problems(net))
+    for key, value, known in (
+        ("architecture", net.architecture, ("plain", "residual")),
+        ("norm", net.norm, NORMS),
+        ("nonlinearity", net.nonlinearity, NONLINEARITIES),
+    ):
+        if value not in known:
+            names = ", ".join(f"'{k}'" for k in known)
+            problems.append(f"network.{key}: '{value}' is not one the network builder knows ({names})")
     return problems
 
 
+def _widths_problems(net: NetworkPlan) -> list[str]:
+    checks = (
+        ("features_per_stage", net.features_per_stage, MAX_FEATURES),
+        ("blocks_per_stage", net.blocks_per_stage, MAX_BLOCKS),
+        ("decoder_blocks_per_stage", net.decoder_blocks_per_stage, MAX_BLOCKS),
+    )
+    return [
+        f"network.{key}: {list(values)} must hold integers in 1..{largest}"
+        for key, values, largest in checks
+        if not all(1 <= v <= largest for v in values)
+    ]
+
+
 def _normalization_problems(norm: ChannelNormalization) -> list[str]:
-    if norm.scheme == "zscore":
-        return []
-    if norm.scheme != "ct":
-        return [f"scheme '{norm.scheme}' is not 'ct' or 'zscore'"]
-    values = (norm.clip_low, norm.clip_high, norm.mean, norm.std)
-    if any(v is None for v in values):
-        return ["'ct' needs clip_low, clip_high, mean and std"]
+    """Problems of one channel's normalisation, each starting with its key below the entry."""
+    if norm.scheme not in ("ct", "zscore"):
+        return [f"scheme: '{norm.scheme}' is not 'ct' or 'zscore'"]
+    values = {"clip_low": norm.clip_low, "clip_high": norm.clip_high, "mean": norm.mean, "std": norm.std}
+    problems = [
+        f"{key}: {value} is not a finite number"
+        for key, value in values.items()
+        if value is not None and not math.isfinite(value)
+    ]
+    if norm.scheme == "zscore" or problems:
+        return problems
+    missing = [key for key, value in values.items() if value is None]
+    if missing:
+        return [f"{missing[0]}: 'ct' needs clip_low, clip_high, mean and std"]
     assert norm.clip_low is not None and norm.clip_high is not None and norm.std is not None
-    if norm.clip_low > norm.clip_high or norm.std <= 0:
-        return ["'ct' needs clip_low <= clip_high and std > 0"]
-    return []
+    if norm.clip_low > norm.clip_high:
+        problems.append(f"clip_low: {norm.clip_low} is above clip_high {norm.clip_high}")
+    if norm.std <= 0:
+        problems.append(f"std: {norm.std}; 'ct' needs std > 0")
+    return problems
 
 
 # ------------------------------------------------------------------------------------------- JSON
@@ -563,3 +735,105 @@ def _network_from_json(data: Mapping[str, Any]) -> NetworkPlan:
 def _triple(values: Any) -> tuple[float, float, float]:
     a, b, c = (float(v) for v in values)
     return a, b, c
+
+
+# ------------------------------------------------------------------------------------------- JSON checks
+
+OPTIONAL_KEYS = frozenset({"why", "previous_stage", "norm", "nonlinearity", "deep_supervision"})
+"""Keys a hand-edited ``plans.json`` may leave out (their defaults apply); every other field is required."""
+
+_BUILT_FROM_KEYWORDS = (ChannelNormalization, ChannelRecord, ResamplingPlan, TrainingSchedule)
+"""Classes :func:`plans_from_json` builds as ``Class(**entry)``: their fields with a default are optional."""
+
+
+def json_problems(data: Mapping[str, Any]) -> list[str]:
+    """Structural problems of an upgraded plans dict, one line each starting with its key path: a missing or
+    unknown key, a value of the wrong type (an integer field holding ``2.7``, a name that is not one of the
+    known ones), a number that is not finite. Driven by the dataclasses' type hints, so a new field is
+    checked as soon as it is declared. Empty: :func:`plans_from_json` can build the plan."""
+    return _object_problems(data, Plans, "")
+
+
+def _object_problems(data: Mapping[str, Any], cls: type, where: str) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    problems = [
+        f"{prefix}{key}: unknown key (autoseg does not read it; remove it or correct its spelling)"
+        for key in data
+        if key not in fields
+    ]
+    for name, spec in fields.items():
+        if name in data:
+            problems.extend(_value_problems(data[name], hints[name], f"{prefix}{name}"))
+        elif name not in OPTIONAL_KEYS and not (cls in _BUILT_FROM_KEYWORDS and _has_default(spec)):
+            problems.append(f"{prefix}{name}: missing")
+    return problems
+
+
+def _has_default(spec: dataclasses.Field[Any]) -> bool:
+    return spec.default is not dataclasses.MISSING or spec.default_factory is not dataclasses.MISSING
+
+
+def _value_problems(value: Any, hint: Any, where: str) -> list[str]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return []
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            return [f"{where}: must be an object, got {_shown(value)}"]
+        return _object_problems(value, cast(type, hint), where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return []
+        return _value_problems(value, next(a for a in args if a is not type(None)), where)
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return []
+        return [f"{where}: {_shown(value)} is not one of {', '.join(repr(a) for a in args)}"]
+    if origin is tuple or origin is dict:
+        return _container_problems(value, origin, args, where)
+    return _scalar_problems(value, hint, where)
+
+
+def _container_problems(value: Any, origin: Any, args: tuple[Any, ...], where: str) -> list[str]:
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{where}: must be an object, got {_shown(value)}"]
+        return [p for key, item in value.items() for p in _value_problems(item, args[1], f"{where}.{key}")]
+    if not isinstance(value, list):
+        return [f"{where}: must be a list, got {_shown(value)}"]
+    if len(args) == 2 and args[1] is Ellipsis:
+        hints = [args[0]] * len(value)
+    elif len(value) != len(args):
+        return [f"{where}: needs {len(args)} entries, got {len(value)}"]
+    else:
+        hints = list(args)
+    return [
+        p
+        for i, (v, h) in enumerate(zip(value, hints, strict=True))
+        for p in _value_problems(v, h, f"{where}[{i}]")
+    ]
+
+
+def _scalar_problems(value: Any, hint: Any, where: str) -> list[str]:
+    if hint is bool:
+        ok = isinstance(value, bool)
+        wanted = "true or false"
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        wanted = "an integer"
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        wanted = "a finite number"
+    elif hint is str:
+        ok = isinstance(value, str)
+        wanted = "a string"
+    else:  # a type the checker does not know: a new field's type needs a rule here
+        return [f"{where}: cannot be checked (type {hint}); this is an autoseg bug"]
+    return [] if ok else [f"{where}: must be {wanted}, got {_shown(value)}"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from autoseg.errors import FolderInUseError, WorkdirError
+from autoseg.errors import ConfigurationNotPlannedError, FolderInUseError, WorkdirError
 from autoseg.io import read_json, write_json, write_text_atomically
 
 if TYPE_CHECKING:
@@ -403,16 +403,22 @@ class Workdir:
     def default_configuration(self, planned: Sequence[str]) -> str:
         """The configuration a command uses when none is given: ``find_best_configuration``'s single choice,
         else ``3d_fullres`` if trained (or nothing is trained yet and it is planned), else the only trained
-        one, else ``2d`` when that is all that was planned.
+        one, else the only planned one (``2d`` for 2D data).
 
         Raises:
             WorkdirError: several configurations are trained and none was chosen.
+            ConfigurationNotPlannedError: nothing is trained, ``3d_fullres`` is not planned and several
+                others are (a renamed configuration is never replaced by another silently).
         """
         chosen = self.read_best_choice()
         if chosen is not None and len(chosen) == 1:
             return chosen[0]
-        trained = self.trained_configurations() or [n for n in ("3d_fullres", "2d") if n in planned][:1]
-        if "3d_fullres" in trained or not trained:
+        trained = self.trained_configurations()
+        if not trained:
+            if "3d_fullres" in planned or len(planned) != 1:
+                return _planned_or_refuse("3d_fullres", planned, self.plans_path)
+            return planned[0]
+        if "3d_fullres" in trained:
             return "3d_fullres"
         if len(trained) == 1:
             return trained[0]
@@ -471,3 +477,13 @@ def _take_lock(path: Path, folder: Path) -> int:
         if current == os.fstat(descriptor).st_ino:
             return descriptor
         os.close(descriptor)  # the previous holder removed the file between our open and our lock: again
+
+
+def _planned_or_refuse(name: str, planned: Sequence[str], plans_path: Path) -> str:
+    """``name`` when ``planned`` has it (or nothing is known yet: the plans' reader reports that)."""
+    if name in planned or not planned:
+        return name
+    raise ConfigurationNotPlannedError(
+        f"{plans_path}: no configuration given and the default '{name}' is not planned; planned: "
+        f"{', '.join(planned)}; choose one with -c"
+    )

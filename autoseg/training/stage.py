@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from autoseg.errors import UsageError
+from autoseg.preprocessing.stage import require_current_store
 from autoseg.training.config import TrainConfig, resolve_configuration
-from autoseg.workdir import Workdir
+from autoseg.workdir import Workdir, folder_lock
 
 
 def run_train(
@@ -26,6 +29,7 @@ def run_train(
 
     Raises:
         UsageError: fewer GPUs than ``num_gpus``, an existing run without ``resume``, an unknown fold.
+        FolderInUseError: another process is training this fold (its run folder is locked).
         WorkdirError: the work directory is not planned and preprocessed for the configuration.
     """
     import torch
@@ -34,12 +38,23 @@ def run_train(
     from autoseg.training.loop import train_fold, train_rank
 
     work = Workdir(workdir)
-    config = resolve_configuration(config, work, list(work.read_plans().configurations))
+    plans = work.read_plans()
+    config = resolve_configuration(config, work, list(plans.configurations))
+    require_current_store(work, config.configuration_name, plans.configuration(config.configuration_name))
     run = work.run(config.configuration_name, config.fold)
-    if num_gpus > 1:
-        if torch.cuda.device_count() < num_gpus:
-            raise UsageError(f"--num-gpus {num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
-        launch(num_gpus, partial(train_rank, resume=resume, show_progress=show_progress), workdir, config)
-        return run.read_validation_summary()
-    summary = train_fold(workdir, config, resume=resume, show_progress=show_progress).summary
+    with _run_lock(run.path, config):
+        if num_gpus > 1:
+            if torch.cuda.device_count() < num_gpus:
+                raise UsageError(f"--num-gpus {num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
+            launch(num_gpus, partial(train_rank, resume=resume, show_progress=show_progress), workdir, config)
+            return run.read_validation_summary()
+        summary = train_fold(workdir, config, resume=resume, show_progress=show_progress).summary
     return summary if summary is not None else run.read_validation_summary()  # torchrun: rank > 0
+
+
+def _run_lock(folder: Path, config: TrainConfig) -> AbstractContextManager[None]:
+    """The run folder's lock (:func:`autoseg.workdir.folder_lock`): the same fold trained twice at once is
+    refused; other folds train beside it. Under torchrun only rank 0 takes it (the ranks share the run)."""
+    if os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return folder_lock(folder, f"train {config.configuration_name} fold {config.fold}")
