@@ -37,7 +37,7 @@ from autoseg.postprocessing.steps import Postprocessing
 from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
 from autoseg.preprocessing.orientation import oriented_direction
 from autoseg.types import FloatVolume
-from autoseg.workdir import Workdir
+from autoseg.workdir import Workdir, folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,11 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     A case that fails (unreadable, inconsistent) is reported and skipped; the others are written, then
     an :class:`AutosegError` lists the failures.
     """
+    with folder_lock(request.output, "predict"):  # a second predict into this folder is refused
+        return _predict_into(request, show_progress=show_progress)
+
+
+def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseOutput]:
     if request.threads is not None:
         torch.set_num_threads(request.threads)
     ensemble = load_ensemble(request)

@@ -1,0 +1,154 @@
+"""Ctrl-C and SIGTERM (issue 16, point 4): preprocess ``-np 2``, evaluate ``-np 2`` and predict, signalled at
+a seeded random moment, end with one line and exit 130 (SIGINT) or 143 (SIGTERM), print no traceback, leave no
+process behind (pool workers included) and nothing partial or temporary in their output."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fault_scenarios import evaluate_scenario, predict_scenario, preprocess_scenario
+from faults import Reference, Scenario, alive, descendants, hidden_entries, incomplete_files, reference_run
+from faults import start as start_process
+
+from autoseg.cli.main import main
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether ``pid`` has installed its SIGTERM handler (autoseg's main did: the command has started)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def signal_trial(
+    scenario: Scenario, root: Path, reference: Reference, signum: int, seed: int, *, group: bool
+) -> tuple[int, str, float, list[int], Path]:
+    """Start the command, wait until its handlers are in place, then a seeded random part of its measured
+    run; send ``signum`` (to its process group, as a terminal's Ctrl-C does, or to it alone); return the
+    exit code, stderr, the delay, the processes still alive 5 s after it ended, and its output folder."""
+    delay = float(np.random.default_rng(seed).uniform(0.0, 0.6)) * reference.seconds
+    scenario.reset(root)
+    process = start_process(scenario.argv(root))
+    deadline = time.monotonic() + 120
+    while not _handles_sigterm(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    tree = [process.pid, *descendants(process.pid)]
+    if process.poll() is None:
+        if group:
+            import os
+
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    gone_by = time.monotonic() + 5
+    while alive(tree[1:]) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    return process.returncode, stderr, delay, alive(tree[1:]), scenario.output(root)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("signal_inputs")
+
+
+@pytest.fixture(scope="module")
+def prepared(inputs: Path, request: pytest.FixtureRequest) -> Callable[[str], tuple[Scenario, Reference]]:
+    made: dict[str, tuple[Scenario, Reference]] = {}
+    builders = {
+        "preprocess": lambda: preprocess_scenario(inputs),
+        "evaluate": lambda: evaluate_scenario(inputs),
+        "predict": lambda: predict_scenario(inputs, request.getfixturevalue("trained_workdir")),
+    }
+
+    def get(name: str) -> tuple[Scenario, Reference]:
+        if name not in made:
+            scenario = builders[name]()
+            made[name] = (scenario, reference_run(scenario, inputs / f"{name}-reference"))
+        return made[name]
+
+    return get
+
+
+def _check(
+    prepared: Callable[[str], tuple[Scenario, Reference]],
+    inputs: Path,
+    name: str,
+    signum: int,
+    seed: int,
+    group: bool,
+) -> None:
+    scenario, reference = prepared(name)
+    root = inputs / f"{name}-{signum}-{seed}-{group}"
+    code, stderr, delay, left, output = signal_trial(scenario, root, reference, signum, seed, group=group)
+    note = f"{scenario.name}, signal {signum} after {delay:.2f} s: exit {code}\n{stderr}"
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, note
+    assert not left, f"processes still running 5 s after the exit: {left}; {note}"
+    assert not incomplete_files(output), note
+    assert not hidden_entries(output), f"temporaries left: {hidden_entries(output)}; {note}"
+    if code == 0:  # it finished before the signal: nothing more to check
+        return
+    assert code == 128 + signum, note
+    lines = [line for line in stderr.splitlines() if line.startswith("autoseg:")]
+    assert len(lines) == 1, note
+    assert lines[0].startswith("autoseg: interrupted" if signum == signal.SIGINT else "autoseg: terminated")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("name", ["preprocess", "evaluate", "predict"])
+def test_signal_ends_with_one_line_and_leaves_nothing(
+    prepared: Callable[[str], tuple[Scenario, Reference]], inputs: Path, name: str, signum: int
+) -> None:
+    _check(prepared, inputs, name, signum, seed=0, group=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["preprocess", "evaluate"])
+def test_ctrl_c_at_a_terminal_reaches_the_workers_too(
+    prepared: Callable[[str], tuple[Scenario, Reference]], inputs: Path, name: str, seed: int
+) -> None:
+    _check(prepared, inputs, name, signal.SIGINT, seed=seed, group=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("name", ["preprocess", "evaluate", "predict"])
+def test_signals_more_seeds(
+    prepared: Callable[[str], tuple[Scenario, Reference]], inputs: Path, name: str, signum: int, seed: int
+) -> None:
+    _check(prepared, inputs, name, signum, seed=seed, group=seed % 2 == 0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_a_command_gives_one_line_and_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_dataset: Path, signum: int
+) -> None:
+    """In this process: the signal arrives while ``verify`` works; the handlers are put back after."""
+    import os
+
+    def signalled(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises in the main thread before this ends
+        raise AssertionError("the signal did not interrupt the command")
+
+    monkeypatch.setattr("autoseg.dataset.verify.verify_dataset", signalled)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    code = main(["verify", str(tiny_dataset), "-q"])
+    err = capsys.readouterr().err
+    assert code == 128 + signum
+    assert err.count("\n") == 1 and err.startswith(
+        "autoseg: interrupted" if code == 130 else "autoseg: terminated"
+    )
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
