@@ -51,7 +51,8 @@ def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deterministic",
         action="store_true",
-        help="deterministic algorithms only (slower; bitwise-repeatable on the CPU)",
+        help="deterministic algorithms only (slower; bitwise-repeatable on the CPU; with --precision auto "
+        "it trains in float32, which the exact-resume guarantee is tested with)",
     )
     parser.add_argument(
         "--time-limit",
@@ -76,6 +77,14 @@ def _machine_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="augmentation worker processes (default: CPU count - 1, at most 8; 0: none)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="arithmetic of the network's passes (default: auto = bfloat16 on a CPU with native bfloat16, "
+        "float16 with loss scaling on CUDA, float32 elsewhere and with --deterministic); weights, "
+        "optimiser and loss stay float32; recorded in train_config.json",
     )
     parser.add_argument(
         "--num-gpus",
@@ -103,6 +112,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device or default_device(),
         groups_file=str(args.groups) if args.groups else None,
+        precision=args.precision,
     )
     summary = run_train(
         args.workdir, config, num_gpus=args.num_gpus, resume=args.resume, show_progress=show_progress(args)

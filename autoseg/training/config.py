@@ -32,6 +32,10 @@ class TrainConfig:
     num_workers: int | None = None
     device: str = "cpu"
     groups_file: str | None = None
+    precision: str = "auto"
+    """Arithmetic of the forward and backward passes: ``auto``, ``float32``, ``bfloat16`` or ``float16``
+    (:func:`autoseg.training.parts.resolve_training_precision`); weights, optimiser state and the loss stay
+    float32. Written resolved."""
 
     @property
     def configuration_name(self) -> str:

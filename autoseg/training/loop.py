@@ -1,7 +1,9 @@
 """``autoseg train FOLD``: train one fold of a planned configuration, resumably, then validate it.
 
 SGD with Nesterov momentum 0.99, learning rate 1e-2 decayed per epoch as ``(1 - epoch / epochs) ** 0.9``,
-weight decay 3e-5, gradient norm clipped at 12, mixed precision on CUDA (the parts: :mod:`.parts`). Every
+weight decay 3e-5, gradient norm clipped at 12, mixed precision where it pays (bfloat16 autocast on a CPU
+with native bfloat16, float16 with loss scaling on CUDA; weights, optimiser and loss float32:
+:func:`~autoseg.training.parts.resolve_training_precision`; the parts: :mod:`.parts`). Every
 epoch: training loss, validation loss and pseudo-Dice per class on validation patches (and its moving
 average), ``log.jsonl``, ``training.log``, ``progress.png``, and the ``latest`` checkpoint; ``best`` follows
 the moving-average pseudo-Dice; ``final`` closes the run, followed by a sliding-window prediction of the
@@ -41,7 +43,15 @@ from autoseg.training.checkpoint import restore_training
 from autoseg.training.config import RunState, TrainConfig, learning_rate, resolve_configuration
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import Rank, barrier, init_from_environment, unwrap
-from autoseg.training.parts import TrainingParts, default_parts, describe_parts, fold_batches
+from autoseg.training.parts import (
+    TrainingParts,
+    as_float32,
+    autocast_dtype,
+    default_parts,
+    describe_parts,
+    fold_batches,
+    resolve_training_precision,
+)
 from autoseg.training.progress import read_log
 from autoseg.training.validation import FinalValidation, PatchValidation
 from autoseg.workdir import RunFolder, Workdir
@@ -83,6 +93,10 @@ def train_fold(
     work = Workdir(workdir)
     plans = work.read_plans()
     config = resolve_configuration(config, work, list(plans.configurations))
+    precision = resolve_training_precision(
+        config.precision, torch.device(config.device), deterministic=config.deterministic
+    )
+    config = replace(config, precision=precision)
     plan = plans.configuration(config.configuration_name)
     run = _new_run(work, plans, plan, config, resume=resume, parts=parts)
     defaults = default_callbacks(work, plans, plan, config, rank=run.rank, show_progress=show_progress)
@@ -226,12 +240,14 @@ def _train_iterations(run: TrainingRun, callbacks: Sequence[Callback]) -> float:
     network.train()
     batches = parts.batches.train_batches(run.state.epoch)
     losses = []
+    dtype = autocast_dtype(run.config.precision)
     for _ in range(run.iterations):
         batch = next(batches)
         image, target = batch["image"].to(device, non_blocking=True), batch["target"].to(device)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = parts.loss(network(image), target, **loss_extras(batch, device))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = network(image)
+        loss = parts.loss(as_float32(outputs), target, **loss_extras(batch, device))
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(network.parameters(), run.config.gradient_clip)

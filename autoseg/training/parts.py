@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import UsageError
+from autoseg.inference.ensemble import Precision, resolve_precision
 from autoseg.network import build_network
 from autoseg.plans import ConfigurationPlan
 from autoseg.training.config import TrainConfig
@@ -27,6 +28,9 @@ from autoseg.workdir import Workdir
 
 Batch = dict[str, torch.Tensor]
 """``{"image": (B, C, ...) float32, "target": (B, ...) int64}``."""
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+"""The names ``--precision`` takes."""
 
 VALIDATION_WORKERS = 2
 """At most this many workers produce validation patches (they are few and not augmented)."""
@@ -59,7 +63,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     batches: FoldBatches
     scaler: torch.amp.GradScaler
-    """Mixed-precision loss scaling (enabled on CUDA only)."""
+    """Loss scaling, enabled for float16 only (bfloat16 has float32's range and needs none)."""
 
 
 def default_parts(
@@ -73,7 +77,8 @@ def default_parts(
 ) -> TrainingParts:
     """nnU-Net's parts: the planned network (weights seeded from ``config.seed``), Dice + CE with deep
     supervision (with ``regions``, the plan's region-based target: ``num_classes`` structures, Dice + BCE,
-    :class:`RegionLoss`), SGD with Nesterov momentum, and a gradient scaler enabled on CUDA."""
+    :class:`RegionLoss`), SGD with Nesterov momentum, and a gradient scaler for float16 training
+    (``config.precision`` resolved)."""
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
@@ -92,8 +97,38 @@ def default_parts(
         ),
         optimizer=optimizer,
         batches=batches,
-        scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "float16"),
     )
+
+
+def resolve_training_precision(precision: str, device: torch.device, *, deterministic: bool) -> Precision:
+    """What ``precision`` means for training on ``device``: an explicit choice stays; ``auto`` is float32
+    for a ``deterministic`` run (bitwise repeatable and exactly resumable without relying on reduced-precision
+    kernels), otherwise as predict (:func:`autoseg.inference.ensemble.resolve_precision`: float16 with a
+    gradient scaler on CUDA, bfloat16 on a CPU with native bfloat16, float32 elsewhere).
+
+    Raises:
+        UsageError: an unknown name, or float16 on the CPU (no float16 convolutions there).
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "float16" and device.type != "cuda":
+        raise UsageError("--precision float16 needs a CUDA device; on the CPU use bfloat16 or float32")
+    if precision == "auto" and deterministic:
+        return "float32"
+    return resolve_precision(precision, device)
+
+
+def as_float32(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """The network's output (a list of them with deep supervision) in float32, for the loss."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    return [output.float() for output in outputs]
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision; ``None`` for float32 (no autocast)."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
 
 
 def describe_parts(parts: TrainingParts) -> dict[str, str]:
