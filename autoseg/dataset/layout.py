@@ -40,7 +40,9 @@ report all of them at once. :func:`load_dataset` raises :class:`DatasetError` li
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,6 +182,10 @@ def scan_dataset(root: Path) -> tuple[Dataset | None, list[Problem]]:
         dataset = _scan_msd(root, meta, problems)
     if dataset is not None:
         _check_num_training(dataset, problems)
+        if not dataset.cases:
+            problems.append(
+                Problem("error", "no complete training case found (an image with its label)", meta_path(root))
+            )
     return dataset, problems
 
 
@@ -228,7 +234,37 @@ def _read_dataset_json(root: Path, problems: list[Problem]) -> dict[str, Any] | 
         Problem("error", f"key '{k}' appears more than once (duplicate case identifier?)", path)
         for k in sorted(set(duplicates))
     )
+    problems.extend(_type_problems(meta, path))
     return meta
+
+
+_EXPECTED_TYPES: dict[str, tuple[type, str]] = {
+    "name": (str, "a string"),
+    "description": (str, "a string"),
+    "test": (list, "a list of image paths"),
+    "dataset": (dict, "an object of case -> {images, label}"),
+}
+"""``dataset.json`` keys whose type is checked here; ``labels``, ``channel_names``/``modality``,
+``numTraining``, ``file_ending``, ``training``, ``structures`` and ``annotated`` are checked where they are
+parsed. Other keys (``reference``, ``licence``, ...) are not read."""
+
+
+def _type_problems(meta: Mapping[str, Any], path: Path) -> list[Problem]:
+    """A value of the wrong type under a key autoseg reads: named, instead of a later internal error."""
+    found = [
+        Problem("error", f"'{key}' must be {wanted}, got {json.dumps(meta[key])[:40]}", path)
+        for key, (kind, wanted) in _EXPECTED_TYPES.items()
+        if key in meta and not isinstance(meta[key], kind)
+    ]
+    tests = meta.get("test")
+    if isinstance(tests, list) and not all(isinstance(t, str) for t in tests):
+        found.append(Problem("error", "'test' must be a list of image paths (strings)", path))
+    return found
+
+
+def meta_path(root: Path) -> Path:
+    """The ``dataset.json`` of dataset folder ``root``."""
+    return root / "dataset.json"
 
 
 def parse_labels(
@@ -362,6 +398,9 @@ def _parse_channels(meta: Mapping[str, Any], path: Path, problems: list[Problem]
     if not isinstance(raw, dict) or not raw:
         problems.append(Problem("error", "'channel_names' (or 'modality') must be a non-empty object", path))
         return ()
+    if not all(isinstance(v, str) and v.strip() for v in raw.values()):
+        problems.append(Problem("error", f"'{key}' values must be channel names (non-empty strings)", path))
+        return ()
     try:
         indexed = {int(k): str(v) for k, v in raw.items()}
     except ValueError:
@@ -464,7 +503,7 @@ def _cases_from_folders(
         return []
     channel_files: dict[str, dict[int, Path]] = {}
     for file in sorted(images_root.iterdir()):
-        match = _match_channel_file(file, ending, problems)
+        match = _match_channel_file(file, ending, root, problems)
         if match is not None:
             channel_files.setdefault(match[0], {})[match[1]] = file
     label_files: dict[str, Path] = {}
@@ -475,7 +514,7 @@ def _cases_from_folders(
                 Problem("error", "missing folder (nnU-Net v2 layout expects labelsTr/)", labels_root)
             )
         else:
-            label_files = _label_files(labels_root, ending, problems)
+            label_files = _label_files(labels_root, ending, root, problems)
     identifiers = sorted(set(channel_files) | set(label_files))
     cases = []
     for identifier in identifiers:
@@ -494,7 +533,9 @@ def _cases_from_folders(
     return cases
 
 
-def _match_channel_file(file: Path, ending: str, problems: list[Problem]) -> tuple[str, int] | None:
+def _match_channel_file(
+    file: Path, ending: str, root: Path, problems: list[Problem]
+) -> tuple[str, int] | None:
     if file.name.startswith("."):
         return None  # hidden files such as macOS "._x.nii.gz" resource forks
     if file.is_dir():
@@ -504,6 +545,10 @@ def _match_channel_file(file: Path, ending: str, problems: list[Problem]) -> tup
         problems.append(
             Problem("warning", f"file does not end with the dataset's file_ending '{ending}'; ignored", file)
         )
+        return None
+    unusable = _unusable_file(file, root)
+    if unusable is not None:
+        problems.append(Problem("error", unusable, file))
         return None
     match = _CHANNEL_SUFFIX.match(file.name[: -len(ending)])
     if match is None:
@@ -518,13 +563,17 @@ def _match_channel_file(file: Path, ending: str, problems: list[Problem]) -> tup
     return match["case"], int(match["channel"])
 
 
-def _label_files(labels_root: Path, ending: str, problems: list[Problem]) -> dict[str, Path]:
+def _label_files(labels_root: Path, ending: str, root: Path, problems: list[Problem]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for file in sorted(labels_root.iterdir()):
         if file.name.startswith("."):
             continue
         if file.is_dir() or not file.name.endswith(ending):
             problems.append(Problem("warning", f"not a label file ending with '{ending}'; ignored", file))
+            continue
+        unusable = _unusable_file(file, root)
+        if unusable is not None:
+            problems.append(Problem("error", unusable, file))
             continue
         found[file.name[: -len(ending)]] = file
     return found
@@ -641,10 +690,8 @@ def _scan_msd(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Data
         cases.append(case)
     test_cases = [
         Case(split_ending(p)[0], (p,), None, len(channels) > 1)
-        for p in (
-            _resolve_inside(root, t, None, problems) for t in meta.get("test", []) if isinstance(t, str)
-        )
-        if p is not None and p.is_file()
+        for p in (_resolve_inside(root, t, None, problems) for t in _listed_tests(meta) if isinstance(t, str))
+        if p is not None and _unusable_file(p, root) is None
     ]
     return Dataset(
         root,
@@ -658,6 +705,12 @@ def _scan_msd(root: Path, meta: dict[str, Any], problems: list[Problem]) -> Data
         tuple(test_cases),
         meta,
     )
+
+
+def _listed_tests(meta: Mapping[str, Any]) -> list[Any]:
+    """MSD's ``"test"`` list (anything else is reported by :func:`_type_problems`)."""
+    tests = meta.get("test", [])
+    return tests if isinstance(tests, list) else []
 
 
 def _msd_case(
@@ -690,23 +743,45 @@ def _resolve_inside(
     joined = candidate if candidate.is_absolute() else root / candidate
     resolved = Path(*joined.parts).resolve()
     if not resolved.is_relative_to(root):
-        problems.append(
-            Problem(
-                "error",
-                f"path '{relative}' escapes the dataset folder {root}",
-                root / "dataset.json",
-                identifier,
-            )
+        lexical = Path(os.path.normpath(joined))
+        message = (
+            f"path '{relative}' is a symbolic link to {resolved}, outside the dataset folder {root}"
+            if lexical.is_relative_to(root)
+            else f"path '{relative}' escapes the dataset folder {root}"
         )
+        problems.append(Problem("error", message, root / "dataset.json", identifier))
         return None
     return resolved
 
 
+def _unusable_file(file: Path, root: Path) -> str | None:
+    """Why ``file`` (in a dataset folder ``root``, resolved) cannot be read as an image or label, or ``None``:
+    a symbolic link leaving the dataset folder (refused in both layouts, so that a dataset is what its folder
+    holds), a broken link, or not a regular file (a FIFO would block every reader forever)."""
+    target = file.resolve()
+    if not target.is_relative_to(root):
+        how = "a symbolic link" if file.is_symlink() else "reached through a linked folder"
+        return f"{how} to {target}, outside the dataset folder {root}; copy the file into the dataset"
+    try:
+        mode = file.stat().st_mode
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}; a broken link to {target}?)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device); autoseg reads only regular files"
+    return None
+
+
 def _report_missing(files: Sequence[Path], identifier: str, problems: list[Problem]) -> bool:
-    missing = [f for f in files if not f.is_file()]
-    for file in missing:
-        problems.append(Problem("error", f"missing file listed for case '{identifier}'", file, identifier))
-    return not missing
+    """Report the listed (resolved) files that are missing or not regular files; True when all are there."""
+    bad = [f for f in files if not f.is_file()]
+    for file in bad:
+        message = (
+            "not a regular file (a FIFO, socket, device or folder); autoseg reads only regular files"
+            if file.exists()
+            else f"missing file listed for case '{identifier}'"
+        )
+        problems.append(Problem("error", message, file, identifier))
+    return not bad
 
 
 def read_case(case: Case) -> tuple[FloatVolume, TargetVolume | None, Geometry]:

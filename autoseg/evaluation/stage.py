@@ -45,6 +45,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_CLASSES_WITHOUT_LABELS = 255
+"""Without a labels file every nonzero value is a class; a file with more distinct values than this (a
+probability map or an instance map given by mistake) is refused at once instead of scored for minutes."""
+
 
 @dataclass(frozen=True)
 class EvaluateRequest:
@@ -172,10 +176,20 @@ def evaluate_pair(
     prediction, reference, geometry = read_pair(pair)
     found = sorted((set(np.unique(prediction).tolist()) | set(np.unique(reference).tolist())) - {0})
     if label_ids is None:
+        if len(found) > MAX_CLASSES_WITHOUT_LABELS:
+            raise EvaluationError(
+                f"{pair.prediction}: it and its reference hold {len(found)} distinct label values; without "
+                f"--labels evaluate scores at most {MAX_CLASSES_WITHOUT_LABELS} classes (every nonzero "
+                "value found). Give the dataset.json with --labels: values it does not declare are ignored"
+            )
         label_ids = found
     elif set(found) - set(label_ids):
+        undeclared = sorted(set(found) - set(label_ids))
         logger.warning(
-            "%s: label value(s) %s are not declared; ignored", pair.case, sorted(set(found) - set(label_ids))
+            "%s: %d label value(s) not declared in the labels file, ignored: %s",
+            pair.case,
+            len(undeclared),
+            _list_cases([str(v) for v in undeclared]),
         )
     return pair.case, evaluate_case(
         prediction, reference, geometry.spacing_mm, label_ids, tolerance_mm=tolerance_mm

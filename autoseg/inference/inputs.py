@@ -51,7 +51,9 @@ def find_input_cases(path: Path, num_channels: int) -> list[InputCase]:
         return [_single_file_case(path, num_channels)]
     if not path.is_dir():
         raise PredictInputError(f"{path}: no such file or folder")
-    images = sorted(p for p in path.iterdir() if p.is_file() and split_ending(p)[1] in SUPPORTED_ENDINGS)
+    images = sorted(
+        p for p in path.iterdir() if p.is_file() and split_ending(p)[1].lower() in SUPPORTED_ENDINGS
+    )
     if images:
         return _cases_from_files(images, num_channels, path)
     return _dicom_cases(path, num_channels)
@@ -68,7 +70,7 @@ def read_input_case(case: InputCase) -> tuple[FloatVolume, Geometry]:
 
 def _single_file_case(path: Path, num_channels: int) -> InputCase:
     stem, ending = split_ending(path)
-    if ending not in SUPPORTED_ENDINGS:
+    if ending.lower() not in SUPPORTED_ENDINGS:  # .NII.GZ too, as io reads it
         raise PredictInputError(f"{path}: not an image file autoseg reads ({', '.join(SUPPORTED_ENDINGS)})")
     match = _CHANNEL_SUFFIX.match(stem)
     if num_channels == 1:
