@@ -132,3 +132,16 @@ class ConfigurationNotPlannedError(PlansError, UsageError):
     error (exit 2) in every command; the message lists the planned configurations."""
 
     exit_code = 2
+
+
+# ------------------------------------------------------------------------------------------- predict resources
+
+
+class MemoryLimitError(AutosegError):
+    """A case would need more memory than is available (estimated from its header before any voxel is
+    read): the message names the file, its size and the estimate."""
+
+
+class FlaggedCasesError(AutosegError):
+    """``predict --strict``: a predicted case has review flags (structures far outside the training
+    reference, a replaced input voxel). Its outputs are written; the message lists each case and why."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.errors import AutosegError, ImageReadError, ImageWriteError
+from autoseg.errors import AutosegError, ImageReadError, ImageWriteError, UsageError
 from autoseg.types import AnyArray, FloatVolume, LabelVolume, TargetVolume, Triple
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -140,7 +142,40 @@ def read_header(path: Path) -> VolumeInfo:
     size = tuple(int(s) for s in reader.GetSize())
     dtype = _pixel_id_to_dtype(reader.GetPixelIDValue(), path)
     geometry = _geometry_from_parts(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), len(size))
+    _check_spacing(path, geometry.spacing_mm, _stored_nifti_spacing(path, len(size)))
     return VolumeInfo(path, size[::-1], geometry, dtype, int(reader.GetNumberOfComponents()))
+
+
+def _stored_nifti_spacing(path: Path, ndim: int) -> Triple | None:
+    """The spatial voxel size ``(z, y, x)`` a NIfTI header stores (``pixdim``), read raw: SimpleITK and
+    nibabel both turn a zero into 1 mm on reading, which would make every volume wrong. ``None`` for other
+    formats."""
+    if split_ending(path)[1] not in (".nii", ".nii.gz"):
+        return None
+    try:
+        with nib.openers.ImageOpener(str(path)) as stream:
+            block = stream.read(540)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ImageReadError(f"{path}: cannot read the header ({type(error).__name__}: {error})") from None
+    size = int.from_bytes(block[:4], "little")
+    header_class = nib.Nifti2Header if 540 in (size, int.from_bytes(block[:4], "big")) else nib.Nifti1Header
+    try:
+        header: Any = header_class.from_fileobj(BytesIO(block), check=False)
+    except (ValueError, nib.spatialimages.HeaderDataError) as error:
+        raise ImageReadError(f"{path}: cannot read the header ({error})") from None
+    pixdim = [float(v) for v in header["pixdim"][1 : 1 + min(ndim, 3)]]
+    pixdim += [1.0] * (3 - len(pixdim))
+    return (pixdim[2], pixdim[1], pixdim[0])
+
+
+def _check_spacing(path: Path, spacing_mm: Triple, stored_mm: Triple | None) -> None:
+    """Refuse a voxel size that is zero, negative or not a number (stored, or as SimpleITK reads it)."""
+    for spacing in (stored_mm, spacing_mm):
+        if spacing is not None and not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise ImageReadError(
+                f"{path}: the header gives voxel size (z, y, x) {_fmt(spacing)} mm; every voxel size must "
+                "be a positive number (fix the header: pixdim / spacing)"
+            )
 
 
 def read_array(path: Path) -> tuple[AnyArray, Geometry]:
@@ -266,10 +301,28 @@ def write_image(image: FloatVolume | AnyArray, geometry: Geometry, path: Path) -
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    sitk_image.SetSpacing(tuple(float(v) for v in geometry.spacing_mm[::-1]))
-    sitk_image.SetOrigin(tuple(float(v) for v in geometry.origin_mm[::-1]))
-    sitk_image.SetDirection(tuple(float(v) for v in geometry.direction_matrix()[::-1, ::-1].ravel()))
+    direction = tuple(float(v) for v in geometry.direction_matrix()[::-1, ::-1].ravel())
+    _set_geometry(sitk_image, geometry.spacing_mm[::-1], geometry.origin_mm[::-1], direction, path)
     _write_atomically(sitk_image, path)
+
+
+def _set_geometry(
+    image: sitk.Image,
+    spacing: Sequence[float],
+    origin: Sequence[float],
+    direction: Sequence[float],
+    path: Path,
+) -> None:
+    """Spacing, origin and direction in ITK order; SimpleITK's refusal (a zero spacing) as an
+    :class:`ImageWriteError` naming ``path``."""
+    try:
+        image.SetSpacing(tuple(float(v) for v in spacing))
+        image.SetOrigin(tuple(float(v) for v in origin))
+        image.SetDirection(tuple(float(v) for v in direction))
+    except RuntimeError as error:
+        raise ImageWriteError(
+            f"{path}: cannot write this geometry ({_short_itk_message(str(error))})"
+        ) from None
 
 
 def write_labels(labels: LabelVolume, geometry: Geometry, path: Path) -> None:
@@ -313,9 +366,8 @@ def _write_channels(array: AnyArray, geometry: Geometry, path: Path) -> None:
     image = sitk.GetImageFromArray(array, isVector=False)
     direction = np.eye(4)
     direction[:3, :3] = geometry.direction_matrix()[::-1, ::-1]
-    image.SetSpacing((*(float(v) for v in geometry.spacing_mm[::-1]), 1.0))
-    image.SetOrigin((*(float(v) for v in geometry.origin_mm[::-1]), 0.0))
-    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    spacing, origin = (*geometry.spacing_mm[::-1], 1.0), (*geometry.origin_mm[::-1], 0.0)
+    _set_geometry(image, spacing, origin, direction.ravel().tolist(), path)
     _write_atomically(image, path)
 
 
@@ -384,15 +436,27 @@ def write_text_atomically(text: str, path: Path) -> None:
 
 
 def write_bytes_atomically(data: bytes, path: Path) -> None:
-    """Write a binary file atomically (see :func:`atomic_target`), flushed to disk before the rename."""
-    with atomic_target(path) as temporary, temporary.open("wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
+    """Write a binary file atomically (see :func:`atomic_target`), flushed to disk and its size checked
+    before the rename."""
+    with atomic_target(path, min_bytes=0) as temporary:
+        with temporary.open("wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        require_size(temporary, len(data), path)
+
+
+def require_size(temporary: Path, expected: int, path: Path) -> None:
+    """Raise :class:`ImageWriteError` naming ``path`` unless ``temporary`` holds ``expected`` bytes."""
+    written = temporary.stat().st_size
+    if written != expected:
+        raise ImageWriteError(
+            f"{path}: wrote {written} of {expected} bytes (disk full?); the previous file, if any, is kept"
+        )
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path, *, min_bytes: int = 1) -> Iterator[Path]:
     """The one way autoseg writes a file: a path to write into, moved onto ``path`` when the block succeeds,
     so ``path`` is never half-written.
 
@@ -401,16 +465,82 @@ def atomic_target(path: Path) -> Iterator[Path]:
     puts next to it (the data file of a MetaImage ``.mhd`` header) are moved into place first, the file itself
     last. The hidden folder is removed whether the block succeeds or fails: a failed write leaves no temporary
     file, and no ``path`` unless one existed before. Files get the permissions a plain ``open`` gives.
+
+    Before the rename the written file must exist and hold at least ``min_bytes`` bytes (a writer that
+    ignores "no space left on device" leaves an empty file); writers check more of what they wrote inside
+    the block (:func:`require_size`, the image writers' read-back). A file-system error (read-only folder,
+    full disk, a parent that is a file) becomes an :class:`ImageWriteError` naming ``path``; the previous
+    ``path`` stays as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:
+        raise ImageWriteError(f"{path}: cannot write ({_os_reason(error)})") from None
     try:
         temporary = scratch / path.name
         yield temporary
+        if not temporary.is_file() or temporary.stat().st_size < min_bytes:
+            size = temporary.stat().st_size if temporary.is_file() else 0
+            raise ImageWriteError(f"{path}: the writer left {size} bytes (disk full?); nothing replaced")
         for companion in sorted(scratch.iterdir()):
             if companion.name != path.name:
                 companion.replace(path.parent / companion.name)
         temporary.replace(path)
+    except OSError as error:
+        raise ImageWriteError(f"{path}: cannot write ({_os_reason(error)})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def prepare_output_folder(path: Path, *, probe_bytes: int = 2**16) -> bool:
+    """Create the output folder ``path`` if needed and prove it takes a file: ``probe_bytes`` written,
+    flushed to disk and removed. For commands to call before their long work (loading a model). Returns
+    whether it created ``path`` (so that a command failing before it writes anything can remove it).
+
+    Raises:
+        UsageError: ``path`` or one of its parents is a file.
+        ImageWriteError: the folder cannot be created or written (read-only, full disk, no permission).
+    """
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"is under {parent}, which is a file"
+            raise UsageError(f"{path}: the output folder {where}; give a folder")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".autoseg-probe-", dir=path)
+        try:
+            os.write(handle, b"\0" * probe_bytes)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            Path(name).unlink(missing_ok=True)
+    except OSError as error:
+        raise ImageWriteError(f"{path}: the output folder cannot be written ({_os_reason(error)})") from None
+    return created
+
+
+@contextlib.contextmanager
+def atomic_files(folder: Path) -> Iterator[Path]:
+    """A hidden scratch folder inside ``folder`` for a set of files (one case's outputs): when the block
+    succeeds each file is renamed into ``folder`` (each lands whole); when it fails none does, and the files
+    of an earlier run stay as they were. The scratch folder is removed either way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".autoseg-partial-", dir=folder))
+    except OSError as error:
+        raise ImageWriteError(f"{folder}: cannot write ({_os_reason(error)})") from None
+    try:
+        yield scratch
+        for written in sorted(scratch.iterdir()):
+            written.replace(folder / written.name)
+    except OSError as error:
+        raise ImageWriteError(f"{folder}: cannot write ({_os_reason(error)})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -586,3 +716,58 @@ def _write_atomically(image: sitk.Image, path: Path) -> None:
             sitk.WriteImage(image, str(temporary), compress)
         except RuntimeError as error:
             raise ImageWriteError(f"{path}: cannot write ({_short_itk_message(str(error))})") from error
+        verify_image_file(temporary, image, path)
+
+
+def verify_image_file(temporary: Path, image: sitk.Image, path: Path) -> None:
+    """Check that ``temporary`` holds all of ``image`` before it replaces ``path``: SimpleITK's writers
+    ignore "no space left on device" and leave an empty or truncated file.
+
+    The header must read back with the image's size; a ``.nii.gz`` must decompress to its end (gzip's
+    length and CRC) into at least the voxel bytes; a ``.nii`` must hold the voxel bytes; other formats are
+    read back in full.
+
+    Raises:
+        ImageWriteError: naming ``path``; nothing is renamed.
+    """
+    ending = split_ending(path)[1]
+    voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+    voxel_bytes *= image.GetNumberOfComponentsPerPixel()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(temporary))
+    try:
+        reader.ReadImageInformation()
+        if tuple(reader.GetSize()) != tuple(image.GetSize()):
+            raise ImageWriteError(f"{path}: the written header reads back as size {reader.GetSize()}")
+        if ending == ".nii.gz":
+            stored = _gunzipped_length(temporary, path)
+        elif ending == ".nii":
+            stored = temporary.stat().st_size - 352
+        else:
+            sitk.ReadImage(str(temporary))
+            stored = voxel_bytes
+    except RuntimeError as error:
+        raise ImageWriteError(
+            f"{path}: the written file does not read back ({_short_itk_message(str(error))}; disk full?)"
+        ) from None
+    if stored < voxel_bytes:
+        raise ImageWriteError(f"{path}: the written file is truncated (disk full?); nothing replaced")
+
+
+def _gunzipped_length(temporary: Path, path: Path) -> int:
+    """Bytes a gzip file inflates to, streaming (1 MiB at a time); raises when the stream is cut short."""
+    inflater = zlib.decompressobj(wbits=31)
+    total = 0
+    with temporary.open("rb") as stream:
+        while chunk := stream.read(2**20):
+            try:
+                while chunk:  # at most 16 MiB inflated at a time, whatever the ratio
+                    total += len(inflater.decompress(chunk, 2**24))
+                    chunk = inflater.unconsumed_tail
+            except zlib.error as error:
+                raise ImageWriteError(
+                    f"{path}: the written file is corrupt ({error}); nothing replaced"
+                ) from None
+    if not inflater.eof:
+        raise ImageWriteError(f"{path}: the written file is truncated (disk full?); nothing replaced")
+    return total

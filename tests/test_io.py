@@ -218,18 +218,18 @@ def test_a_failed_write_leaves_neither_the_target_nor_a_temporary_file(
         raise RuntimeError("interrupted")
     assert list(folder.iterdir()) == []
     monkeypatch.setattr("os.fsync", _fail_after_writing(lambda fd: None))
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError):
         write_bytes_atomically(b"data", folder / "b.png")
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError):
         write_text_atomically("text", folder / "c.md")
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError):
         write_json({"a": 1}, folder / "d.json")
     monkeypatch.undo()
     monkeypatch.setattr("numpy.savez_compressed", _fail_after_writing(np.savez_compressed))
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError):
         write_probabilities(np.ones((2, 3, 4, 5), np.float32), folder / "e.npz")
     monkeypatch.setattr("SimpleITK.WriteImage", _fail_after_writing(sitk.WriteImage))
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError):
         write_labels(
             np.ones((3, 4, 5), np.uint8), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), folder / "f.mhd"
         )

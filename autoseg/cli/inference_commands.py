@@ -84,13 +84,17 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", action="store_true",
         help="CASE_report.png (contours on three orientations, structure table with flags) and "
-        "CASE_structures.json per case",
+        "CASE_structures.json per case (the flags themselves are always computed: predict.json)",
     )  # fmt: skip
     parser.add_argument(
         "--strict", action="store_true",
-        help="refuse a case that does not look like the model's modality (a DICOM series' Modality tag, or "
-        "the intensities of an image file: docs/design.md 'Prediction'); it is reported and skipped, the "
-        "others go on, and predict exits 1. Without it such a case gets a warning",
+        help="for unattended use (a DICOM node): refuse a case that does not look like the model's "
+        "modality (a DICOM series' Modality tag, or the intensities of an image file: docs/design.md "
+        "'Prediction') or has NaN/Inf voxels (reported and skipped, the others go on), and exit 1 when a "
+        "predicted case is flagged for review (a structure far outside the training reference: volume, "
+        "missing, unexpected, confidence, parts; its outputs are written). Without it these are warnings, "
+        "NaN/Inf voxels are replaced by the channel's lowest value, and flagged cases are listed at the end "
+        "and in predict.json",
     )  # fmt: skip
 
 
@@ -125,7 +129,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
         ),
     )
     outputs = run_predict(request, show_progress=show_progress(args))
-    print(f"{len(outputs)} case(s) predicted into {args.output}")
+    flagged = sum(1 for output in outputs if output.review)
+    review = f"; {flagged} flagged for review (predict.json 'flagged')" if flagged else ""
+    print(f"{len(outputs)} case(s) predicted into {args.output}{review}")
     return 0
 
 

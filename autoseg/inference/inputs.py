@@ -7,6 +7,7 @@ DICOM series (each becomes one case, grouped by SeriesInstanceUID).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.errors import PredictInputError
-from autoseg.io import SUPPORTED_ENDINGS, Geometry, read_image, split_ending
+import numpy as np
+
+from autoseg.errors import MemoryLimitError, PredictInputError
+from autoseg.io import SUPPORTED_ENDINGS, Geometry, read_header, read_image, split_ending
 from autoseg.types import FloatVolume
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -156,3 +159,154 @@ def _series_names(folder: Path, series: Sequence[Any]) -> list[str]:
     if len(set(names)) != len(names):
         names = [f"{name}_{index}" for index, name in enumerate(names)]
     return names
+
+
+# ------------------------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class CaseHeader:
+    """What a case's headers say before any voxel is read.
+
+    Attributes:
+        shape: ``(Z, Y, X)`` voxels.
+        spacing_mm: ``(z, y, x)`` voxel size, mm.
+        channels: number of channels.
+        stored_bytes: bytes per voxel as stored (the read buffer of one channel before conversion).
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    channels: int
+    stored_bytes: int
+
+
+def read_case_header(case: InputCase) -> CaseHeader:
+    """The case's size from its headers only (image files: each channel's header; DICOM: the series'
+    instances).
+
+    Raises:
+        ImageReadError: an unreadable header or a voxel size that is not positive (named by the file).
+        PredictInputError: a file that is not 3D.
+    """
+    if case.is_dicom:
+        instances = case.series.instances
+        first = instances[0]
+        slices = sum(max(1, int(i.number_of_frames)) for i in instances)
+        span = float(np.linalg.norm(np.subtract(instances[-1].position_xyz, first.position_xyz)))
+        spacing = (
+            span / (len(instances) - 1) if len(instances) > 1 and span > 0 else 1.0,
+            *first.pixel_spacing,
+        )
+        return CaseHeader((slices, int(first.rows), int(first.columns)), spacing, 1, 4)
+    infos = [read_header(path) for path in case.files]
+    for info in infos:
+        if info.ndim != 3 or info.components != 1:
+            raise PredictInputError(
+                f"{info.path}: is {info.ndim}D with shape {info.shape} and {info.components} value(s) "
+                "per voxel; expected one 3D volume per channel"
+            )
+    shape = infos[0].shape
+    stored = max(int(np.dtype(info.dtype).itemsize) for info in infos)
+    return CaseHeader((shape[0], shape[1], shape[2]), infos[0].geometry.spacing_mm, len(infos), stored)
+
+
+def estimate_peak_bytes(header: CaseHeader, spacings_mm: Sequence[Sequence[float]], num_outputs: int) -> int:
+    """Peak memory of predicting one case, bytes, from its header: the channel read as stored, the float32
+    image, per configuration (``spacings_mm``: each plan's spacing) the image resampled to the plan's
+    spacing and the blended ``(K, Z', Y', X')`` float32 outputs with their weights, then ``K`` float32
+    probabilities on the input's grid twice (resampled back, summed) and the label map. A bound, not a
+    measurement: the crop to the nonzero region only makes it smaller; an oblique input's axis-aligned grid
+    (up to ~1.7x the voxels) is covered by a factor 1.5 on the resampled arrays."""
+    voxels = header.shape[0] * header.shape[1] * header.shape[2]
+    extent_mm3 = voxels * float(np.prod(header.spacing_mm))
+    total = voxels * (header.stored_bytes + 4 * header.channels + 8 * num_outputs + 2)
+    for spacing in spacings_mm:
+        resampled = math.ceil(1.5 * extent_mm3 / float(np.prod(spacing)))
+        total += resampled * 4 * (header.channels + num_outputs + 1)
+    return total
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to this process now, bytes: psutil's ``available`` when psutil is installed, else
+    ``MemAvailable`` of ``/proc/meminfo``; ``None`` when neither is known (the check is then skipped)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_case_memory(
+    case: InputCase,
+    header: CaseHeader,
+    spacings_mm: Sequence[Sequence[float]],
+    num_outputs: int,
+    available: int | None,
+) -> int:
+    """The estimated peak (:func:`estimate_peak_bytes`); refuse the case before any voxel is read when it
+    exceeds ``available`` bytes.
+
+    Raises:
+        MemoryLimitError: naming the case's file, its size and the memory it would need.
+    """
+    need = estimate_peak_bytes(header, spacings_mm, num_outputs)
+    if available is not None and need > available:
+        where = case.files[0] if case.files else case.series.summary()
+        shape = " x ".join(str(n) for n in header.shape)
+        raise MemoryLimitError(
+            f"{where}: {shape} voxels x {header.channels} channel(s) at "
+            f"{_spacing_text(header.spacing_mm)} mm "
+            f"would need about {format_bytes(need)} to predict ({num_outputs} classes, float32); "
+            f"{format_bytes(available)} is available. Crop or downsample the image, or use a larger machine"
+        )
+    return need
+
+
+def format_bytes(count: float) -> str:
+    """``1.5 GiB``, ``12 MiB``, ``3.6e+06 TiB``: a byte count for messages."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if count >= size:
+            value = count / size
+            return f"{value:.3g} {unit}" if value < 1e6 else f"{value:.2g} {unit}"
+    return f"{count / 1024:.3g} KiB"
+
+
+def _spacing_text(spacing_mm: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in spacing_mm) + ")"
+
+
+def replace_non_finite(image: FloatVolume, identifier: str, *, strict: bool) -> str | None:
+    """Replace NaN and Inf voxels of ``(C, Z, Y, X)`` ``image`` in place by their channel's lowest finite
+    value (background in CT and MR), and say so; a network fed one NaN returns all background.
+
+    Returns:
+        ``None`` when every voxel is finite, else the note for the log and ``predict.json``.
+
+    Raises:
+        PredictInputError: a channel without any finite voxel, or (``strict``) any non-finite voxel.
+    """
+    notes: list[str] = []
+    for index, channel in enumerate(image):
+        if math.isfinite(float(channel.sum(dtype=np.float64))):  # NaN and Inf survive a sum
+            continue
+        bad = ~np.isfinite(channel)
+        count = int(np.count_nonzero(bad))
+        if count == channel.size:
+            raise PredictInputError(f"{identifier}: channel {index} has no finite voxel (all NaN or Inf)")
+        fill = float(channel[~bad].min())
+        if strict:
+            raise PredictInputError(
+                f"{identifier}: channel {index} has {count} NaN/Inf voxel(s); refused (--strict)"
+            )
+        channel[bad] = fill
+        notes.append(f"channel {index}: {count} NaN/Inf voxel(s) replaced by its lowest value {fill:.6g}")
+    return "; ".join(notes) if notes else None

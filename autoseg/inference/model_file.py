@@ -24,6 +24,7 @@ import json
 import logging
 import stat
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,10 +35,11 @@ import torch
 from torch import nn
 
 from autoseg import __version__
-from autoseg.errors import ModelError
+from autoseg.errors import AutosegError, ModelError
+from autoseg.inference.inputs import available_memory_bytes, format_bytes
 from autoseg.io import atomic_target
 from autoseg.network import build_network
-from autoseg.plans import Plans, plans_from_json, upgrade_plans_json
+from autoseg.plans import PLANS_SCHEMA_VERSION, Plans, plans_from_json, upgrade_plans_json, validate_plans
 from autoseg.postprocessing.steps import Postprocessing, postprocessing_from_json
 from autoseg.report.structures import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
@@ -216,15 +218,14 @@ def _load_exported(
     path: Path, configuration: str | None, folds: Sequence[str] | None, fold_limit: int | None
 ) -> TrainedModel:
     entries = _read_verified_entries(path, folds, fold_limit)
-    manifest = _as_dict(json.loads(entries[MANIFEST]))
+    manifest = _json_entry(entries, MANIFEST, path)
     name = str(manifest.get("configuration"))
     if configuration is not None and configuration != name:
         raise ModelError(f"{path}: the model holds configuration {name}, not {configuration}")
-    try:
-        plans = plans_from_json(upgrade_plans_json(_as_dict(json.loads(entries[PLANS_ENTRY]))))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{path}: {PLANS_ENTRY} is not a valid autoseg plan ({error})") from None
-    available = [str(f) for f in manifest.get("folds", [])]
+    plans = _plans_entry(entries, path)
+    if name not in plans.configurations:
+        raise ModelError(f"{path}: the manifest's configuration {name!r} is not in its {PLANS_ENTRY}")
+    available = [str(f) for f in _as_list(manifest.get("folds", []), f"{path}:{MANIFEST} folds")]
     chosen = _select_folds(folds, available, fold_limit)
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for fold in chosen:
@@ -233,61 +234,157 @@ def _load_exported(
             raise ModelError(f"{path}: fold {fold} is not in the model; it has {', '.join(available)}")
         weights[fold] = _read_weights(entries[key], f"{path}:{key}")
     postprocessing = (
-        postprocessing_from_json(json.loads(entries[POSTPROCESSING_ENTRY]), f"{path}:{POSTPROCESSING_ENTRY}")
+        postprocessing_from_json(
+            _json_entry(entries, POSTPROCESSING_ENTRY, path), f"{path}:{POSTPROCESSING_ENTRY}"
+        )
         if POSTPROCESSING_ENTRY in entries
         else None
     )
-    reference = (
-        TrainingReference.from_json(_as_dict(json.loads(entries[REFERENCE_ENTRY])))
-        if REFERENCE_ENTRY in entries
-        else None
-    )
-    return TrainedModel(plans, name, weights, postprocessing, str(path), reference)
+    return TrainedModel(plans, name, weights, postprocessing, str(path), _reference_entry(entries, path))
+
+
+def _plans_entry(entries: Mapping[str, bytes], path: Path) -> Plans:
+    """The model's plans, upgraded and validated completely, as a work directory's ``plans.json`` is;
+    every problem names the model file."""
+    where = f"{path}:{PLANS_ENTRY}"
+    data = _json_entry(entries, PLANS_ENTRY, path)
+    version = data.get("schema_version")
+    if not isinstance(version, int) or not 1 <= version <= PLANS_SCHEMA_VERSION:
+        raise ModelError(
+            f"{where}: schema_version {version!r}; this autoseg reads up to {PLANS_SCHEMA_VERSION}. "
+            "Upgrade autoseg."
+        )
+    try:
+        plans = plans_from_json(upgrade_plans_json(data))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise ModelError(f"{where}: not a valid autoseg plan ({type(error).__name__}: {error})") from None
+    except AutosegError as error:
+        raise ModelError(f"{where}: {error.message}", details=error.details) from None
+    problems = validate_plans(plans)
+    if problems:
+        raise ModelError(f"{where}: {len(problems)} problem(s) in the plan", details=problems)
+    return plans
+
+
+def _reference_entry(entries: Mapping[str, bytes], path: Path) -> TrainingReference | None:
+    """The training reference (structure volumes) of the model, or ``None`` when it has none."""
+    if REFERENCE_ENTRY not in entries:
+        return None
+    try:
+        return TrainingReference.from_json(_json_entry(entries, REFERENCE_ENTRY, path))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ModelError(
+            f"{path}:{REFERENCE_ENTRY}: incomplete or malformed ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _json_entry(entries: Mapping[str, bytes], name: str, path: Path) -> dict[str, Any]:
+    """A JSON object entry of the model file; malformed JSON names the file and the entry."""
+    try:
+        data = json.loads(entries[name])
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}:{name}: not valid JSON ({error})") from None
+    return _as_dict(data, f"{path}:{name}")
 
 
 def _read_verified_entries(
     path: Path, folds: Sequence[str] | None = None, fold_limit: int | None = None
 ) -> dict[str, bytes]:
-    """The entries of a model file, after checking names, the manifest and the checksums.
+    """The entries of a model file, after checking names, the manifest, sizes and the checksums.
 
     The weights of folds not selected (``folds``, else the first ``fold_limit`` folds, else all) are neither
     read nor verified, only their names checked: a one-fold prediction from a five-fold file inflates and
-    hashes one fifth of the weights.
+    hashes one fifth of the weights. No entry is inflated past its limit (:func:`_read_entry`).
     """
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
         raise ModelError(f"{path}: not a readable model file ({error})") from None
     with archive:
-        for info in archive.infolist():
+        infos = {info.filename: info for info in archive.infolist()}
+        for info in infos.values():
             _check_entry(info, path)
-        names = set(archive.namelist())
-        if MANIFEST not in names:
+        if MANIFEST not in infos:
             raise ModelError(f"{path}: no {MANIFEST}; not an autoseg model file")
-        manifest = _as_dict(json.loads(archive.read(MANIFEST)))
+        entries = {MANIFEST: _read_entry(archive, infos[MANIFEST], path)}
+        manifest = _json_entry(entries, MANIFEST, path)
         version = manifest.get("format_version")
         if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
             raise ModelError(
                 f"{path}: model format {version}; this autoseg reads up to {MODEL_FORMAT_VERSION}. "
                 "Upgrade autoseg."
             )
-        listed = _as_dict(manifest.get("files", {}))
-        unexpected = sorted(names - set(listed) - {MANIFEST})
+        listed = _as_dict(manifest.get("files", {}), f"{path}:{MANIFEST} files")
+        unexpected = sorted(set(infos) - set(listed) - {MANIFEST})
         if unexpected:
             raise ModelError(f"{path}: entries not in the manifest: {', '.join(unexpected[:5])}")
-        entries = {MANIFEST: archive.read(MANIFEST)}
-        available = [str(f) for f in manifest.get("folds", [])]
+        available = [str(f) for f in _as_list(manifest.get("folds", []), f"{path}:{MANIFEST} folds")]
         wanted = {f"folds/fold_{fold}.pt" for fold in _select_folds(folds, available, fold_limit)}
-        for name, digest in listed.items():
-            if name not in names:
-                raise ModelError(f"{path}: {name} is listed in the manifest but missing")
-            if name.startswith("folds/") and name not in wanted:
-                continue
-            data = archive.read(name)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise ModelError(f"{path}: checksum mismatch for {name}; the file is corrupt or was modified")
-            entries[name] = data
+        chosen = [n for n in listed if not n.startswith("folds/") or n in wanted]
+        missing = [n for n in chosen if n not in infos]
+        if missing:
+            raise ModelError(f"{path}: {missing[0]} is listed in the manifest but missing")
+        _check_total_size([infos[n] for n in chosen], path)
+        for name in chosen:
+            entries[name] = _read_entry(archive, infos[name], path, digest=str(listed[name]))
     return entries
+
+
+MAX_JSON_ENTRY_BYTES = 64 * 2**20
+"""The most a JSON entry of a model file may inflate to (plans with a few hundred channels are ~100 KiB)."""
+MAX_WEIGHTS_ENTRY_BYTES = 16 * 2**30
+"""The most one fold's weights may inflate to (nnU-Net's largest residual encoders are ~1 GiB)."""
+MAX_COMPRESSION_RATIO = 100
+"""Network weights deflate to ~0.9 of their size and JSON to ~0.2; an entry over 1 MiB inflating more than
+this many times its stored size is not a model file's (a zip bomb)."""
+
+
+def _read_entry(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, *, digest: str | None = None
+) -> bytes:
+    """One entry, inflated as a bounded stream: refused before any inflation when its declared size is over
+    its limit or its compression ratio is implausible, and while inflating when it yields more than it
+    declared; the SHA-256 ``digest`` (the manifest's) is checked. Zip errors (bad CRC, deflate errors) name
+    the file and the entry."""
+    name = info.filename
+    limit = MAX_WEIGHTS_ENTRY_BYTES if name.startswith("folds/") else MAX_JSON_ENTRY_BYTES
+    if info.file_size > limit:
+        raise ModelError(
+            f"{path}: entry {name} declares {info.file_size / 2**20:.1f} MiB; at most "
+            f"{limit / 2**20:.0f} MiB allowed for it; refusing the file"
+        )
+    if info.file_size > 2**20 and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+        raise ModelError(
+            f"{path}: entry {name} would inflate {info.compress_size} bytes to "
+            f"{info.file_size / 2**20:.1f} MiB (over {MAX_COMPRESSION_RATIO}x); refusing the file"
+        )
+    hasher = hashlib.sha256()
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with archive.open(info) as stream:
+            while chunk := stream.read(min(2**20, info.file_size - total + 1)):
+                total += len(chunk)
+                if total > info.file_size:
+                    raise ModelError(f"{path}: entry {name} inflates past its declared size; refusing it")
+                hasher.update(chunk)
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as error:
+        raise ModelError(f"{path}: entry {name} is corrupt ({type(error).__name__}: {error})") from None
+    if digest is not None and hasher.hexdigest() != digest:
+        raise ModelError(f"{path}: checksum mismatch for {name}; the file is corrupt or was modified")
+    return b"".join(chunks)
+
+
+def _check_total_size(infos: Sequence[zipfile.ZipInfo], path: Path) -> None:
+    """Refuse a model whose entries to read would not fit in the memory available now."""
+    total = sum(info.file_size for info in infos)
+    available = available_memory_bytes()
+    if available is not None and 2 * total > available:  # the entries, then the tensors built from them
+        raise ModelError(
+            f"{path}: reading it needs about {format_bytes(2 * total)}; {format_bytes(available)} of memory "
+            "is available"
+        )
 
 
 def _check_entry(info: zipfile.ZipInfo, path: Path) -> None:
@@ -310,9 +407,15 @@ def _read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
     return dict(state["network"])
 
 
-def _as_dict(value: object) -> dict[str, Any]:
+def _as_dict(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ModelError(f"expected a JSON object, got {type(value).__name__}")
+        raise ModelError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _as_list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ModelError(f"{where}: expected a JSON list, got {type(value).__name__}")
     return value
 
 

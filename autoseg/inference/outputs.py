@@ -25,6 +25,7 @@ from autoseg.errors import UsageError
 from autoseg.inference.ensemble import target_from_probabilities
 from autoseg.io import (
     Geometry,
+    atomic_files,
     write_json,
     write_label_channels,
     write_labels,
@@ -35,7 +36,12 @@ from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
 from autoseg.regions import are_disjoint, is_region_target, label_map_of, structure_mask
 from autoseg.report.figure import render_report
-from autoseg.report.structures import TrainingReference, structure_table, write_structure_table
+from autoseg.report.structures import (
+    StructureRow,
+    TrainingReference,
+    structure_table,
+    write_structure_table,
+)
 from autoseg.types import FloatVolume, TargetVolume
 
 if TYPE_CHECKING:
@@ -101,6 +107,10 @@ class CaseOutput:
     files: tuple[Path, ...]
     volumes_ml: dict[str, float]
     predict_seconds: float = 0.0
+    review: tuple[str, ...] = ()
+    """Why the case needs a look: ``"STRUCTURE: reason"`` per flag of the structure table (volume, missing,
+    unexpected, confidence, parts; :mod:`autoseg.report.structures`), ``"input: ..."`` for a repaired input;
+    empty when nothing is unusual."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,11 @@ def write_case_outputs(
     options: OutputOptions,
     out: Path,
 ) -> CaseOutput:
-    """Argmax (or the 0.5 threshold per structure), post-processing, then every requested output of one case.
+    """Argmax (or the 0.5 threshold per structure), post-processing, the structure table's flags (always;
+    its PNG and JSON with ``options.report``), then every requested output of one case.
+
+    The files are written into a scratch folder and renamed into ``out`` only when all of them are written
+    (:func:`autoseg.io.atomic_files`): a case that fails leaves nothing, and an earlier run's files intact.
 
     Args:
         probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
@@ -138,38 +152,42 @@ def write_case_outputs(
         context.postprocessing,
         geometry.spacing_mm,
     )
+    rows = structure_table(target, probabilities, geometry, context.labels_by_name, context.reference)
+    with atomic_files(out) as scratch:
+        files = _write_files(case, target, probabilities, geometry, context, options, scratch)
+        if options.report and image is not None:
+            files += _write_report(case.identifier, image, target, rows, geometry, scratch)
     names = {value: name for name, value in context.labels_by_name.items() if value != 0}
-    labels = label_map_of(target) if is_region_target(target) and are_disjoint(target) else target
-    stem = out / case.identifier
-    files: list[Path] = []
-    if "nifti" in options.formats:
-        files.append(stem.with_name(f"{case.identifier}.nii.gz"))
-        write_target(labels, geometry, files[-1])
-    files += _write_dicom(case, target, names, options, out)
     volumes = _volumes(target, names, geometry)
-    if context.instance_classes:
-        files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
-    if options.report and image is not None:
-        files += _write_report(case.identifier, image, target, probabilities, geometry, context, out)
-    return _finish(case.identifier, files, volumes, probabilities, context, options, stem)
+    logger.info("%s: %s", case.identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
+    review = tuple(f"{row.name}: {flag.reason}" for row in rows for flag in row.flags)
+    return CaseOutput(case.identifier, tuple(out / f.name for f in files), volumes, review=review)
 
 
-def _finish(
-    identifier: str,
-    files: list[Path],
-    volumes: dict[str, float],
+def _write_files(
+    case: InputCase,
+    target: TargetVolume,
     probabilities: FloatVolume,
+    geometry: Geometry,
     context: OutputContext,
     options: OutputOptions,
-    stem: Path,
-) -> CaseOutput:
-    """The probabilities file if asked for, the volumes logged, the case's record."""
+    out: Path,
+) -> list[Path]:
+    """The label map, DICOM objects, instances and probabilities of one case, into ``out``."""
+    names = {value: name for name, value in context.labels_by_name.items() if value != 0}
+    labels = label_map_of(target) if is_region_target(target) and are_disjoint(target) else target
+    files: list[Path] = []
+    if "nifti" in options.formats:
+        files.append(out / f"{case.identifier}.nii.gz")
+        write_target(labels, geometry, files[-1])
+    files += _write_dicom(case, target, names, options, out)
+    if context.instance_classes:
+        files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
     if options.save_probabilities:
-        files.append(stem.with_name(f"{identifier}_probabilities.npz"))
+        files.append(out / f"{case.identifier}_probabilities.npz")
         class_names = [n for n, v in context.labels_by_name.items() if v or not context.regions]
         write_probabilities(probabilities, files[-1], class_names=class_names)
-    logger.info("%s: %s", identifier, ", ".join(f"{n} {v:.2f} ml" for n, v in volumes.items()))
-    return CaseOutput(identifier, tuple(files), volumes)
+    return files
 
 
 def _volumes(target: TargetVolume, names: dict[int, str], geometry: Geometry) -> dict[str, float]:
@@ -262,19 +280,14 @@ def _write_report(
     identifier: str,
     image: FloatVolume,
     labels: TargetVolume,
-    probabilities: FloatVolume,
+    rows: list[StructureRow],
     geometry: Geometry,
-    context: OutputContext,
     out: Path,
 ) -> list[Path]:
     """``CASE_report.png`` (contours on three orientations, structure table) and ``CASE_structures.json``."""
-    rows = structure_table(labels, probabilities, geometry, context.labels_by_name, context.reference)
     paths = [out / f"{identifier}_report.png", out / f"{identifier}_structures.json"]
     render_report(image, labels, geometry, rows, paths[0], title=identifier)
     write_structure_table(rows, paths[1])
-    flagged = [f"{row.name}: {'; '.join(f.reason for f in row.flags)}" for row in rows if row.flags]
-    for line in flagged:
-        logger.warning("%s: review %s", identifier, line)
     return paths
 
 

@@ -24,13 +24,22 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, PredictInputError, UsageError
+from autoseg.errors import AutosegError, FlaggedCasesError, PredictInputError, UsageError
 from autoseg.inference.ensemble import Activation, InferenceSettings, predict_probabilities, resolve_precision
-from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
+from autoseg.inference.inputs import (
+    InputCase,
+    available_memory_bytes,
+    check_case_memory,
+    find_input_cases,
+    format_bytes,
+    read_case_header,
+    read_input_case,
+    replace_non_finite,
+)
 from autoseg.inference.modality import InputCheck, check_case, model_channels
 from autoseg.inference.model_file import TrainedModel, load_model
 from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
-from autoseg.io import Geometry, write_json
+from autoseg.io import Geometry, prepare_output_folder, write_json
 from autoseg.plans import ChannelRecord, ConfigurationPlan
 from autoseg.postprocessing.instances import parse_class_selection
 from autoseg.postprocessing.steps import Postprocessing
@@ -88,6 +97,8 @@ class PreparedCase:
     properties: list[CaseProperties]
     report_image: FloatVolume | None = None
     check: InputCheck | None = None
+    notes: tuple[str, ...] = ()
+    """What was repaired in the input (``"input: ..."``), for the case's review list."""
 
 
 def predict_case(
@@ -232,11 +243,21 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
 def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[CaseOutput]:
     """Predict every case of ``request.inputs`` into ``request.output``; writes ``predict.json`` too.
 
-    A case that fails (unreadable, inconsistent) is reported and skipped; the others are written, then
-    an :class:`AutosegError` lists the failures.
+    The output folder is checked (created, written to) before the model loads. A case that fails
+    (unreadable header or voxels, a voxel size that is not positive, more memory than available, an output
+    the disk refuses) is reported and skipped; the others are written, then an :class:`AutosegError` lists
+    the failures. Cases whose structure table has flags are listed at the end and in ``predict.json``
+    (``flagged``); with ``request.strict`` they raise :class:`FlaggedCasesError` (exit 1, outputs written).
+    An output folder this call created is removed again when it fails before writing anything.
     """
-    with folder_lock(request.output, "predict"):  # a second predict into this folder is refused
-        return _predict_into(request, show_progress=show_progress)
+    created = prepare_output_folder(request.output)
+    try:
+        with folder_lock(request.output, "predict"):  # a second predict into this folder is refused
+            return _predict_into(request, show_progress=show_progress)
+    except BaseException:
+        if created and request.output.is_dir() and not any(request.output.iterdir()):
+            request.output.rmdir()
+        raise
 
 
 def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseOutput]:
@@ -272,6 +293,7 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
         request.outputs.report,
         model_channels(ensemble.members[0].model.plans),
         request.strict,
+        num_outputs=ensemble.num_outputs,
     )
     outputs, failures = _predict_all(
         cases,
@@ -284,9 +306,29 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
     )
     checks = [reading.checks[c.identifier] for c in cases if c.identifier in reading.checks]
     _write_record(request.output / "predict.json", ensemble, outputs, failures, checks)
-    if failures:
-        raise AutosegError(f"{len(failures)} of {len(cases)} case(s) failed", details=failures)
+    _finish_run(outputs, failures, len(cases), strict=request.strict)
     return outputs
+
+
+def _finish_run(outputs: list[CaseOutput], failures: list[str], total: int, *, strict: bool) -> None:
+    """List the flagged cases; raise for failed cases, and (``strict``) for flagged ones."""
+    flagged = [f"{o.identifier}: {'; '.join(o.review)}" for o in outputs if o.review]
+    if flagged:
+        logger.warning(
+            "%d of %d case(s) flagged for review (predict.json 'flagged'):\n  %s",
+            len(flagged),
+            total,
+            "\n  ".join(flagged),
+        )
+    strict_lines = [f"{line} (flagged, --strict)" for line in flagged] if strict else []
+    if failures:
+        raise AutosegError(f"{len(failures)} of {total} case(s) failed", details=failures + strict_lines)
+    if strict_lines:
+        raise FlaggedCasesError(
+            f"{len(flagged)} of {total} case(s) flagged for review (--strict); their outputs are written, "
+            "check them before use",
+            details=strict_lines,
+        )
 
 
 def _write_record(
@@ -308,6 +350,7 @@ def _write_record(
             else [],
             "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
             "failures": failures,
+            "flagged": [{"case": o.identifier, "reasons": list(o.review)} for o in outputs if o.review],
             "input_checks": [asdict(check) for check in checks],
         },
         path,
@@ -324,6 +367,7 @@ class CaseReading:
     keep_image: bool
     channels: tuple[ChannelRecord, ...]
     strict: bool = False
+    num_outputs: int = 2
     checks: dict[str, InputCheck] = field(default_factory=dict)
 
 
@@ -349,17 +393,12 @@ def _predict_all(
                 bar.update()
                 continue
             started = time.perf_counter()
-            predicted = [
-                predict_probabilities(
-                    m.networks,
-                    image,
-                    m.plan.patch_size,
-                    ensemble.num_outputs,
-                    case_settings(m.settings, m.plan, prepared.geometry),
-                    activation="sigmoid" if ensemble.regions else "softmax",
-                )
-                for m, image in zip(ensemble.members, prepared.images, strict=True)
-            ]
+            try:
+                predicted = _predict_members(ensemble, prepared)
+            except (MemoryError, torch.OutOfMemoryError):
+                failures.append(f"{prepared.case.identifier}: {_OUT_OF_MEMORY} while predicting")
+                bar.update()
+                continue
             seconds = time.perf_counter() - started
             if pending is not None:
                 _collect(pending, outputs, failures)
@@ -369,6 +408,24 @@ def _predict_all(
             _collect(pending, outputs, failures)
     bar.close()
     return outputs, failures
+
+
+_OUT_OF_MEMORY = "ran out of memory (the estimate before reading was too low: report it)"
+
+
+def _predict_members(ensemble: Ensemble, prepared: PreparedCase) -> list[FloatVolume]:
+    """Each member's probabilities for one preprocessed case, at its plan's spacing."""
+    return [
+        predict_probabilities(
+            m.networks,
+            image,
+            m.plan.patch_size,
+            ensemble.num_outputs,
+            case_settings(m.settings, m.plan, prepared.geometry),
+            activation="sigmoid" if ensemble.regions else "softmax",
+        )
+        for m, image in zip(ensemble.members, prepared.images, strict=True)
+    ]
 
 
 def _read_ahead(
@@ -383,13 +440,23 @@ def _read_ahead(
             futures.append(reader.submit(_prepare, cases[index + 1], reading))
         future = futures.pop(0)
         try:
-            yield case, future.result()
+            result: PreparedCase | str = future.result()
         except AutosegError as error:
-            yield case, f"{case.identifier}: {error.message}"
+            result = f"{case.identifier}: {error.message}"
+        except MemoryError:
+            result = f"{case.identifier}: {_OUT_OF_MEMORY} while reading and preprocessing"
+        yield case, result
 
 
 def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
+    header = read_case_header(case)
+    spacings = [plan.spacing_mm for plan in reading.plans]
+    need = check_case_memory(case, header, spacings, reading.num_outputs, available_memory_bytes())
+    logger.debug("%s: %s voxels, about %s at peak", case.identifier, header.shape, format_bytes(need))
     image, geometry = read_input_case(case)
+    repaired = replace_non_finite(image, case.identifier, strict=reading.strict)
+    if repaired:
+        logger.warning("%s: %s", case.identifier, repaired)
     modality = str(getattr(case.series, "modality", "")) if case.is_dicom else None
     check = check_case(case.identifier, image, reading.channels, modality, strict=reading.strict)
     reading.checks[case.identifier] = check
@@ -404,7 +471,8 @@ def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
         prepared = preprocess_case(image, None, geometry, plan, identifier=case.identifier, in_place=last)
         images.append(prepared.image)
         properties.append(prepared.properties)
-    return PreparedCase(case, geometry, images, properties, report_image, check)
+    notes = (f"input: {repaired}",) if repaired else ()
+    return PreparedCase(case, geometry, images, properties, report_image, check, notes)
 
 
 def _export(
@@ -425,7 +493,10 @@ def _export(
     written = write_case_outputs(
         prepared.case, restored, prepared.geometry, prepared.report_image, context, options, out
     )
-    return replace(written, predict_seconds=round(seconds, 3))
+    review = prepared.notes + written.review
+    for line in written.review:
+        logger.warning("%s: review %s", prepared.case.identifier, line)
+    return replace(written, predict_seconds=round(seconds, 3), review=review)
 
 
 def _collect(future: Future[CaseOutput], outputs: list[CaseOutput], failures: list[str]) -> None:
@@ -433,3 +504,5 @@ def _collect(future: Future[CaseOutput], outputs: list[CaseOutput], failures: li
         outputs.append(future.result())
     except AutosegError as error:
         failures.append(error.message)
+    except MemoryError:
+        failures.append(f"a case {_OUT_OF_MEMORY} while writing its outputs")

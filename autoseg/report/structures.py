@@ -385,13 +385,25 @@ def _volume_flags(volume_ml: float, training_ml: Sequence[float], rules: FlagRul
 
 def _confidence_flags(confidence: float, training: Sequence[float] | None, rules: FlagRules) -> list[Flag]:
     if confidence < rules.confidence_floor:
-        return [Flag("confidence", f"mean confidence {confidence:.2f} < {rules.confidence_floor:.2f}")]
+        shown, floor_shown = _distinct(confidence, rules.confidence_floor)
+        return [Flag("confidence", f"mean confidence {shown} < {floor_shown}")]
     if training:
         floor = float(np.percentile(np.asarray(training, np.float64), rules.confidence_percentile))
         if confidence < floor:
             where = f"{rules.confidence_percentile:g}th percentile of training"
-            return [Flag("confidence", f"mean confidence {confidence:.2f} < {where} ({floor:.2f})")]
+            shown, floor_shown = _distinct(confidence, floor)
+            return [Flag("confidence", f"mean confidence {shown} < {where} ({floor_shown})")]
     return []
+
+
+def _distinct(low: float, high: float) -> tuple[str, str]:
+    """``low < high`` printed with the fewest decimals (2 to 6) that keep the printed values apart, so a
+    flag never reads "0.80 < 0.80"."""
+    for digits in range(2, 7):
+        shown = f"{low:.{digits}f}", f"{high:.{digits}f}"
+        if float(shown[0]) < float(shown[1]):
+            return shown
+    return f"{low:.6g}", f"{high:.6g}"
 
 
 def _range(values: Sequence[float]) -> tuple[float, float] | None:
