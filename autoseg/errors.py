@@ -124,14 +124,16 @@ class FolderInUseError(AutosegError):
     ``predict``, a fold's run folder): the message names the folder and the holder's pid."""
 
 
-# ------------------------------------------------------------------------------------------- configurations
+# ------------------------------------------------------------------------------------------- serve
 
 
-class ConfigurationNotPlannedError(PlansError, UsageError):
-    """A configuration asked for (``-c``), or needed as the default, is not in ``plans.json``: a usage
-    error (exit 2) in every command; the message lists the planned configurations."""
+class ServeConfigError(UsageError):
+    """The ``autoseg serve`` configuration (file or flags) is invalid; the message names the key."""
 
-    exit_code = 2
+
+class ServeError(AutosegError):
+    """The DICOM node cannot start or run: the spool is unusable, the port is taken, a certificate is
+    unreadable. The message names the file or the address."""
 
 
 # ------------------------------------------------------------------------------------------- predict resources
@@ -145,3 +147,13 @@ class MemoryLimitError(AutosegError):
 class FlaggedCasesError(AutosegError):
     """``predict --strict``: a predicted case has review flags (structures far outside the training
     reference, a replaced input voxel). Its outputs are written; the message lists each case and why."""
+
+
+# ------------------------------------------------------------------------------------------- configurations
+
+
+class ConfigurationNotPlannedError(PlansError, UsageError):
+    """A configuration asked for (``-c``), or needed as the default, is not in ``plans.json``: a usage
+    error (exit 2) in every command; the message lists the planned configurations."""
+
+    exit_code = 2

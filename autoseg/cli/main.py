@@ -138,13 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def all_commands() -> list[CommandSpec]:
-    """Every sub-command, in pipeline order: datasets in, planning, training, inference, evaluation, demo."""
+    """Every sub-command, in pipeline order: datasets in, planning, training, inference, evaluation, serve,
+    demo."""
     from autoseg.cli import (
         data_commands,
         demo_commands,
         evaluation_commands,
         inference_commands,
         plan_commands,
+        serve_commands,
         train_commands,
     )
 
@@ -154,6 +156,7 @@ def all_commands() -> list[CommandSpec]:
         train_commands,
         inference_commands,
         evaluation_commands,
+        serve_commands,
         demo_commands,
     )
     return [spec for group in groups for spec in group.COMMANDS]

@@ -60,6 +60,7 @@ def write_rtstruct(
     skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
+    uid_seed: str | None = None,
 ) -> None:
     """Write a label map as an RTSTRUCT that references ``series``, atomically.
 
@@ -75,6 +76,8 @@ def write_rtstruct(
         skip_empty: leave out the ROIs of labels without voxels.
         algorithm_name: Manufacturer, ROIGenerationDescription and the ROI derivation algorithm's name.
         algorithm_version: SoftwareVersions and the algorithm's version.
+        uid_seed: ``None``: new random SOP Instance and Series Instance UIDs; otherwise both are derived from
+            this text (the same seed gives the same UIDs, so a re-sent result is recognisable).
 
     Raises:
         DicomError: labels not on the series grid, or the series geometry is invalid.
@@ -88,6 +91,7 @@ def write_rtstruct(
         skip_empty=skip_empty,
         algorithm_name=algorithm_name,
         algorithm_version=algorithm_version,
+        uid_seed=uid_seed,
     )
 
 
@@ -99,6 +103,7 @@ def write_rtstruct_structures(
     skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
+    uid_seed: str | None = None,
 ) -> None:
     """Write structures (they may overlap) as an RTSTRUCT referencing ``series``, one ROI each, atomically.
 
@@ -113,6 +118,7 @@ def write_rtstruct_structures(
         skip_empty: leave out structures without voxels (otherwise: ROIs without contours).
         algorithm_name: as :func:`write_rtstruct`.
         algorithm_version: as :func:`write_rtstruct`.
+        uid_seed: as :func:`write_rtstruct`.
 
     Raises:
         DicomError: a mask off the series grid, repeated names or ROI numbers, no structure to write, or an
@@ -127,7 +133,7 @@ def write_rtstruct_structures(
     if not numbered:
         raise DicomError(f"{path}: no structure to write; an RTSTRUCT needs at least one ROI")
     headers = read_source_headers(series)
-    dataset = _structure_set(headers, algorithm_name, algorithm_version)
+    dataset = _structure_set(headers, algorithm_name, algorithm_version, uid_seed)
     algorithm = _algorithm_identification(algorithm_name, algorithm_version)
     for number, structure in numbered:
         contours = _label_contours(structure.mask, geometry, headers)
@@ -185,7 +191,9 @@ def read_rtstruct(path: Path, series: DicomSeries) -> dict[str, BoolVolume]:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_version: str) -> Dataset:
+def _structure_set(
+    headers: Sequence[Dataset], algorithm_name: str, algorithm_version: str, uid_seed: str | None = None
+) -> Dataset:
     source = headers[0]
     now = datetime.datetime.now()
     dataset = Dataset()
@@ -193,10 +201,10 @@ def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_ve
     # Implicit VR: ContourData of a long outline can pass the 64 KB that explicit VR's DS length allows.
     dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     dataset.SOPClassUID = RTStructureSetStorage
-    dataset.SOPInstanceUID = generate_uid()
+    dataset.SOPInstanceUID = _new_uid(uid_seed, "rtstruct")
     copy_patient_and_study(source, dataset)
     dataset.Modality = "RTSTRUCT"
-    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = _new_uid(uid_seed, "rtstruct series")
     dataset.SeriesNumber = 901
     dataset.SeriesDescription = f"{algorithm_name} structures"
     dataset.OperatorsName = ""
@@ -215,6 +223,11 @@ def _structure_set(headers: Sequence[Dataset], algorithm_name: str, algorithm_ve
     dataset.RTROIObservationsSequence = []
     dataset.ApprovalStatus = "UNAPPROVED"
     return dataset
+
+
+def _new_uid(seed: str | None, what: str) -> str:
+    """A random UID, or one derived from ``seed`` and ``what``."""
+    return str(generate_uid() if seed is None else generate_uid(entropy_srcs=[seed, what]))
 
 
 def _algorithm_identification(name: str, version: str) -> Dataset:

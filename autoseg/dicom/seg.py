@@ -61,6 +61,7 @@ def write_dicom_seg(
     skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
+    uid_seed: str | None = None,
 ) -> None:
     """Write a label map as a BINARY DICOM SEG referencing ``series``, atomically.
 
@@ -76,6 +77,8 @@ def write_dicom_seg(
         skip_empty: leave out the segments of labels without voxels.
         algorithm_name: name in the AlgorithmIdentificationSequence and Manufacturer.
         algorithm_version: algorithm and software version.
+        uid_seed: ``None``: new random SOP Instance and Series Instance UIDs; otherwise both are derived from
+            this text (the same seed gives the same UIDs, so a re-sent result is recognisable).
 
     Raises:
         DicomError: labels not on the series grid, or highdicom rejects the inputs.
@@ -88,6 +91,7 @@ def write_dicom_seg(
         skip_empty=skip_empty,
         algorithm_name=algorithm_name,
         algorithm_version=algorithm_version,
+        uid_seed=uid_seed,
     )
 
 
@@ -99,6 +103,7 @@ def write_dicom_seg_structures(
     skip_empty: bool = False,
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
+    uid_seed: str | None = None,
 ) -> None:
     """Write structures (they may overlap) as a BINARY DICOM SEG referencing ``series``, atomically.
 
@@ -114,6 +119,7 @@ def write_dicom_seg_structures(
         skip_empty: leave out structures without voxels (otherwise: segments without frames).
         algorithm_name: as :func:`write_dicom_seg`.
         algorithm_version: as :func:`write_dicom_seg`.
+        uid_seed: as :func:`write_dicom_seg`.
 
     Raises:
         DicomError: a mask off the series grid, repeated names, no structure to write, or highdicom rejects
@@ -131,7 +137,7 @@ def write_dicom_seg_structures(
     descriptions = [_segment(number, s, algorithm) for number, s in enumerate(chosen, start=1)]
     headers = read_source_headers(series)
     identity = (algorithm_name, algorithm_version)
-    seg = _build(headers, _segment_pixels(chosen), descriptions, identity, path)
+    seg = _build(headers, _segment_pixels(chosen), descriptions, identity, path, uid_seed)
     copy_patient_and_study(headers[0], seg)
     apply_character_set(seg, headers[0])
     save_atomically(seg, path)
@@ -227,13 +233,14 @@ def _build(
     descriptions: list[hd.seg.SegmentDescription],
     identity: tuple[str, str],
     path: Path,
+    uid_seed: str | None = None,
 ) -> hd.seg.Segmentation:
     try:
         with warnings.catch_warnings():
             # highdicom re-validates the source's PatientName and warns on single-component names such as
             # "JANCT000", which are common in real data and harmless: copy them as they are.
             warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-            return _segmentation(sources, segments, descriptions, identity)
+            return _segmentation(sources, segments, descriptions, identity, uid_seed)
     except (ValueError, TypeError, AttributeError) as error:
         raise DicomError(f"{path}: cannot build the DICOM SEG ({error})") from None
 
@@ -243,6 +250,7 @@ def _segmentation(
     segments: np.ndarray,
     descriptions: list[hd.seg.SegmentDescription],
     identity: tuple[str, str],
+    uid_seed: str | None = None,
 ) -> hd.seg.Segmentation:
     name, version = identity
     return hd.seg.Segmentation(
@@ -250,9 +258,9 @@ def _segmentation(
         pixel_array=segments,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=_new_uid(uid_seed, "seg series"),
         series_number=902,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=_new_uid(uid_seed, "seg"),
         instance_number=1,
         manufacturer=name,
         manufacturer_model_name=name,
@@ -262,6 +270,11 @@ def _segmentation(
         content_description=f"automatic, unapproved: {name} {version}"[:64],
         specific_character_set=highdicom_character_set(source_character_set(sources[0])),
     )
+
+
+def _new_uid(seed: str | None, what: str) -> str:
+    """A random UID, or one derived from ``seed`` and ``what``."""
+    return str(generate_uid() if seed is None else generate_uid(entropy_srcs=[seed, what]))
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -68,6 +68,9 @@ class OutputOptions:
         skip_empty_structures: leave structures the case has no voxel of out of the SEG and RTSTRUCT
             (default: keep them, as SEG segments without frames and RTSTRUCT ROIs without contours, so
             every case's objects list the model's full structure set).
+        uid_seed: ``None``: the SEG and RTSTRUCT get new random UIDs; otherwise their SOP Instance and Series
+            Instance UIDs are derived from this text plus the input's SeriesInstanceUID (``autoseg serve``:
+            the same input series and model give the same UIDs, so a re-sent result is recognisable).
     """
 
     formats: tuple[str, ...] = ("nifti",)
@@ -76,6 +79,7 @@ class OutputOptions:
     split_touching: bool = False
     report: bool = False
     skip_empty_structures: bool = False
+    uid_seed: str | None = None
 
     def check_inputs(self, cases: Sequence[InputCase], structure_names: Sequence[str] = ()) -> None:
         """Refuse before any work what cannot be written: DICOM outputs of non-DICOM inputs, and, for DICOM
@@ -209,27 +213,35 @@ def _write_dicom(
     """
     wanted = [f for f in options.formats if f in DICOM_FORMATS]
     skip = options.skip_empty_structures
+    seed = None if options.uid_seed is None else f"{options.uid_seed}|{case.series.series_instance_uid}"
     if wanted and skip and not labels.any():
         logger.warning("%s: no structure has voxels; no %s written", case.identifier, " or ".join(wanted))
         return []
     if is_region_target(labels):
-        return _write_dicom_structures(case, labels, names, wanted, out, skip=skip)
+        return _write_dicom_structures(case, labels, names, wanted, out, skip=skip, seed=seed)
     paths: list[Path] = []
     if "dicom-seg" in wanted:
         from autoseg.dicom.seg import write_dicom_seg
 
         paths.append(out / f"{case.identifier}_seg.dcm")
-        write_dicom_seg(labels, case.series, names, paths[-1], skip_empty=skip)
+        write_dicom_seg(labels, case.series, names, paths[-1], skip_empty=skip, uid_seed=seed)
     if "rtstruct" in wanted:
         from autoseg.dicom.rtstruct import write_rtstruct
 
         paths.append(out / f"{case.identifier}_rtstruct.dcm")
-        write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip)
+        write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip, uid_seed=seed)
     return paths
 
 
 def _write_dicom_structures(
-    case: InputCase, target: TargetVolume, names: dict[int, str], wanted: list[str], out: Path, *, skip: bool
+    case: InputCase,
+    target: TargetVolume,
+    names: dict[int, str],
+    wanted: list[str],
+    out: Path,
+    *,
+    skip: bool,
+    seed: str | None = None,
 ) -> list[Path]:
     """A region target as structures (one ROI / one segment each, overlapping where they overlap), types
     and colours from the names."""
@@ -247,10 +259,10 @@ def _write_dicom_structures(
     paths: list[Path] = []
     if "dicom-seg" in wanted:
         paths.append(out / f"{case.identifier}_seg.dcm")
-        write_dicom_seg_structures(structures, case.series, paths[-1], skip_empty=skip)
+        write_dicom_seg_structures(structures, case.series, paths[-1], skip_empty=skip, uid_seed=seed)
     if "rtstruct" in wanted:
         paths.append(out / f"{case.identifier}_rtstruct.dcm")
-        write_rtstruct_structures(structures, case.series, paths[-1], skip_empty=skip)
+        write_rtstruct_structures(structures, case.series, paths[-1], skip_empty=skip, uid_seed=seed)
     return paths
 
 
