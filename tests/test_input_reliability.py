@@ -169,8 +169,9 @@ def test_a_renamed_3d_fullres_is_not_replaced_by_2d(
         ["preprocess", "-q", "-c", "nope"],
         ["predict", "-q", "-c", "nope", "-i", "in", "-o", "out"],
         ["export-model", "-q", "-c", "nope", "out.zip"],
+        ["find_best_configuration", "-q", "-c", "nope"],
     ],
-    ids=["train", "preprocess", "predict", "export"],
+    ids=["train", "preprocess", "predict", "export", "find_best_configuration"],
 )
 def test_an_unknown_configuration_is_a_usage_error_in_every_command(
     prepared: Path, argv: list[str], capsys: pytest.CaptureFixture[str]

@@ -80,8 +80,13 @@ def run_best_command(args: argparse.Namespace) -> int:
         format_table,
         run_find_best_configuration,
     )
+    from autoseg.workdir import Workdir
 
     configurations = tuple(args.configurations) if args.configurations else None
+    if configurations:  # an unknown -c is a usage error (exit 2), as in every command
+        plans = Workdir(args.workdir).read_plans()
+        for name in configurations:
+            plans.configuration(name)
     options = BestConfigurationOptions(configurations, ensembles=args.ensembles, num_workers=args.num_workers)
     result = run_find_best_configuration(args.workdir, options, show_progress=show_progress(args))
     print(format_table(result))
