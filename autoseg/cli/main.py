@@ -44,7 +44,7 @@ class Interrupted(KeyboardInterrupt):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``autoseg`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    with _signals_interrupt():
+    with _signals_interrupt(restore=argv is not None):
         try:
             return _run(argv)
         except KeyboardInterrupt as interruption:  # also one arriving outside _run's own handler
@@ -93,9 +93,11 @@ def _interrupted(interruption: KeyboardInterrupt) -> int:
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (main thread only); the previous
-    handlers come back afterwards."""
+def _signals_interrupt(*, restore: bool) -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (main thread only). Afterwards the
+    previous handlers come back (``restore``: ``main`` called with an argv, from Python), or, when ``main`` is
+    the program, both signals are ignored: the command is done, and a signal during the interpreter's exit
+    (joining threads, stopping the forkserver) must neither print a traceback nor kill it by the signal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -106,7 +108,7 @@ def _signals_interrupt() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if restore else signal.SIG_IGN)
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
