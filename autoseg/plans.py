@@ -428,7 +428,21 @@ def validate_plans(plans: Plans) -> list[str]:
     problems.extend(_label_problems(plans.labels))
     for name, config in plans.configurations.items():
         problems.extend(f"configurations.{name}.{p}" for p in _configuration_problems(config, plans))
-    return problems + _target_problems(plans)
+    return problems + _cascade_problems(plans) + _target_problems(plans)
+
+
+def _cascade_problems(plans: Plans) -> list[str]:
+    """A ``previous_stage`` chain that comes back to where it started (a cascade never ends)."""
+    problems = []
+    for name in plans.configurations:
+        seen, current = [name], plans.configurations[name].previous_stage
+        while current in plans.configurations and current not in seen:
+            seen.append(current)
+            current = plans.configurations[current].previous_stage
+        if current in seen:
+            chain = " -> ".join([*seen, current])
+            problems.append(f"configurations.{name}.previous_stage: a cycle ({chain})")
+    return problems
 
 
 def _label_problems(labels: Mapping[str, int]) -> list[str]:

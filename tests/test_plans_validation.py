@@ -108,6 +108,11 @@ DEFECTS: list[tuple[str, Change, str]] = [
         r"orientation\.oblique_threshold_deg: .*finite",
     ),
     ("unknown device", lambda d: d.update(device="tpu"), r"^device: \"tpu\" is not one of"),
+    (
+        "previous_stage cycle",
+        lambda d: _full(d).update(previous_stage="3d_fullres"),
+        r"3d_fullres\.previous_stage: a cycle \(3d_fullres -> 3d_fullres\)",
+    ),
     ("zero epochs", lambda d: _full(d)["schedule"].update(epochs=0), r"schedule\.epochs: 0 is outside"),
     (
         "zero features",
