@@ -134,6 +134,15 @@ def test_an_nnunet_dataset_listing_of_the_wrong_type_is_named(tiny_dataset: Path
     assert any("'dataset' must be an object of case" in line for line in _errors(tiny_dataset))
 
 
+def test_a_region_order_that_is_not_label_values_is_named(tiny_dataset: Path) -> None:
+    def regions(data: dict[str, Any]) -> None:
+        data.update(labels={"background": 0, "organ": [1, 2], "core": 2}, regions_class_order=["x", 2])
+
+    _edit_json(tiny_dataset / "dataset.json", regions)  # was an internal ValueError (int('x'))
+    assert any("'regions_class_order' must be a list of label values" in e for e in _errors(tiny_dataset))
+    assert main(["verify", str(tiny_dataset), "-q"]) == 1
+
+
 def test_verify_fails_on_a_dataset_without_cases(tiny_dataset: Path) -> None:
     for folder in ("imagesTr", "labelsTr"):
         for file in (tiny_dataset / folder).iterdir():

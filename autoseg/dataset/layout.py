@@ -333,7 +333,12 @@ def parse_regions(
     if raw.get("background") not in (0, [0]):
         problems.append(Problem("error", "labels must declare background as value 0", path))
     order = meta.get("regions_class_order", [])
-    if not isinstance(order, list) or (order and len(order) != len(regions)):
+    if not isinstance(order, list) or not all(_is_label_value(v) for v in order):
+        problems.append(
+            Problem("error", f"'regions_class_order' must be a list of label values, got {order!r}", path)
+        )
+        order = []
+    elif order and len(order) != len(regions):
         problems.append(
             Problem("error", f"'regions_class_order' needs one label value per region ({len(regions)})", path)
         )
