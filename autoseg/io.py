@@ -211,7 +211,8 @@ def _read_nifti_voxels(path: Path, shape: tuple[int, ...]) -> AnyArray:
         loaded: Any = nib.load(str(path))
         data = np.asanyarray(loaded.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
-        raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+        reason = " ".join(str(error).split())  # one line (nibabel's messages span two)
+        raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {reason})") from None
     if data.size != int(np.prod(shape)):
         raise ImageReadError(f"{path}: header and voxel data disagree ({data.shape} vs {shape[::-1]})")
     data = data.reshape(data.shape[: len(shape)] if data.ndim > len(shape) else data.shape)
@@ -476,7 +477,9 @@ def atomic_target(path: Path, *, min_bytes: int = 1) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as error:
-        raise ImageWriteError(f"{path}: cannot write ({_os_reason(error)})") from None
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else _os_reason(error)
+        raise ImageWriteError(f"{path}: cannot write ({reason})") from None
     try:
         temporary = scratch / path.name
         yield temporary
@@ -494,7 +497,7 @@ def atomic_target(path: Path, *, min_bytes: int = 1) -> Iterator[Path]:
 
 
 def _os_reason(error: OSError) -> str:
-    return error.strerror or type(error).__name__
+    return error.strerror or str(error) or type(error).__name__
 
 
 def prepare_output_folder(path: Path, *, probe_bytes: int = 2**16) -> bool:
@@ -529,7 +532,8 @@ def prepare_output_folder(path: Path, *, probe_bytes: int = 2**16) -> bool:
 def atomic_files(folder: Path) -> Iterator[Path]:
     """A hidden scratch folder inside ``folder`` for a set of files (one case's outputs): when the block
     succeeds each file is renamed into ``folder`` (each lands whole); when it fails none does, and the files
-    of an earlier run stay as they were. The scratch folder is removed either way."""
+    of an earlier run stay as they were. The scratch folder is removed either way. An :class:`AutosegError`
+    from the block names the file by its final path, not the scratch folder's."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".autoseg-partial-", dir=folder))
@@ -541,6 +545,10 @@ def atomic_files(folder: Path) -> Iterator[Path]:
             written.replace(folder / written.name)
     except OSError as error:
         raise ImageWriteError(f"{folder}: cannot write ({_os_reason(error)})") from None
+    except AutosegError as error:
+        error.message = error.message.replace(str(scratch), str(folder))
+        error.args = (error.message,)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

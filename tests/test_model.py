@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoseg.cli.main import main
-from autoseg.errors import ModelError
+from autoseg.errors import ImageWriteError, ModelError
 from autoseg.inference.model_file import MANIFEST, export_model, load_model
 from autoseg.workdir import Workdir
 
@@ -75,7 +75,7 @@ def test_a_failed_export_leaves_no_file(
             raise OSError("No space left on device")
 
     monkeypatch.setattr(zipfile.ZipFile, "writestr", fail_on_weights)
-    with pytest.raises(OSError):
+    with pytest.raises(ImageWriteError, match="No space left on device"):
         export_model(trained_workdir, tmp_path / "out" / "model.zip")
     assert list((tmp_path / "out").iterdir()) == []
 

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, ModelError
+from autoseg.errors import ModelError, PlansError
 from autoseg.inference.inputs import available_memory_bytes, format_bytes
 from autoseg.io import atomic_target
 from autoseg.network import build_network
-from autoseg.plans import PLANS_SCHEMA_VERSION, Plans, plans_from_json, upgrade_plans_json, validate_plans
+from autoseg.plans import Plans, plans_from_dict
 from autoseg.postprocessing.steps import Postprocessing, postprocessing_from_json
 from autoseg.report.structures import TrainingReference
 from autoseg.training.checkpoint import load_checkpoint
@@ -244,26 +244,12 @@ def _load_exported(
 
 
 def _plans_entry(entries: Mapping[str, bytes], path: Path) -> Plans:
-    """The model's plans, upgraded and validated completely, as a work directory's ``plans.json`` is;
-    every problem names the model file."""
-    where = f"{path}:{PLANS_ENTRY}"
-    data = _json_entry(entries, PLANS_ENTRY, path)
-    version = data.get("schema_version")
-    if not isinstance(version, int) or not 1 <= version <= PLANS_SCHEMA_VERSION:
-        raise ModelError(
-            f"{where}: schema_version {version!r}; this autoseg reads up to {PLANS_SCHEMA_VERSION}. "
-            "Upgrade autoseg."
-        )
+    """The model's plans, upgraded and validated completely by the parser of a work directory's
+    ``plans.json`` (:func:`autoseg.plans.plans_from_dict`); every problem names the model file."""
     try:
-        plans = plans_from_json(upgrade_plans_json(data))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise ModelError(f"{where}: not a valid autoseg plan ({type(error).__name__}: {error})") from None
-    except AutosegError as error:
-        raise ModelError(f"{where}: {error.message}", details=error.details) from None
-    problems = validate_plans(plans)
-    if problems:
-        raise ModelError(f"{where}: {len(problems)} problem(s) in the plan", details=problems)
-    return plans
+        return plans_from_dict(_json_entry(entries, PLANS_ENTRY, path), f"{path}:{PLANS_ENTRY}")
+    except PlansError as error:
+        raise ModelError(error.message, details=error.details) from None
 
 
 def _reference_entry(entries: Mapping[str, bytes], path: Path) -> TrainingReference | None:

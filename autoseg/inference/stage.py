@@ -384,7 +384,7 @@ def _predict_all(
     """The pipeline: read ahead in one thread, predict here, export in another (one case in flight each)."""
     outputs: list[CaseOutput] = []
     failures: list[str] = []
-    pending: Future[CaseOutput] | None = None
+    pending: tuple[str, Future[CaseOutput]] | None = None
     bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not show_progress)
     with ThreadPoolExecutor(1, "autoseg-read") as reader, ThreadPoolExecutor(1, "autoseg-export") as exporter:
         for _, prepared in _read_ahead(cases, reader, reading):
@@ -401,11 +401,12 @@ def _predict_all(
                 continue
             seconds = time.perf_counter() - started
             if pending is not None:
-                _collect(pending, outputs, failures)
-            pending = exporter.submit(_export, prepared, predicted, context, options, out, seconds)
+                _collect(*pending, outputs, failures)
+            future = exporter.submit(_export, prepared, predicted, context, options, out, seconds)
+            pending = (prepared.case.identifier, future)
             bar.update()
         if pending is not None:
-            _collect(pending, outputs, failures)
+            _collect(*pending, outputs, failures)
     bar.close()
     return outputs, failures
 
@@ -499,10 +500,12 @@ def _export(
     return replace(written, predict_seconds=round(seconds, 3), review=review)
 
 
-def _collect(future: Future[CaseOutput], outputs: list[CaseOutput], failures: list[str]) -> None:
+def _collect(
+    identifier: str, future: Future[CaseOutput], outputs: list[CaseOutput], failures: list[str]
+) -> None:
     try:
         outputs.append(future.result())
     except AutosegError as error:
         failures.append(error.message)
     except MemoryError:
-        failures.append(f"a case {_OUT_OF_MEMORY} while writing its outputs")
+        failures.append(f"{identifier}: {_OUT_OF_MEMORY} while writing its outputs")

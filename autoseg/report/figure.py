@@ -102,8 +102,9 @@ def save_figure_atomically(figure: Figure, path: Path) -> None:
     palette.save(packed, format="PNG", optimize=True)
     try:
         write_bytes_atomically(packed.getvalue(), path)
-    except OSError as error:
-        raise ImageWriteError(f"{path}: cannot write the report ({error})") from error
+    except ImageWriteError as error:  # write_bytes_atomically names the file and the OS reason
+        reason = error.message.removeprefix(f"{path}: ")
+        raise ImageWriteError(f"{path}: cannot write the report ({reason})") from None
 
 
 def structure_colours(values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
