@@ -755,9 +755,8 @@ def verify_image_file(temporary: Path, image: sitk.Image, path: Path) -> None:
             sitk.ReadImage(str(temporary))
             stored = voxel_bytes
     except RuntimeError as error:
-        raise ImageWriteError(
-            f"{path}: the written file does not read back ({_short_itk_message(str(error))}; disk full?)"
-        ) from None
+        reason = _short_itk_message(str(error)).replace(str(temporary), str(path))
+        raise ImageWriteError(f"{path}: the written file does not read back ({reason}; disk full?)") from None
     if stored < voxel_bytes:
         raise ImageWriteError(f"{path}: the written file is truncated (disk full?); nothing replaced")
 
