@@ -163,7 +163,7 @@ def _stored_nifti_spacing(path: Path, ndim: int) -> Triple | None:
         header: Any = header_class.from_fileobj(BytesIO(block), check=False)
     except (ValueError, nib.spatialimages.HeaderDataError) as error:
         raise ImageReadError(f"{path}: cannot read the header ({error})") from None
-    pixdim = [float(v) for v in header["pixdim"][1 : 1 + min(ndim, 3)]]
+    pixdim = [abs(float(v)) for v in header["pixdim"][1 : 1 + min(ndim, 3)]]  # a sign is read as its size
     pixdim += [1.0] * (3 - len(pixdim))
     return (pixdim[2], pixdim[1], pixdim[0])
 
