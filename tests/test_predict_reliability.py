@@ -275,6 +275,24 @@ def test_the_memory_estimate_grows_with_the_case_and_refuses_over_the_limit() ->
         check_case_memory(case, header, [(2.0, 1.0, 1.0)], 3, one - 1)
 
 
+def test_a_dicom_series_is_sized_from_its_instances_before_reading() -> None:
+    from types import SimpleNamespace
+
+    from autoseg.inference.inputs import read_case_header
+
+    instances = tuple(
+        SimpleNamespace(
+            rows=5000, columns=6000, number_of_frames=1, pixel_spacing=(0.1, 0.2), position_xyz=(0, 0, z)
+        )
+        for z in (0.0, 2.5, 5.0)
+    )
+    series = SimpleNamespace(instances=instances, summary=lambda: "CT 'huge' (3 files in /scans)")
+    header = read_case_header(InputCase("huge", (), series))
+    assert header.shape == (3, 5000, 6000) and header.spacing_mm == (2.5, 0.1, 0.2)
+    with pytest.raises(MemoryLimitError, match=r"CT 'huge' \(3 files in /scans\): 3 x 5000 x 6000 voxels"):
+        check_case_memory(InputCase("huge", (), series), header, [(1.0, 1.0, 1.0)], 3, 2**30)
+
+
 def test_out_of_memory_in_one_case_skips_it_and_the_others_go_on(
     trained_workdir: Path,
     tmp_path: Path,
