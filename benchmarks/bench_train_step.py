@@ -1,0 +1,102 @@
+"""Seconds per training step of the hippocampus 3d_fullres network on this CPU, per arithmetic choice.
+
+The network nnU-Net plans for MSD hippocampus (PlainConvUNet 32..256, 4 stages, deep supervision; patch
+40 x 56 x 40) with the loss and optimiser ``autoseg train`` uses (Dice + CE with deep supervision, SGD
+Nesterov 0.99,
+gradient clipping at 12), on random inputs: the step alone, data loading excluded (``--batch`` 2 and 7).
+Variants, each measured alone: ``float32``; ``bfloat16`` (autocast, as ``train --precision bfloat16``);
+``float32`` and ``bfloat16`` with channels-last 3D tensors (``--channels-last``). Variants are alternated
+round by round (A, B, C, D, A, B, ...) so that a change of machine load hits them all; each round times
+``--steps`` steps after one warm-up step; the figure is the median over rounds of the round's median.
+Run on a quiet machine: ``python benchmarks/bench_train_step.py --rounds 5 --batch 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoseg.network import build_network
+from autoseg.plans import NetworkPlan
+from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
+from autoseg.training.parts import as_float32
+
+PATCH = (40, 56, 40)
+HIPPOCAMPUS = NetworkPlan(
+    architecture="plain",
+    dims=3,
+    features_per_stage=(32, 64, 128, 256),
+    kernel_sizes=((3, 3, 3),) * 4,
+    strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
+    blocks_per_stage=(2, 2, 2, 2),
+    decoder_blocks_per_stage=(2, 2, 2),
+)
+
+
+def make_step(precision: str, channels_last: bool, batch: int) -> Callable[[], float]:
+    """One training step of a fresh seeded network; returns a function that runs a step and its seconds."""
+    torch.manual_seed(0)
+    network = build_network(HIPPOCAMPUS, 1, 3)
+    memory = torch.channels_last_3d if channels_last else torch.contiguous_format
+    network = network.to(memory_format=memory)
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+    loss = DeepSupervisionLoss(DiceCELoss(batch_dice=False))
+    image = torch.randn(batch, 1, *PATCH).contiguous(memory_format=memory)
+    target = torch.randint(0, 3, (batch, *PATCH))
+    dtype = torch.bfloat16 if precision == "bfloat16" else None
+
+    def step() -> float:
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            outputs = network(image)
+        value = loss(as_float32(outputs), target)
+        value.backward()
+        nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        optimizer.step()
+        return time.perf_counter() - started
+
+    network.train()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true", help="also time channels-last 3D variants")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [("float32", False), ("bfloat16", False)]
+    if args.channels_last:
+        variants += [("float32", True), ("bfloat16", True)]
+    steps = {v: make_step(*v, args.batch) for v in variants}
+    rounds: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant, step in steps.items():
+            step()  # warm-up (oneDNN picks its kernels on the first call of a shape)
+            rounds[variant].append(statistics.median(step() for _ in range(args.steps)))
+    base = statistics.median(rounds[("float32", False)])
+    result = {}
+    for (precision, channels_last), times in rounds.items():
+        median = statistics.median(times)
+        name = precision + (" + channels-last" if channels_last else "")
+        result[name] = {"median_s": round(median, 3), "rounds_s": [round(t, 3) for t in times]}
+        print(f"{name:<28} {median:7.3f} s/step  (x{base / median:.2f} vs float32)  rounds {result[name]}")
+    if args.out:
+        args.out.write_text(json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), **result}))
+
+
+if __name__ == "__main__":
+    main()
