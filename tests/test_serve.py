@@ -63,18 +63,24 @@ def serve_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from autoseg.inference.model_file import export_model
     from autoseg.training import TrainConfig, train_fold
 
-    root = tmp_path_factory.mktemp("serve_model")
+    root = tmp_path_factory.getbasetemp() / "serve_model"  # one per session, though two modules import it
+    if (root / "tiny.zip").is_file():
+        return root / "tiny.zip"
     generator = np.random.default_rng(0)
     coarse = Geometry((4.0, 4.0, 4.0), (0.0, 0.0, 0.0))
-    cases = {f"case_{i:03d}": (*tiny_case(generator)[:2], coarse) for i in range(4)}
+    cases = {}
+    for i in range(4):  # HU-like: air around a soft-tissue box with a bone core, so real CT gives few parts
+        _, labels, _ = tiny_case(generator)
+        image = np.choose(labels, [-800.0, 40.0, 400.0]) + generator.normal(0, 20, labels.shape)
+        cases[f"case_{i:03d}"] = (image[None].astype(np.float32), labels, coarse)
     dataset = write_nnunet_dataset(root / "Dataset001_Tiny", cases)
     workdir = root / "work"
     assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
     config = TrainConfig(
         configuration="3d_fullres",
         fold="all",
-        epochs=1,
-        iterations_per_epoch=2,
+        epochs=2,
+        iterations_per_epoch=10,
         validation_iterations=1,
         num_workers=0,
         deterministic=True,
@@ -85,8 +91,9 @@ def serve_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def synthetic_series(folder: Path, rng: np.random.Generator, *, modality: str = "CT") -> list[Path]:
     """A 12 x 16 x 16 CT (or MR) series at 4 mm with a bright box, one file per slice."""
-    stored = rng.normal(0, 20, size=(12, 16, 16)).astype(np.int16)
-    stored[4:8, 5:11, 5:11] += 300
+    stored = (rng.normal(0, 20, size=(12, 16, 16)) + 224).astype(np.int16)  # HU -800 (intercept -1024)
+    stored[4:8, 5:11, 5:11] += 840  # HU 40
+    stored[5:7, 7:9, 7:9] += 360  # HU 400
     paths = write_ct_series(folder, stored, spacing_zyx=(4.0, 4.0, 4.0))
     for path in paths:
         dataset = dcmread(path)
