@@ -4,15 +4,21 @@ Interruptions: the workers ignore SIGINT (a Ctrl-C at a terminal reaches the who
 parent reacts, so no worker prints a traceback), and when the parent stops early, for any reason (Ctrl-C,
 SIGTERM, an error in one case, the consumer leaving the loop), the pending cases are cancelled and the workers
 are terminated and joined before the exception goes on: nothing keeps working after the command says it
-stopped. Each worker writes its outputs atomically (:func:`autoseg.io.atomic_target`), so a terminated case
-leaves no half file.
+stopped. When the parent dies without a word (``kill -9``, the OOM killer), each worker notices within a
+moment and exits too, instead of finishing its case into a folder a re-run may already be writing and then
+waiting forever. Each worker writes its outputs atomically (:func:`autoseg.io.atomic_target`), so a
+terminated case leaves no half file.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import select
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -64,7 +70,9 @@ def map_cases(
 def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, bar: tqdm) -> Iterator[R]:
     context = multiprocessing.get_context(_START_METHOD)
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+    )
     try:
         for result in pool.map(function, items, chunksize=1):
             yield result
@@ -75,10 +83,34 @@ def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, 
     pool.shutdown(wait=True)
 
 
-def _start_worker() -> None:
-    """Worker initializer: one thread, and SIGINT left to the parent (which terminates the workers)."""
+def _start_worker(parent: int) -> None:
+    """Worker initializer: one thread, SIGINT left to the parent (which terminates the workers), and exit as
+    soon as the parent process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads(1)
+    threading.Thread(target=_exit_after, args=(parent,), name="autoseg-parent", daemon=True).start()
+
+
+def _exit_after(parent: int) -> None:
+    """Wait for process ``parent`` to end (a pidfd on Linux, else polling once a second), then exit."""
+    try:
+        handle = os.pidfd_open(parent)
+    except (AttributeError, OSError):  # not Linux 5.3+, or the parent is already gone
+        while _exists(parent):
+            time.sleep(1.0)
+    else:
+        select.select([handle], [], [])
+    os._exit(1)  # no clean-up: the case in progress is abandoned, as a kill -9 would
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop(pool: ProcessPoolExecutor, processes: Sequence[multiprocessing.process.BaseProcess]) -> None:

@@ -127,7 +127,7 @@ def predict_scenario(inputs: Path, model: Path) -> Scenario:
             "-q",
         ),
         output=lambda root: root / "out",
-        decoders={"predict.json": json_without("predict_seconds", "seconds", "threads")},
+        decoders={"predict.json": json_without("predict_seconds")},
     )
 
 

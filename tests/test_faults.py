@@ -79,11 +79,13 @@ def _check(
     inputs: Path,
     scenarios: dict[str, Callable[[], Scenario]],
     references: dict[str, tuple[Scenario, Reference]],
+    *,
+    whole_group: bool = True,
 ) -> None:
     scenario, reference = _reference(name, inputs, scenarios, references)
-    root = inputs / f"{name}-seed{seed}"
-    trial = kill_trial(scenario, root, seed, reference)
-    assert trial.killed.returncode == -9 or trial.trigger == "ended before the kill", trial.killed.stderr
+    root = inputs / f"{name}-seed{seed}-{whole_group}"
+    trial = kill_trial(scenario, root, seed, reference, whole_group=whole_group)
+    assert trial.killed.returncode in (-9, 0), trial.killed.stderr  # 0: it ended as the kill was sent
     assert not trial.problems, (trial.trigger, trial.problems)
     assert trial.comparison.identical, "nothing compared"
     assert not unrecognised_temporaries(scenario.output(root)), "the re-run left unknown hidden entries"
@@ -100,6 +102,19 @@ def test_kill_minus_9_then_rerun_gives_the_uninterrupted_outputs(
     references: dict[str, tuple[Scenario, Reference]],
 ) -> None:
     _check(name, seed, inputs, scenarios, references)
+
+
+@pytest.mark.parametrize("name", ["preprocess", "evaluate"])
+def test_kill_minus_9_of_the_process_alone_ends_its_workers_too(
+    name: str,
+    inputs: Path,
+    scenarios: dict[str, Callable[[], Scenario]],
+    references: dict[str, tuple[Scenario, Reference]],
+) -> None:
+    """Only the main process is killed (as the OOM killer does): its ``-np 2`` workers must not go on
+    writing into the folder the re-run works in, nor wait forever (they did before autoseg.parallel watched
+    the parent)."""
+    _check(name, 0, inputs, scenarios, references, whole_group=False)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ process behind (pool workers included) and nothing partial or temporary in their
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,21 +34,24 @@ def _handles_sigterm(pid: int) -> bool:
 def signal_trial(
     scenario: Scenario, root: Path, reference: Reference, signum: int, seed: int, *, group: bool
 ) -> tuple[int, str, float, list[int], Path]:
-    """Start the command, wait until its handlers are in place, then a seeded random part of its measured
-    run; send ``signum`` (to its process group, as a terminal's Ctrl-C does, or to it alone); return the
-    exit code, stderr, the delay, the processes still alive 5 s after it ended, and its output folder."""
-    delay = float(np.random.default_rng(seed).uniform(0.0, 0.6)) * reference.seconds
+    """Start the command, wait until its work has begun (its pool's workers exist; without a pool: its
+    SIGTERM handler is in place), then a seeded random part of its measured run; send ``signum`` (to its
+    process group, as a terminal's Ctrl-C does, or to it alone); return the exit code, stderr, the delay,
+    the processes still alive 5 s after it ended, and its output folder."""
+    delay = float(np.random.default_rng(seed).uniform(0.0, 0.3)) * reference.seconds
     scenario.reset(root)
     process = start_process(scenario.argv(root))
     deadline = time.monotonic() + 120
-    while not _handles_sigterm(process.pid) and process.poll() is None and time.monotonic() < deadline:
+    pool = "-np" in scenario.argv(root)
+    while process.poll() is None and time.monotonic() < deadline:
+        if descendants(process.pid) if pool else _handles_sigterm(process.pid):  # the work has begun
+            break
         time.sleep(0.005)
+    assert pool or _handles_sigterm(process.pid), "autoseg never installed its SIGTERM handler"
     time.sleep(delay)
     tree = [process.pid, *descendants(process.pid)]
     if process.poll() is None:
         if group:
-            import os
-
             os.killpg(process.pid, signum)
         else:
             process.send_signal(signum)
@@ -136,7 +140,6 @@ def test_a_signal_inside_a_command_gives_one_line_and_its_exit_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_dataset: Path, signum: int
 ) -> None:
     """In this process: the signal arrives while ``verify`` works; the handlers are put back after."""
-    import os
 
     def signalled(*args: object, **kwargs: object) -> None:
         os.kill(os.getpid(), signum)
@@ -152,3 +155,28 @@ def test_a_signal_inside_a_command_gives_one_line_and_its_exit_code(
         "autoseg: interrupted" if code == 130 else "autoseg: terminated"
     )
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def _slow_square(value: int) -> int:
+    time.sleep(0.2 if value == 0 else 4.0)
+    return value * value
+
+
+def test_an_interrupted_pool_stops_now_not_after_its_queue() -> None:
+    """The consumer of ``map_cases`` stops after the first result (as a Ctrl-C in its loop does): the other
+    cases are cancelled and the workers ended at once. Before, leaving the pool waited for the cases already
+    running or queued to the workers (here two rounds of 4 s; on real cases the minute seen after
+    'interrupted')."""
+    from autoseg.parallel import map_cases
+
+    results = map_cases(_slow_square, list(range(12)), num_workers=2, show_progress=False)
+    assert next(results) == 0
+    import psutil
+
+    helpers = set(psutil.Process().children())  # the forkserver and resource tracker stay, as in any pool
+    workers = [p.pid for p in psutil.Process().children(recursive=True) if p not in helpers]
+    assert len(workers) == 2
+    started = time.monotonic()
+    results.close()  # what an exception in the consumer's loop does to the generator
+    assert time.monotonic() - started < 3.0
+    assert not alive(workers)
