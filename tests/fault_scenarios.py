@@ -55,7 +55,7 @@ def train_scenario(inputs: Path) -> Scenario:
     if not prepared.is_dir():
         from helpers import plan_and_preprocess_argv
 
-        dataset = tiny_nnunet(inputs / "Dataset001_Tiny", 5)
+        dataset = tiny_nnunet(inputs / "Dataset003_Train", 5)
         assert main(plan_and_preprocess_argv(dataset, prepared, "3d_fullres")) == 0
     base = ["--epochs", "4", "--iters-per-epoch", "2", "--val-iters", "1", "--num-workers", "0"]
 
