@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from autoseg.cli.main import main
+from autoseg.dataset.catalogue import resolve_dataset
 from autoseg.dataset.layout import scan_dataset
 from autoseg.dataset.verify import verify_dataset
-from autoseg.errors import EvaluationError, FolderInUseError, PreprocessError
+from autoseg.errors import EvaluationError, FolderInUseError, PreprocessError, UsageError
 from autoseg.evaluation.stage import MAX_CLASSES_WITHOUT_LABELS, EvaluateRequest, run_evaluate
 from autoseg.inference.inputs import find_input_cases
 from autoseg.io import Geometry, write_labels
@@ -277,3 +278,34 @@ def test_an_upper_case_nifti_ending_is_read_as_an_image_not_as_dicom(tmp_path: P
     image = written.rename(written.with_name("CASE_0000.NII.GZ"))
     assert [(c.identifier, c.files) for c in find_input_cases(image.parent, 1)] == [("CASE", (image,))]
     assert [c.identifier for c in find_input_cases(image, 1)] == ["CASE"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "p", "r", "--tolerance", "nan"],
+        ["evaluate", "p", "r", "--tolerance", "-1"],
+        ["plan", "--planner", "cpu", "--cpu-gflops", "nan"],  # was an internal ValueError
+        ["plan", "--planner", "cpu", "--cpu-gflops", "0"],  # was an internal ZeroDivisionError
+        ["plan", "--planner", "default", "--gpu-memory", "-4"],
+        ["plan", "--planner", "cpu", "--time-budget", "0"],
+        ["train", "0", "--time-limit", "0"],  # was accepted, and trained anyway
+    ],
+)
+def test_a_bad_number_on_the_command_line_is_a_usage_error(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main([*argv, "--workdir", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "must be positive" in err or "expected a positive number" in err
+
+
+def test_a_file_given_as_the_dataset_folder_is_named_as_such(tiny_dataset: Path) -> None:
+    with pytest.raises(UsageError, match=r"dataset\.json: not a folder; give the dataset folder"):
+        resolve_dataset(
+            str(tiny_dataset / "dataset.json"),
+            catalogue_path=tiny_dataset / "none.json",
+            data_root=None,
+            cache_dir=tiny_dataset / "cache",
+        )

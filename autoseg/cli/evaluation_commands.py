@@ -11,6 +11,7 @@ from pathlib import Path
 from autoseg.cli.options import (
     CommandSpec,
     add_num_workers,
+    positive_float,
     show_progress,
 )
 
@@ -27,7 +28,11 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for summary.json, metrics.csv, metrics.png (default: PRED, or PRED's folder for a file)",
     )  # fmt: skip
     parser.add_argument(
-        "--tolerance", type=float, default=2.0, metavar="MM", help="surface Dice tolerance (default: 2 mm)"
+        "--tolerance",
+        type=positive_float,
+        default=2.0,
+        metavar="MM",
+        help="surface Dice tolerance (default: 2 mm)",
     )
     parser.add_argument(
         "--ignore-missing", action="store_true", help="evaluate only the references that have a prediction"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a usage error, exit 2, otherwise: NaN and Inf included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def positive_duration(text: str) -> str:
+    """argparse type: a duration (``2h``, ``90m``, ``3600``) longer than zero, kept as text for the stage."""
+    from autoseg.errors import UsageError
+    from autoseg.planning.budgets import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration '{text}' must be positive")
+    return text
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -14,6 +14,8 @@ from autoseg.cli.options import (
     add_dataset_argument,
     add_num_workers,
     dataset_folder,
+    positive_duration,
+    positive_float,
     show_progress,
 )
 
@@ -36,20 +38,21 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gpu-memory",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="GB",
         help="GPU memory to plan for (default: the preset's reference, e.g. 8)",
     )
     parser.add_argument(
         "--time-budget",
+        type=positive_duration,
         default=None,
         metavar="DURATION",
         help="cpu preset: training time to plan for, e.g. 2h, 90m (default: 2h)",
     )
     parser.add_argument(
         "--cpu-gflops",
-        type=float,
+        type=positive_float,
         default=None,
         help="cpu preset: convolution throughput to assume instead of measuring it",
     )

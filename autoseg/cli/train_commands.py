@@ -10,6 +10,7 @@ from pathlib import Path
 
 from autoseg.cli.options import (
     CommandSpec,
+    positive_duration,
     positive_int,
     show_progress,
 )
@@ -56,6 +57,7 @@ def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--time-limit",
+        type=positive_duration,
         default=None,
         metavar="DURATION",
         help="shorten the schedule to end within this time, e.g. 45m (the lr follows)",

@@ -132,6 +132,8 @@ def resolve_dataset(
     as_path = Path(argument).expanduser()
     if as_path.is_dir():
         return as_path.resolve()
+    if as_path.exists():
+        raise UsageError(f"{argument}: not a folder; give the dataset folder (the one holding dataset.json)")
     looks_like_path = "/" in argument or argument.startswith(".")
     if looks_like_path or not catalogue_path.is_file():
         raise UsageError(f"{argument}: no such dataset folder")
