@@ -519,3 +519,65 @@ def test_dicom_tls_with_client_certificates_both_ways(
             assert send_series(node.port, paths, tls=(client, "127.0.0.1")) == [0] * len(paths)
             wait_for(lambda: counts(spool)["done"] == 1, what="the job sent over TLS")
     assert [d.Modality for d in receiver.received] == ["RTSTRUCT"]
+
+
+# ---------------------------------------------------------------------------------------------- the rest
+
+
+def test_importing_serve_and_cli_help_load_neither_pynetdicom_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport autoseg.serve\nfrom autoseg.cli.main import main\n"
+        "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pynetdicom', 'highdicom') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_retention_deletes_finished_and_unmatched_inputs_but_keeps_failed(tmp_path: Path) -> None:
+    from autoseg.serve.spool import Spool
+    from autoseg.serve.worker import Worker
+
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    store = JobStore(spool.queue)
+    ids = []
+    for uid, route in (("1.1", "ct"), ("1.2", None), ("1.3", "ct")):
+        job = store.receiving_job(uid, "SCANNER", "CT", "")
+        spool.write_instance(job.id, f"{uid}.1", b"x")
+        store.complete(job.id, route)
+        ids.append(job.id)
+    store.claim_next()
+    store.predicted(ids[0], [], 0.0)
+    store.done(ids[0])
+    store.fail(ids[2], "predict", "bad")
+    config = ServeConfig(spool=spool.root, keep_days=0, unmatched_keep_days=0, routes=())
+    Worker(config, spool, store, threading.Event()).apply_retention()
+    assert [spool.job_folder(i).exists() for i in ids] == [False, False, True]
+    assert [store.get(i).purged for i in ids] == [True, True, False]
+    store.close()
+
+
+def test_result_uids_follow_the_seed(tmp_path: Path, rng: np.random.Generator) -> None:
+    from autoseg.dicom.rtstruct import write_rtstruct
+    from autoseg.dicom.seg import write_dicom_seg
+    from autoseg.dicom.series import single_series
+
+    synthetic_series(tmp_path / "ct", rng)
+    series = single_series(tmp_path / "ct")
+    labels = np.zeros((12, 16, 16), np.uint8)
+    labels[4:8, 5:11, 5:11] = 1
+
+    def uids(name: str, seed: str | None) -> tuple[str, str]:
+        write_rtstruct(labels, series, {1: "organ"}, tmp_path / f"{name}_rs.dcm", uid_seed=seed)
+        write_dicom_seg(labels, series, {1: "organ"}, tmp_path / f"{name}_seg.dcm", uid_seed=seed)
+        found = [dcmread(tmp_path / f"{name}_{kind}.dcm") for kind in ("rs", "seg")]
+        assert found[0].SeriesInstanceUID != found[1].SeriesInstanceUID
+        return found[0].SOPInstanceUID, found[1].SOPInstanceUID
+
+    assert uids("a", "model|series") == uids("b", "model|series")
+    assert uids("c", "other|series") != uids("a", "model|series")
+    assert uids("d", None) != uids("e", None)
