@@ -167,10 +167,11 @@ def preprocess_case(
     """
     original_shape = _int3(image.shape[1:])
     reorientation = plan_reorientation(geometry, original_shape, config.orientation, config.spacing_mm)
-    canonical_geometry = geometry
+    canonical_geometry, normalised = geometry, False
     if reorientation is not None:
         log_reorientation(identifier, reorientation, geometry, config.orientation.oblique_threshold_deg)
-        image, labels = _canonical_case(image, labels, geometry, reorientation, config)
+        normalised = reorientation.kind == "resample"
+        image, labels = _canonical_case(image, labels, geometry, reorientation, config, in_place=in_place)
         canonical_geometry = reorientation.canonical_geometry
     box = crop_box_of_nonzero(image)
     region = tuple(slice(a, b) for a, b in box)
@@ -180,8 +181,8 @@ def preprocess_case(
     elif reorientation is not None and not cropped.flags.c_contiguous:
         cropped = np.ascontiguousarray(cropped)  # one copy of a transposed view, not strided work throughout
     cropped_labels = None if labels is None else labels[..., region[0], region[1], region[2]]
-    mask = np.any(cropped != 0, axis=0)
-    normalise(cropped, config.normalization, mask)
+    if not normalised:
+        normalise(cropped, config.normalization, np.any(cropped != 0, axis=0))
     shape = target_shape(cropped.shape[1:], canonical_geometry.spacing_mm, config.spacing_mm)
     resampled = resample_image(cropped, shape, config.resampling)
     del cropped
@@ -216,18 +217,27 @@ def _canonical_case(
     geometry: Geometry,
     reorientation: Reorientation,
     config: ConfigurationPlan,
+    *,
+    in_place: bool,
 ) -> tuple[FloatVolume, TargetVolume | None]:
-    """Image ``(C, Z, Y, X)`` and labels in the canonical orientation: views for an exact permutation; for an
-    oblique image resampled with the plan's orders, each channel filled with its minimum outside the image
-    (air for CT, the background of a masked MR: cropped away or masked as the image's own border would be)."""
+    """Image ``(C, Z, Y, X)`` and labels in the canonical orientation: views for an exact permutation. An
+    oblique image is normalised first (its statistics from its own voxels only), then resampled with the
+    plan's orders, each channel filled outside the image with its lowest normalised value (air for CT) or
+    0 (a masked MR's background), so that the fill does not change the contrast the network sees."""
     if reorientation.kind == "permute":
         canonical_labels = None if labels is None else canonical_view(labels, reorientation)
         return canonical_view(image, reorientation), canonical_labels
+    work = image if in_place and image.dtype == np.float32 else np.array(image, dtype=np.float32)
+    normalise(work, config.normalization, np.any(work != 0, axis=0))
     order = config.resampling.image_order
-    channels = [
-        to_canonical(c, reorientation, geometry, order, default=float(c.min()) if c.size else 0.0)
-        for c in image
+    fills = [
+        0.0 if s.use_nonzero_mask else float(c.min()) if c.size else 0.0
+        for c, s in zip(work, config.normalization, strict=True)
     ]
+    channels = [
+        to_canonical(c, reorientation, geometry, order, default=f) for c, f in zip(work, fills, strict=True)
+    ]
+    del work
     canonical_labels = (
         None
         if labels is None
