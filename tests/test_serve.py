@@ -581,3 +581,26 @@ def test_result_uids_follow_the_seed(tmp_path: Path, rng: np.random.Generator) -
     assert uids("a", "model|series") == uids("b", "model|series")
     assert uids("c", "other|series") != uids("a", "model|series")
     assert uids("d", None) != uids("e", None)
+
+
+def test_mixed_geometry_and_corrupt_pixel_data_fail_their_jobs_only(
+    serve_model: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    mixed = synthetic_series(tmp_path / "mixed", rng)
+    odd = dcmread(mixed[3])
+    odd.Rows, odd.Columns = 8, 8  # one slice of another size
+    odd.PixelData = np.zeros((8, 8), "<i2").tobytes()
+    odd.save_as(mixed[3], enforce_file_format=True)
+    corrupt = synthetic_series(tmp_path / "corrupt", rng)
+    broken = dcmread(corrupt[5])
+    broken.PixelData = broken.PixelData[:100]  # truncated pixel data
+    broken.save_as(corrupt[5], enforce_file_format=True)
+    good = synthetic_series(tmp_path / "good", rng)
+    spool = tmp_path / "spool"
+    with Receiver().running() as receiver, ServeNode(node_config(spool, serve_model, receiver.port)) as node:
+        for paths in (mixed, corrupt, good):
+            assert send_series(node.port, paths) == [0] * len(paths)
+        wait_for(lambda: counts(spool)["done"] == 1 and counts(spool)["failed"] == 2, what="done + 2 failed")
+        failed = [job for job in serve_status(spool).jobs if job.state == "failed"]
+    assert all(job.failed_stage == "predict" and job.reason for job in failed)
+    assert len(receiver.received) == 1
