@@ -604,3 +604,25 @@ def test_mixed_geometry_and_corrupt_pixel_data_fail_their_jobs_only(
         failed = [job for job in serve_status(spool).jobs if job.state == "failed"]
     assert all(job.failed_stage == "predict" and job.reason for job in failed)
     assert len(receiver.received) == 1
+
+
+def test_a_write_that_fails_is_answered_out_of_resources_and_nothing_is_recorded(
+    serve_model: Path, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from autoseg.serve.spool import Spool
+
+    paths = synthetic_series(tmp_path / "ct", rng)
+    spool = tmp_path / "spool"
+
+    def disk_full(self: Spool, job_id: int, sop_instance_uid: str, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with ServeNode(node_config(spool, serve_model, 9)) as node:
+        monkeypatch.setattr(Spool, "write_instance", disk_full)
+        assert send_series(node.port, paths[:3]) == [0xA700] * 3  # the sender keeps them and retries
+        monkeypatch.undo()
+        assert send_series(node.port, paths[:3]) == [0] * 3  # space again: accepted
+        wait_for(lambda: counts(spool)["received"] == 0, what="completion")
+    assert [job.instances for job in serve_status(spool).jobs] == [3]  # only what was written counts
