@@ -1,8 +1,9 @@
-"""Preprocess: crop, normalise and resample every case as planned, and store it for fast patch reads.
+"""Preprocess: orient, crop, normalise and resample every case as planned, and store it for fast patch reads.
 
 Reads ``plans.json``, ``fingerprint.json`` and the raw dataset; writes ``preprocessed/`` (one folder per
 distinct preprocessing, ``configurations.json``) and ``reference_labels/``. Modules: ``case`` (the pure core,
-:func:`preprocess_case` and its inverse :func:`restore_probabilities`), ``resample``, ``store`` (the case
+:func:`preprocess_case` and its inverse :func:`restore_probabilities`), ``orientation`` (the canonical
+orientation and its inverse), ``resample``, ``store`` (the case
 folder's reader and writer), ``stage`` (:func:`run_preprocess`).
 """
 
