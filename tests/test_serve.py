@@ -427,6 +427,9 @@ def test_the_cli_prints_the_example_and_the_status(
     assert main(["serve", "--status", "--spool", str(tmp_path / "nothing")]) == 1
     assert main(["serve", "--spool", str(tmp_path), "-m", "m.zip", "--send-to", "bad"]) == 2
     assert "--send-to bad: expected AE@HOST:PORT" in capsys.readouterr().err
+    flags = ["serve", "--spool", str(tmp_path), "-m", str(tmp_path / "none.zip"), "--send-to", "A@h:1"]
+    assert main([*flags, "--allow", "CT"]) == 2
+    assert "routes[0].model: " in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- TLS

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.errors import ServeError
+from autoseg.errors import ServeConfigError, ServeError
 from autoseg.serve.config import ServeConfig
 from autoseg.serve.jobs import STATES, Job, JobStore
 from autoseg.serve.spool import Spool
@@ -36,6 +36,11 @@ class ServeNode:
         from autoseg.serve.scp import StorageHandlers
         from autoseg.serve.worker import Worker
 
+        for index, route in enumerate(config.routes):
+            if not route.model.exists():
+                raise ServeConfigError(
+                    f"routes[{index}].model: {route.model} does not exist (a work directory or a model .zip)"
+                )
         self.config = config
         self.spool = Spool(config.spool)
         self.spool.create()
