@@ -158,9 +158,10 @@ def _stored_nifti_spacing(path: Path, ndim: int) -> Triple | None:
     except (OSError, EOFError, zlib.error) as error:
         raise ImageReadError(f"{path}: cannot read the header ({type(error).__name__}: {error})") from None
     size = int.from_bytes(block[:4], "little")
-    header_class = nib.Nifti2Header if 540 in (size, int.from_bytes(block[:4], "big")) else nib.Nifti1Header
-    try:
-        header: Any = header_class.from_fileobj(BytesIO(block), check=False)
+    nifti2 = 540 in (size, int.from_bytes(block[:4], "big"))
+    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+    try:  # the header's bytes alone: header extensions, which follow it, are not needed here
+        header: Any = header_class.from_fileobj(BytesIO(block[: 540 if nifti2 else 348]), check=False)
     except (ValueError, nib.spatialimages.HeaderDataError) as error:
         raise ImageReadError(f"{path}: cannot read the header ({error})") from None
     pixdim = [abs(float(v)) for v in header["pixdim"][1 : 1 + min(ndim, 3)]]  # a sign is read as its size

@@ -285,3 +285,15 @@ def test_atomic_folder_replaces_whole_or_leaves_the_old_folder(tmp_path: Path) -
         (scratch / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]  # no scratch or stale folder left
+
+
+def test_a_nifti_with_header_extensions_is_read(tmp_path: Path) -> None:
+    """The raw voxel-size check reads the header's bytes alone (a file with extensions, as dcm2niix and
+    TotalSegmentator write, once failed with 'failed to read extension content')."""
+    from autoseg.io import read_header
+
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.8, 0.9, 2.5, 1.0]))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"written by a scanner" * 20))
+    path = tmp_path / "with_extension.nii.gz"
+    nib.save(image, path)
+    assert read_header(path).geometry.spacing_mm == pytest.approx((2.5, 0.9, 0.8))
