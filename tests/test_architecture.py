@@ -27,9 +27,10 @@ STAGE_PACKAGES = [
     "evaluation",
     "report",
     "dicom",
+    "serve",
     "cli",
 ]
-HEAVY = ("torch", "highdicom", "monai", "matplotlib")
+HEAVY = ("torch", "highdicom", "monai", "matplotlib", "pynetdicom")
 WORKDIR_FILES = (
     "fingerprint.json",
     "plans.json",
