@@ -161,6 +161,8 @@ class Fingerprint:
     regions: tuple[Region, ...] = ()
     """The structures when they may overlap (:mod:`autoseg.regions`); ``labels`` then numbers them 1..K."""
     regions_class_order: tuple[int, ...] = ()
+    structure_types: dict[str, str] = field(default_factory=dict)
+    """Structure name -> RTROIInterpretedType the dataset declares (:attr:`Dataset.structure_types`)."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict (tuples become lists); the region fields only for a region dataset, so a
@@ -170,6 +172,8 @@ class Fingerprint:
             for optional in ("annotated", "oblique_deg"):
                 if case[optional] is None:
                     del case[optional]
+        if not self.structure_types:
+            del data["structure_types"]
         if not self.regions:
             del data["regions"], data["regions_class_order"]
             for case in data["cases"]:
@@ -304,6 +308,7 @@ def extract_fingerprint(
         seed=seed,
         regions=dataset.regions,
         regions_class_order=dataset.regions_class_order,
+        structure_types=dataset.structure_types,
     )
     logger.info(
         "fingerprinted %d case(s): median spacing %s mm, median shape %s voxels",
@@ -545,4 +550,5 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
             Region(str(r["name"]), tuple(int(v) for v in r["label_values"])) for r in data.get("regions", [])
         ),
         regions_class_order=tuple(int(v) for v in data.get("regions_class_order", [])),
+        structure_types={str(k): str(v) for k, v in data.get("structure_types", {}).items()},
     )

@@ -205,6 +205,10 @@ class TargetPlan:
     kind: Literal["labels", "regions"] = "labels"
     regions: tuple[Region, ...] = ()
     regions_class_order: tuple[int, ...] = ()
+    structure_types: dict[str, str] = field(default_factory=dict)
+    """Structure name -> DICOM RTROIInterpretedType the dataset declared (``structure_types`` in its
+    ``dataset.json``: a mapping file's ``type`` or the source RTSTRUCTs'); predicted RTSTRUCTs use it, and a
+    structure not listed is typed from its name."""
 
 
 @dataclass(frozen=True)
@@ -697,6 +701,7 @@ def _target_from_json(data: Mapping[str, Any]) -> TargetPlan:
             Region(str(r["name"]), tuple(int(v) for v in r["label_values"])) for r in data["regions"]
         ),
         regions_class_order=tuple(int(v) for v in data["regions_class_order"]),
+        structure_types={str(k): str(v) for k, v in data.get("structure_types", {}).items()},
     )
 
 
@@ -753,7 +758,9 @@ def _triple(values: Any) -> tuple[float, float, float]:
 
 # ------------------------------------------------------------------------------------------- JSON checks
 
-OPTIONAL_KEYS = frozenset({"why", "previous_stage", "norm", "nonlinearity", "deep_supervision"})
+OPTIONAL_KEYS = frozenset(
+    {"why", "previous_stage", "norm", "nonlinearity", "deep_supervision", "structure_types"}
+)
 """Keys a hand-edited ``plans.json`` may leave out (their defaults apply); every other field is required."""
 
 _BUILT_FROM_KEYWORDS = (ChannelNormalization, ChannelRecord, ResamplingPlan, TrainingSchedule)

@@ -423,3 +423,19 @@ def test_an_exported_series_reads_back_on_the_same_grid(
     fractional = image / 7.0
     write_image_series(fractional, geometry, tmp_path / "mr", modality="MR")
     np.testing.assert_allclose(read_series(single_series(tmp_path / "mr"))[0][0], fractional, atol=0.01)
+
+
+def test_declared_structure_types_reach_the_rtstruct(l_series: Path, tmp_path: Path) -> None:
+    """A type the dataset declares (a mapping file's ``type``) wins over the one the name implies; an invalid
+    one falls back to the name's."""
+    import pydicom
+
+    labels, series = l_shape_labels(), single_series(l_series)
+    types = {"L": "AVOIDANCE", "ring": "NOT_A_TYPE"}  # 'ring' is a planning helper by its name: CONTROL
+    write_rtstruct(labels, series, {1: "L", 2: "ring", 3: "GTV"}, tmp_path / "rs.dcm", types=types)
+    dataset = pydicom.dcmread(tmp_path / "rs.dcm")
+    names = {int(r.ROINumber): str(r.ROIName) for r in dataset.StructureSetROISequence}
+    written = {
+        names[int(o.ReferencedROINumber)]: o.RTROIInterpretedType for o in dataset.RTROIObservationsSequence
+    }
+    assert written == {"L": "AVOIDANCE", "ring": "CONTROL", "GTV": "GTV"}

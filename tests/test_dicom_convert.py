@@ -323,3 +323,20 @@ def test_overlapping_rois_write_the_multi_label_layout_for_every_case(tmp_path: 
     assert target is not None and target.shape == (3, 4, 12, 20)
     assert np.array_equal(target[0], gtv) and np.array_equal(target[1], lung)
     assert int((target[0] & target[1]).sum()) == 8  # the overlap is in both structures
+
+
+def test_structure_types_come_from_the_mapping_else_the_source_rtstruct_else_the_name(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    for case in ("a", "b", "c"):
+        write_case(cases / case, ("Lesion", "Spacer"))
+    mask = np.zeros((4, 12, 20), np.uint8)
+    mask[1:3, 2:6, 3:8] = 1
+    # two of three structure sets type the Lesion a GTV (its name alone says ORGAN, as case c's file does)
+    for case in ("a", "b"):
+        path = cases / case / "structure0.dcm"
+        write_rtstruct(mask, single_series(cases / case / "ct"), {1: "Lesion"}, path, types={"Lesion": "GTV"})
+    mapping = {"labels": {"Lesion": {"value": 1}, "Spacer": {"value": 2, "type": "AVOIDANCE"}}}
+    (tmp_path / "mapping.json").write_text(json.dumps(mapping))
+    convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
+    types = read_json(tmp_path / "out" / "dataset.json")["structure_types"]
+    assert types == {"Lesion": "GTV", "Spacer": "AVOIDANCE"}

@@ -211,3 +211,29 @@ def test_overlapping_prediction_goes_to_rtstruct_seg_and_nifti(
 
     assert dciodvfy_errors(tmp_path / "out" / "scan_rtstruct.dcm") == []
     assert dciodvfy_errors(tmp_path / "out" / "scan_seg.dcm") == []
+
+
+def test_structure_types_go_from_dataset_json_to_the_plan(tmp_path: Path, rng: np.random.Generator) -> None:
+    """``structure_types`` in dataset.json (convert-dicom writes it) is checked when read, kept by the
+    fingerprint and carried by the plan's target into the model, where predicted RTSTRUCTs use it."""
+    import json
+
+    from helpers import plan_and_preprocess_argv
+
+    from autoseg.cli.main import main
+    from autoseg.dataset.layout import load_dataset
+    from autoseg.workdir import Workdir
+
+    dataset = write_multi_label_dataset(tmp_path / "Dataset006_Types", rng)
+    meta_path = dataset / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    structures = meta["structures"]
+    meta["structure_types"] = {structures[0]: "AVOIDANCE", "not_a_structure": "ORGAN"}
+    meta_path.write_text(json.dumps(meta))
+    assert load_dataset(dataset).structure_types == {structures[0]: "AVOIDANCE"}
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
+    assert Workdir(workdir).read_plans().target.structure_types == {structures[0]: "AVOIDANCE"}
+    meta["structure_types"] = {structures[0]: "TUMOUR"}
+    meta_path.write_text(json.dumps(meta))
+    assert main(["verify", str(dataset), "-q"]) == 1

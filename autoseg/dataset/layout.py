@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from autoseg.dicom.names import ROI_TYPES
 from autoseg.errors import DatasetError, ImageReadError
 from autoseg.io import (
     SUPPORTED_ENDINGS,
@@ -130,6 +131,9 @@ class Dataset:
         metadata: the whole ``dataset.json``.
         regions: the structures when they may overlap (nnU-Net regions or ``"structures"``), else ``()``.
         regions_class_order: nnU-Net's ``regions_class_order``, if declared.
+        structure_types: structure name -> DICOM RTROIInterpretedType, as ``"structure_types"`` in
+            ``dataset.json`` declares it (``convert-dicom`` writes it from a mapping file's ``type`` or the
+            source RTSTRUCTs); names that are not structures of the dataset are left out.
     """
 
     root: Path
@@ -144,6 +148,15 @@ class Dataset:
     metadata: dict[str, Any] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()
     regions_class_order: tuple[int, ...] = ()
+
+    @property
+    def structure_types(self) -> dict[str, str]:
+        """See the class docstring (checked when the dataset is read)."""
+        declared = self.metadata.get("structure_types")
+        names = {r.name for r in self.regions} | set(self.labels)
+        if not isinstance(declared, dict):
+            return {}
+        return {str(k): str(v) for k, v in declared.items() if k in names and v in ROI_TYPES}
 
     @property
     def num_channels(self) -> int:
@@ -259,6 +272,17 @@ def _type_problems(meta: Mapping[str, Any], path: Path) -> list[Problem]:
     tests = meta.get("test")
     if isinstance(tests, list) and not all(isinstance(t, str) for t in tests):
         found.append(Problem("error", "'test' must be a list of image paths (strings)", path))
+    types = meta.get("structure_types", {})
+    if not isinstance(types, dict):
+        found.append(Problem("error", "'structure_types' must be an object of name -> ROI type", path))
+    else:
+        found += [
+            Problem(
+                "error", f"'structure_types': '{k}' is {v!r}; expected one of {', '.join(ROI_TYPES)}", path
+            )
+            for k, v in types.items()
+            if v not in ROI_TYPES
+        ]
     return found
 
 

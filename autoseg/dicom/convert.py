@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from autoseg.dicom.mapping import LabelMapping, load_mapping, mapping_from_names, save_mapping, tg263_mapping
-from autoseg.dicom.names import Match
-from autoseg.dicom.rtstruct import read_rtstruct
+from autoseg.dicom.names import Match, roi_interpreted_type
+from autoseg.dicom.rtstruct import read_roi_types, read_rtstruct
 from autoseg.dicom.seg import read_dicom_seg_masks
 from autoseg.dicom.series import DicomObject, DicomSeries, read_header, read_series, scan_folder
 from autoseg.errors import AutosegError, DicomError
@@ -91,6 +93,7 @@ class CaseReport:
         source_names: label name -> the case's structure names written as that label.
         annotated: the labels the case's structure sets have an ROI for (empty ones included): contoured;
             the others are unannotated there, not background (``docs/dicom.md``, "Partly contoured cases").
+        source_types: label name -> the RTROIInterpretedTypes its source RTSTRUCT ROIs declare.
     """
 
     case: str
@@ -105,6 +108,7 @@ class CaseReport:
     source_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     overlaps: dict[str, int] = field(default_factory=dict)
     annotated: tuple[str, ...] = ()
+    source_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ def _dataset_json(
         **({"structures": names} if multi_label else {}),
         "numTraining": len(written),
         "file_ending": FILE_ENDING,
-        "structure_types": mapping.types(),
+        "structure_types": _structure_types(mapping, written),
     }
     if multi_label:
         meta["annotated"] = {r.case: [n for n in names if n in r.annotated] for r in written}
@@ -350,7 +354,30 @@ def _convert_case(
     write_image(_compact(image), geometry, image_path)
     write_target(labels, geometry, label_path)
     logger.info("%s: written as %s (%s)", case.folder, case.name, report.voxels)
-    return report
+    return replace(report, source_types=_source_types(case, mapping))
+
+
+def _source_types(case: _Case, mapping: LabelMapping) -> dict[str, tuple[str, ...]]:
+    """Label -> the RTROIInterpretedTypes the case's RTSTRUCT ROIs mapped to it declare."""
+    found: dict[str, tuple[str, ...]] = {}
+    for annotation in case.annotations:
+        if annotation.modality != "RTSTRUCT":
+            continue
+        for name, kind in read_roi_types(annotation.path).items():
+            label = mapping.label_for(name)
+            if label is not None:
+                found[label] = (*found.get(label, ()), kind)
+    return found
+
+
+def _structure_types(mapping: LabelMapping, written: Sequence[CaseReport]) -> dict[str, str]:
+    """Label -> RTROIInterpretedType for ``dataset.json``: the mapping rule's ``type``, else the type the
+    source RTSTRUCTs declare most often for it (ties: the first seen), else the one its name implies."""
+    types = {}
+    for name, rule in sorted(mapping.labels.items(), key=lambda item: item[1].value):
+        seen = Counter(kind for report in written for kind in report.source_types.get(name, ()))
+        types[name] = rule.type or (seen.most_common(1)[0][0] if seen else roi_interpreted_type(name))
+    return types
 
 
 def _all_structures(case: _Case) -> dict[str, BoolVolume]:

@@ -28,6 +28,7 @@ from skimage import draw, measure
 
 from autoseg import __version__
 from autoseg.dicom.geometry import index_to_patient, patient_to_index
+from autoseg.dicom.names import ROI_TYPES
 from autoseg.dicom.series import DicomSeries, read_header, series_geometry
 from autoseg.dicom.structures import Structure, check_structures, roi_numbers, structures_from_labels
 from autoseg.dicom.writing import (
@@ -61,6 +62,7 @@ def write_rtstruct(
     algorithm_name: str = "autoseg",
     algorithm_version: str = __version__,
     uid_seed: str | None = None,
+    types: Mapping[str, str] | None = None,
 ) -> None:
     """Write a label map as an RTSTRUCT that references ``series``, atomically.
 
@@ -78,12 +80,13 @@ def write_rtstruct(
         algorithm_version: SoftwareVersions and the algorithm's version.
         uid_seed: ``None``: new random SOP Instance and Series Instance UIDs; otherwise both are derived from
             this text (the same seed gives the same UIDs, so a re-sent result is recognisable).
+        types: ROI name -> RTROIInterpretedType where the dataset said (else from the name).
 
     Raises:
         DicomError: labels not on the series grid, or the series geometry is invalid.
     """
     check_label_grid(labels, series)
-    structures = structures_from_labels(labels, label_names)
+    structures = structures_from_labels(labels, label_names, types)
     write_rtstruct_structures(
         structures,
         series,
@@ -313,6 +316,25 @@ def _add_roi(
 
 
 # ------------------------------------------------------------------------------------------------ reading
+
+
+def read_roi_types(path: Path) -> dict[str, str]:
+    """ROI name -> RTROIInterpretedType of an RTSTRUCT, where its observations give one of DICOM's defined
+    terms (ROIs without one are left out).
+
+    Raises:
+        DicomError: not an RTSTRUCT.
+    """
+    dataset = _read_structure_set(path)
+    names = {int(r.ROINumber): str(r.get("ROIName", "") or f"ROI {r.ROINumber}") for r in
+             dataset.StructureSetROISequence}  # fmt: skip
+    types: dict[str, str] = {}
+    for observation in dataset.get("RTROIObservationsSequence", []):
+        kind = str(observation.get("RTROIInterpretedType", "") or "").strip().upper()
+        name = names.get(int(observation.get("ReferencedROINumber", -1)))
+        if name is not None and kind in ROI_TYPES:
+            types.setdefault(name, kind)
+    return types
 
 
 def _read_structure_set(path: Path) -> Dataset:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoseg.dicom.names import RGB, check_roi_name, roi_interpreted_type, structure_colours
+from autoseg.dicom.names import RGB, ROI_TYPES, check_roi_name, roi_interpreted_type, structure_colours
 from autoseg.errors import DicomError
 from autoseg.types import BoolVolume, LabelVolume
 
@@ -48,12 +48,15 @@ class Structure:
         return not bool(np.any(self.mask))
 
 
-def structures_from_labels(labels: LabelVolume, label_names: Mapping[int, str]) -> list[Structure]:
+def structures_from_labels(
+    labels: LabelVolume, label_names: Mapping[int, str], types: Mapping[str, str] | None = None
+) -> list[Structure]:
     """One structure per label of a label map, in increasing label value.
 
     Every label in ``label_names`` becomes a structure (an empty one when it has no voxels), plus one named
     ``label_<v>`` per label present but not named. The ROI number is the label value; the type comes from
-    the name (:func:`autoseg.dicom.names.roi_interpreted_type`) and the colours from
+    ``types`` where it names one (the dataset's ``structure_types``: a mapping file's or the source
+    RTSTRUCTs'), else from the name (:func:`autoseg.dicom.names.roi_interpreted_type`), and the colours from
     :func:`autoseg.dicom.names.structure_colours` (conventional where there is one, distinct for any number).
 
     Args:
@@ -63,9 +66,16 @@ def structures_from_labels(labels: LabelVolume, label_names: Mapping[int, str]) 
     values = sorted({v for v in label_names if v > 0} | {int(v) for v in np.unique(labels) if v > 0})
     names = [label_names.get(value, f"label_{value}") for value in values]
     return [
-        Structure(name, labels == value, roi_interpreted_type(name), colour, number=value)
+        Structure(name, labels == value, structure_type(name, types), colour, number=value)
         for value, name, colour in zip(values, names, structure_colours(names), strict=True)
     ]
+
+
+def structure_type(name: str, types: Mapping[str, str] | None) -> str:
+    """The RTROIInterpretedType of structure ``name``: ``types[name]`` when it is one of DICOM's defined
+    terms, else the one its name implies (:func:`autoseg.dicom.names.roi_interpreted_type`)."""
+    given = (types or {}).get(name)
+    return given if given in ROI_TYPES else roi_interpreted_type(name)
 
 
 def check_structures(structures: Sequence[Structure], shape: tuple[int, int, int], where: str) -> None:

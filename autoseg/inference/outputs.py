@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,6 +129,9 @@ class OutputContext:
     regions: bool = False
     """The model is region-based: ``probabilities`` are per-structure sigmoids, ``labels_by_name`` numbers
     the structures 1..K."""
+    structure_types: dict[str, str] = field(default_factory=dict)
+    """Structure name -> RTROIInterpretedType the training data gave (``TargetPlan.structure_types``); a
+    structure not listed is typed from its name."""
 
 
 def write_case_outputs(
@@ -184,7 +187,7 @@ def _write_files(
     if "nifti" in options.formats:
         files.append(out / f"{case.identifier}.nii.gz")
         write_target(labels, geometry, files[-1])
-    files += _write_dicom(case, target, names, options, out)
+    files += _write_dicom(case, target, names, options, out, context.structure_types)
     if context.instance_classes:
         files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
     if options.save_probabilities:
@@ -204,7 +207,12 @@ def _volumes(target: TargetVolume, names: dict[int, str], geometry: Geometry) ->
 
 
 def _write_dicom(
-    case: InputCase, labels: TargetVolume, names: dict[int, str], options: OutputOptions, out: Path
+    case: InputCase,
+    labels: TargetVolume,
+    names: dict[int, str],
+    options: OutputOptions,
+    out: Path,
+    types: dict[str, str],
 ) -> list[Path]:
     """``CASE_seg.dcm`` and ``CASE_rtstruct.dcm`` as requested, referencing the case's DICOM series.
 
@@ -218,7 +226,7 @@ def _write_dicom(
         logger.warning("%s: no structure has voxels; no %s written", case.identifier, " or ".join(wanted))
         return []
     if is_region_target(labels):
-        return _write_dicom_structures(case, labels, names, wanted, out, skip=skip, seed=seed)
+        return _write_dicom_structures(case, labels, names, wanted, out, skip=skip, seed=seed, types=types)
     paths: list[Path] = []
     if "dicom-seg" in wanted:
         from autoseg.dicom.seg import write_dicom_seg
@@ -229,7 +237,7 @@ def _write_dicom(
         from autoseg.dicom.rtstruct import write_rtstruct
 
         paths.append(out / f"{case.identifier}_rtstruct.dcm")
-        write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip, uid_seed=seed)
+        write_rtstruct(labels, case.series, names, paths[-1], skip_empty=skip, uid_seed=seed, types=types)
     return paths
 
 
@@ -242,18 +250,19 @@ def _write_dicom_structures(
     *,
     skip: bool,
     seed: str | None = None,
+    types: dict[str, str] | None = None,
 ) -> list[Path]:
     """A region target as structures (one ROI / one segment each, overlapping where they overlap), types
-    and colours from the names."""
-    from autoseg.dicom.names import roi_interpreted_type, structure_colours
+    as the training data gave them or from the names, colours from the names."""
+    from autoseg.dicom.names import structure_colours
     from autoseg.dicom.rtstruct import write_rtstruct_structures
     from autoseg.dicom.seg import write_dicom_seg_structures
-    from autoseg.dicom.structures import Structure
+    from autoseg.dicom.structures import Structure, structure_type
 
     ordered = sorted(names)
     colours = structure_colours([names[v] for v in ordered])
     structures = [
-        Structure(names[v], structure_mask(target, v), roi_interpreted_type(names[v]), colour, number=v)
+        Structure(names[v], structure_mask(target, v), structure_type(names[v], types), colour, number=v)
         for v, colour in zip(ordered, colours, strict=True)
     ]
     paths: list[Path] = []

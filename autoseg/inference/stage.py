@@ -287,6 +287,7 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
         if request.outputs.instances
         else (),
         regions=ensemble.regions,
+        structure_types=dict(ensemble.members[0].model.plans.target.structure_types),
     )
     reading = CaseReading(
         tuple(m.plan for m in ensemble.members),

@@ -16,10 +16,14 @@ from autoseg.plans import TargetPlan
 
 def training_target(fingerprint: Fingerprint) -> tuple[TargetPlan, str]:
     """The network's target for ``fingerprint``'s dataset, and the reason (the plan's ``why["target"]``)."""
+    types = dict(fingerprint.structure_types)
     if not fingerprint.regions:
-        return TargetPlan(), "softmax over the classes: the labels are one label map of disjoint classes"
+        return (
+            TargetPlan(structure_types=types),
+            "softmax over the classes: the labels are one label map of disjoint classes",
+        )
     names = [region.name for region in fingerprint.regions]
-    target = TargetPlan("regions", fingerprint.regions, fingerprint.regions_class_order)
+    target = TargetPlan("regions", fingerprint.regions, fingerprint.regions_class_order, types)
     declared = (
         "nnU-Net regions (label values that are lists)"
         if fingerprint.regions[0].label_values
