@@ -70,12 +70,14 @@ def map_cases(
 def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, bar: tqdm) -> Iterator[R]:
     context = multiprocessing.get_context(_START_METHOD)
     before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
-    )
+    pool: ProcessPoolExecutor | None = None
     try:
-        for result in pool.map(function, items, chunksize=1):
-            yield result
+        pool = ProcessPoolExecutor(  # inside the try: a signal may come while it spawns the workers
+            workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        )
+        futures = [pool.submit(function, item) for item in items]  # never cancelled: see _stop
+        for future in futures:
+            yield future.result()
             bar.update()
     except BaseException:  # Ctrl-C, SIGTERM, a failed case, GeneratorExit: stop now, not after the queue
         _stop(pool, [p for p in multiprocessing.active_children() if p not in before])
@@ -113,9 +115,11 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def _stop(pool: ProcessPoolExecutor, processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
-    """Cancel the pending calls and end the pool's worker processes (SIGTERM, then SIGKILL)."""
-    pool.shutdown(wait=False, cancel_futures=True)
+def _stop(pool: ProcessPoolExecutor | None, processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """End the pool's worker processes (SIGTERM, then SIGKILL), then the pool. The pool then fails the
+    pending calls itself (``BrokenProcessPool``, never read). No call is cancelled: with cancelled calls,
+    Python 3.11's pool thread raised ``InvalidStateError`` when it failed them after the workers ended (seen
+    in test_signals)."""
     for process in processes:
         process.terminate()
     for process in processes:
@@ -123,4 +127,6 @@ def _stop(pool: ProcessPoolExecutor, processes: Sequence[multiprocessing.process
         if process.is_alive():
             process.kill()
             process.join()
+    if pool is not None:
+        pool.shutdown(wait=True)
     logger.debug("stopped %d worker process(es)", len(processes))
