@@ -136,7 +136,7 @@ class ServeError(AutosegError):
     unreadable. The message names the file or the address."""
 
 
-# ------------------------------------------------------------------------------------------- predict resources
+# ------------------------------------------------------------------------------------ predict resources
 
 
 class MemoryLimitError(AutosegError):
