@@ -2,8 +2,8 @@
 
 Interruptions: the workers ignore SIGINT (a Ctrl-C at a terminal reaches the whole process group; only the
 parent reacts, so no worker prints a traceback), and when the parent stops early, for any reason (Ctrl-C,
-SIGTERM, an error in one case, the consumer leaving the loop), the workers are terminated and joined (the pending
-cases never run) before the exception goes on: nothing keeps working after the command says it
+SIGTERM, an error in one case, the consumer leaving the loop), the workers are terminated and joined (the
+pending cases never run) before the exception goes on: nothing keeps working after the command says it
 stopped. When the parent dies without a word (``kill -9``, the OOM killer), each worker notices within a
 moment and exits too, instead of finishing its case into a folder a re-run may already be writing and then
 waiting forever. Each worker writes its outputs atomically (:func:`autoseg.io.atomic_target`), so a
