@@ -117,7 +117,7 @@ def test_kill_minus_9_of_the_process_alone_ends_its_workers_too(
     _check(name, 0, inputs, scenarios, references, whole_group=False)
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
 @pytest.mark.parametrize("name", ["preprocess", "train", "predict", "convert-dicom", "evaluate"])
 def test_kill_minus_9_more_seeds(

@@ -135,7 +135,7 @@ def test_ctrl_c_at_a_terminal_reaches_the_workers_too(
     _check(prepared, inputs, name, signal.SIGINT, seed=seed, group=True)
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 @pytest.mark.xfail(
     reason="known race, not fixed: a signal while the pool's workers start can make one print a "
     "FileNotFoundError traceback from SemLock._rebuild (docs/reliability.md 'Weak')",
@@ -149,7 +149,7 @@ def test_a_signal_as_the_workers_start_prints_no_traceback(
     _check(prepared, inputs, "preprocess", signum, seed=0, group=False, at_start=True)
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("name", ["preprocess", "evaluate", "predict"])
