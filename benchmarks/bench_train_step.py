@@ -45,7 +45,7 @@ def make_step(precision: str, channels_last: bool, batch: int) -> Callable[[], f
     torch.manual_seed(0)
     network = build_network(HIPPOCAMPUS, 1, 3)
     memory = torch.channels_last_3d if channels_last else torch.contiguous_format
-    network = network.to(memory_format=memory)
+    network = network.to(memory_format=memory)  # type: ignore[call-overload]
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
     loss = DeepSupervisionLoss(DiceCELoss(batch_dice=False))
     image = torch.randn(batch, 1, *PATCH).contiguous(memory_format=memory)

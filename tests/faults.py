@@ -273,7 +273,9 @@ def checkpoint_contents(path: Path) -> object:
     optimiser and losses are bitwise equal, so nothing the training computes draws from it."""
     from autoseg.training.checkpoint import load_checkpoint
 
-    return {k: v for k, v in _drop_times(load_checkpoint(path)).items() if k != "torch_rng"}  # type: ignore[union-attr]
+    decoded = _drop_times(load_checkpoint(path))
+    assert isinstance(decoded, dict)
+    return {k: v for k, v in decoded.items() if k != "torch_rng"}
 
 
 def _drop_times(value: object) -> object:

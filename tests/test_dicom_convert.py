@@ -338,5 +338,5 @@ def test_structure_types_come_from_the_mapping_else_the_source_rtstruct_else_the
     mapping = {"labels": {"Lesion": {"value": 1}, "Spacer": {"value": 2, "type": "AVOIDANCE"}}}
     (tmp_path / "mapping.json").write_text(json.dumps(mapping))
     convert_dicom(ConvertRequest(cases, tmp_path / "out", tmp_path / "mapping.json"))
-    types = read_json(tmp_path / "out" / "dataset.json")["structure_types"]
-    assert types == {"Lesion": "GTV", "Spacer": "AVOIDANCE"}
+    meta = read_json(tmp_path / "out" / "dataset.json")
+    assert isinstance(meta, dict) and meta["structure_types"] == {"Lesion": "GTV", "Spacer": "AVOIDANCE"}

@@ -115,7 +115,8 @@ def world_resample(
     inverse = np.linalg.inv(source.direction_matrix() * np.asarray(source.spacing_mm))
     source_index = inverse @ (physical - np.asarray(source.origin_mm)).T
     values = ndimage.map_coordinates(volume.astype(np.float32), source_index, order=order, mode="nearest")
-    return values.reshape(shape)
+    reshaped: np.ndarray = values.reshape(shape)
+    return reshaped
 
 
 def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
@@ -338,7 +339,7 @@ def render_bars(
         for k, (centre, half, turn) in enumerate(bars):
             local = (points - centre) @ turn  # coordinates in the bar's own frame
             fractions[k] += np.all(np.abs(local) < half, axis=1) / 8
-    fractions = fractions.reshape(len(bars), *shape)
+    fractions = fractions.reshape(len(bars), *shape)  # type: ignore[assignment]
     labels = np.zeros(shape, np.uint8)
     for k in range(len(bars)):
         labels[fractions[k] >= 0.5] = k + 1

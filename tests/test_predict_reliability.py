@@ -304,7 +304,7 @@ def test_out_of_memory_in_one_case_skips_it_and_the_others_go_on(
 
     image, _, _ = tiny_case(rng, shape=(12, 16, 24))
     _two_cases(tmp_path / "in", rng, image[0])
-    real = stage.predict_probabilities
+    real = stage.predict_probabilities  # type: ignore[attr-defined]
 
     def fails_on_the_wide_case(networks: Any, image: Any, *args: Any, **kwargs: Any) -> Any:
         if image.shape[-1] > 20:

@@ -201,6 +201,6 @@ def test_an_interrupted_pool_stops_now_not_after_its_queue() -> None:
     workers = [p.pid for p in psutil.Process().children(recursive=True) if p not in helpers]
     assert len(workers) == 2
     started = time.monotonic()
-    results.close()  # what an exception in the consumer's loop does to the generator
+    results.close()  # type: ignore[attr-defined]  # what an exception in the consumer's loop does to the generator
     assert time.monotonic() - started < 3.0
     assert not alive(workers)
