@@ -92,7 +92,9 @@ def _check(
     shutil.rmtree(root)
 
 
-@pytest.mark.parametrize("seed", FAST_SEEDS)
+@pytest.mark.parametrize(
+    "seed", [*FAST_SEEDS, *(pytest.param(seed, marks=pytest.mark.stress) for seed in SLOW_SEEDS)]
+)
 @pytest.mark.parametrize("name", ["preprocess", "train", "predict", "convert-dicom", "evaluate"])
 def test_kill_minus_9_then_rerun_gives_the_uninterrupted_outputs(
     name: str,
@@ -115,19 +117,6 @@ def test_kill_minus_9_of_the_process_alone_ends_its_workers_too(
     writing into the folder the re-run works in, nor wait forever (they did before autoseg.parallel watched
     the parent)."""
     _check(name, 0, inputs, scenarios, references, whole_group=False)
-
-
-@pytest.mark.stress
-@pytest.mark.parametrize("seed", SLOW_SEEDS)
-@pytest.mark.parametrize("name", ["preprocess", "train", "predict", "convert-dicom", "evaluate"])
-def test_kill_minus_9_more_seeds(
-    name: str,
-    seed: int,
-    inputs: Path,
-    scenarios: dict[str, Callable[[], Scenario]],
-    references: dict[str, tuple[Scenario, Reference]],
-) -> None:
-    _check(name, seed, inputs, scenarios, references)
 
 
 # ---------------------------------------------------------------------- one writer per folder
