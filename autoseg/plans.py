@@ -209,6 +209,9 @@ class TargetPlan:
     """Structure name -> DICOM RTROIInterpretedType the dataset declared (``structure_types`` in its
     ``dataset.json``: a mapping file's ``type`` or the source RTSTRUCTs'); predicted RTSTRUCTs use it, and a
     structure not listed is typed from its name."""
+    ignore_label: int | None = None
+    """nnU-Net's ignore label (``"ignore"`` in the dataset's labels; not in ``Plans.labels``): voxels of this
+    value are left out of the loss, foreground sampling and validation, and never predicted."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,18 @@ class Plans:
     def num_outputs(self) -> int:
         """Network output channels: the classes (background included), or the structures."""
         return len(self.target.regions) if self.region_based else len(self.labels)
+
+    @property
+    def previous_stage_channels(self) -> int:
+        """Input channels a cascade stage adds to the image's: the previous stage's prediction one-hot, one
+        channel per foreground class (background left out, as nnU-Net), or per structure (regions)."""
+        return self.num_outputs if self.region_based else self.num_outputs - 1
+
+    def input_channels(self, configuration: str) -> int:
+        """Network input channels of ``configuration``: the image's, plus
+        :attr:`previous_stage_channels` for a cascade stage (``previous_stage`` set)."""
+        cascade = self.configuration(configuration).previous_stage is not None
+        return len(self.channel_names) + (self.previous_stage_channels if cascade else 0)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict with a stable key order."""
@@ -472,6 +487,9 @@ def _target_problems(plans: Plans) -> list[str]:
     target = plans.target
     if target.kind not in ("labels", "regions"):
         return [f"target.kind: '{target.kind}' is not 'labels' or 'regions'"]
+    ignore = target.ignore_label
+    if ignore is not None and (target.kind != "labels" or ignore <= max(plans.labels.values(), default=0)):
+        return [f"target.ignore_label: {ignore} must be above every label value, with kind 'labels'"]
     if target.kind == "labels":
         return ["target.regions: must be empty for kind 'labels'"] if target.regions else []
     expected = {"background": 0, **{r.name: k + 1 for k, r in enumerate(target.regions)}}
@@ -702,6 +720,7 @@ def _target_from_json(data: Mapping[str, Any]) -> TargetPlan:
         ),
         regions_class_order=tuple(int(v) for v in data["regions_class_order"]),
         structure_types={str(k): str(v) for k, v in data.get("structure_types", {}).items()},
+        ignore_label=None if data.get("ignore_label") is None else int(data["ignore_label"]),
     )
 
 
@@ -759,7 +778,7 @@ def _triple(values: Any) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------------------------- JSON checks
 
 OPTIONAL_KEYS = frozenset(
-    {"why", "previous_stage", "norm", "nonlinearity", "deep_supervision", "structure_types"}
+    {"why", "previous_stage", "norm", "nonlinearity", "deep_supervision", "structure_types", "ignore_label"}
 )
 """Keys a hand-edited ``plans.json`` may leave out (their defaults apply); every other field is required."""
 

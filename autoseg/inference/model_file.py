@@ -93,7 +93,9 @@ class TrainedModel:
         plan = self.plans.configuration(self.configuration)
         networks: list[nn.Module] = []
         for fold in chosen:
-            network = build_network(plan.network, len(self.plans.channel_names), self.plans.num_outputs)
+            network = build_network(
+                plan.network, self.plans.input_channels(self.configuration), self.plans.num_outputs
+            )
             try:
                 network.load_state_dict(self.weights[fold])
             except RuntimeError as error:
