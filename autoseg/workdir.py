@@ -308,6 +308,12 @@ class Workdir:
 
     def runs(self, configuration: str) -> list[RunFolder]:
         """Every run folder of ``configuration``, by fold name."""
+    def previous_stage_path(self, configuration: str, case: str) -> Path:
+        """``trained/<configuration>/previous_stage/<case>.npy``: a cascade stage's input from its previous
+        stage, that stage's cross-validation prediction of ``case`` on this stage's preprocessed grid
+        (``(Z, Y, X)`` label map or ``(K, Z, Y, X)`` region target; written by ``train``)."""
+        return self.configuration_dir(configuration) / "previous_stage" / f"{case}.npy"
+
         return [
             RunFolder(p) for p in sorted(self.configuration_dir(configuration).glob("fold_*")) if p.is_dir()
         ]

@@ -308,6 +308,27 @@ def restore_labels(
     return full
 
 
+def target_to_preprocessed(
+    target: TargetVolume, properties: CaseProperties, config: ConfigurationPlan
+) -> TargetVolume:
+    """A label map ``(Z, Y, X)`` (or ``(K, Z, Y, X)`` region target) on the case's original grid -> its
+    preprocessed grid (canonical orientation, crop box, resampled per class or structure to
+    ``properties.preprocessed_shape`` with the plan's label scheme): what :func:`preprocess_case` does to
+    the labels it is given, for a case already preprocessed (its stored ``properties``); the inverse of
+    :func:`restore_labels`. A cascade's previous-stage prediction reaches the next stage's grid this way."""
+    if tuple(target.shape[-3:]) != properties.original_shape:
+        raise ValueError(
+            f"{properties.identifier}: target of shape {target.shape[-3:]} for an image of "
+            f"{properties.original_shape}"
+        )
+    canonical = target
+    if properties.orientation is not None:
+        order = config.resampling.label_order
+        canonical = target_to_canonical(target, properties.orientation, properties.original_geometry, order)
+    cropped = canonical[(Ellipsis, *_box_slices(properties))]
+    return resample_target(np.ascontiguousarray(cropped), properties.preprocessed_shape, config.resampling)
+
+
 def restore_probabilities(
     probabilities: FloatVolume, properties: CaseProperties, *, regions: bool = False
 ) -> FloatVolume:

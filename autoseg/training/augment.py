@@ -10,6 +10,10 @@ never measured. In-plane rotation goes up to 180 degrees, as nnU-Net, except whe
 a 180-degree rotation followed by a mirror of the other in-plane axis is exactly a left-right mirror, so the
 in-plane rotation is then capped at :data:`ROTATION_3D` (a reflection across a line within 15 degrees of the
 left-right axis keeps left on the left).
+
+A cascade stage's previous-stage channels (:mod:`autoseg.training.cascade`) are augmented spatially with the
+image (they travel as ``seg`` channels), then perturbed as nnU-Net does (:func:`perturb_previous_stage`), so
+the network learns to correct the coarse stage rather than copy it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,21 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from scipy import ndimage
 
 ROTATION_3D = math.radians(30)
 ROTATION_IN_PLANE = math.pi
 SCALE_RANGE = (0.7, 1.4)
+
+MORPHOLOGY_P_PER_SAMPLE = 0.4
+MORPHOLOGY_RADIUS_VOXELS = (1, 8)
+REMOVE_COMPONENT_P_PER_SAMPLE = 0.2
+REMOVE_COMPONENT_MAX_FRACTION = 0.15
+"""nnU-Net's augmentation of a cascade's previous-stage channels (``ApplyRandomBinaryOperatorTransform``,
+``RemoveRandomConnectedComponentFromOneHotEncodingTransform``): for 40 % of the samples every channel, in
+random order, gets a dilation, erosion, opening or closing by a ball of radius 1-8 voxels; for 20 % of the
+samples every channel loses one random connected component among those covering less than 15 % of the
+patch."""
 
 
 def rotation_ranges(
@@ -140,3 +155,70 @@ def _spatial_transform(
         p_scale_per_sample=0.2,
         p_el_per_sample=0.0,
     )
+
+
+def perturb_previous_stage(channels: np.ndarray, rng: np.random.Generator, *, exclusive: bool) -> None:
+    """Morphological noise and removed components on a batch of previous-stage one-hot channels
+    ``(B, K, *patch)`` float32 0/1, in place (constants above). ``exclusive`` (one-hot classes, not
+    overlapping structures): a voxel a channel gains is taken from the others, so one class per voxel stays.
+
+    The balls are Euclidean in voxels, through distance transforms (exact, and fast at radius 8); the patch
+    border is not treated as background (an erosion does not eat into the patch from its edges).
+    """
+    for sample in channels:
+        if rng.uniform() < MORPHOLOGY_P_PER_SAMPLE:
+            for k in rng.permutation(len(sample)):
+                mask = sample[k] > 0.5
+                if not mask.any():
+                    continue
+                operation = ("dilation", "erosion", "opening", "closing")[int(rng.integers(4))]
+                radius = int(rng.integers(MORPHOLOGY_RADIUS_VOXELS[0], MORPHOLOGY_RADIUS_VOXELS[1] + 1))
+                changed = binary_morphology(mask, operation, radius)
+                if exclusive:
+                    gained = changed & ~mask
+                    sample[:, gained] = 0.0
+                sample[k] = changed
+        if rng.uniform() < REMOVE_COMPONENT_P_PER_SAMPLE:
+            for k in range(len(sample)):
+                remove_random_component(sample[k], rng, max_fraction=REMOVE_COMPONENT_MAX_FRACTION)
+
+
+def binary_morphology(mask: np.ndarray, operation: str, radius: float) -> np.ndarray:
+    """``mask`` dilated, eroded, opened or closed by a Euclidean ball of ``radius`` voxels."""
+    if operation == "dilation":
+        return _dilate(mask, radius)
+    if operation == "erosion":
+        return _erode(mask, radius)
+    if operation == "opening":
+        return _dilate(_erode(mask, radius), radius)
+    if operation == "closing":
+        return _erode(_dilate(mask, radius), radius)
+    raise ValueError(f"unknown operation {operation!r}")
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    if mask.all() or not mask.any():
+        return mask.copy()
+    dilated: np.ndarray = ndimage.distance_transform_edt(~mask) <= radius
+    return dilated
+
+
+def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
+    if mask.all() or not mask.any():
+        return mask.copy()
+    eroded: np.ndarray = ndimage.distance_transform_edt(mask) > radius
+    return eroded
+
+
+def remove_random_component(channel: np.ndarray, rng: np.random.Generator, *, max_fraction: float) -> bool:
+    """Set one random connected component (face connectivity) of a 0/1 channel to 0, among those smaller
+    than ``max_fraction`` of the channel's voxels, in place; whether one was removed."""
+    components, count = ndimage.label(channel > 0.5)
+    if count == 0:
+        return False
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    small = np.flatnonzero(sizes < max_fraction * channel.size) + 1
+    if small.size == 0:
+        return False
+    channel[components == int(small[int(rng.integers(small.size))])] = 0.0
+    return True

@@ -32,7 +32,25 @@ def sample_patch(
     *,
     force_foreground: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One patch from a (memory-mapped) case.
+    """One patch from a (memory-mapped) case (:func:`sample_patch_with`, nothing beside the labels)."""
+    image, target, _ = sample_patch_with(
+        image, labels, None, foreground, patch_size, rng, force_foreground=force_foreground
+    )
+    return image, target
+
+
+def sample_patch_with(
+    image: np.ndarray,
+    labels: np.ndarray,
+    companion: np.ndarray | None,
+    foreground: Mapping[int, np.ndarray],
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    force_foreground: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One patch from a (memory-mapped) case, and the same window of ``companion`` (a label map or region
+    target on the image's grid, e.g. a cascade's previous-stage prediction; ``None``: none).
 
     Args:
         image: ``(C, Z, Y, X)`` float32.
@@ -44,7 +62,7 @@ def sample_patch(
 
     Returns:
         ``(C, *patch_size)`` float32 and ``patch_size`` int64 arrays (``(K, *patch_size)`` uint8 for a region
-        target).
+        target), and the companion's window (its own dtype) or ``None``.
     """
     dims = len(patch_size)
     regions = labels.ndim == 4
@@ -53,6 +71,7 @@ def sample_patch(
     if dims == 2:
         z = int(anchor[0]) if anchor is not None else int(rng.integers(0, shape[0]))
         image, labels, shape = image[:, z], labels[..., z, :, :], shape[1:]
+        companion = None if companion is None else companion[..., z, :, :]
         anchor = anchor[1:] if anchor is not None else None
     starts = []
     for axis, (size, patch) in enumerate(zip(shape, patch_size, strict=True)):
@@ -64,8 +83,11 @@ def sample_patch(
         else:
             starts.append(int(rng.integers(low, high + 1)))
     target = _crop_padded(labels, starts, patch_size, channels=regions)
-    return _crop_padded(image, starts, patch_size, channels=True), target.astype(
-        np.uint8 if regions else np.int64
+    beside = None if companion is None else _crop_padded(companion, starts, patch_size, channels=regions)
+    return (
+        _crop_padded(image, starts, patch_size, channels=True),
+        target.astype(np.uint8 if regions else np.int64),
+        beside,
     )
 
 
