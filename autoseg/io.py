@@ -412,6 +412,53 @@ def read_probabilities(path: Path) -> FloatVolume:
         return np.asarray(data["probabilities"], dtype=np.float32)
 
 
+class ProbabilityStream:
+    """Writes the channels of a ``(K, Z, Y, X)`` probability file one ``(Z, Y, X)`` channel at a time (as
+    float16), so the whole array never exists in memory: :func:`stream_probabilities` makes one."""
+
+    def __init__(self, entry: Any, shape: tuple[int, ...]) -> None:
+        self._entry = entry
+        self.shape = shape
+        self.written = 0
+
+    def write(self, channel: FloatVolume | AnyArray) -> None:
+        """Append the next channel (``(Z, Y, X)``, any float dtype; stored as float16)."""
+        if tuple(channel.shape) != self.shape[1:] or self.written >= self.shape[0]:
+            raise ValueError(f"channel {self.written} of shape {channel.shape} does not fit {self.shape}")
+        for plane in channel:  # one float16 slice at a time
+            self._entry.write(np.ascontiguousarray(plane, dtype="<f2").tobytes())
+        self.written += 1
+
+
+@contextlib.contextmanager
+def stream_probabilities(
+    path: Path, shape: Sequence[int], *, class_names: Sequence[str] | None = None
+) -> Iterator[ProbabilityStream]:
+    """The streaming form of :func:`write_probabilities`: the same ``.npz`` (key ``probabilities``,
+    ``(K, Z, Y, X)`` float16, compressed; ``labels`` with ``class_names``), its channels written as they come.
+
+    Atomic as every autoseg file (:func:`atomic_target`): the file appears only when all ``K`` channels
+    were written and the block succeeded.
+    """
+    import zipfile
+
+    full = tuple(int(n) for n in shape)
+    with (
+        atomic_target(path) as temporary,
+        zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    ):
+        with archive.open("probabilities.npy", "w", force_zip64=True) as entry:
+            header = {"descr": "<f2", "fortran_order": False, "shape": full}
+            np.lib.format.write_array_header_1_0(entry, header)
+            stream = ProbabilityStream(entry, full)
+            yield stream
+            if stream.written != full[0]:
+                raise ValueError(f"{path}: {stream.written} of {full[0]} channels written")
+        if class_names is not None:
+            with archive.open("labels.npy", "w") as entry:
+                np.save(entry, np.asarray(class_names), allow_pickle=False)
+
+
 def write_json(data: object, path: Path) -> None:
     """Write indented JSON with stable key order, atomically (temporary file, then rename)."""
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
@@ -760,6 +807,32 @@ def verify_image_file(temporary: Path, image: sitk.Image, path: Path) -> None:
         raise ImageWriteError(f"{path}: the written file does not read back ({reason}; disk full?)") from None
     if stored < voxel_bytes:
         raise ImageWriteError(f"{path}: the written file is truncated (disk full?); nothing replaced")
+
+
+def check_image_file(path: Path) -> None:
+    """Check that an image file already in place is whole, as :func:`verify_image_file` checks a new one:
+    its header reads, and a ``.nii.gz`` decompresses to its end into at least a header and the voxel bytes
+    (``predict --shard`` and ``--skip-existing`` redo a case whose output fails this).
+
+    Raises:
+        ImageReadError: naming ``path`` and what is wrong.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with _itk_errors(path, "the header does not read"):
+        reader.ReadImageInformation()
+    voxel_bytes = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    voxel_bytes *= np.dtype(_pixel_id_to_dtype(reader.GetPixelID(), path)).itemsize
+    if split_ending(path)[1] != ".nii.gz":
+        with _itk_errors(path, "the voxels do not read"):
+            sitk.ReadImage(str(path))
+        return
+    try:
+        stored = _gunzipped_length(path, path)
+    except ImageWriteError as error:
+        raise ImageReadError(error.message.replace("; nothing replaced", "")) from None
+    if stored - 352 < voxel_bytes:  # the smallest header (NIfTI-1's 348 bytes and 4 of extension flag)
+        raise ImageReadError(f"{path}: truncated ({stored} bytes for {voxel_bytes} voxel bytes and a header)")
 
 
 def _gunzipped_length(temporary: Path, path: Path) -> int:

@@ -12,9 +12,10 @@ instance map is 4D, one channel of instance ids per selected structure (``docs/r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,14 +23,15 @@ import numpy as np
 
 from autoseg.dicom.names import check_roi_name
 from autoseg.errors import UsageError
-from autoseg.inference.ensemble import target_from_probabilities
+from autoseg.inference.export import MemberPredictions, RestoredTarget, restore_target, target_confidences
 from autoseg.io import (
     Geometry,
+    ProbabilityStream,
     atomic_files,
+    stream_probabilities,
     write_json,
     write_label_channels,
     write_labels,
-    write_probabilities,
     write_target,
 )
 from autoseg.postprocessing.instances import instances_to_json, label_instances
@@ -37,8 +39,10 @@ from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
 from autoseg.regions import are_disjoint, is_region_target, label_map_of, structure_mask
 from autoseg.report.figure import render_report
 from autoseg.report.structures import (
+    FlagRules,
     StructureRow,
     TrainingReference,
+    structure_flags,
     structure_table,
     write_structure_table,
 )
@@ -61,7 +65,8 @@ class OutputOptions:
         formats: any of ``nifti`` (``CASE.nii.gz``), ``dicom-seg`` (``CASE_seg.dcm``), ``rtstruct``
             (``CASE_rtstruct.dcm``); the DICOM ones need a DICOM input series.
         save_probabilities: also ``CASE_probabilities.npz`` (:func:`autoseg.io.write_probabilities`, the
-            format of the validation probabilities plus ``labels``, the class names in channel order).
+            format of the validation probabilities plus ``labels``, the class names in channel order),
+            streamed to disk channel by channel (:func:`autoseg.io.stream_probabilities`).
         instances: class names (or values) whose separate objects get their own ids (``CASE_instances``).
         split_touching: split touching objects of those classes with a watershed.
         report: a reviewer PNG and a structure table per case.
@@ -136,32 +141,42 @@ class OutputContext:
 
 def write_case_outputs(
     case: InputCase,
-    probabilities: FloatVolume,
+    predictions: MemberPredictions | FloatVolume,
     geometry: Geometry,
     image: FloatVolume | None,
     context: OutputContext,
     options: OutputOptions,
     out: Path,
 ) -> CaseOutput:
-    """Argmax (or the 0.5 threshold per structure), post-processing, the structure table's flags (always;
-    its PNG and JSON with ``options.report``), then every requested output of one case.
+    """Argmax (or the 0.5 threshold per structure) on the input's grid, class by class
+    (:func:`autoseg.inference.export.restore_target`: never ``(K, Z, Y, X)`` float32 there), post-processing,
+    the structure table's flags (always; its PNG and JSON with ``options.report``), then every requested
+    output of one case.
 
     The files are written into a scratch folder and renamed into ``out`` only when all of them are written
     (:func:`autoseg.io.atomic_files`): a case that fails leaves nothing, and an earlier run's files intact.
 
     Args:
-        probabilities: ``(K, Z, Y, X)`` float32 on the input's grid.
+        predictions: the members' probabilities on their network grids, and how to bring them back; or
+            ``(K, Z, Y, X)`` float32 probabilities already on the input's grid.
         geometry: the input's geometry (written unchanged).
         image: ``(Z, Y, X)`` float32 first channel, raw intensities, for the report (``None`` without one).
     """
-    target = postprocess(
-        target_from_probabilities(probabilities, regions=context.regions),
-        context.postprocessing,
-        geometry.spacing_mm,
-    )
-    rows = structure_table(target, probabilities, geometry, context.labels_by_name, context.reference)
+    if not isinstance(predictions, MemberPredictions):
+        predictions = MemberPredictions.on_grid(predictions, geometry, regions=context.regions)
     with atomic_files(out) as scratch:
-        files = _write_files(case, target, probabilities, geometry, context, options, scratch)
+        files: list[Path] = []
+        with contextlib.ExitStack() as stack:
+            stream: ProbabilityStream | None = None
+            if options.save_probabilities:
+                files.append(scratch / f"{case.identifier}_probabilities.npz")
+                class_names = [n for n, v in context.labels_by_name.items() if v or not context.regions]
+                shape = (predictions.num_channels, *predictions.shape)
+                stream = stack.enter_context(stream_probabilities(files[-1], shape, class_names=class_names))
+            restored = restore_target(predictions, stream=stream)
+        target = postprocess(restored.target, context.postprocessing, geometry.spacing_mm)
+        rows = _structure_rows(target, restored, predictions, geometry, context)
+        files = _write_files(case, target, geometry, context, options, scratch) + files
         if options.report and image is not None:
             files += _write_report(case.identifier, image, target, rows, geometry, scratch)
     names = {value: name for name, value in context.labels_by_name.items() if value != 0}
@@ -171,16 +186,36 @@ def write_case_outputs(
     return CaseOutput(case.identifier, tuple(out / f.name for f in files), volumes, review=review)
 
 
+def _structure_rows(
+    target: TargetVolume,
+    restored: RestoredTarget,
+    predictions: MemberPredictions,
+    geometry: Geometry,
+    context: OutputContext,
+) -> list[StructureRow]:
+    """The structure table with the confidences of the class-by-class pass (the same numbers
+    ``structure_table`` gives with the full probabilities) and the flags they raise."""
+    reference = context.reference
+    rows = structure_table(target, None, geometry, context.labels_by_name, reference)
+    values = [row.value for row in rows]
+    confidences = target_confidences(target, restored, predictions, values)
+    flagged = []
+    for row in rows:
+        known = reference.get(row.value) if reference is not None else None
+        row = replace(row, mean_confidence=confidences.get(row.value))
+        flagged.append(replace(row, flags=structure_flags(row, known, reference, FlagRules())))
+    return flagged
+
+
 def _write_files(
     case: InputCase,
     target: TargetVolume,
-    probabilities: FloatVolume,
     geometry: Geometry,
     context: OutputContext,
     options: OutputOptions,
     out: Path,
 ) -> list[Path]:
-    """The label map, DICOM objects, instances and probabilities of one case, into ``out``."""
+    """The label map, DICOM objects and instances of one case, into ``out``."""
     names = {value: name for name, value in context.labels_by_name.items() if value != 0}
     labels = label_map_of(target) if is_region_target(target) and are_disjoint(target) else target
     files: list[Path] = []
@@ -190,10 +225,6 @@ def _write_files(
     files += _write_dicom(case, target, names, options, out, context.structure_types)
     if context.instance_classes:
         files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
-    if options.save_probabilities:
-        files.append(out / f"{case.identifier}_probabilities.npz")
-        class_names = [n for n, v in context.labels_by_name.items() if v or not context.regions]
-        write_probabilities(probabilities, files[-1], class_names=class_names)
     return files
 
 

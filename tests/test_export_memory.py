@@ -1,0 +1,197 @@
+"""Bounded-memory export (issue 17.2): the class-by-class restore gives the labels, masks and confidences of
+the materialising path bit for bit; the streamed probabilities file is the ``.npz`` autoseg always wrote;
+labels are resampled per class inside their boxes with the same output."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.inference.ensemble import labels_from_probabilities, regions_from_probabilities
+from autoseg.inference.export import MemberPredictions, restore_target, target_confidences
+from autoseg.io import Geometry, read_probabilities, stream_probabilities
+from autoseg.plans import (
+    ChannelNormalization,
+    ConfigurationPlan,
+    NetworkPlan,
+    ResamplingPlan,
+    TrainingSchedule,
+)
+from autoseg.postprocessing.components import keep_largest_component
+from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
+from autoseg.preprocessing.resample import _resample_labels_whole, resample_labels
+from autoseg.report.structures import structure_confidences
+
+
+def _config(spacing: tuple[float, float, float], separate: int | None = None) -> ConfigurationPlan:
+    net = NetworkPlan("plain", 3, (4, 8), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
+    return ConfigurationPlan(
+        3,
+        spacing,
+        (1.0, 1.0, 1.0),
+        (16, 16, 16),
+        2,
+        net,
+        (ChannelNormalization("zscore"),),
+        ResamplingPlan(3, 1, separate, 0, 0),
+        True,
+        TrainingSchedule(),
+        0.1,
+    )
+
+
+def _rotation(degrees: float) -> tuple[float, ...]:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return (1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c)
+
+
+SAGITTAL = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+# (image shape, image spacing, plan spacing, direction, separate axis): up- and downsampling, anisotropic,
+# odd sizes, a permuted orientation and an oblique one
+CASES = [
+    ((13, 17, 19), (1.0, 1.0, 1.0), (1.6, 1.3, 0.7), IDENTITY, None),
+    ((9, 23, 21), (4.0, 0.8, 0.8), (2.5, 1.5, 1.5), IDENTITY, 0),
+    ((20, 11, 15), (0.7, 1.9, 1.1), (1.0, 1.0, 1.0), SAGITTAL, None),
+    ((12, 14, 16), (1.5, 1.0, 1.0), (2.0, 1.7, 1.3), _rotation(20.0), None),
+]
+
+
+def _properties(
+    rng: np.random.Generator, shape: tuple[int, int, int], geometry: Geometry, config: ConfigurationPlan
+) -> CaseProperties:
+    image = rng.normal(size=(1, *shape)).astype(np.float32)
+    image[0, :2] = 0.0  # a crop box smaller than the image
+    return preprocess_case(image, None, geometry, config).properties
+
+
+def _softmax(rng: np.random.Generator, classes: int, shape: tuple[int, ...], *, ties: bool) -> np.ndarray:
+    logits = rng.normal(size=(classes, *shape)).astype(np.float32)
+    if ties:  # quantised logits: many voxels where two classes are exactly equal
+        logits = np.round(logits)
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    probabilities: np.ndarray = (e / e.sum(0, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def _materialised(
+    predicted: list[np.ndarray], properties: list[CaseProperties], *, regions: bool
+) -> np.ndarray:
+    """Today's path (``_export`` before 17.2): every member restored whole, summed, averaged."""
+    restored = restore_probabilities(predicted[0], properties[0], regions=regions)
+    for probabilities, props in zip(predicted[1:], properties[1:], strict=True):
+        restored += restore_probabilities(probabilities, props, regions=regions)
+    if len(predicted) > 1:
+        restored /= len(predicted)
+    return restored
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("members", [1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_class_by_class_labels_equal_the_materialised_argmax(
+    rng: np.random.Generator, case: int, members: int, ties: bool
+) -> None:
+    shape, spacing, plan_spacing, direction, separate = CASES[case]
+    geometry = Geometry(spacing, (3.0, -2.0, 1.0), direction)
+    configs = [_config(plan_spacing, separate), _config((1.1, 1.4, 0.9))][:members]
+    properties = [_properties(rng, shape, geometry, c) for c in configs]
+    predicted = [_softmax(rng, 5, p.preprocessed_shape, ties=ties) for p in properties]
+    expected = _materialised(predicted, properties, regions=False)
+    restored = restore_target(MemberPredictions(predicted, properties))
+    np.testing.assert_array_equal(restored.target, labels_from_probabilities(expected))
+    assert restored.winner is not None
+    np.testing.assert_array_equal(restored.winner, expected.max(0))
+    # the confidences after post-processing (voxels removed) are the full probabilities' ones
+    final = keep_largest_component(restored.target, (1, 2, 3, 4))
+    ours = target_confidences(final, restored, MemberPredictions(predicted, properties), [1, 2, 3, 4])
+    assert ours == structure_confidences(final, expected, [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_class_by_class_structures_equal_the_materialised_threshold(
+    rng: np.random.Generator, case: int
+) -> None:
+    shape, spacing, plan_spacing, direction, separate = CASES[case]
+    geometry = Geometry(spacing, (0.0, 0.0, 0.0), direction)
+    properties = [_properties(rng, shape, geometry, _config(plan_spacing, separate))]
+    sigmoids = rng.uniform(size=(3, *properties[0].preprocessed_shape)).astype(np.float32)
+    sigmoids[1] = np.round(sigmoids[1] * 4) / 4  # exactly 0.5 in places
+    predictions = MemberPredictions([sigmoids], properties, regions=True)
+    expected = _materialised([sigmoids], properties, regions=True)
+    restored = restore_target(predictions)
+    np.testing.assert_array_equal(restored.target, regions_from_probabilities(expected))
+    final = restored.target.copy()
+    final[0] = keep_largest_component(final[0], (1,))  # post-processing changed structure 1 only
+    ours = target_confidences(final, restored, predictions, [1, 2, 3])
+    theirs = structure_confidences(final, expected, [1, 2, 3])
+    assert ours.keys() == theirs.keys()
+    for value, confidence in theirs.items():
+        assert ours[value] == pytest.approx(confidence, rel=1e-12)
+
+
+def test_streamed_probabilities_are_the_npz_autoseg_writes(rng: np.random.Generator, tmp_path: Path) -> None:
+    shape, spacing, plan_spacing, direction, _ = CASES[1]
+    properties = [
+        _properties(rng, shape, Geometry(spacing, (0.0, 0.0, 0.0), direction), _config(plan_spacing))
+    ]
+    predicted = [_softmax(rng, 4, properties[0].preprocessed_shape, ties=False)]
+    path = tmp_path / "case_probabilities.npz"
+    names = ["background", "a", "b", "c"]
+    with stream_probabilities(path, (4, *shape), class_names=names) as stream:
+        restore_target(MemberPredictions(predicted, properties), stream=stream)
+    expected = _materialised(predicted, properties, regions=False)
+    with np.load(path, allow_pickle=False) as data:
+        assert data["probabilities"].dtype == np.float16
+        assert data["labels"].tolist() == names
+    np.testing.assert_array_equal(read_probabilities(path), expected.astype(np.float16).astype(np.float32))
+
+
+def test_an_unfinished_probability_stream_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "case_probabilities.npz"
+    with (
+        pytest.raises(ValueError, match="1 of 2 channels"),
+        stream_probabilities(path, (2, 3, 4, 5)) as stream,
+    ):
+        stream.write(np.zeros((3, 4, 5), np.float32))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="does not fit"), stream_probabilities(path, (2, 3, 4, 5)) as stream:
+        stream.write(np.zeros((3, 4, 6), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _blobs(rng: np.random.Generator, shape: tuple[int, int, int], classes: int) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    for value in range(1, classes + 1):
+        centre = [int(rng.integers(0, n)) for n in shape]
+        radius = [int(rng.integers(1, max(2, n // 4))) for n in shape]
+        labels[tuple(slice(max(0, c - r), c + r) for c, r in zip(centre, radius, strict=True))] = value
+    return labels
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ResamplingPlan(),
+        ResamplingPlan(separate_axis=0),
+        ResamplingPlan(separate_axis=0, label_order_separate=1),
+    ],
+)
+def test_labels_resampled_in_their_boxes_equal_the_whole_volume_way(
+    rng: np.random.Generator, plan: ResamplingPlan
+) -> None:
+    for trial in range(12):
+        shape = tuple(int(n) for n in rng.integers(5, 30, 3))
+        out = tuple(int(n) for n in rng.integers(3, 36, 3))
+        labels = rng.integers(0, 4, shape).astype(np.uint8) if trial % 3 == 0 else _blobs(rng, shape, 9)  # type: ignore[arg-type]
+        if trial == 1:
+            labels[labels == 0] = 3  # no background at all
+        np.testing.assert_array_equal(
+            resample_labels(labels, out, plan),
+            _resample_labels_whole(labels, out, plan),
+            err_msg=f"{shape}->{out}",
+        )
