@@ -26,6 +26,7 @@ from tqdm import tqdm
 from autoseg import __version__
 from autoseg.errors import AutosegError, FlaggedCasesError, PredictInputError, UsageError
 from autoseg.inference.ensemble import Activation, InferenceSettings, predict_probabilities, resolve_precision
+from autoseg.inference.export import MemberPredictions
 from autoseg.inference.inputs import (
     InputCase,
     available_memory_bytes,
@@ -485,15 +486,11 @@ def _export(
     out: Path,
     seconds: float,
 ) -> CaseOutput:
-    """Each configuration's probabilities back on the input's grid, averaged, then the outputs."""
-    regions = context.regions
-    restored = restore_probabilities(predicted[0], prepared.properties[0], regions=regions)
-    for probabilities, properties in zip(predicted[1:], prepared.properties[1:], strict=True):
-        restored += restore_probabilities(probabilities, properties, regions=regions)
-    if len(predicted) > 1:
-        restored /= len(predicted)
+    """Each configuration's probabilities back on the input's grid, averaged, then the outputs: class by
+    class (:mod:`autoseg.inference.export`), never ``(K, Z, Y, X)`` float32 on the input's grid."""
+    members = MemberPredictions(predicted, prepared.properties, regions=context.regions)
     written = write_case_outputs(
-        prepared.case, restored, prepared.geometry, prepared.report_image, context, options, out
+        prepared.case, members, prepared.geometry, prepared.report_image, context, options, out
     )
     review = prepared.notes + written.review
     for line in written.review:
