@@ -163,6 +163,9 @@ class Fingerprint:
     regions_class_order: tuple[int, ...] = ()
     structure_types: dict[str, str] = field(default_factory=dict)
     """Structure name -> RTROIInterpretedType the dataset declares (:attr:`Dataset.structure_types`)."""
+    ignore_label: int | None = None
+    """nnU-Net's ignore label (:attr:`Dataset.ignore_label`): not in ``labels``, its voxels left out of the
+    foreground statistics; ``None`` (and absent from the JSON): none."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible dict (tuples become lists); the region fields only for a region dataset, so a
@@ -174,6 +177,8 @@ class Fingerprint:
                     del case[optional]
         if not self.structure_types:
             del data["structure_types"]
+        if self.ignore_label is None:
+            del data["ignore_label"]
         if not self.regions:
             del data["regions"], data["regions_class_order"]
             for case in data["cases"]:
@@ -216,6 +221,7 @@ def fingerprint_case(
     *,
     samples: int,
     seed: int,
+    ignore_label: int | None = None,
 ) -> tuple[CaseFingerprint, list[np.ndarray]]:
     """Fingerprint one case.
 
@@ -225,12 +231,16 @@ def fingerprint_case(
         spacing_mm: ``(z, y, x)``.
         samples: foreground voxels to sample per channel.
         seed: dataset seed; the case's generator is seeded from it and the identifier.
+        ignore_label: a label map's ignore value: its voxels (unknown class) are neither foreground nor a
+            class here.
 
     Returns:
         The case fingerprint and, per channel, the sampled foreground intensities (float32, 1D).
     """
     box = crop_box_of_nonzero(image)
     foreground = foreground_mask(labels)
+    if ignore_label is not None and not is_region_target(labels):
+        foreground &= labels != ignore_label
     rng = np.random.default_rng([seed, zlib.crc32(identifier.encode())])
     positions = np.flatnonzero(foreground)
     if positions.size > samples:
@@ -238,6 +248,7 @@ def fingerprint_case(
     sampled = [channel.ravel()[positions].astype(np.float32) for channel in image]
     intensity = tuple(IntensityStats.of(channel[foreground]) for channel in image)
     class_voxels = _class_voxels(labels)
+    class_voxels.pop(str(ignore_label), None)
     structure = ndimage.generate_binary_structure(3, CONNECTIVITY)
     component_sizes: dict[str, list[int]] = {}
     for value in class_voxels:
@@ -274,7 +285,7 @@ def extract_fingerprint(
 ) -> Fingerprint:
     """Fingerprint every training case of ``dataset`` (in ``num_workers`` processes) and aggregate."""
     samples = max(1000, TOTAL_FOREGROUND_SAMPLES // max(1, len(dataset.cases)))
-    work = partial(_fingerprint_case_file, samples=samples, seed=seed)
+    work = partial(_fingerprint_case_file, samples=samples, seed=seed, ignore_label=dataset.ignore_label)
     results = list(
         map_cases(
             work,
@@ -309,6 +320,7 @@ def extract_fingerprint(
         regions=dataset.regions,
         regions_class_order=dataset.regions_class_order,
         structure_types=dataset.structure_types,
+        ignore_label=dataset.ignore_label,
     )
     logger.info(
         "fingerprinted %d case(s): median spacing %s mm, median shape %s voxels",
@@ -433,7 +445,7 @@ def load_fingerprint(path: Path) -> Fingerprint:
 
 
 def _fingerprint_case_file(
-    case: Case, *, samples: int, seed: int
+    case: Case, *, samples: int, seed: int, ignore_label: int | None = None
 ) -> tuple[CaseFingerprint, list[np.ndarray]]:
     image, labels, geometry = read_case(case)
     assert labels is not None, "training cases have labels"
@@ -445,6 +457,7 @@ def _fingerprint_case_file(
         case.identifier,
         samples=samples,
         seed=seed,
+        ignore_label=ignore_label,
     )
     return in_canonical_order(fingerprint, geometry.direction), sampled
 
@@ -551,4 +564,5 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
         ),
         regions_class_order=tuple(int(v) for v in data.get("regions_class_order", [])),
         structure_types={str(k): str(v) for k, v in data.get("structure_types", {}).items()},
+        ignore_label=None if data.get("ignore_label") is None else int(data["ignore_label"]),
     )

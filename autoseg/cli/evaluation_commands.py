@@ -21,7 +21,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", type=Path, metavar="REF", help="reference label file or folder")
     parser.add_argument(
         "--labels", type=Path, default=None, metavar="dataset.json",
-        help="names the classes; without it every nonzero value found is a class",
+        help="names the classes (its 'ignore' label is not scored; its 'annotated' says which structures "
+        "each case contoured); without it every nonzero value found is a class",
+    )  # fmt: skip
+    parser.add_argument(
+        "--contoured", type=Path, default=None, metavar="FILE",
+        help='partly contoured references: JSON {"CASE": ["GTV", ...]} (or a dataset.json\'s "annotated"); '
+        "a structure a case did not contour is not scored there",
     )  # fmt: skip
     parser.add_argument(
         "-o", "--output", type=Path, default=None, metavar="OUT",
@@ -49,6 +55,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         reference=args.reference,
         output=args.output,
         labels_file=args.labels,
+        contoured_file=args.contoured,
         tolerance_mm=args.tolerance,
         num_workers=args.num_workers,
         missing_predictions="ignore" if args.ignore_missing else "error",

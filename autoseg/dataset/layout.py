@@ -64,6 +64,10 @@ from autoseg.regions import Region, regions_from_labels
 from autoseg.types import FloatVolume, TargetVolume
 
 Layout = Literal["nnunet-v2", "msd"]
+
+IGNORE_NAME = "ignore"
+"""nnU-Net v2's name for the label of voxels of unknown class (:func:`parse_ignore_label`)."""
+
 Severity = Literal["error", "warning"]
 
 
@@ -134,6 +138,9 @@ class Dataset:
         structure_types: structure name -> DICOM RTROIInterpretedType, as ``"structure_types"`` in
             ``dataset.json`` declares it (``convert-dicom`` writes it from a mapping file's ``type`` or the
             source RTSTRUCTs); names that are not structures of the dataset are left out.
+        ignore_label: nnU-Net's ignore label (``"ignore"`` in ``labels``, the highest value): its voxels are
+            of unknown class, left out of the loss, foreground sampling and scoring, never predicted; it is
+            not in ``labels``. ``None``: none declared.
     """
 
     root: Path
@@ -148,6 +155,7 @@ class Dataset:
     metadata: dict[str, Any] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()
     regions_class_order: tuple[int, ...] = ()
+    ignore_label: int | None = None
 
     @property
     def structure_types(self) -> dict[str, str]:
@@ -166,10 +174,11 @@ class Dataset:
     @property
     def label_values(self) -> tuple[int, ...]:
         """Values the label files may hold, sorted, background included: the declared labels; an nnU-Net
-        region dataset's region values; 0 and 1 for a multi-label file."""
+        region dataset's region values; 0 and 1 for a multi-label file; and the ignore label."""
+        ignore = () if self.ignore_label is None else (self.ignore_label,)
         if self.regions and self.regions[0].label_values:
-            return tuple(sorted({0, *(v for r in self.regions for v in r.label_values)}))
-        return (0, 1) if self.regions else tuple(sorted(set(self.labels.values())))
+            return tuple(sorted({0, *(v for r in self.regions for v in r.label_values), *ignore}))
+        return (0, 1) if self.regions else tuple(sorted({*self.labels.values(), *ignore}))
 
     @property
     def foreground_labels(self) -> dict[str, int]:
@@ -305,6 +314,8 @@ def parse_labels(
         name, number = (value, key) if msd else (key, value)
         if isinstance(number, str) and number.strip().lstrip("-").isdigit():
             number = int(number)
+        if not msd and str(name) == IGNORE_NAME:
+            continue  # voxels of unknown class, not a class: parse_ignore_label
         if isinstance(number, list):
             problems.append(
                 Problem(
@@ -328,6 +339,37 @@ def parse_labels(
     return labels
 
 
+def parse_ignore_label(meta: Mapping[str, Any], path: Path, problems: list[Problem]) -> int | None:
+    """nnU-Net v2's ignore label: the value of the label named ``"ignore"`` (voxels of unknown class), else
+    ``None``. As nnU-Net requires, it is one integer (not a region) above every other label value, region
+    values included; the multi-label (4D) layout has no label values, so it cannot have one. Problems are
+    appended to ``problems``."""
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or IGNORE_NAME not in raw:
+        return None
+    value = raw[IGNORE_NAME]
+    if "structures" in meta:
+        problems.append(Problem("error", "an 'ignore' label needs label files of label values, not the "
+                                "multi-label 'structures' layout", path))  # fmt: skip
+        return None
+    if not _is_label_value(value):
+        problems.append(Problem("error", f"the 'ignore' label is {value!r}; it must be one integer label "
+                                "value 1..65535 (a region cannot be the ignore label)", path))  # fmt: skip
+        return None
+    others = [v for k, item in raw.items() if k != IGNORE_NAME for v in _declared_values(item)]
+    if others and value <= max(others):
+        problems.append(Problem("error", f"the 'ignore' label is {value}; it must be the highest label value "
+                                f"(above {max(others)}), as nnU-Net requires", path))  # fmt: skip
+        return None
+    return int(value)
+
+
+def _declared_values(item: Any) -> list[int]:
+    """The integer label values of one ``labels`` entry (a value or an nnU-Net region's list)."""
+    values = item if isinstance(item, list) else [item]
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
 def parse_regions(
     meta: Mapping[str, Any], path: Path, problems: list[Problem]
 ) -> tuple[tuple[Region, ...], tuple[int, ...]]:
@@ -344,7 +386,7 @@ def parse_regions(
     regions = []
     for name, value in raw.items():
         values = value if isinstance(value, list) else [value]
-        if values in ([0], ["0"]):
+        if values in ([0], ["0"]) or name == IGNORE_NAME:
             continue
         if not values or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65535 for v in values
@@ -482,6 +524,10 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     channels = _parse_channels(meta, path, problems)
     regions, order = parse_regions(meta, path, problems)
     labels = structure_labels(regions) if regions else parse_labels(meta, path, problems, msd=False)
+    ignore_label = parse_ignore_label(meta, path, problems)
+    if ignore_label is not None and regions:
+        problems.append(Problem("error", "an 'ignore' label with region-based labels is not supported yet "
+                                "(only with labels of one integer value each)", path))  # fmt: skip
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
         problems.append(
@@ -512,6 +558,7 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
         meta,
         regions,
         order,
+        ignore_label,
     )
 
 

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import BestConfigurationError
-from autoseg.evaluation.metrics import ClassMetrics, OverlapCounts, class_metrics
-from autoseg.evaluation.stage import CasePair, evaluate_pairs, match_cases
+from autoseg.evaluation.stage import CasePair, contoured_only, evaluate_pairs, match_cases
 from autoseg.evaluation.summary import nan_to_none, summarize
 from autoseg.fingerprint import Fingerprint
 from autoseg.inference.ensemble import target_from_probabilities
@@ -211,23 +210,18 @@ def _score(
     for folder in folders:
         pairs += match_cases(folder, references, missing_predictions="ignore")
     labels = {v: n for n, v in fingerprint.labels.items() if v != 0}
-    cases = evaluate_pairs(pairs, sorted(labels), num_workers=num_workers, show_progress=show_progress)
-    cases = {case: _contoured_only(metrics, annotated.get(case)) for case, metrics in cases.items()}
+    cases = evaluate_pairs(
+        pairs,
+        sorted(labels),
+        num_workers=num_workers,
+        show_progress=show_progress,
+        ignore_label=fingerprint.ignore_label,
+    )
+    cases = {case: contoured_only(metrics, annotated.get(case)) for case, metrics in cases.items()}
     summary = summarize(cases, labels, 2.0)
     per_class = {labels[k]: summary.per_class[k]["dice"].mean for k in labels}
     logger.info("%s: mean Dice %.4f on %d case(s)", name, summary.mean_dice, len(cases))
     return CandidateScore(name, configurations, len(cases), summary.mean_dice, per_class)
-
-
-def _contoured_only(
-    metrics: dict[int, ClassMetrics], contoured: Sequence[int] | None
-) -> dict[int, ClassMetrics]:
-    """A case's metrics with every structure its reference never contoured made undefined (as both empty:
-    left out of the means)."""
-    if contoured is None:
-        return metrics
-    undefined = class_metrics(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
-    return {k: m if k in contoured else undefined for k, m in metrics.items()}
 
 
 def _ensemble_cross_validation(

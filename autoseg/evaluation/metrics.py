@@ -132,6 +132,23 @@ def _mask_counts(prediction: TargetVolume, reference: TargetVolume, value: int) 
     )
 
 
+def without_ignored(
+    prediction: TargetVolume, reference: TargetVolume, ignore_label: int | None
+) -> tuple[TargetVolume, TargetVolume]:
+    """Prediction and reference with the voxels the reference labels ``ignore_label`` (nnU-Net's ignore
+    label: unknown class) set to background in both, so that no metric counts them, as nnU-Net's evaluation
+    masks them out; unchanged (not copied) when ``ignore_label`` is ``None`` or absent, or for region
+    targets (which hold no label values)."""
+    if ignore_label is None or is_region_target(reference):
+        return prediction, reference
+    unknown = reference == ignore_label
+    if not unknown.any():
+        return prediction, reference
+    return np.where(unknown, 0, prediction).astype(prediction.dtype), np.where(unknown, 0, reference).astype(
+        reference.dtype
+    )
+
+
 def dice_per_label(
     prediction: LabelVolume, reference: LabelVolume, label_ids: Sequence[int]
 ) -> dict[int, float]:

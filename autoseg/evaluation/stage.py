@@ -17,7 +17,14 @@ from typing import Literal
 
 import numpy as np
 
-from autoseg.dataset.layout import Problem, parse_labels
+from autoseg.dataset.layout import (
+    Problem,
+    parse_annotated,
+    parse_ignore_label,
+    parse_labels,
+    parse_regions,
+    structure_labels,
+)
 from autoseg.errors import EvaluationError, ImageReadError
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -25,6 +32,7 @@ from autoseg.evaluation.metrics import (
     OverlapCounts,
     class_metrics,
     evaluate_case,
+    without_ignored,
 )
 from autoseg.evaluation.summary import EvaluationSummary, summarize, write_report
 from autoseg.io import Geometry, read_json, read_target, require_same_grid, split_ending
@@ -34,10 +42,13 @@ from autoseg.types import LabelVolume
 __all__ = [
     "CasePair",
     "EvaluateRequest",
+    "contoured_only",
     "evaluate_pair",
     "evaluate_pairs",
     "match_cases",
     "output_folder",
+    "read_contoured",
+    "read_ignore_label",
     "read_label_names",
     "read_pair",
     "run_evaluate",
@@ -60,6 +71,13 @@ class EvaluateRequest:
         output: folder for ``summary.json``, ``metrics.csv`` and ``metrics.png`` (default: the prediction
             folder, or the prediction file's folder).
         labels_file: a ``dataset.json`` naming the labels; without it, every nonzero value found is a class.
+            Its ignore label (``"ignore"``, nnU-Net's) is not a class: reference voxels of that value are not
+            scored. Its ``"annotated"`` (case -> structures contoured, ``docs/dicom.md``) is read as
+            ``contoured_file`` is, unless that is given.
+        contoured_file: which structures each reference case contoured (partly contoured data): a JSON
+            object ``{"CASE": ["GTV", "CTV"], ...}`` (structure names of ``labels_file``, or label values), or
+            a ``dataset.json`` with such an ``"annotated"``. A structure a case did not contour is not scored
+            there (undefined, as both empty: left out of the means); a case not listed contoured every one.
         tolerance_mm: tolerance of the normalised surface Dice, mm.
         num_workers: worker processes (1: in this process).
         missing_predictions: ``"error"`` (default) refuses references without a prediction; ``"ignore"``
@@ -70,6 +88,7 @@ class EvaluateRequest:
     reference: Path
     output: Path | None = None
     labels_file: Path | None = None
+    contoured_file: Path | None = None
     tolerance_mm: float = DEFAULT_TOLERANCE_MM
     num_workers: int = 1
     missing_predictions: Literal["error", "ignore"] = "error"
@@ -166,14 +185,17 @@ def _list_cases(cases: Sequence[str], limit: int = 10) -> str:
 
 
 def evaluate_pair(
-    pair: CasePair, label_ids: Sequence[int] | None, tolerance_mm: float
+    pair: CasePair, label_ids: Sequence[int] | None, tolerance_mm: float, ignore_label: int | None = None
 ) -> tuple[str, dict[int, ClassMetrics]]:
     """Read and evaluate one case (module level, so that worker processes can run it).
 
     Args:
         label_ids: classes to evaluate; ``None``: every nonzero value in prediction or reference.
+        ignore_label: nnU-Net's ignore label: reference voxels of this value are scored by no metric
+            (:func:`autoseg.evaluation.metrics.without_ignored`).
     """
     prediction, reference, geometry = read_pair(pair)
+    prediction, reference = without_ignored(prediction, reference, ignore_label)
     found = sorted((set(np.unique(prediction).tolist()) | set(np.unique(reference).tolist())) - {0})
     if label_ids is None:
         if len(found) > MAX_CLASSES_WITHOUT_LABELS:
@@ -203,9 +225,11 @@ def evaluate_pairs(
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     num_workers: int = 1,
     show_progress: bool = True,
+    ignore_label: int | None = None,
 ) -> dict[str, dict[int, ClassMetrics]]:
-    """Evaluate many cases (in ``num_workers`` processes); classes absent from a case count as both empty."""
-    work = partial(evaluate_pair, label_ids=label_ids, tolerance_mm=tolerance_mm)
+    """Evaluate many cases (in ``num_workers`` processes); classes absent from a case count as both empty;
+    reference voxels of ``ignore_label`` are not scored."""
+    work = partial(evaluate_pair, label_ids=label_ids, tolerance_mm=tolerance_mm, ignore_label=ignore_label)
     results = dict(
         map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=show_progress)
     )
@@ -215,24 +239,103 @@ def evaluate_pairs(
 
 
 def read_label_names(path: Path) -> dict[int, str]:
-    """Foreground label value -> name from a ``dataset.json`` (nnU-Net v2 or MSD form).
+    """Foreground label value (structure number) -> name from a ``dataset.json``: nnU-Net v2 or MSD labels,
+    nnU-Net regions (list values) or the multi-label ``"structures"``; the ignore label is not a class.
 
     Raises:
         EvaluationError: unreadable file or malformed ``labels``.
     """
+    meta = _read_labels_json(path)
+    problems: list[Problem] = []
+    regions, _ = parse_regions(meta, path, problems)
+    if regions:
+        labels = structure_labels(regions)
+    else:
+        raw = meta.get("labels")
+        if not isinstance(raw, dict):
+            raise EvaluationError(f"{path}: has no 'labels' object (expected a dataset.json)")
+        msd = all(str(key).strip().isdigit() for key in raw)
+        labels = parse_labels(meta, path, problems, msd=msd)  # the one parser of dataset.json labels
+    if problems:
+        raise EvaluationError(f"{path}: invalid labels", details=[p.message for p in problems])
+    return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}
+
+
+def read_ignore_label(path: Path) -> int | None:
+    """The ignore label a ``dataset.json`` declares (nnU-Net's rules, :func:`parse_ignore_label`), else
+    ``None``.
+
+    Raises:
+        EvaluationError: unreadable file, or an ignore label that breaks the rules.
+    """
+    meta = _read_labels_json(path)
+    problems: list[Problem] = []
+    value = parse_ignore_label(meta, path, problems)
+    if problems:
+        raise EvaluationError(f"{path}: invalid ignore label", details=[p.message for p in problems])
+    return value
+
+
+def read_contoured(path: Path, names: Mapping[int, str] | None) -> dict[str, tuple[int, ...]]:
+    """Case -> the structure numbers (label values) its reference contoured, from ``{"CASE": ["GTV", ...]}``
+    (names of ``names``, or label values) or a ``dataset.json``'s ``"annotated"`` (``{}`` when it has none).
+
+    Raises:
+        EvaluationError: unreadable file, or an entry that is not a list of known structures.
+    """
+    meta = _read_labels_json(path, key=None)
+    if "labels" in meta or "structures" in meta:  # a dataset.json: its own structures name the entries
+        if "annotated" not in meta:
+            return {}
+        problems: list[Problem] = []
+        regions, _ = parse_regions(meta, path, problems)
+        found = parse_annotated(meta, regions, path, problems) if regions else _contoured_entries(
+            meta["annotated"], read_label_names(path), path
+        )  # fmt: skip
+        if problems:
+            raise EvaluationError(f"{path}: invalid 'annotated'", details=[p.message for p in problems])
+        return found
+    return _contoured_entries(meta, names or {}, path)
+
+
+def _contoured_entries(raw: object, names: Mapping[int, str], path: Path) -> dict[str, tuple[int, ...]]:
+    if not isinstance(raw, dict):
+        raise EvaluationError(f"{path}: expected an object of case -> contoured structures")
+    numbers = {name: value for value, name in names.items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for case, entries in raw.items():
+        if not isinstance(entries, list):
+            raise EvaluationError(f"{path}: '{case}' must list the structures contoured, got {entries!r}")
+        values = set()
+        for entry in entries:
+            value = numbers.get(entry) if isinstance(entry, str) else entry
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                known = ", ".join(numbers) or "label values (give --labels to use names)"
+                raise EvaluationError(f"{path}: '{case}' lists {entry!r}, not a structure ({known})")
+            values.add(value)
+        found[str(case)] = tuple(sorted(values))
+    return found
+
+
+def _read_labels_json(path: Path, key: str | None = "labels") -> dict[str, object]:
     try:
         meta = read_json(path)
     except ImageReadError as error:
         raise EvaluationError(error.message) from None
-    raw = meta.get("labels") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(raw, dict):
+    if not isinstance(meta, dict) or (key is not None and key not in meta and "structures" not in meta):
         raise EvaluationError(f"{path}: has no 'labels' object (expected a dataset.json)")
-    msd = all(str(key).strip().isdigit() for key in raw)
-    problems: list[Problem] = []
-    labels = parse_labels(meta, path, problems, msd=msd)  # the one parser of dataset.json labels
-    if problems:
-        raise EvaluationError(f"{path}: invalid labels", details=[p.message for p in problems])
-    return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}
+    return meta
+
+
+def contoured_only(
+    metrics: dict[int, ClassMetrics], contoured: Sequence[int] | None
+) -> dict[int, ClassMetrics]:
+    """A case's metrics with every structure its reference never contoured made undefined (as both empty:
+    left out of the means); ``contoured`` ``None``: every structure was contoured."""
+    if contoured is None:
+        return metrics
+    undefined = class_metrics(OverlapCounts(0, 0, 0), (math.nan, math.nan, math.nan), 0.0)
+    return {k: m if k in contoured else undefined for k, m in metrics.items()}
 
 
 def label_names_for(label_ids: Sequence[int], names: Mapping[int, str] | None) -> dict[int, str]:
@@ -260,6 +363,9 @@ def run_evaluate(request: EvaluateRequest, *, show_progress: bool = True) -> Eva
         request.prediction, request.reference, missing_predictions=request.missing_predictions
     )
     names = read_label_names(request.labels_file) if request.labels_file is not None else None
+    ignore = read_ignore_label(request.labels_file) if request.labels_file is not None else None
+    contoured_file = request.contoured_file or request.labels_file
+    contoured = read_contoured(contoured_file, names) if contoured_file is not None else {}
     label_ids = sorted(names) if names is not None else None
     cases = evaluate_pairs(
         pairs,
@@ -267,7 +373,9 @@ def run_evaluate(request: EvaluateRequest, *, show_progress: bool = True) -> Eva
         tolerance_mm=request.tolerance_mm,
         num_workers=request.num_workers,
         show_progress=show_progress,
+        ignore_label=ignore,
     )
+    cases = {case: contoured_only(metrics, contoured.get(case)) for case, metrics in cases.items()}
     found = sorted({k for metrics in cases.values() for k in metrics})
     summary = summarize(cases, label_names_for(found, names), request.tolerance_mm)
     output = output_folder(request)

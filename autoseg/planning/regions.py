@@ -18,9 +18,16 @@ def training_target(fingerprint: Fingerprint) -> tuple[TargetPlan, str]:
     """The network's target for ``fingerprint``'s dataset, and the reason (the plan's ``why["target"]``)."""
     types = dict(fingerprint.structure_types)
     if not fingerprint.regions:
+        ignore = fingerprint.ignore_label
         return (
-            TargetPlan(structure_types=types),
-            "softmax over the classes: the labels are one label map of disjoint classes",
+            TargetPlan(structure_types=types, ignore_label=ignore),
+            "softmax over the classes: the labels are one label map of disjoint classes"
+            + (
+                ""
+                if ignore is None
+                else f"; label value {ignore} is nnU-Net's ignore label (unknown class): left out of the "
+                "loss, foreground sampling and validation, never predicted"
+            ),
         )
     names = [region.name for region in fingerprint.regions]
     target = TargetPlan("regions", fingerprint.regions, fingerprint.regions_class_order, types)

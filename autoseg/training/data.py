@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from autoseg.errors import PreprocessError, WorkerError
+from autoseg.errors import PreprocessError, WorkdirError, WorkerError
 from autoseg.plans import MirroringPlan
 from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
-from autoseg.training.sampling import forced_foreground, sample_patch
+from autoseg.training.cascade import PreviousStage, move_previous_stage_to_data
+from autoseg.training.sampling import forced_foreground, sample_patch_with
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class BatchSpec:
             its case's canonical direction allows (the array it trains on).
         regions: the stored targets are ``(K, Z, Y, X)`` region targets; batches then carry ``(B, K, ...)``
             uint8 targets, every channel augmented alike (batchgenerators transforms each ``seg`` channel).
+        ignore_label: the plan's ignore label (voxels of unknown class): never a foreground class to place
+            a patch on.
     """
 
     folder: Path
@@ -54,6 +57,10 @@ class BatchSpec:
     seed: int
     mirroring: MirroringPlan = field(default_factory=MirroringPlan)
     regions: bool = False
+    ignore_label: int | None = None
+    previous_stage: PreviousStage | None = None
+    """A cascade stage's previous stage: its stored predictions are cropped with each patch, augmented
+    spatially with it, and join ``image`` as one-hot channels (perturbed when ``augment``)."""
 
 
 class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
@@ -91,6 +98,8 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
             if transform is not None:
                 with private:
                     batch = transform(**batch)
+            if spec.previous_stage is not None:
+                batch = move_previous_stage_to_data(batch, spec.previous_stage, rng if spec.augment else None)
             out = {
                 "image": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
                 "target": _target_tensor(batch["seg"], spec.regions),
@@ -120,31 +129,59 @@ def _sample_batch(
         if identifier not in cases:
             cases[identifier] = load_case(spec.folder, identifier)
         case = cases[identifier]
+        previous = _previous_stage(spec, case)
         if case.labels is None:
             raise PreprocessError(
                 f"{spec.folder / identifier}: no label map; training needs one, run 'autoseg preprocess'"
             )
-        image, target = sample_patch(
+        image, target, previous = sample_patch_with(
             case.image,
             case.labels,
-            {k: v for k, v in case.foreground.items() if case.properties.is_annotated(k)},
+            previous,
+            {
+                k: v
+                for k, v in case.foreground.items()
+                if case.properties.is_annotated(k) and k != spec.ignore_label
+            },
             size,
             rng,
             force_foreground=index >= spec.batch_size - forced,
         )
         images.append(image)
-        targets.append(target)
+        targets.append(target if previous is None else _stack_previous(target, previous, spec.regions))
         annotated.append(
             [case.properties.is_annotated(k + 1) for k in range(len(target) if spec.regions else 0)]
         )
         direction = case.properties.network_geometry.direction  # the canonical array's, which it trains on
         mirror_axes.append(spec.mirroring.axes(len(spec.patch_size), direction))
     stacked = np.stack(targets).astype(np.float32)
-    batch: dict[str, Any] = {"data": np.stack(images), "seg": stacked if spec.regions else stacked[:, None]}
+    with_channels = spec.regions or spec.previous_stage is not None  # (B, channels, ...) already
+    batch: dict[str, Any] = {"data": np.stack(images), "seg": stacked if with_channels else stacked[:, None]}
     batch["annotated"] = np.array(annotated, np.uint8)
     if not spec.mirroring.left_right:
         batch["mirror_axes"] = mirror_axes
     return batch
+
+
+def _previous_stage(spec: BatchSpec, case: StoredCase) -> np.ndarray | None:
+    """The stored previous-stage prediction of a cascade stage's case, checked to be on its grid."""
+    if spec.previous_stage is None:
+        return None
+    previous = spec.previous_stage.load(case.properties.identifier)
+    if tuple(previous.shape[-3:]) != tuple(case.image.shape[1:]):
+        raise WorkdirError(
+            f"{spec.previous_stage.path(case.properties.identifier)}: shape {previous.shape} is not the "
+            f"stored case's grid {case.image.shape[1:]}; delete it and train again (it is remade)"
+        )
+    return previous
+
+
+def _stack_previous(target: np.ndarray, previous: np.ndarray, regions: bool) -> np.ndarray:
+    """A patch's target with the previous stage's patch after it as ``seg`` channels: ``(2, ...)`` for a
+    label map, ``(2K, ...)`` for a region target."""
+    if regions:
+        return np.concatenate([target, previous.astype(target.dtype)])
+    return np.stack([target, previous.astype(target.dtype)])
 
 
 class _GlobalRandomState:

@@ -39,7 +39,8 @@ from autoseg.training.callbacks import (
     TimeLimit,
     TrainingRun,
 )
-from autoseg.training.checkpoint import restore_training
+from autoseg.training.cascade import PreviousStage, prepare_previous_stage, previous_stage_of
+from autoseg.training.checkpoint import restore_training, run_random_state
 from autoseg.training.config import RunState, TrainConfig, learning_rate, resolve_configuration
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import Rank, barrier, init_from_environment, unwrap
@@ -101,16 +102,17 @@ def train_fold(
     run = _new_run(work, plans, plan, config, resume=resume, parts=parts)
     defaults = default_callbacks(work, plans, plan, config, rank=run.rank, show_progress=show_progress)
     every = [*defaults, *callbacks]
-    try:
-        _start(run, every, plans, resume=resume)
-        while run.state.epoch < run.state.epochs:
-            _run_epoch(run, every)
-        for callback in every:
-            callback.on_train_end(run)
-        barrier()
-    finally:
-        for callback in every:
-            callback.on_close(run)
+    with run_random_state(config.seed, run.device):  # the run's own generators: a resume is exact
+        try:
+            _start(run, every, plans, resume=resume)
+            while run.state.epoch < run.state.epochs:
+                _run_epoch(run, every)
+            for callback in every:
+                callback.on_train_end(run)
+            barrier()
+        finally:
+            for callback in every:
+                callback.on_close(run)
     return FoldResult(run.folder.path, run.summary, unwrap(run.parts.network))
 
 
@@ -126,21 +128,46 @@ def _new_run(
     """Join the process group, choose the fold's batches (unless ``parts`` brings them), make the run folder
     and the parts; the state is that of a new run (``resume`` restores it later)."""
     rank = init_from_environment(torch.device(config.device).type)
-    regions = plans.region_based
+    regions, ignore = plans.region_based, plans.target.ignore_label
+    previous = _previous_stage(work, plans, config.configuration_name, rank)
     batches = (
-        parts.batches if parts is not None else fold_batches(work, plan, config, rank=rank, regions=regions)
+        parts.batches
+        if parts is not None
+        else fold_batches(
+            work, plan, config, rank=rank, regions=regions, ignore_label=ignore, previous_stage=previous
+        )
     )
     folder = _open_run_folder(work, config, resume=resume)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     if parts is None:
-        channels, classes = len(plans.channel_names), plans.num_outputs
+        channels, classes = plans.input_channels(config.configuration_name), plans.num_outputs
         parts = default_parts(
-            plan, config, num_channels=channels, num_classes=classes, batches=batches, regions=regions
+            plan,
+            config,
+            num_channels=channels,
+            num_classes=classes,
+            batches=batches,
+            regions=regions,
+            ignore_label=ignore,
         )
     iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
     state = RunState(epochs=config.epochs or plan.schedule.epochs)
     return TrainingRun(config, parts, state, folder, iterations, rank)
+
+
+def _previous_stage(work: Workdir, plans: Plans, configuration: str, rank: Rank) -> PreviousStage | None:
+    """A cascade stage's previous stage, its cross-validation predictions brought onto this stage's grid
+    by rank 0 (:func:`~autoseg.training.cascade.prepare_previous_stage`); ``None`` for other stages.
+
+    Raises:
+        WorkdirError: the previous stage's cross-validation predictions are not all there.
+    """
+    stage = previous_stage_of(work, plans, configuration)
+    if stage is not None and rank.writes:
+        prepare_previous_stage(work, plans, configuration, work.data_dir(configuration))
+    barrier()
+    return stage
 
 
 def default_callbacks(
@@ -158,18 +185,27 @@ def default_callbacks(
     limit = (
         [TimeLimit(config.time_limit_s, config.epochs or plan.schedule.epochs)] if config.time_limit_s else []
     )
+    ignore = plans.target.ignore_label
+    patches = PatchValidation(plans.num_outputs, regions=plans.region_based, ignore_label=ignore)
     if not rank.writes:
-        return [PatchValidation(plans.num_outputs, regions=plans.region_based), EpochLog(), *limit]
+        return [patches, EpochLog(), *limit]
     return [
         TextLog(),
         *([ProgressBar()] if show_progress else []),
-        PatchValidation(plans.num_outputs, regions=plans.region_based),
+        patches,
         EpochLog(),
         *limit,
         JsonLog(),
         Checkpoints(),
         ProgressPlot(class_names),
-        FinalValidation(workdir, plan, plans.labels, regions=plans.region_based),
+        FinalValidation(
+            workdir,
+            plan,
+            plans.labels,
+            regions=plans.region_based,
+            ignore_label=ignore,
+            previous_stage=previous_stage_of(workdir, plans, config.configuration_name),
+        ),
     ]
 
 

@@ -20,17 +20,29 @@ DICE_SMOOTH = 1e-5
 
 
 def soft_dice(
-    logits: torch.Tensor, target: torch.Tensor, *, batch_dice: bool, smooth: float = DICE_SMOOTH
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    batch_dice: bool,
+    smooth: float = DICE_SMOOTH,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean soft Dice over the foreground classes.
 
     Args:
         logits: ``(B, K, ...)`` raw network output.
-        target: ``(B, ...)`` int64 class indices.
+        target: ``(B, ...)`` int64 class indices (``0 .. K - 1`` where ``known``).
         batch_dice: sum over the batch before dividing (one Dice per class) instead of one per sample.
+        known: ``(B, ...)`` bool, the voxels of known class (not nnU-Net's ignore label): the others count in
+            neither the predicted nor the true sums (nnU-Net's loss mask); ``None``: all.
     """
     probabilities = logits.float().softmax(1)[:, 1:]
+    if known is not None:
+        target = torch.where(known, target, 0)
     one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probabilities.dtype)
+    if known is not None:
+        weight = known[:, None].to(probabilities.dtype)
+        probabilities, one_hot = probabilities * weight, one_hot * weight
     axes = tuple(range(2, logits.ndim))
     if batch_dice:
         axes = (0, *axes)
@@ -104,16 +116,29 @@ class RegionLoss(nn.Module):
 
 
 class DiceCELoss(nn.Module):
-    """``cross_entropy + (1 - soft_dice)`` on one output."""
+    """``cross_entropy + (1 - soft_dice)`` on one output.
 
-    def __init__(self, *, batch_dice: bool) -> None:
+    With ``ignore_label`` (nnU-Net's ignore label, a value above the ``K`` classes; ``docs/dicom.md``, "The
+    ignore label") its voxels are left out of both terms, as nnU-Net's ``DC_and_CE_loss`` does: the
+    cross-entropy is the mean over the other voxels (0 when a batch has none), the Dice masked
+    (:func:`soft_dice` ``known``); they get no gradient.
+    """
+
+    def __init__(self, *, batch_dice: bool, ignore_label: int | None = None) -> None:
         super().__init__()
         self.batch_dice = batch_dice
+        self.ignore_label = ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of ``(B, K, ...)`` logits against ``(B, ...)`` int64 targets."""
-        cross_entropy = F.cross_entropy(logits.float(), target)
-        return cross_entropy + 1 - soft_dice(logits, target, batch_dice=self.batch_dice)
+        if self.ignore_label is None:
+            cross_entropy = F.cross_entropy(logits.float(), target)
+            return cross_entropy + 1 - soft_dice(logits, target, batch_dice=self.batch_dice)
+        known = target != self.ignore_label
+        if not bool(known.any()):
+            return 0.0 * logits.sum()  # nothing known in this output: no gradient, graph kept
+        cross_entropy = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_label)
+        return cross_entropy + 1 - soft_dice(logits, target, batch_dice=self.batch_dice, known=known)
 
 
 def deep_supervision_weights(outputs: int) -> list[float]:

@@ -19,6 +19,7 @@ from autoseg.errors import UsageError
 from autoseg.inference.ensemble import Precision, resolve_precision
 from autoseg.network import build_network
 from autoseg.plans import ConfigurationPlan
+from autoseg.training.cascade import PreviousStage
 from autoseg.training.config import TrainConfig
 from autoseg.training.data import BatchSpec, default_workers, epoch_batches, split_batches
 from autoseg.training.distributed import Rank, barrier, unwrap
@@ -74,11 +75,12 @@ def default_parts(
     num_classes: int,
     batches: FoldBatches,
     regions: bool = False,
+    ignore_label: int | None = None,
 ) -> TrainingParts:
     """nnU-Net's parts: the planned network (weights seeded from ``config.seed``), Dice + CE with deep
     supervision (with ``regions``, the plan's region-based target: ``num_classes`` structures, Dice + BCE,
-    :class:`RegionLoss`), SGD with Nesterov momentum, and a gradient scaler for float16 training
-    (``config.precision`` resolved)."""
+    :class:`RegionLoss`; ``ignore_label``: the plan's ignore label, left out of the loss), SGD with
+    Nesterov momentum, and a gradient scaler for float16 training (``config.precision`` resolved)."""
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
@@ -93,7 +95,9 @@ def default_parts(
     return TrainingParts(
         network=network,
         loss=DeepSupervisionLoss(
-            RegionLoss(batch_dice=plan.batch_dice) if regions else DiceCELoss(batch_dice=plan.batch_dice)
+            RegionLoss(batch_dice=plan.batch_dice)
+            if regions
+            else DiceCELoss(batch_dice=plan.batch_dice, ignore_label=ignore_label)
         ),
         optimizer=optimizer,
         batches=batches,
@@ -152,9 +156,12 @@ def fold_batches(
     *,
     rank: Rank | None = None,
     regions: bool = False,
+    ignore_label: int | None = None,
+    previous_stage: PreviousStage | None = None,
 ) -> FoldBatches:
     """The batches of ``config.fold`` for this process: its cases from ``splits.json`` (made by rank 0 on
-    first use), its share of the planned batch, its own seed.
+    first use), its share of the planned batch, its own seed; ``ignore_label`` (the plan's) is never
+    sampled as foreground; ``previous_stage`` (a cascade stage's) joins every patch as input channels.
 
     Raises:
         UsageError: the fold does not exist, or the batch cannot be shared by the processes.
@@ -178,6 +185,8 @@ def fold_batches(
         seed=config.seed + 1009 * rank.index,
         mirroring=plan.mirroring,
         regions=regions,
+        ignore_label=ignore_label,
+        previous_stage=previous_stage,
     )
     validation = BatchSpec(
         folder,
@@ -188,6 +197,8 @@ def fold_batches(
         in_plane_only=False,
         seed=config.seed + 1,
         regions=regions,
+        ignore_label=ignore_label,
+        previous_stage=previous_stage,
     )
     return FoldBatches(train, validation, workers)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import WorkdirError
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg.evaluation.metrics import dice_per_label, without_ignored
 from autoseg.inference.ensemble import (
     Activation,
     InferenceSettings,
@@ -36,6 +36,7 @@ from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
 from autoseg.training.callbacks import Callback, TrainingRun
+from autoseg.training.cascade import PreviousStage, with_previous_stage
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import unwrap
 from autoseg.workdir import PredictionFolder, RunFolder, Workdir
@@ -50,9 +51,10 @@ class PatchValidation(Callback):
     """Every epoch: ``val_loss``, ``pseudo_dice`` (per foreground class, ``None`` where undefined) and
     ``ema_pseudo_dice`` in the epoch's record, the moving average also in the run's state."""
 
-    def __init__(self, num_classes: int, *, regions: bool = False) -> None:
+    def __init__(self, num_classes: int, *, regions: bool = False, ignore_label: int | None = None) -> None:
         self.num_classes = num_classes
         self.regions = regions
+        self.ignore_label = ignore_label
 
     def on_validation(self, run: TrainingRun) -> None:
         parts, state = run.parts, run.state
@@ -65,6 +67,7 @@ class PatchValidation(Callback):
             run.device,
             self.num_classes,
             regions=self.regions,
+            ignore_label=self.ignore_label,
         )
         mean_dice = float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else 0.0
         state.ema_pseudo_dice = (
@@ -86,10 +89,12 @@ def patch_scores(
     num_classes: int,
     *,
     regions: bool = False,
+    ignore_label: int | None = None,
 ) -> tuple[float, list[float]]:
     """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all validation patches;
     NaN for a class absent from both); with ``regions``, per structure of a ``num_classes``-structure
-    sigmoid output (logit >= 0 is probability >= 0.5), each structure over the samples it is annotated in."""
+    sigmoid output (logit >= 0 is probability >= 0.5), each structure over the samples it is annotated in.
+    Voxels of ``ignore_label`` (the plan's ignore label) are not counted."""
     network.eval()
     losses, counts = [], np.zeros((3, num_classes if regions else num_classes - 1))
     with torch.no_grad():
@@ -101,6 +106,8 @@ def patch_scores(
                 logits = network(image)
                 losses.append(float(loss_function(logits, target, **extras)))
             predicted = logits >= 0 if regions else logits.argmax(1)
+            if ignore_label is not None and not regions:
+                predicted = torch.where(target == ignore_label, 0, predicted)  # unknown class: not scored
             for k in range(1, num_classes + (1 if regions else 0)):
                 hit, truth = _patch_masks(predicted, target, k, regions, extras.get("annotated"))
                 counts[:, k - 1] += [
@@ -134,9 +141,18 @@ class FinalValidation(Callback):
     folder's ``validation/``; the summary goes to ``run.summary``."""
 
     def __init__(
-        self, workdir: Workdir, plan: ConfigurationPlan, labels: dict[str, int], *, regions: bool = False
+        self,
+        workdir: Workdir,
+        plan: ConfigurationPlan,
+        labels: dict[str, int],
+        *,
+        regions: bool = False,
+        ignore_label: int | None = None,
+        previous_stage: PreviousStage | None = None,
     ) -> None:
         self.workdir, self.plan, self.labels, self.regions = workdir, plan, labels, regions
+        self.ignore_label = ignore_label
+        self.previous_stage = previous_stage
 
     def on_train_end(self, run: TrainingRun) -> None:
         cases = run.parts.batches.validation
@@ -150,6 +166,8 @@ class FinalValidation(Callback):
             run=run.folder,
             device=run.device,
             regions=self.regions,
+            ignore_label=self.ignore_label,
+            previous_stage=self.previous_stage,
         )
         logger.info("fold %s validation: mean Dice %s", run.config.fold, run.summary["mean_dice_per_class"])
 
@@ -196,13 +214,17 @@ def validate_fold(
     run: RunFolder,
     device: torch.device,
     regions: bool = False,
+    ignore_label: int | None = None,
+    previous_stage: PreviousStage | None = None,
 ) -> dict[str, Any]:
     """Predict every validation case of ``data_dir`` into the run folder's ``validation/<case>.nii.gz``
     (original geometry) and ``<case>.npz``, score it against ``workdir``'s reference label map, and write
     ``validation/summary.json`` with Dice per class per case and the mean per class. With ``regions``
     (region-based plan) predictions and references are ``(K, Z, Y, X)`` region targets, scored per structure.
     A structure the case's reference never contoured (``Workdir.read_reference_annotated``) is not scored
-    there (``None``, like an undefined Dice: left out of the means).
+    there (``None``, like an undefined Dice: left out of the means). Voxels of ``ignore_label`` in the
+    reference (unknown class) are not scored (:func:`autoseg.evaluation.metrics.without_ignored`). A cascade
+    stage (``previous_stage``) sees each case's previous-stage cross-validation prediction as extra channels.
 
     Raises:
         WorkdirError: a case has no reference label map in the work directory.
@@ -212,10 +234,19 @@ def validate_fold(
     per_case: dict[str, dict[str, float | None]] = {}
     for identifier in identifiers:
         prediction = _predict_case(
-            network, identifier, data_dir, plan, labels, run.validation, device, regions=regions
+            network,
+            identifier,
+            data_dir,
+            plan,
+            labels,
+            run.validation,
+            device,
+            regions=regions,
+            previous_stage=previous_stage,
         )
         scored = [v for v in foreground if identifier not in annotated or v in annotated[identifier]]
-        dice = dice_per_class(prediction, _reference(workdir, identifier), scored)
+        known = without_ignored(prediction, _reference(workdir, identifier), ignore_label)
+        dice = dice_per_class(*known, scored)
         per_case[identifier] = {str(v): dice.get(str(v)) for v in foreground}  # unannotated: None, not 0
         logger.info(
             "validation %s: Dice %s",
@@ -239,14 +270,19 @@ def _predict_case(
     device: torch.device,
     *,
     regions: bool = False,
+    previous_stage: PreviousStage | None = None,
 ) -> np.ndarray:
     """The case's label map (region target) in its original geometry; writes it and its probabilities into
     ``out``."""
     stored = load_case(data_dir, identifier)
     direction = stored.properties.network_geometry.direction
     outputs = len(labels) - 1 if regions else len(labels)
+    image = stored.image
+    if previous_stage is not None:
+        previous = previous_stage.load(identifier)
+        image = with_previous_stage(image, previous, previous_stage.channels, regions=regions)
     probabilities = predict_preprocessed(
-        network, stored.image, plan, device, outputs, direction=direction, regions=regions
+        network, image, plan, device, outputs, direction=direction, regions=regions
     )
     restored = restore_probabilities(probabilities, stored.properties, regions=regions)
     prediction: np.ndarray = target_from_probabilities(restored, regions=regions)

@@ -1,0 +1,131 @@
+"""nnU-Net's ignore label: read from dataset.json (its rules), carried fingerprint -> plans -> training, left out of
+the loss, foreground sampling, validation and evaluation, never predicted (``docs/dicom.md``, "The ignore label")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import plan_and_preprocess_argv, tiny_case, tiny_train_config, write_nnunet_dataset
+
+from autoseg.cli.main import main
+from autoseg.dataset.layout import load_dataset, scan_dataset
+from autoseg.evaluation.metrics import without_ignored
+from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
+from autoseg.io import Geometry, read_labels, write_labels
+from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
+from autoseg.workdir import Workdir
+
+LABELS = {"background": 0, "organ": 1, "core": 2, "ignore": 3}
+
+
+def _ignored_dataset(root: Path, rng: np.random.Generator, labels: dict[str, object] | None = None) -> Path:
+    """Four tiny cases whose two x-columns at the border are of unknown class (value 3)."""
+    cases = {}
+    for i in range(4):
+        image, label, geometry = tiny_case(rng)
+        label[:, :, :2] = 3
+        cases[f"case_{i:03d}"] = (image, label, geometry)
+    return write_nnunet_dataset(root, cases, labels=labels or LABELS)  # type: ignore[arg-type]
+
+
+def _problems(root: Path) -> list[str]:
+    _, problems = scan_dataset(root)
+    return [p.message for p in problems if p.severity == "error"]
+
+
+def test_the_ignore_label_is_read_and_is_not_a_class(tmp_path: Path, rng: np.random.Generator) -> None:
+    dataset = load_dataset(_ignored_dataset(tmp_path / "Dataset010_Ignore", rng))
+    assert dataset.ignore_label == 3
+    assert dataset.labels == {"background": 0, "organ": 1, "core": 2}
+    assert dataset.label_values == (0, 1, 2, 3)  # label files may hold it: verify accepts them
+    assert main(["verify", str(dataset.root), "-q"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"background": 0, "ignore": 1, "organ": 2}, "must be the highest label value (above 2)"),
+        ({"background": 0, "organ": 1, "ignore": [2, 3]}, "must be one integer label value"),
+        ({"background": 0, "whole": [1, 2], "core": 2, "ignore": 2}, "must be the highest label value"),
+        ({"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}, "region-based labels is not supported"),
+    ],
+)
+def test_the_ignore_label_rules(tmp_path: Path, rng: np.random.Generator, labels: dict, message: str) -> None:
+    root = _ignored_dataset(tmp_path / "Dataset011_Bad", rng, labels)
+    assert any(message in line for line in _problems(root)), _problems(root)
+
+
+def test_the_loss_leaves_ignored_voxels_out(rng: np.random.Generator) -> None:
+    """Logits at ignored voxels change nothing and get no gradient; the loss equals the loss on the known
+    voxels alone; a batch of ignored voxels only gives zero."""
+    target = torch.from_numpy(rng.integers(0, 3, size=(2, 4, 6, 6))).long()
+    target[:, :, :, :2] = 3
+    logits = torch.from_numpy(rng.normal(size=(2, 3, 4, 6, 6)).astype(np.float32)).requires_grad_()
+    loss = DiceCELoss(batch_dice=False, ignore_label=3)
+    tensor = loss(logits, target)
+    tensor.backward()
+    value = float(tensor.detach())
+    assert logits.grad is not None and float(logits.grad[..., :2].abs().max()) == 0.0
+    assert float(logits.grad[..., 2:].abs().max()) > 0
+    changed = logits.detach().clone()
+    changed[..., :2] = 50.0
+    assert float(loss(changed, target)) == pytest.approx(value, rel=1e-6)
+    known = DiceCELoss(batch_dice=False)(logits.detach()[..., 2:], target[..., 2:])
+    assert value == pytest.approx(float(known), rel=1e-5)
+    assert float(loss(logits.detach(), torch.full_like(target, 3))) == 0.0
+    supervised = DeepSupervisionLoss(loss)([logits.detach(), logits.detach()[:, :, ::2, ::2, ::2]], target)
+    assert np.isfinite(float(supervised))
+
+
+def test_evaluation_does_not_score_ignored_voxels(tmp_path: Path) -> None:
+    reference = np.zeros((8, 8, 8), np.uint8)
+    reference[2:6, 2:6, 2:6] = 1
+    reference[:, :, 6:] = 3
+    prediction = np.where(reference == 3, 1, reference).astype(np.uint8)  # "wrong" only where unknown
+    masked = without_ignored(prediction, reference, 3)
+    assert int((masked[0] != masked[1]).sum()) == 0 and 3 not in masked[1]
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    write_labels(prediction, geometry, tmp_path / "pred" / "a.nii.gz")
+    write_labels(reference, geometry, tmp_path / "ref" / "a.nii.gz")
+    meta = tmp_path / "dataset.json"
+    meta.write_text(json.dumps({"labels": {"background": 0, "organ": 1, "ignore": 3}}))
+    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", labels_file=meta)
+    summary = run_evaluate(request, show_progress=False)
+    assert list(summary.labels) == [1]  # the ignore label is not a class
+    assert summary.per_class[1]["dice"].mean == 1.0
+    unmasked = run_evaluate(
+        EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out2"), show_progress=False
+    )
+    assert unmasked.per_class[1]["dice"].mean < 0.7  # without the labels file value 3 is a class
+
+
+def test_ignore_label_plan_train_predict(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Carried into plans.json (not a class, target.ignore_label, the reason), never sampled as foreground
+    and never predicted: the network has 3 outputs and the prediction holds no 3."""
+    from autoseg.preprocessing.store import load_case
+    from autoseg.training import train_fold
+
+    dataset = _ignored_dataset(tmp_path / "Dataset012_Ignore", rng)
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
+    work = Workdir(workdir)
+    plans = work.read_plans()
+    assert plans.labels == {"background": 0, "organ": 1, "core": 2} and plans.num_outputs == 3
+    assert plans.target.ignore_label == 3 and "ignore label" in plans.why["target"]
+    saved = json.loads((workdir / "plans.json").read_text())
+    assert saved["target"]["ignore_label"] == 3
+    fingerprint = json.loads((workdir / "fingerprint.json").read_text())
+    assert fingerprint["ignore_label"] == 3 and all("3" not in c["class_voxels"] for c in fingerprint["cases"])
+    stored = load_case(work.data_dir("3d_fullres"), "case_000")
+    assert stored.labels is not None and 3 in stored.labels  # kept in the store, masked in the loss
+    result = train_fold(workdir, tiny_train_config(), show_progress=False)
+    assert result.summary is not None and set(result.summary["mean_dice_per_class"]) == {"organ", "core"}
+    out = tmp_path / "predicted"
+    argv = ["predict", "-i", str(dataset / "imagesTr"), "-o", str(out), "-m", str(workdir), "-q"]
+    assert main(argv) == 0
+    predicted, _ = read_labels(out / "case_000.nii.gz")
+    assert predicted.max() <= 2
