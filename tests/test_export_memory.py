@@ -195,3 +195,15 @@ def test_labels_resampled_in_their_boxes_equal_the_whole_volume_way(
             _resample_labels_whole(labels, out, plan),
             err_msg=f"{shape}->{out}",
         )
+
+
+def test_the_memory_estimate_counts_the_class_by_class_export() -> None:
+    """The input grid holds a few float32 volumes whatever K (softmax); a region model's K masks count."""
+    from autoseg.inference.inputs import CaseHeader, estimate_peak_bytes
+
+    header = CaseHeader((600, 512, 512), (1.0, 0.8, 0.8), 1, 2)
+    voxels = 600 * 512 * 512
+    coarse = [(6.0, 6.0, 6.0)]  # a network grid too small to matter
+    softmax = estimate_peak_bytes(header, coarse, 117)
+    assert 28 * voxels < softmax < 40 * voxels  # not 117 x 8 bytes per voxel as before 17.2
+    assert estimate_peak_bytes(header, coarse, 117, regions=True) == softmax + 117 * voxels

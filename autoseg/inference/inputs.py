@@ -211,16 +211,22 @@ def read_case_header(case: InputCase) -> CaseHeader:
     return CaseHeader((shape[0], shape[1], shape[2]), infos[0].geometry.spacing_mm, len(infos), stored)
 
 
-def estimate_peak_bytes(header: CaseHeader, spacings_mm: Sequence[Sequence[float]], num_outputs: int) -> int:
+def estimate_peak_bytes(
+    header: CaseHeader, spacings_mm: Sequence[Sequence[float]], num_outputs: int, *, regions: bool = False
+) -> int:
     """Peak memory of predicting one case, bytes, from its header: the channel read as stored, the float32
     image, per configuration (``spacings_mm``: each plan's spacing) the image resampled to the plan's
-    spacing and the blended ``(K, Z', Y', X')`` float32 outputs with their weights, then ``K`` float32
-    probabilities on the input's grid twice (resampled back, summed) and the label map. A bound, not a
-    measurement: the crop to the nonzero region only makes it smaller; an oblique input's axis-aligned grid
-    (up to ~1.7x the voxels) is covered by a factor 1.5 on the resampled arrays."""
+    spacing and the blended ``(K, Z', Y', X')`` float32 outputs with their weights; on the input's grid the
+    class-by-class export (:mod:`autoseg.inference.export`): five float32 volumes (the running maximum, the
+    channel being restored, its resampled crop, the member being added, an oblique image's canonical
+    channel) and the label map, plus ``K`` uint8 masks for a region-based model (``regions``). The input
+    grid no longer holds ``K`` float32 probabilities. A bound, not a measurement: the crop to the nonzero
+    region only makes it smaller; an oblique input's axis-aligned grid (up to ~1.7x the voxels) is covered
+    by a factor 1.5 on the resampled arrays."""
     voxels = header.shape[0] * header.shape[1] * header.shape[2]
     extent_mm3 = voxels * float(np.prod(header.spacing_mm))
-    total = voxels * (header.stored_bytes + 4 * header.channels + 8 * num_outputs + 2)
+    masks = num_outputs if regions else 0
+    total = voxels * (header.stored_bytes + 4 * header.channels + 4 * 5 + 2 + masks)
     for spacing in spacings_mm:
         resampled = math.ceil(1.5 * extent_mm3 / float(np.prod(spacing)))
         total += resampled * 4 * (header.channels + num_outputs + 1)
@@ -251,6 +257,8 @@ def check_case_memory(
     spacings_mm: Sequence[Sequence[float]],
     num_outputs: int,
     available: int | None,
+    *,
+    regions: bool = False,
 ) -> int:
     """The estimated peak (:func:`estimate_peak_bytes`); refuse the case before any voxel is read when it
     exceeds ``available`` bytes.
@@ -258,14 +266,14 @@ def check_case_memory(
     Raises:
         MemoryLimitError: naming the case's file, its size and the memory it would need.
     """
-    need = estimate_peak_bytes(header, spacings_mm, num_outputs)
+    need = estimate_peak_bytes(header, spacings_mm, num_outputs, regions=regions)
     if available is not None and need > available:
         where = case.files[0] if case.files else case.series.summary()
         shape = " x ".join(str(n) for n in header.shape)
         raise MemoryLimitError(
             f"{where}: {shape} voxels x {header.channels} channel(s) at "
             f"{_spacing_text(header.spacing_mm)} mm "
-            f"would need about {format_bytes(need)} to predict ({num_outputs} classes, float32); "
+            f"would need about {format_bytes(need)} to predict ({num_outputs} classes); "
             f"{format_bytes(available)} is available. Crop or downsample the image, or use a larger machine"
         )
     return need
