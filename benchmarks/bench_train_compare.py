@@ -70,7 +70,7 @@ os._exit(0)
 
 def autoseg_worker(
     workdir: Path, precision: str, batch: int, warmup: int, steps: int
-) -> dict[str, list[float]]:
+) -> dict[str, list[Any]]:
     """Time autoseg's own training iterations (the steps of ``autoseg.training.loop._train_iterations``)."""
     import torch
     from torch import nn
