@@ -127,6 +127,27 @@ def are_disjoint(target: TargetVolume) -> bool:
     return bool((target.astype(np.uint16).sum(0) <= 1).all()) if len(target) else True
 
 
+def label_map_in_class_order(target: TargetVolume, class_order: Sequence[int]) -> LabelVolume:
+    """nnU-Net's label map of region predictions (``regions_class_order``): region ``k``'s voxels get label
+    value ``class_order[k]``, the regions painted in order, a later one over an earlier one. For nested
+    regions (BraTS whole tumour ``[1, 2, 3]`` / tumour core ``[2, 3]`` / enhancing ``3``, order ``[1, 2, 3]``)
+    this gives back the label values the regions were made from (:func:`regions_from_labels`).
+
+    Args:
+        target: ``(K, Z, Y, X)`` region target (0/1).
+        class_order: one label value per region, ``K`` of them.
+
+    Returns:
+        ``(Z, Y, X)`` uint8 label map (uint16 for values above 255).
+    """
+    if len(class_order) != len(target):
+        raise ValueError(f"regions_class_order has {len(class_order)} values for {len(target)} regions")
+    labels = np.zeros(target.shape[1:], np.uint8 if max(class_order, default=0) < 256 else np.uint16)
+    for index, value in enumerate(class_order):
+        labels[target[index] > 0] = value
+    return labels
+
+
 def label_map_of(target: TargetVolume) -> LabelVolume:
     """A disjoint region target as a label map (structure number ``k + 1`` where channel ``k`` is set;
     uint8, uint16 above 255 structures). The caller checks :func:`are_disjoint` first."""

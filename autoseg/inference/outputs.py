@@ -36,7 +36,13 @@ from autoseg.io import (
 )
 from autoseg.postprocessing.instances import instances_to_json, label_instances
 from autoseg.postprocessing.steps import Postprocessing, apply_postprocessing
-from autoseg.regions import are_disjoint, is_region_target, label_map_of, structure_mask
+from autoseg.regions import (
+    are_disjoint,
+    is_region_target,
+    label_map_in_class_order,
+    label_map_of,
+    structure_mask,
+)
 from autoseg.report.figure import render_report
 from autoseg.report.structures import (
     FlagRules,
@@ -137,6 +143,9 @@ class OutputContext:
     structure_types: dict[str, str] = field(default_factory=dict)
     """Structure name -> RTROIInterpretedType the training data gave (``TargetPlan.structure_types``); a
     structure not listed is typed from its name."""
+    regions_class_order: tuple[int, ...] = ()
+    """nnU-Net's ``regions_class_order`` (``TargetPlan.regions_class_order``): the NIfTI output is then the
+    label map nnU-Net writes (:func:`autoseg.regions.label_map_in_class_order`), overlapping or not."""
 
 
 def write_case_outputs(
@@ -217,7 +226,7 @@ def _write_files(
 ) -> list[Path]:
     """The label map, DICOM objects and instances of one case, into ``out``."""
     names = {value: name for name, value in context.labels_by_name.items() if value != 0}
-    labels = label_map_of(target) if is_region_target(target) and are_disjoint(target) else target
+    labels = _nifti_target(target, context.regions_class_order)
     files: list[Path] = []
     if "nifti" in options.formats:
         files.append(out / f"{case.identifier}.nii.gz")
@@ -226,6 +235,17 @@ def _write_files(
     if context.instance_classes:
         files += _write_instances(case.identifier, target, geometry, context, options.split_touching, out)
     return files
+
+
+def _nifti_target(target: TargetVolume, class_order: tuple[int, ...]) -> TargetVolume:
+    """What the NIfTI holds: a label map as is; region predictions with nnU-Net's ``regions_class_order``
+    as the label map nnU-Net writes; else disjoint structures as a label map of structure numbers,
+    overlapping ones as one mask per structure (4D)."""
+    if not is_region_target(target):
+        return target
+    if class_order:
+        return label_map_in_class_order(target, class_order)
+    return label_map_of(target) if are_disjoint(target) else target
 
 
 def _volumes(target: TargetVolume, names: dict[int, str], geometry: Geometry) -> dict[str, float]:

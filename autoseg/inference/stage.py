@@ -289,6 +289,7 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
         else (),
         regions=ensemble.regions,
         structure_types=dict(ensemble.members[0].model.plans.target.structure_types),
+        regions_class_order=ensemble.members[0].model.plans.target.regions_class_order,
     )
     reading = CaseReading(
         tuple(m.plan for m in ensemble.members),
