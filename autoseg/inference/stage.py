@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, FlaggedCasesError, PredictInputError, UsageError
+from autoseg.inference.cascade import cascade_input
 from autoseg.inference.ensemble import Activation, InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.inference.export import MemberPredictions
 from autoseg.inference.inputs import (
@@ -44,7 +45,12 @@ from autoseg.io import Geometry, prepare_output_folder, write_json
 from autoseg.plans import ChannelRecord, ConfigurationPlan
 from autoseg.postprocessing.instances import parse_class_selection
 from autoseg.postprocessing.steps import Postprocessing
-from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
+from autoseg.preprocessing.case import (
+    CaseProperties,
+    PreprocessedCase,
+    preprocess_case,
+    restore_probabilities,
+)
 from autoseg.preprocessing.orientation import oriented_direction
 from autoseg.types import FloatVolume
 from autoseg.workdir import Workdir, folder_lock
@@ -100,6 +106,8 @@ class PreparedCase:
     check: InputCheck | None = None
     notes: tuple[str, ...] = ()
     """What was repaired in the input (``"input: ..."``), for the case's review list."""
+    previous: tuple[tuple[FloatVolume, CaseProperties] | None, ...] = ()
+    """Per configuration, the case preprocessed for its previous stage (a cascade stage's), or ``None``."""
 
 
 def predict_case(
@@ -188,6 +196,9 @@ class Member:
     networks: list[nn.Module]
     settings: InferenceSettings
     folds: list[str]
+    previous: Member | None = None
+    """A cascade stage's previous stage (``plan.previous_stage``): predicted first, its prediction joins the
+    image as one-hot channels (:mod:`autoseg.inference.cascade`)."""
 
 
 @dataclass(frozen=True)
@@ -224,12 +235,9 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
             fold_limit=fold_limit,
         )
         plan = model.plans.configuration(model.configuration)
-        if plan.previous_stage is not None:
-            raise UsageError(
-                f"{model.configuration} is a cascade stage; predicting cascades is not supported yet"
-            )
+        previous = _previous_member(request, model, device) if plan.previous_stage is not None else None
         settings = inference_settings(request, plan, device)
-        members.append(Member(model, plan, model.networks(device), settings, list(model.folds)))
+        members.append(Member(model, plan, model.networks(device), settings, list(model.folds), previous))
     first = members[0].model
     if any(m.model.plans.labels != first.plans.labels for m in members) or any(
         m.model.plans.target != first.plans.target for m in members
@@ -239,6 +247,29 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
     if len(members) > 1:
         postprocessing = work.read_postprocessing([m.model.configuration for m in members])
     return Ensemble(members, dict(first.plans.labels), postprocessing, first.plans.region_based)
+
+
+def _previous_member(request: PredictRequest, model: TrainedModel, device: str) -> Member:
+    """The previous stage of a cascade stage ``model``, from the same work directory or model file
+    (``load_model(source, configuration=<previous stage>)``), with the same fold selection and settings.
+
+    Raises:
+        ModelError: the source does not hold the previous stage (or those folds of it).
+        UsageError: the previous stage is itself a cascade stage, or its labels differ.
+    """
+    name = model.plans.configuration(model.configuration).previous_stage
+    assert name is not None
+    folds, fold_limit = fold_selection(request)
+    previous = load_model(
+        request.model, configuration=name, checkpoint=request.checkpoint, folds=folds, fold_limit=fold_limit
+    )
+    plan = previous.plans.configuration(name)
+    if plan.previous_stage is not None:
+        raise UsageError(f"{model.configuration} follows {name}, itself a cascade stage: not supported")
+    if previous.plans.labels != model.plans.labels or previous.plans.target != model.plans.target:
+        raise UsageError(f"{model.configuration} and its previous stage {name} do not share their labels")
+    settings = inference_settings(request, plan, device)
+    return Member(previous, plan, previous.networks(device), settings, list(previous.folds))
 
 
 def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[CaseOutput]:
@@ -298,6 +329,7 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
         request.strict,
         num_outputs=ensemble.num_outputs,
         regions=ensemble.regions,
+        previous_plans=tuple(m.previous.plan if m.previous else None for m in ensemble.members),
     )
     outputs, failures = _predict_all(
         cases,
@@ -375,6 +407,8 @@ class CaseReading:
     checks: dict[str, InputCheck] = field(default_factory=dict)
     regions: bool = False
     """A region-based model: its structures' masks count in the memory estimate."""
+    previous_plans: tuple[ConfigurationPlan | None, ...] = ()
+    """Per configuration, its previous stage's (a cascade stage's) plan, or ``None``."""
 
 
 def _predict_all(
@@ -421,18 +455,47 @@ _OUT_OF_MEMORY = "ran out of memory (the estimate before reading was too low: re
 
 
 def _predict_members(ensemble: Ensemble, prepared: PreparedCase) -> list[FloatVolume]:
-    """Each member's probabilities for one preprocessed case, at its plan's spacing."""
+    """Each member's probabilities for one preprocessed case, at its plan's spacing (a cascade stage's
+    previous stage first, :func:`_member_input`)."""
     return [
-        predict_probabilities(
-            m.networks,
-            image,
-            m.plan.patch_size,
-            ensemble.num_outputs,
-            case_settings(m.settings, m.plan, prepared.geometry),
-            activation="sigmoid" if ensemble.regions else "softmax",
-        )
-        for m, image in zip(ensemble.members, prepared.images, strict=True)
+        _predict_member(ensemble, m, _member_input(ensemble, prepared, index), prepared.geometry)
+        for index, m in enumerate(ensemble.members)
     ]
+
+
+def _predict_member(
+    ensemble: Ensemble, member: Member, image: FloatVolume, geometry: Geometry
+) -> FloatVolume:
+    return predict_probabilities(
+        member.networks,
+        image,
+        member.plan.patch_size,
+        ensemble.num_outputs,
+        case_settings(member.settings, member.plan, geometry),
+        activation="sigmoid" if ensemble.regions else "softmax",
+    )
+
+
+def _member_input(ensemble: Ensemble, prepared: PreparedCase, index: int) -> FloatVolume:
+    """Member ``index``'s network input: the preprocessed image, and for a cascade stage the previous
+    stage's prediction of the case as one-hot channels (:func:`autoseg.inference.cascade.cascade_input`)."""
+    member, image = ensemble.members[index], prepared.images[index]
+    previous = member.previous
+    if previous is None:
+        return image
+    stage = prepared.previous[index]
+    assert stage is not None, "a cascade stage's case is preprocessed for its previous stage too"
+    low_image, low_properties = stage
+    probabilities = _predict_member(ensemble, previous, low_image, prepared.geometry)
+    return cascade_input(
+        image,
+        prepared.properties[index],
+        member.plan,
+        probabilities,
+        low_properties,
+        channels=member.model.plans.previous_stage_channels,
+        regions=ensemble.regions,
+    )
 
 
 def _read_ahead(
@@ -457,7 +520,7 @@ def _read_ahead(
 
 def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
     header = read_case_header(case)
-    spacings = [plan.spacing_mm for plan in reading.plans]
+    spacings = [plan.spacing_mm for plan in (*reading.plans, *filter(None, reading.previous_plans))]
     available = available_memory_bytes()
     need = check_case_memory(case, header, spacings, reading.num_outputs, available, regions=reading.regions)
     logger.debug("%s: %s voxels, about %s at peak", case.identifier, header.shape, format_bytes(need))
@@ -472,6 +535,12 @@ def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
         raise PredictInputError(f"not the model's modality: {check.reason}; refused (--strict)")
     report_image = image[0].copy() if reading.keep_image else None
     plans = reading.plans
+    previous = tuple(
+        None
+        if low is None
+        else _preprocessed(preprocess_case(image, None, geometry, low, identifier=case.identifier))
+        for low in reading.previous_plans
+    )
     images: list[FloatVolume] = []
     properties: list[CaseProperties] = []
     for index, plan in enumerate(plans):
@@ -480,7 +549,11 @@ def _prepare(case: InputCase, reading: CaseReading) -> PreparedCase:
         images.append(prepared.image)
         properties.append(prepared.properties)
     notes = (f"input: {repaired}",) if repaired else ()
-    return PreparedCase(case, geometry, images, properties, report_image, check, notes)
+    return PreparedCase(case, geometry, images, properties, report_image, check, notes, previous)
+
+
+def _preprocessed(prepared: PreprocessedCase) -> tuple[FloatVolume, CaseProperties]:
+    return prepared.image, prepared.properties
 
 
 def _export(
