@@ -267,15 +267,15 @@ def json_without(*keys: str) -> Decoder:
 
 
 def checkpoint_contents(path: Path) -> object:
-    """A decoder: a checkpoint's weights, optimiser and scaler state and run state, less its wall-clock
-    fields (``seconds``) and less ``torch_rng``, PyTorch's global CPU generator state: after a resume it
-    differs from an uninterrupted run's (found by these tests; see docs/reliability.md), while the weights,
-    optimiser and losses are bitwise equal, so nothing the training computes draws from it."""
+    """A decoder: a checkpoint's weights, optimiser and scaler state, run state and the run's generator
+    states (``torch_rng``, ``numpy_rng``, ``python_rng``), less its wall-clock fields (``seconds``). The
+    generator states were left out before ``training.checkpoint.run_random_state``: a resumed run's
+    ``torch_rng`` differed from an uninterrupted one's (the run started from the process's state)."""
     from autoseg.training.checkpoint import load_checkpoint
 
     decoded = _drop_times(load_checkpoint(path))
     assert isinstance(decoded, dict)
-    return {k: v for k, v in decoded.items() if k != "torch_rng"}
+    return decoded
 
 
 def _drop_times(value: object) -> object:

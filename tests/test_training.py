@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -99,6 +101,75 @@ def test_resume_continues_exactly(prepared: Path, monkeypatch: pytest.MonkeyPatc
         assert torch.equal(value, resumed[key]), key
     records = (run_dir_of(interrupted, tiny_train_config()) / "log.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [0, 1]
+
+
+class GlobalDraws(callbacks.Callback):
+    """Draws from PyTorch's, NumPy's and Python's global generators at every step, as a part using dropout
+    or ``np.random`` would, and records what it drew per epoch."""
+
+    def __init__(self) -> None:
+        self.draws: dict[int, list[tuple[float, float, float]]] = {}
+
+    def on_step(self, run: callbacks.TrainingRun) -> None:
+        draw = (float(torch.rand(1)), float(np.random.random()), random.random())  # noqa: NPY002
+        self.draws.setdefault(run.state.epoch, []).append(draw)
+
+
+def _checkpoint_values_equal(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_checkpoint_values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_checkpoint_values_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    return bool(a == b)
+
+
+def test_a_resume_at_a_checkpoint_is_bit_identical_random_states_included(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped right after the epoch-1 checkpoint (as a kill -9 at that boundary) and resumed: every
+    checkpoint value (weights, optimiser, scaler, run state, the torch/NumPy/Python generator states) equals
+    the uninterrupted run's bit for bit, and so do the global random draws of the epochs after the resume.
+    The run's generators are its own: seeded from the run's seed, whatever the process drew before, and the
+    caller's states are put back afterwards. Before, the resumed run's torch_rng differed."""
+    config = tiny_train_config(epochs=3)
+    torch.manual_seed(123)  # a process state the run must not depend on
+    before = (torch.get_rng_state(), pickle.dumps(np.random.get_state()), random.getstate())  # noqa: NPY002
+    straight_draws = GlobalDraws()
+    train_fold(prepared, config, show_progress=False, callbacks=[straight_draws])
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[2]
+    assert pickle.dumps(np.random.get_state()) == before[1]  # noqa: NPY002
+    straight = {
+        k: load_checkpoint(run_dir_of(prepared, config) / f"checkpoint_{k}.pt") for k in ("latest", "final")
+    }
+    interrupted = prepared / "second"
+    interrupted.mkdir()
+    for name in ("plans.json", "fingerprint.json", "preprocessed", "reference_labels"):
+        (interrupted / name).symlink_to(prepared / name)
+
+    def stop_after_the_checkpoint(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks, "plot_progress", stop_after_the_checkpoint)
+    torch.manual_seed(456)  # another process state at the first start
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(interrupted, config, show_progress=False, callbacks=[GlobalDraws()])
+    monkeypatch.undo()
+    assert load_checkpoint(run_dir_of(interrupted, config) / "checkpoint_latest.pt")["state"]["epoch"] == 1
+    torch.manual_seed(789)  # and another at the resume
+    resumed_draws = GlobalDraws()
+    train_fold(interrupted, config, resume=True, show_progress=False, callbacks=[resumed_draws])
+    for kind in ("latest", "final"):
+        resumed = load_checkpoint(run_dir_of(interrupted, config) / f"checkpoint_{kind}.pt")
+        for key in ("torch_rng", "numpy_rng", "python_rng", "network", "optimizer", "scaler"):
+            assert _checkpoint_values_equal(straight[kind][key], resumed[key]), (kind, key)
+        seconds = "seconds"
+        assert {k: v for k, v in straight[kind]["state"].items() if k != seconds} == {
+            k: v for k, v in resumed["state"].items() if k != seconds
+        }
+    assert sorted(resumed_draws.draws) == [1, 2]
+    assert all(resumed_draws.draws[e] == straight_draws.draws[e] for e in (1, 2))
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(prepared: Path) -> None:
