@@ -48,8 +48,8 @@ def test_export_then_load_gives_the_same_weights(trained_workdir: Path, tmp_path
         "plans.json",
         "dataset.json",
         "training_reference.json",
-        "folds/fold_0.pt",
-        "folds/fold_1.pt",
+        "folds/3d_fullres/fold_0.pt",
+        "folds/3d_fullres/fold_1.pt",
     }
     assert Workdir(trained_workdir).trained_configurations() == ["2d", "3d_fullres"]
 
@@ -91,11 +91,11 @@ def test_a_modified_entry_fails_its_checksum(trained_workdir: Path, tmp_path: Pa
 
 def test_only_the_chosen_folds_are_read_and_verified(trained_workdir: Path, tmp_path: Path) -> None:
     good = export_model(trained_workdir, tmp_path / "good.zip")
-    _rewrite(good, tmp_path / "bad.zip", {"folds/fold_1.pt": b"corrupted"})
+    _rewrite(good, tmp_path / "bad.zip", {"folds/3d_fullres/fold_1.pt": b"corrupted"})
     model = load_model(tmp_path / "bad.zip", folds=["0"])  # fold 1 is not read
     assert model.folds == ("0",) and set(model.weights) == {"0"}
     for folds in (None, ["1"], ["0", "1"]):
-        with pytest.raises(ModelError, match=r"checksum mismatch for folds/fold_1\.pt"):
+        with pytest.raises(ModelError, match=r"checksum mismatch for folds/3d_fullres/fold_1\.pt"):
             load_model(tmp_path / "bad.zip", folds=folds)
     assert load_model(tmp_path / "bad.zip", fold_limit=1).folds == ("0",)
 
@@ -134,8 +134,12 @@ def test_pickled_weights_are_never_loaded(trained_workdir: Path, tmp_path: Path)
     torch.save({"network": {"w": torch.zeros(1)}, "payload": Path("x")}, buffer)
     data = buffer.getvalue()
     manifest = json.loads(zipfile.ZipFile(good).read(MANIFEST))
-    manifest["files"]["folds/fold_0.pt"] = hashlib.sha256(data).hexdigest()
-    _rewrite(good, tmp_path / "bad.zip", {"folds/fold_0.pt": data, MANIFEST: json.dumps(manifest).encode()})
+    manifest["files"]["folds/3d_fullres/fold_0.pt"] = hashlib.sha256(data).hexdigest()
+    _rewrite(
+        good,
+        tmp_path / "bad.zip",
+        {"folds/3d_fullres/fold_0.pt": data, MANIFEST: json.dumps(manifest).encode()},
+    )
     with pytest.raises(ModelError, match="weights only"):
         load_model(tmp_path / "bad.zip")
 

@@ -137,9 +137,19 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, metavar="OUT.zip", help="the model file to write")
-    parser.add_argument("-c", "--configuration", default=None, help="configuration (default: the best one)")
+    parser.add_argument(
+        "-c", "--configuration", dest="configurations", action="extend", nargs="+", default=None,
+        metavar="CONFIG",
+        help="the configuration, or the configurations of an ensemble (-c 2d -c 3d_fullres); default: "
+        "find_best_configuration's choice, else 3d_fullres. A cascade stage brings its previous stage",
+    )  # fmt: skip
     parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD", help="folds (default: all)")
     parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
+    parser.add_argument(
+        "--format", dest="network_format", choices=("torch", "onnx"), default="torch",
+        help="torch: the folds' weights (default); onnx: each fold's network as an ONNX graph, run by "
+        "onnxruntime (pip install 'autoseg[onnx]'; docs/benchmarks.md 'ONNX runtime')",
+    )  # fmt: skip
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -147,7 +157,12 @@ def run_export_command(args: argparse.Namespace) -> int:
     from autoseg.inference.model_file import export_model
 
     path = export_model(
-        args.workdir, args.out, configuration=args.configuration, folds=args.folds, checkpoint=args.checkpoint
+        args.workdir,
+        args.out,
+        configuration=args.configurations,
+        folds=args.folds,
+        checkpoint=args.checkpoint,
+        network_format=args.network_format,
     )
     print(f"model written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -162,7 +177,8 @@ COMMANDS = [
     ),
     CommandSpec(
         "export-model",
-        "write a trained configuration (plans, weights, post-processing, checksums) into one .zip file",
+        "write a trained configuration or ensemble (plans, weights or ONNX, post-processing, checksums) into "
+        "one .zip file",
         _export_arguments,
         run_export_command,
     ),

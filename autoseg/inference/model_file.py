@@ -1,34 +1,40 @@
-"""Trained models: load one from a work directory or an exported model file, and export one.
+"""Trained models: load one configuration from a work directory or an exported model file, and export a
+work directory's ensemble into one file.
 
-An exported model is a zip file holding plain data only:
+An exported model (format 2) is a zip file holding plain data only (:mod:`autoseg.inference.model_archive`
+writes and verifies it):
 
 ```
-autoseg_model.json      manifest: format and autoseg versions, configuration, folds, SHA-256 of each entry
-plans.json              the plan the networks were trained with (with each channel's modality and foreground
-                        intensity range, and the mirroring it was trained with)
-dataset.json            labels and channel names
-postprocessing.json     the post-processing chosen on cross-validation (when one was chosen)
-training_reference.json structure volumes in the training data (for the reviewer report's flags)
-folds/fold_<k>.pt       the network weights of each fold, a tensor dictionary (loaded with weights_only)
+autoseg_model.json          manifest: format and autoseg versions; ensemble: the configurations predict uses
+                            by default (find_best_configuration's choice, or those exported); configurations:
+                            each packed configuration's folds (a cascade stage's previous stage is packed
+                            too); network_format: torch or onnx (with the opset); postprocessing: which entry
+                            holds the post-processing of each configuration and of the ensemble; SHA-256 of
+                            every entry
+plans.json                  the plan the networks were trained with (with each channel's modality and
+                            foreground intensity range, and the mirroring it was trained with)
+dataset.json                labels and channel names
+training_reference.json     structure volumes in the training data (for the reviewer report's flags)
+postprocessing/<name>.json  the post-processing chosen on cross-validation for a configuration, or for an
+                            ensemble (<name> = its members sorted, joined by '+'), when one was chosen
+folds/<configuration>/fold_<k>.pt     a fold's network weights, a tensor dictionary (loaded with
+                                      weights_only), or
+folds/<configuration>/fold_<k>.onnx   its ONNX graph (``export-model --format onnx``)
 ```
 
-Loading verifies every checksum, refuses entries that would escape a folder (absolute paths, ``..``, links)
-and entries the manifest does not list, and never unpickles anything.
+Format 1 files (one configuration: ``folds/fold_<k>.pt``, ``postprocessing.json``) still load. Loading
+verifies every checksum it reads, refuses entries that would escape a folder and entries the manifest does
+not list, and never unpickles anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
-import stat
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,8 +42,25 @@ from torch import nn
 
 from autoseg import __version__
 from autoseg.errors import ModelError, PlansError
-from autoseg.inference.inputs import available_memory_bytes, format_bytes
-from autoseg.io import atomic_target
+from autoseg.inference.model_archive import (
+    MANIFEST,
+    NETWORK_PREFIX,
+    as_dict,
+    json_bytes,
+    json_entry,
+    read_archive,
+    write_archive,
+)
+from autoseg.inference.model_layout import (
+    MODEL_FORMAT_VERSION,
+    NETWORK_FORMATS,
+    ModelLayout,
+    NetworkFormat,
+    ensemble_key,
+    network_entry,
+    parse_layout,
+    postprocessing_entry,
+)
 from autoseg.network import build_network
 from autoseg.plans import Plans, plans_from_dict
 from autoseg.postprocessing.steps import Postprocessing, postprocessing_from_json
@@ -47,11 +70,8 @@ from autoseg.workdir import CHECKPOINTS, Workdir
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT_VERSION = 1
-MANIFEST = "autoseg_model.json"
 PLANS_ENTRY = "plans.json"
 DATASET_ENTRY = "dataset.json"
-POSTPROCESSING_ENTRY = "postprocessing.json"
 REFERENCE_ENTRY = "training_reference.json"
 """Entry names inside a model file: the zip format's own names (see the module docstring), not paths of a work
 directory."""
@@ -59,15 +79,17 @@ directory."""
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The weights of one configuration's folds, with the plan they need.
+    """The networks of one configuration's folds, with the plan they need.
 
     Attributes:
         plans: the plans the folds were trained with.
         configuration: e.g. ``3d_fullres``.
-        weights: fold name (``"0"``... or ``"all"``) -> network state dict, on the CPU.
+        weights: fold name (``"0"``... or ``"all"``) -> network state dict, on the CPU (PyTorch models).
         postprocessing: the post-processing chosen on cross-validation (``None``: none chosen).
         source: where the model came from, for messages.
         reference: what is usual for the training data (volumes per structure), for the reviewer report.
+        onnx: fold name -> serialised ONNX graph (models exported with ``--format onnx``; ``weights`` is
+            then empty).
     """
 
     plans: Plans
@@ -76,20 +98,32 @@ class TrainedModel:
     postprocessing: Postprocessing | None = None
     source: str = ""
     reference: TrainingReference | None = None
+    onnx: dict[str, bytes] = field(default_factory=dict)
     folds: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "folds", tuple(sorted(self.weights)))
+        object.__setattr__(self, "folds", tuple(sorted(self.onnx or self.weights)))
+
+    @property
+    def network_format(self) -> NetworkFormat:
+        """``onnx`` when the folds are ONNX graphs (run by onnxruntime), else ``torch``."""
+        return "onnx" if self.onnx else "torch"
 
     def networks(self, device: str | torch.device, folds: Sequence[str] | None = None) -> list[nn.Module]:
-        """The folds' networks (all, or ``folds``) in eval mode on ``device``."""
+        """The folds' networks (all, or ``folds``) in eval mode on ``device``: PyTorch U-Nets, or for an ONNX
+        model :class:`autoseg.inference.onnx_runtime.OnnxNetwork` modules running onnxruntime."""
         chosen = list(folds) if folds else list(self.folds)
-        missing = [f for f in chosen if f not in self.weights]
+        missing = [f for f in chosen if f not in self.folds]
         if missing:
             raise ModelError(
                 f"{self.source}: fold(s) {', '.join(missing)} not in the model; "
                 f"it has {', '.join(self.folds)}"
             )
+        if self.onnx:
+            from autoseg.inference.onnx_runtime import OnnxNetwork
+
+            where = f"{self.source} ({self.configuration})"
+            return [OnnxNetwork(self.onnx[f], device, f"{where} fold {f}").eval() for f in chosen]
         plan = self.plans.configuration(self.configuration)
         networks: list[nn.Module] = []
         for fold in chosen:
@@ -115,18 +149,39 @@ def load_model(
     checkpoint: str = "final",
     fold_limit: int | None = None,
 ) -> TrainedModel:
-    """A model from a work directory (the ``checkpoint`` checkpoints of the run folders of ``configuration``,
-    by default :meth:`autoseg.workdir.Workdir.default_configuration`) or from a file written by
-    :func:`export_model`.
+    """One configuration of a work directory (the ``checkpoint`` checkpoints of its run folders) or of a
+    file written by :func:`export_model` (any configuration packed in it, a cascade's previous stage
+    included).
 
-    Only the weights of ``folds`` are read (default: every fold the model has, or the first ``fold_limit``
-    of them).
+    ``configuration`` defaults to :meth:`autoseg.workdir.Workdir.default_configuration` for a work directory,
+    and for a file to its ensemble's only member, else ``3d_fullres`` when packed, else its only
+    configuration. Only the weights of ``folds`` are read (default: every fold the model has, or the first
+    ``fold_limit`` of them).
     """
     if source.is_file():
         return _load_exported(source, configuration, folds, fold_limit)
     if not source.is_dir():
         raise ModelError(f"{source}: no such model (a work directory or an exported .zip model file)")
     return _load_workdir(source, configuration, folds, checkpoint, fold_limit)
+
+
+def ensemble_choice(source: Path) -> list[str] | None:
+    """The configurations ``predict`` uses when none is named: ``find_best_configuration``'s choice in a work
+    directory (``None`` when it has not run), or the ensemble a model file was exported with."""
+    if source.is_file():
+        return list(read_layout(source).ensemble)
+    return Workdir(source).read_best_choice()
+
+
+def ensemble_postprocessing(source: Path, members: Sequence[str]) -> Postprocessing | None:
+    """The post-processing chosen for the ensemble of ``members`` (``None`` when none was chosen for it)."""
+    if not source.is_file():
+        return Workdir(source).read_postprocessing(members)
+    entry = read_layout(source).postprocessing.get(ensemble_key(members))
+    if entry is None:
+        return None
+    entries = read_archive(source, MODEL_FORMAT_VERSION, lambda _: (entry,))
+    return postprocessing_from_json(json_entry(entries, entry, source), f"{source}:{entry}")
 
 
 def _select_folds(folds: Sequence[str] | None, available: Sequence[str], limit: int | None) -> list[str]:
@@ -167,89 +222,178 @@ def _load_workdir(
     )
 
 
+# ---------------------------------------------------------------------------------------------- export
 def export_model(
     workdir: Path,
     out: Path,
     *,
-    configuration: str | None = None,
+    configuration: str | Sequence[str] | None = None,
     folds: Sequence[str] | None = None,
     checkpoint: str = "final",
+    network_format: NetworkFormat = "torch",
 ) -> Path:
-    """Write a self-contained model file (see the module docstring) atomically; returns ``out``."""
-    model = _load_workdir(workdir, configuration, folds, checkpoint)
+    """Write a self-contained model file (see the module docstring) atomically; returns ``out``.
+
+    Args:
+        workdir: the work directory.
+        out: the ``.zip`` to write.
+        configuration: the ensemble's member(s): one name or several (default: ``find_best_configuration``'s
+            choice, else :meth:`~autoseg.workdir.Workdir.default_configuration`). A cascade stage brings its
+            previous stage(s) along.
+        folds: the folds of every packed configuration (default: all trained).
+        checkpoint: ``final``, ``best`` or ``latest``.
+        network_format: ``torch`` (weights) or ``onnx`` (each fold's network as an ONNX graph).
+    """
+    if network_format not in NETWORK_FORMATS:
+        raise ModelError(
+            f"network format must be one of {', '.join(NETWORK_FORMATS)}, got {network_format!r}"
+        )
+    work = Workdir(workdir)
+    members = _export_members(work, configuration)
+    models = [
+        _load_workdir(workdir, name, folds, checkpoint) for name in _with_previous_stages(work, members)
+    ]
+    first = models[0]
     entries: dict[str, bytes] = {
-        PLANS_ENTRY: _json_bytes(model.plans.to_json()),
-        DATASET_ENTRY: _json_bytes(
+        PLANS_ENTRY: json_bytes(first.plans.to_json()),
+        DATASET_ENTRY: json_bytes(
             {
-                "name": model.plans.dataset_name,
-                "labels": model.plans.labels,
-                "channel_names": dict(enumerate(model.plans.channel_names)),
+                "name": first.plans.dataset_name,
+                "labels": first.plans.labels,
+                "channel_names": dict(enumerate(first.plans.channel_names)),
             }
         ),
     }
-    if model.reference is not None:
-        entries[REFERENCE_ENTRY] = _json_bytes(model.reference.to_json())
-    postprocessing = Workdir(workdir).postprocessing_path([model.configuration])
-    if postprocessing.is_file():
-        entries[POSTPROCESSING_ENTRY] = postprocessing.read_bytes()
-    for fold, state in model.weights.items():
-        buffer = io.BytesIO()
-        torch.save({"network": state}, buffer)
-        entries[f"folds/fold_{fold}.pt"] = buffer.getvalue()
-    manifest = {
+    if first.reference is not None:
+        entries[REFERENCE_ENTRY] = json_bytes(first.reference.to_json())
+    postprocessing: dict[str, str] = {}
+    for group in [[m.configuration] for m in models] + ([members] if len(members) > 1 else []):
+        path = work.postprocessing_path(group)
+        if path.is_file():
+            postprocessing[ensemble_key(group)] = postprocessing_entry(group)
+            entries[postprocessing[ensemble_key(group)]] = path.read_bytes()
+    manifest: dict[str, Any] = {
         "format_version": MODEL_FORMAT_VERSION,
         "autoseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "configuration": model.configuration,
-        "folds": list(model.folds),
         "checkpoint": checkpoint,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()},
+        "network_format": network_format,
+        "ensemble": list(members),
+        "configurations": {m.configuration: {"folds": list(m.folds)} for m in models},
+        "postprocessing": postprocessing,
     }
-    with (
-        atomic_target(out) as temporary,
-        zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive,
-    ):
-        archive.writestr(MANIFEST, _json_bytes(manifest))
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    logger.info("exported %s folds %s to %s", model.configuration, ", ".join(model.folds), out)
+    for model in models:
+        networks, details = _serialised_networks(model, network_format)
+        manifest["configurations"][model.configuration] |= details
+        for fold, data in networks.items():
+            entries[network_entry(model.configuration, fold, network_format)] = data
+    write_archive(out, manifest, entries)
+    logger.info("exported %s (%s) to %s", "+".join(members), network_format, out)
     return out
+
+
+def _export_members(work: Workdir, configuration: str | Sequence[str] | None) -> list[str]:
+    if isinstance(configuration, str):
+        return [configuration]
+    if configuration:
+        return list(dict.fromkeys(configuration))
+    chosen = work.read_best_choice()
+    if chosen:
+        return chosen
+    return [work.default_configuration(list(work.read_plans().configurations))]
+
+
+def _with_previous_stages(work: Workdir, members: Sequence[str]) -> list[str]:
+    """``members`` and, for a cascade stage, the stage(s) it needs first (``previous_stage``), each once."""
+    plans = work.read_plans()
+    packed: list[str] = []
+    for name in members:
+        current: str | None = name
+        while current is not None and current not in packed:
+            packed.append(current)
+            current = plans.configuration(current).previous_stage
+    return packed
+
+
+def _serialised_networks(
+    model: TrainedModel, network_format: NetworkFormat
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Each fold's network as entry bytes, and what the manifest records about them (the ONNX opset)."""
+    if network_format == "torch":
+        serialised: dict[str, bytes] = {}
+        for fold, state in model.weights.items():
+            buffer = io.BytesIO()
+            torch.save({"network": state}, buffer)
+            serialised[fold] = buffer.getvalue()
+        return serialised, {}
+    from autoseg.inference.onnx_runtime import EXPORTER, export_onnx
+
+    plan = model.plans.configuration(model.configuration)
+    graphs: dict[str, bytes] = {}
+    opset = 0
+    for fold in model.folds:
+        (network,) = model.networks("cpu", [fold])
+        channels = next(m for m in network.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)).in_channels
+        graphs[fold], opset = export_onnx(network, (channels, *plan.patch_size))
+        logger.info("%s fold %s: ONNX opset %d", model.configuration, fold, opset)
+    details = {"onnx_opset": opset, "onnx_exporter": EXPORTER, "torch_version": torch.__version__}
+    return graphs, details | {"input_shape": [None, channels, *plan.patch_size]}
+
+
+# ------------------------------------------------------------------------------------------- reading
+def read_layout(path: Path) -> ModelLayout:
+    """The layout of a model file, reading (and verifying) its manifest only."""
+    entries = read_archive(path, MODEL_FORMAT_VERSION, lambda _: ())
+    return parse_layout(json_entry(entries, MANIFEST, path), path)
 
 
 def _load_exported(
     path: Path, configuration: str | None, folds: Sequence[str] | None, fold_limit: int | None
 ) -> TrainedModel:
-    entries = _read_verified_entries(path, folds, fold_limit)
-    manifest = _json_entry(entries, MANIFEST, path)
-    name = str(manifest.get("configuration"))
-    if configuration is not None and configuration != name:
-        raise ModelError(f"{path}: the model holds configuration {name}, not {configuration}")
+    def wanted(manifest: dict[str, Any]) -> list[str]:
+        """The plain-data entries, and the networks of the chosen configuration's chosen folds."""
+        layout = parse_layout(manifest, path)
+        name = layout.resolve(configuration, path)
+        networks = {
+            layout.network_entry(name, f) for f in _select_folds(folds, layout.folds[name], fold_limit)
+        }
+        listed = as_dict(manifest.get("files", {}), f"{path}:{MANIFEST} files")
+        return [n for n in listed if not n.startswith(NETWORK_PREFIX) or n in networks]
+
+    entries = read_archive(path, MODEL_FORMAT_VERSION, wanted)
+    layout = parse_layout(json_entry(entries, MANIFEST, path), path)
+    name = layout.resolve(configuration, path)
     plans = _plans_entry(entries, path)
     if name not in plans.configurations:
         raise ModelError(f"{path}: the manifest's configuration {name!r} is not in its {PLANS_ENTRY}")
-    available = [str(f) for f in _as_list(manifest.get("folds", []), f"{path}:{MANIFEST} folds")]
-    chosen = _select_folds(folds, available, fold_limit)
-    weights: dict[str, dict[str, torch.Tensor]] = {}
-    for fold in chosen:
-        key = f"folds/fold_{fold}.pt"
+    available = layout.folds[name]
+    networks: dict[str, bytes] = {}
+    for fold in _select_folds(folds, available, fold_limit):
+        key = layout.network_entry(name, fold)
         if key not in entries:
             raise ModelError(f"{path}: fold {fold} is not in the model; it has {', '.join(available)}")
-        weights[fold] = _read_weights(entries[key], f"{path}:{key}")
+        networks[fold] = entries[key]
+    post_entry = layout.postprocessing.get(name)
     postprocessing = (
-        postprocessing_from_json(
-            _json_entry(entries, POSTPROCESSING_ENTRY, path), f"{path}:{POSTPROCESSING_ENTRY}"
-        )
-        if POSTPROCESSING_ENTRY in entries
+        postprocessing_from_json(json_entry(entries, post_entry, path), f"{path}:{post_entry}")
+        if post_entry is not None
         else None
     )
-    return TrainedModel(plans, name, weights, postprocessing, str(path), _reference_entry(entries, path))
+    reference = _reference_entry(entries, path)
+    if layout.network_format == "onnx":
+        return TrainedModel(plans, name, {}, postprocessing, str(path), reference, onnx=networks)
+    weights = {
+        fold: _read_weights(data, f"{path}:{layout.network_entry(name, fold)}")
+        for fold, data in networks.items()
+    }
+    return TrainedModel(plans, name, weights, postprocessing, str(path), reference)
 
 
 def _plans_entry(entries: Mapping[str, bytes], path: Path) -> Plans:
     """The model's plans, upgraded and validated completely by the parser of a work directory's
     ``plans.json`` (:func:`autoseg.plans.plans_from_dict`); every problem names the model file."""
     try:
-        return plans_from_dict(_json_entry(entries, PLANS_ENTRY, path), f"{path}:{PLANS_ENTRY}")
+        return plans_from_dict(json_entry(entries, PLANS_ENTRY, path), f"{path}:{PLANS_ENTRY}")
     except PlansError as error:
         raise ModelError(error.message, details=error.details) from None
 
@@ -259,130 +403,11 @@ def _reference_entry(entries: Mapping[str, bytes], path: Path) -> TrainingRefere
     if REFERENCE_ENTRY not in entries:
         return None
     try:
-        return TrainingReference.from_json(_json_entry(entries, REFERENCE_ENTRY, path))
+        return TrainingReference.from_json(json_entry(entries, REFERENCE_ENTRY, path))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelError(
             f"{path}:{REFERENCE_ENTRY}: incomplete or malformed ({type(error).__name__}: {error})"
         ) from None
-
-
-def _json_entry(entries: Mapping[str, bytes], name: str, path: Path) -> dict[str, Any]:
-    """A JSON object entry of the model file; malformed JSON names the file and the entry."""
-    try:
-        data = json.loads(entries[name])
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ModelError(f"{path}:{name}: not valid JSON ({error})") from None
-    return _as_dict(data, f"{path}:{name}")
-
-
-def _read_verified_entries(
-    path: Path, folds: Sequence[str] | None = None, fold_limit: int | None = None
-) -> dict[str, bytes]:
-    """The entries of a model file, after checking names, the manifest, sizes and the checksums.
-
-    The weights of folds not selected (``folds``, else the first ``fold_limit`` folds, else all) are neither
-    read nor verified, only their names checked: a one-fold prediction from a five-fold file inflates and
-    hashes one fifth of the weights. No entry is inflated past its limit (:func:`_read_entry`).
-    """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise ModelError(f"{path}: not a readable model file ({error})") from None
-    with archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        for info in infos.values():
-            _check_entry(info, path)
-        if MANIFEST not in infos:
-            raise ModelError(f"{path}: no {MANIFEST}; not an autoseg model file")
-        entries = {MANIFEST: _read_entry(archive, infos[MANIFEST], path)}
-        manifest = _json_entry(entries, MANIFEST, path)
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
-            raise ModelError(
-                f"{path}: model format {version}; this autoseg reads up to {MODEL_FORMAT_VERSION}. "
-                "Upgrade autoseg."
-            )
-        listed = _as_dict(manifest.get("files", {}), f"{path}:{MANIFEST} files")
-        unexpected = sorted(set(infos) - set(listed) - {MANIFEST})
-        if unexpected:
-            raise ModelError(f"{path}: entries not in the manifest: {', '.join(unexpected[:5])}")
-        available = [str(f) for f in _as_list(manifest.get("folds", []), f"{path}:{MANIFEST} folds")]
-        wanted = {f"folds/fold_{fold}.pt" for fold in _select_folds(folds, available, fold_limit)}
-        chosen = [n for n in listed if not n.startswith("folds/") or n in wanted]
-        missing = [n for n in chosen if n not in infos]
-        if missing:
-            raise ModelError(f"{path}: {missing[0]} is listed in the manifest but missing")
-        _check_total_size([infos[n] for n in chosen], path)
-        for name in chosen:
-            entries[name] = _read_entry(archive, infos[name], path, digest=str(listed[name]))
-    return entries
-
-
-MAX_JSON_ENTRY_BYTES = 64 * 2**20
-"""The most a JSON entry of a model file may inflate to (plans with a few hundred channels are ~100 KiB)."""
-MAX_WEIGHTS_ENTRY_BYTES = 16 * 2**30
-"""The most one fold's weights may inflate to (nnU-Net's largest residual encoders are ~1 GiB)."""
-MAX_COMPRESSION_RATIO = 100
-"""Network weights deflate to ~0.9 of their size and JSON to ~0.2; an entry over 1 MiB inflating more than
-this many times its stored size is not a model file's (a zip bomb)."""
-
-
-def _read_entry(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, *, digest: str | None = None
-) -> bytes:
-    """One entry, inflated as a bounded stream: refused before any inflation when its declared size is over
-    its limit or its compression ratio is implausible, and while inflating when it yields more than it
-    declared; the SHA-256 ``digest`` (the manifest's) is checked. Zip errors (bad CRC, deflate errors) name
-    the file and the entry."""
-    name = info.filename
-    limit = MAX_WEIGHTS_ENTRY_BYTES if name.startswith("folds/") else MAX_JSON_ENTRY_BYTES
-    if info.file_size > limit:
-        raise ModelError(
-            f"{path}: entry {name} declares {info.file_size / 2**20:.1f} MiB; at most "
-            f"{limit / 2**20:.0f} MiB allowed for it; refusing the file"
-        )
-    if info.file_size > 2**20 and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
-        raise ModelError(
-            f"{path}: entry {name} would inflate {info.compress_size} bytes to "
-            f"{info.file_size / 2**20:.1f} MiB (over {MAX_COMPRESSION_RATIO}x); refusing the file"
-        )
-    hasher = hashlib.sha256()
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        with archive.open(info) as stream:
-            while chunk := stream.read(min(2**20, info.file_size - total + 1)):
-                total += len(chunk)
-                if total > info.file_size:
-                    raise ModelError(f"{path}: entry {name} inflates past its declared size; refusing it")
-                hasher.update(chunk)
-                chunks.append(chunk)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as error:
-        raise ModelError(f"{path}: entry {name} is corrupt ({type(error).__name__}: {error})") from None
-    if digest is not None and hasher.hexdigest() != digest:
-        raise ModelError(f"{path}: checksum mismatch for {name}; the file is corrupt or was modified")
-    return b"".join(chunks)
-
-
-def _check_total_size(infos: Sequence[zipfile.ZipInfo], path: Path) -> None:
-    """Refuse a model whose entries to read would not fit in the memory available now."""
-    total = sum(info.file_size for info in infos)
-    available = available_memory_bytes()
-    if available is not None and 2 * total > available:  # the entries, then the tensors built from them
-        raise ModelError(
-            f"{path}: reading it needs about {format_bytes(2 * total)}; {format_bytes(available)} of memory "
-            "is available"
-        )
-
-
-def _check_entry(info: zipfile.ZipInfo, path: Path) -> None:
-    """Refuse entries that would land outside a folder they are extracted to, and links."""
-    name = info.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-        raise ModelError(f"{path}: entry '{name}' would escape the model folder; refusing the file")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise ModelError(f"{path}: entry '{name}' is a symbolic link; refusing the file")
 
 
 def _read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
@@ -393,19 +418,3 @@ def _read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not isinstance(state.get("network"), Mapping):
         raise ModelError(f"{where}: no network weights")
     return dict(state["network"])
-
-
-def _as_dict(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ModelError(f"{where}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _as_list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ModelError(f"{where}: expected a JSON list, got {type(value).__name__}")
-    return value
-
-
-def _json_bytes(data: object) -> bytes:
-    return (json.dumps(data, indent=2) + "\n").encode()

@@ -39,7 +39,7 @@ from autoseg.inference.inputs import (
     replace_non_finite,
 )
 from autoseg.inference.modality import InputCheck, check_case, model_channels
-from autoseg.inference.model_file import TrainedModel, load_model
+from autoseg.inference.model_file import TrainedModel, ensemble_choice, ensemble_postprocessing, load_model
 from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
 from autoseg.io import Geometry, prepare_output_folder, write_json
 from autoseg.plans import ChannelRecord, ConfigurationPlan
@@ -53,7 +53,7 @@ from autoseg.preprocessing.case import (
 )
 from autoseg.preprocessing.orientation import oriented_direction
 from autoseg.types import FloatVolume
-from autoseg.workdir import Workdir, folder_lock
+from autoseg.workdir import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +219,8 @@ class Ensemble:
 
 def load_ensemble(request: PredictRequest) -> Ensemble:
     """The configuration(s) of ``request`` (default: ``find_best_configuration``'s choice) with their networks
-    on the device; an ensemble (work directories only) uses the post-processing chosen for it."""
-    work = Workdir(request.model)
-    chosen = request.configurations or work.read_best_choice()
+    on the device, or a model file's ensemble; an ensemble uses the post-processing chosen for it."""
+    chosen = request.configurations or ensemble_choice(request.model)
     names: list[str | None] = list(chosen) if chosen else [None]
     device = resolve_device(request.device)
     members: list[Member] = []
@@ -237,6 +236,8 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
         plan = model.plans.configuration(model.configuration)
         previous = _previous_member(request, model, device) if plan.previous_stage is not None else None
         settings = inference_settings(request, plan, device)
+        if model.network_format == "onnx":  # onnxruntime computes in float32, whatever the autocast
+            settings = replace(settings, precision="float32", channels_last=False)
         members.append(Member(model, plan, model.networks(device), settings, list(model.folds), previous))
     first = members[0].model
     if any(m.model.plans.labels != first.plans.labels for m in members) or any(
@@ -245,7 +246,7 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
         raise UsageError("the configurations of an ensemble must share their labels and target")
     postprocessing = first.postprocessing
     if len(members) > 1:
-        postprocessing = work.read_postprocessing([m.model.configuration for m in members])
+        postprocessing = ensemble_postprocessing(request.model, [m.model.configuration for m in members])
     return Ensemble(members, dict(first.plans.labels), postprocessing, first.plans.region_based)
 
 
