@@ -4,6 +4,8 @@ entry point resolves and records the configuration, and importing the package st
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -88,3 +90,74 @@ def test_importing_training_does_not_import_torch() -> None:
     code = "import sys, autoseg.training as t; assert 'torch' not in sys.modules; t.TrainConfig; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_resumed_training_log_starts_on_a_fresh_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """training.log whose last line a kill -9 (or a full disk) cut: the resumed run's first record starts
+    on a line of its own, with its time stamp; every record is one whole line."""
+    from types import SimpleNamespace
+
+    from autoseg.training.callbacks import TextLog
+    from autoseg.workdir import RunFolder
+
+    folder = RunFolder(tmp_path / "fold_0")
+    folder.path.mkdir()
+    folder.text_log_path.write_text(
+        "2026-01-01 10:00:00,000 INFO    epoch 0: train loss 1.93\n2026-01-01 10:0"
+    )
+    text_log = TextLog()
+    run = SimpleNamespace(folder=folder)
+    caplog.set_level(logging.INFO, logger="autoseg")
+    text_log.on_train_start(run)  # type: ignore[arg-type]
+    try:
+        logging.getLogger("autoseg.training.loop").info("resuming at epoch %d of %d", 1, 4)
+        logging.getLogger("autoseg.training.loop").info("second line")
+    finally:
+        text_log.on_close(run)  # type: ignore[arg-type]
+    lines = folder.text_log_path.read_text().split("\n")
+    assert lines[:2] == ["2026-01-01 10:00:00,000 INFO    epoch 0: train loss 1.93", "2026-01-01 10:0"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    resuming at epoch 1 of 4", lines[2])
+    assert lines[3].endswith("INFO    second line") and lines[4:] == [""]
+    text_log.on_train_start(run)  # type: ignore[arg-type]
+    # a complete file: no blank line added
+    text_log.on_close(run)  # type: ignore[arg-type]
+    assert folder.text_log_path.read_text().split("\n") == lines
+
+
+KILLED_WRITER = """
+import logging, sys
+from pathlib import Path
+from autoseg.training.callbacks import LineAppender
+handler = LineAppender(Path(sys.argv[1]))
+handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+logger = logging.getLogger("writer")
+logger.addHandler(handler)
+logger.setLevel(logging.INFO)
+print("ready", flush=True)
+for index in range(10**7):
+    logger.info("record %d %s end", index, "x" * (index % 3000))
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_minus_9_while_logging_leaves_whole_lines(tmp_path: Path, seed: int) -> None:
+    """A process killed (SIGKILL) while it logs as fast as it can, records of up to 3 KiB: every line in
+    training.log is a whole record (the last one included); a logging.FileHandler's buffered stream could
+    leave half a record."""
+    import signal
+    import time
+
+    log = tmp_path / "training.log"
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(log)], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        time.sleep(np.random.default_rng(seed).uniform(0.05, 0.5))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    text = log.read_text()
+    assert text.endswith("\n") and text.count("\n") > 10
+    for line in text.splitlines():
+        assert re.fullmatch(r"\S+ \S+ record (\d+) x* end", line), line[:80]
