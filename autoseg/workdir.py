@@ -19,7 +19,8 @@ WORKDIR/
   best_configuration.json, .md          read_best_choice / write_best_configuration
   raw/, heldout/, heldout_dicom/, predictions/, predictions_dicom/, evaluation/   Workdir.demo_dir(name)
   <any folder>/.autoseg.lock            folder_lock(folder, activity): one writer at a time (predict's output
-                                        folder, a fold's run folder); removed on release
+                                        folder, a fold's run folder); removed on release; shared by
+                                        predict --shard's shards, each with its own .autoseg.lock-shard-I-of-N
 ```
 
 The work directory is self-contained after ``preprocess``: the reference label maps that validation and
@@ -36,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,14 +308,14 @@ class Workdir:
     def run(self, configuration: str, fold: str | int) -> RunFolder:
         return RunFolder(self.configuration_dir(configuration) / f"fold_{fold}")
 
-    def runs(self, configuration: str) -> list[RunFolder]:
-        """Every run folder of ``configuration``, by fold name."""
     def previous_stage_path(self, configuration: str, case: str) -> Path:
         """``trained/<configuration>/previous_stage/<case>.npy``: a cascade stage's input from its previous
         stage, that stage's cross-validation prediction of ``case`` on this stage's preprocessed grid
         (``(Z, Y, X)`` label map or ``(K, Z, Y, X)`` region target; written by ``train``)."""
         return self.configuration_dir(configuration) / "previous_stage" / f"{case}.npy"
 
+    def runs(self, configuration: str) -> list[RunFolder]:
+        """Every run folder of ``configuration``, by fold name."""
         return [
             RunFolder(p) for p in sorted(self.configuration_dir(configuration).glob("fold_*")) if p.is_dir()
         ]
@@ -435,12 +437,18 @@ class Workdir:
 
 # ---------------------------------------------------------------------- one writer per folder
 @contextlib.contextmanager
-def folder_lock(folder: Path, activity: str) -> Iterator[None]:
+def folder_lock(
+    folder: Path, activity: str, *, shared: bool = False, name: str = LOCK_FILE
+) -> Iterator[None]:
     """Hold ``folder``'s lock (``folder/.autoseg.lock``, made with the folder if needed) while the block runs.
 
     ``fcntl.flock``: the kernel releases it when the holder exits in any way, ``kill -9`` included, so a lock
     is never stale; a left-over lock file (after ``kill -9``) is simply taken over. The file holds the
     holder's pid and ``activity`` and is removed on release.
+
+    ``shared``: several holders at once (the shards of ``predict --shard``, each also holding its own
+    ``name``), none beside an exclusive holder (a plain ``predict``); the last shared holder to leave
+    removes the file. ``name``: another lock file in ``folder`` (a shard's own).
 
     Raises:
         FolderInUseError: another process holds the lock (the message names the folder and its pid).
@@ -450,29 +458,47 @@ def folder_lock(folder: Path, activity: str) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise WorkdirError(f"{folder}: cannot make the folder ({error.strerror or error})") from None
-    path = folder / LOCK_FILE
-    descriptor = _take_lock(path, folder)
+    path = folder / name
+    descriptor = _take_lock(path, folder, shared=shared)
     try:
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"pid {os.getpid()}: {activity}\n".encode())
+        if not shared:
+            os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}: {activity}\n".encode(), 0)
         yield
     finally:
-        path.unlink(missing_ok=True)  # before the unlock: a waiter that opened this file retries on a new one
+        if not shared or _is_last_holder(descriptor):
+            path.unlink(missing_ok=True)  # before the unlock: a waiter that opened this file retries anew
         os.close(descriptor)
 
 
-def _take_lock(path: Path, folder: Path) -> int:
-    """An open descriptor of ``path`` holding its exclusive lock (the file still at ``path``)."""
+def _is_last_holder(descriptor: int) -> bool:
+    """Whether the shared lock on ``descriptor`` can become exclusive now (no other holder is left)."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _take_lock(path: Path, folder: Path, *, shared: bool = False) -> int:
+    """An open descriptor of ``path`` holding its exclusive (or ``shared``) lock (the file still at
+    ``path``)."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    tries = 5  # the last shared holder holds it exclusively for a moment while it removes the file
     while True:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise WorkdirError(f"{folder}: cannot make the lock file ({error.strerror or error})") from None
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "pid unknown"
             os.close(descriptor)
+            tries -= 1
+            if tries > 0:
+                time.sleep(0.02)
+                continue
             raise FolderInUseError(
                 f"{folder} is in use by another autoseg process ({holder}); wait for it to end or stop it"
             ) from None

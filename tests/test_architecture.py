@@ -28,6 +28,7 @@ STAGE_PACKAGES = [
     "report",
     "dicom",
     "serve",
+    "distributed",
     "cli",
 ]
 HEAVY = ("torch", "highdicom", "monai", "matplotlib", "pynetdicom")

@@ -6,13 +6,18 @@ Each command parses flags, builds the stage's options, calls its entry point and
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.cli.options import (
     CommandSpec,
     positive_int,
     show_progress,
 )
+
+if TYPE_CHECKING:
+    from autoseg.inference.stage import PredictRequest
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +39,31 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final")
     _output_arguments(parser)
     _speed_arguments(parser)
+
+
+def _predict_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    _predict_arguments(parser)
+    parser.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help="predict only shard I of N (0-based, as SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX): the "
+        "cases whose name hashes to I (SHA-256 mod N); N workers fill one output folder, each with its "
+        "own predict.shard-I-of-N.json; 'auto': the Slurm job array's task (docs/scale.md). A shard skips "
+        "the cases already written whole, so a re-run resumes",
+    )  # fmt: skip
+    _existing_arguments(parser)
+
+
+def _existing_arguments(parser: argparse.ArgumentParser) -> None:
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--skip-existing", dest="existing", action="store_const", const="skip", default="auto",
+        help="skip a case whose outputs are all there and read back whole (a truncated one is predicted "
+        "again); the default with --shard",
+    )  # fmt: skip
+    existing.add_argument(
+        "--overwrite", dest="existing", action="store_const", const="overwrite",
+        help="predict every case again, replacing its outputs; the default without --shard",
+    )  # fmt: skip
 
 
 def _speed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,10 +130,25 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_predict_command(args: argparse.Namespace) -> int:
     """``autoseg predict -i IN -o OUT``: segment new scans."""
-    from autoseg.inference.outputs import OutputOptions
-    from autoseg.inference.stage import PredictRequest, run_predict
+    from autoseg.inference.stage import run_predict
 
-    request = PredictRequest(
+    request = _predict_request(args)
+    outputs = run_predict(request, show_progress=show_progress(args))
+    flagged = sum(1 for output in outputs if output.review)
+    record = request.record_path.name
+    review = f"; {flagged} flagged for review ({record} 'flagged')" if flagged else ""
+    shard = f" (shard {request.shard.index}/{request.shard.count})" if request.shard else ""
+    print(f"{len(outputs)} case(s) predicted into {args.output}{shard}{review}")
+    return 0
+
+
+def _predict_request(args: argparse.Namespace) -> PredictRequest:
+    """The :class:`PredictRequest` of ``predict``'s (or ``predict-cluster``'s) flags."""
+    from autoseg.inference.outputs import OutputOptions
+    from autoseg.inference.sharding import parse_shard
+    from autoseg.inference.stage import PredictRequest
+
+    return PredictRequest(
         inputs=args.inputs,
         output=args.output,
         model=args.model or args.workdir,
@@ -119,6 +164,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         checkpoint=args.checkpoint,
         strict=args.strict,
+        shard=parse_shard(args.shard, os.environ) if getattr(args, "shard", None) is not None else None,
+        existing=args.existing,
         outputs=OutputOptions(
             formats=tuple(dict.fromkeys(args.formats)),
             save_probabilities=args.save_probabilities,
@@ -128,10 +175,50 @@ def run_predict_command(args: argparse.Namespace) -> int:
             report=args.report,
         ),
     )
-    outputs = run_predict(request, show_progress=show_progress(args))
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    _predict_arguments(parser)
+    _existing_arguments(parser)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--address", default=None, metavar="tcp://HOST:PORT",
+        help="the Dask scheduler (dask scheduler; one dask worker --nthreads 1 per GPU or CPU node); the "
+        "model, input and output folders must have the same path on every worker",
+    )  # fmt: skip
+    where.add_argument(
+        "--local-workers", type=positive_int, default=None, metavar="N",
+        help="start a local cluster of N worker processes instead (one machine), stopped at the end",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retries", type=int, default=2, metavar="N",
+        help="attempts after a case's task failed (a worker error; a data problem is not retried); then the "
+        "case is reported as failed and the others go on (default: 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpus-per-case",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: each case needs one GPU resource (workers started with --resources GPU=1)",
+    )
+
+
+def run_cluster_command(args: argparse.Namespace) -> int:
+    """``autoseg predict-cluster -i IN -o OUT --address tcp://HOST:8786``: segment a folder on a cluster."""
+    from autoseg.distributed import ClusterOptions, run_predict_cluster
+
+    request = _predict_request(args)
+    options = ClusterOptions(
+        address=args.address,
+        local_workers=args.local_workers or 2,
+        retries=max(0, args.retries),
+        gpus_per_case=args.gpus_per_case,
+    )
+    outputs = run_predict_cluster(request, options, show_progress=show_progress(args))
     flagged = sum(1 for output in outputs if output.review)
     review = f"; {flagged} flagged for review (predict.json 'flagged')" if flagged else ""
-    print(f"{len(outputs)} case(s) predicted into {args.output}{review}")
+    print(f"{len(outputs)} case(s) predicted on the cluster into {args.output}{review}")
     return 0
 
 
@@ -172,8 +259,15 @@ COMMANDS = [
     CommandSpec(
         "predict",
         "segment NIfTI/NRRD/MHA files or DICOM series with a trained model (NIfTI, DICOM SEG, RTSTRUCT out)",
-        _predict_arguments,
+        _predict_shard_arguments,
         run_predict_command,
+    ),
+    CommandSpec(
+        "predict-cluster",
+        "predict a folder on a Dask cluster, one task per case, the outputs in a shared folder "
+        "(pip install 'autoseg[distributed]'; docs/scale.md)",
+        _cluster_arguments,
+        run_cluster_command,
     ),
     CommandSpec(
         "export-model",

@@ -11,6 +11,7 @@ another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,11 @@ from autoseg.inference.inputs import (
 from autoseg.inference.modality import InputCheck, check_case, model_channels
 from autoseg.inference.model_file import TrainedModel, ensemble_choice, ensemble_postprocessing, load_model
 from autoseg.inference.outputs import CaseOutput, OutputContext, OutputOptions, write_case_outputs
+from autoseg.inference.sharding import (
+    Shard,
+    output_settings,
+    select_cases,
+)
 from autoseg.io import Geometry, prepare_output_folder, write_json
 from autoseg.plans import ChannelRecord, ConfigurationPlan
 from autoseg.postprocessing.instances import parse_class_selection
@@ -92,6 +98,22 @@ class PredictRequest:
     checkpoint: str = "final"
     outputs: OutputOptions = field(default_factory=OutputOptions)
     strict: bool = False
+    shard: Shard | None = None
+    """Predict only this shard's cases (:mod:`autoseg.inference.sharding`), recorded in its own
+    ``predict.shard-I-of-N.json``, beside the other shards writing into the same folder."""
+    existing: Literal["auto", "skip", "overwrite"] = "auto"
+    """A case whose outputs are all there and whole: ``skip`` it, or ``overwrite`` it; ``auto``: skip with
+    a shard (a re-run shard resumes), overwrite without."""
+
+    @property
+    def skips_existing(self) -> bool:
+        """Whether cases already written are skipped."""
+        return self.existing == "skip" or (self.existing == "auto" and self.shard is not None)
+
+    @property
+    def record_path(self) -> Path:
+        """``predict.json``, or the shard's ``predict.shard-I-of-N.json``."""
+        return self.output / (self.shard.record_name if self.shard else "predict.json")
 
 
 @dataclass(frozen=True)
@@ -285,7 +307,7 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
     """
     created = prepare_output_folder(request.output)
     try:
-        with folder_lock(request.output, "predict"):  # a second predict into this folder is refused
+        with _output_lock(request):
             return _predict_into(request, show_progress=show_progress)
     except BaseException:
         if created and request.output.is_dir() and not any(request.output.iterdir()):
@@ -293,12 +315,40 @@ def run_predict(request: PredictRequest, *, show_progress: bool = True) -> list[
         raise
 
 
+@contextlib.contextmanager
+def _output_lock(request: PredictRequest) -> Iterator[None]:
+    """A plain predict holds the output folder's lock alone (a second one is refused); the shards of
+    ``--shard`` share it, each holding its own shard lock too (the same shard twice is refused)."""
+    shard = request.shard
+    if shard is None:
+        with folder_lock(request.output, "predict"):
+            yield
+        return
+    activity = f"predict --shard {shard.index}/{shard.count}"
+    with (
+        folder_lock(request.output, activity, shared=True),
+        folder_lock(request.output, activity, name=shard.lock_name),
+    ):
+        yield
+
+
+def _select_cases(
+    cases: list[InputCase], request: PredictRequest, ensemble: Ensemble
+) -> tuple[list[InputCase], list[str]]:
+    """``(cases to predict, cases skipped)``: the shard's cases, less (when skipping) those already written
+    whole by a run with the same settings (:func:`autoseg.inference.sharding.select_cases`)."""
+    settings = output_settings(predict_record(ensemble, [], [], []))
+    return select_cases(
+        cases, request.shard, request.outputs, request.output, settings if request.skips_existing else None
+    )
+
+
 def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseOutput]:
     if request.threads is not None:
         torch.set_num_threads(request.threads)
     ensemble = load_ensemble(request)
     channels = len(ensemble.members[0].model.plans.channel_names)
-    cases = find_input_cases(request.inputs, channels)
+    cases, skipped = _select_cases(find_input_cases(request.inputs, channels), request, ensemble)
     request.outputs.check_inputs(cases, [name for name, value in ensemble.labels.items() if value != 0])
     for member in ensemble.members:
         logger.info(
@@ -312,6 +362,24 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
             member.settings.device,
             member.settings.precision,
         )
+    outputs, failures, checks = predict_cases(cases, ensemble, request, show_progress=show_progress)
+    record = predict_record(ensemble, outputs, failures, checks)
+    if request.shard is not None or skipped:
+        record |= {"shard": asdict(request.shard) if request.shard else None, "skipped": skipped}
+    write_json(record, request.record_path)
+    finish_run(outputs, failures, len(cases), strict=request.strict)
+    return outputs
+
+
+def predict_cases(
+    cases: Sequence[InputCase], ensemble: Ensemble, request: PredictRequest, *, show_progress: bool
+) -> tuple[list[CaseOutput], list[str], list[InputCheck]]:
+    """Predict ``cases`` with ``ensemble`` into ``request.output`` (no record, no lock: the callers'), as
+    ``predict`` does (a worker of ``predict-cluster`` too, one case at a time).
+
+    Returns:
+        ``(outputs, failures, input checks)``: a case that fails is one line of ``failures``.
+    """
     context = OutputContext(
         ensemble.labels,
         ensemble.postprocessing,
@@ -342,12 +410,10 @@ def _predict_into(request: PredictRequest, *, show_progress: bool) -> list[CaseO
         show_progress=show_progress,
     )
     checks = [reading.checks[c.identifier] for c in cases if c.identifier in reading.checks]
-    _write_record(request.output / "predict.json", ensemble, outputs, failures, checks)
-    _finish_run(outputs, failures, len(cases), strict=request.strict)
-    return outputs
+    return outputs, failures, checks
 
 
-def _finish_run(outputs: list[CaseOutput], failures: list[str], total: int, *, strict: bool) -> None:
+def finish_run(outputs: list[CaseOutput], failures: list[str], total: int, *, strict: bool) -> None:
     """List the flagged cases; raise for failed cases, and (``strict``) for flagged ones."""
     flagged = [f"{o.identifier}: {'; '.join(o.review)}" for o in outputs if o.review]
     if flagged:
@@ -368,30 +434,27 @@ def _finish_run(outputs: list[CaseOutput], failures: list[str], total: int, *, s
         )
 
 
-def _write_record(
-    path: Path, ensemble: Ensemble, outputs: list[CaseOutput], failures: list[str], checks: list[InputCheck]
-) -> None:
+def predict_record(
+    ensemble: Ensemble, outputs: list[CaseOutput], failures: list[str], checks: list[InputCheck]
+) -> dict[str, object]:
     """``predict.json``: model, configurations, settings, post-processing, per case files, failures, and
     each case's input check."""
-    write_json(
-        {
-            "autoseg_version": __version__,
-            "model": ensemble.members[0].model.source,
-            "configurations": [m.model.configuration for m in ensemble.members],
-            "folds": ensemble.members[0].folds,
-            "settings": asdict(ensemble.members[0].settings),
-            "mirroring": {m.model.configuration: asdict(m.plan.mirroring) for m in ensemble.members},
-            "threads": torch.get_num_threads(),
-            "postprocessing": [s.describe() for s in ensemble.postprocessing.steps]
-            if ensemble.postprocessing
-            else [],
-            "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
-            "failures": failures,
-            "flagged": [{"case": o.identifier, "reasons": list(o.review)} for o in outputs if o.review],
-            "input_checks": [asdict(check) for check in checks],
-        },
-        path,
-    )
+    return {
+        "autoseg_version": __version__,
+        "model": ensemble.members[0].model.source,
+        "configurations": [m.model.configuration for m in ensemble.members],
+        "folds": ensemble.members[0].folds,
+        "settings": asdict(ensemble.members[0].settings),
+        "mirroring": {m.model.configuration: asdict(m.plan.mirroring) for m in ensemble.members},
+        "threads": torch.get_num_threads(),
+        "postprocessing": [s.describe() for s in ensemble.postprocessing.steps]
+        if ensemble.postprocessing
+        else [],
+        "cases": [asdict(o) | {"files": [str(f) for f in o.files]} for o in outputs],
+        "failures": failures,
+        "flagged": [{"case": o.identifier, "reasons": list(o.review)} for o in outputs if o.review],
+        "input_checks": [asdict(check) for check in checks],
+    }
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from autoseg.training.checkpoint import save_checkpoint, training_checkpoint
 from autoseg.training.config import RunState, TrainConfig
-from autoseg.training.distributed import Rank
+from autoseg.training.distributed import Rank, first_rank_value
 from autoseg.training.parts import TrainingParts
 from autoseg.training.progress import plot_progress, write_log
 from autoseg.workdir import RunFolder
@@ -201,6 +201,7 @@ class TimeLimit(Callback):
 
     def on_epoch_end(self, run: TrainingRun) -> None:
         apply_time_limit(run.state, run.records, time_limit_s=self.time_limit_s, planned=self.planned)
+        run.state.epochs = first_rank_value(run.state.epochs)  # every rank stops at rank 0's epoch
 
 
 def apply_time_limit(

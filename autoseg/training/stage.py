@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def run_train(
     """
     import torch
 
-    from autoseg.training.distributed import launch
+    from autoseg.training.distributed import launch, local_device, require_same_weights
     from autoseg.training.loop import train_fold, train_rank
 
     work = Workdir(workdir)
@@ -48,13 +49,17 @@ def run_train(
                 raise UsageError(f"--num-gpus {num_gpus}: PyTorch sees {torch.cuda.device_count()} GPU(s)")
             launch(num_gpus, partial(train_rank, resume=resume, show_progress=show_progress), workdir, config)
             return run.read_validation_summary()
-        summary = train_fold(workdir, config, resume=resume, show_progress=show_progress).summary
+        config = replace(config, device=local_device(config.device))  # torchrun: cuda:LOCAL_RANK
+        result = train_fold(workdir, config, resume=resume, show_progress=show_progress)
+        require_same_weights(result.network)  # torchrun: every rank ends with the same weights
+    summary = result.summary
     return summary if summary is not None else run.read_validation_summary()  # torchrun: rank > 0
 
 
 def _run_lock(folder: Path, config: TrainConfig) -> AbstractContextManager[None]:
     """The run folder's lock (:func:`autoseg.workdir.folder_lock`): the same fold trained twice at once is
-    refused; other folds train beside it. Under torchrun only rank 0 takes it (the ranks share the run)."""
+    refused; other folds train beside it. Under torchrun only rank 0 takes it (the ranks share the run; on
+    several nodes the others' ``RANK`` is above 0 too)."""
     if os.environ.get("RANK", "0") != "0":
         return nullcontext()
     return folder_lock(folder, f"train {config.configuration_name} fold {config.fold}")
