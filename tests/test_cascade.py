@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from helpers import plan_and_preprocess_argv, tiny_case, tiny_train_config, write_nnunet_dataset
 from scipy import ndimage
+from test_regions import write_multi_label_dataset
 
 from autoseg.cli.main import main
 from autoseg.errors import WorkdirError
 from autoseg.evaluation.best_configuration import BestConfigurationOptions, run_find_best_configuration
 from autoseg.inference.cascade import previous_stage_target
-from autoseg.io import Geometry, read_header, read_labels
+from autoseg.io import Geometry, read_header, read_labels, read_target
+from autoseg.planning.registry import get_planner
 from autoseg.preprocessing.case import preprocess_case, restore_probabilities, target_to_preprocessed
 from autoseg.training import train_fold
 from autoseg.training.augment import (
@@ -35,12 +37,17 @@ FOLDS = 2
 LOWRES_SPACING = (3.0, 1.6, 1.6)
 
 
-def _cascade_workdir(root: Path) -> Path:
-    """The tiny dataset planned for 3d_fullres, with a hand-made 3d_lowres (twice the in-plane spacing) and
-    3d_cascade_fullres, small networks, preprocessed, and two folds in splits.json."""
+def _cascade_workdir(root: Path, *, regions: bool = False) -> Path:
+    """The tiny dataset (``regions``: nested GTV/CTV/PTV structures) planned for 3d_fullres, with a hand-made
+    3d_lowres (twice the in-plane spacing) and 3d_cascade_fullres, small networks, preprocessed, and two
+    folds in splits.json."""
     generator = np.random.default_rng(0)
-    dataset = write_nnunet_dataset(
-        root / "Dataset001_Tiny", {f"case_{i:03d}": tiny_case(generator) for i in range(CASES)}
+    dataset = (
+        write_multi_label_dataset(root / "Dataset001_Tiny", generator, CASES)
+        if regions
+        else write_nnunet_dataset(
+            root / "Dataset001_Tiny", {f"case_{i:03d}": tiny_case(generator) for i in range(CASES)}
+        )
     )
     workdir = root / "work"
     assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
@@ -191,6 +198,51 @@ def test_export_cascade_and_predict_with_the_file(cascade_workdir: Path, tmp_pat
     for index in range(CASES):
         name = f"case_{index:03d}.nii.gz"
         assert np.array_equal(read_labels(from_file / name)[0], read_labels(from_workdir / name)[0])
+
+
+@pytest.mark.slow  # trains 3d_lowres on two folds and the cascade on one: about a minute
+def test_region_based_cascade_one_channel_per_structure(tmp_path: Path) -> None:
+    workdir = _cascade_workdir(tmp_path, regions=True)
+    work = Workdir(workdir)
+    plans = work.read_plans()
+    assert plans.region_based and plans.input_channels("3d_cascade_fullres") == 1 + 3
+    for fold in range(FOLDS):
+        _train(workdir, "3d_lowres", fold)
+    summary = _train(workdir, "3d_cascade_fullres", 0)
+    per_class = summary["mean_dice_per_class"]
+    assert isinstance(per_class, dict) and set(per_class) == {"GTV", "CTV", "PTV"}
+    stored = np.load(work.previous_stage_path("3d_cascade_fullres", "case_000"))
+    assert stored.shape[0] == 3 and stored.dtype == np.uint8
+    images = tmp_path / "Dataset001_Tiny" / "imagesTr"
+    out = tmp_path / "out"
+    argv = ["predict", "-i", str(images), "-o", str(out), "-m", str(workdir), "-c", "3d_cascade_fullres"]
+    assert main([*argv, "-f", "0", "--preset", "fast", "-q"]) == 0
+    assert (
+        read_target(out / "case_001.nii.gz")[0].shape[-3:]
+        == read_header(images / "case_001_0000.nii.gz").shape
+    )
+
+
+def test_cascade_preset_plans_the_cascade() -> None:
+    """The synthetic-ct-cascade preset (datasets.json) makes the cpu planner of bench_cascade.py plan the
+    cascade: its 3d_fullres patch covers < 25% of the median image."""
+    import math
+
+    from helpers import make_fingerprint
+
+    from autoseg.dataset.catalogue import default_catalogue_path, load_catalogue
+
+    generator = load_catalogue(default_catalogue_path()).entry("synthetic-ct-cascade").generator
+    assert generator is not None
+    fingerprint = make_fingerprint(
+        [generator.spacing_mm] * generator.cases, [generator.shape] * generator.cases, channel_names=("CT",)
+    )
+    plans = get_planner("cpu", time_budget="20m", cpu_gflops=100).plan(fingerprint)
+    full = plans.configuration("3d_fullres")
+    assert math.prod(full.patch_size) / math.prod(full.median_shape) < 0.25
+    assert plans.configuration("3d_cascade_fullres").previous_stage == "3d_lowres"
+    low = plans.configuration("3d_lowres")
+    assert math.prod(low.patch_size) / math.prod(low.median_shape) >= 0.25
 
 
 # ---------------------------------------------------------------------------------- the grids
