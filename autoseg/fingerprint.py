@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from scipy import ndimage
 from autoseg import __version__
 from autoseg.dataset.layout import Case, Dataset, read_case
 from autoseg.errors import FingerprintError, ImageReadError
-from autoseg.io import read_json
+from autoseg.io import Geometry, read_json
 from autoseg.parallel import map_cases
 from autoseg.plans import CANONICAL_AXIS_CODE, OBLIQUE_THRESHOLD_DEG
 from autoseg.preprocessing.orientation import axis_alignment, canonical_extent
@@ -101,6 +102,27 @@ class CaseFingerprint:
     annotated: tuple[int, ...] | None = None
     """Partly contoured region datasets: the structure numbers contoured in the case; ``None``: all."""
     oblique_deg: float | None = None
+    centroids_mm: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Label value (structure number) -> the centroid of its voxels, physical ``(z, y, x)`` LPS mm, for
+    those present (:func:`find_mirror_pairs`)."""
+    centre_mm: tuple[float, float, float] | None = None
+    """The centre of the image's nonzero box (``crop_box``), physical ``(z, y, x)`` LPS mm."""
+
+
+@dataclass(frozen=True)
+class MirrorPair:
+    """Two structures found as a mirror-image pair: ``left`` lies on the patient's left (LPS +x).
+
+    Attributes:
+        left, right: structure names.
+        cases: cases in which their centroids mirror each other with similar volumes.
+        both_present: cases in which both structures have voxels.
+    """
+
+    left: str
+    right: str
+    cases: int
+    both_present: int
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,9 @@ class Fingerprint:
     regions_class_order: tuple[int, ...] = ()
     structure_types: dict[str, str] = field(default_factory=dict)
     """Structure name -> RTROIInterpretedType the dataset declares (:attr:`Dataset.structure_types`)."""
+    mirror_pairs: tuple[MirrorPair, ...] = ()
+    """Structures whose centroids mirror each other across the patient's left-right axis with similar
+    volumes (:func:`find_mirror_pairs`); absent from the JSON when none."""
     ignore_label: int | None = None
     """nnU-Net's ignore label (:attr:`Dataset.ignore_label`): not in ``labels``, its voxels left out of the
     foreground statistics; ``None`` (and absent from the JSON): none."""
@@ -179,6 +204,11 @@ class Fingerprint:
             del data["structure_types"]
         if self.ignore_label is None:
             del data["ignore_label"]
+        if not self.mirror_pairs:
+            del data["mirror_pairs"]
+        for case in data["cases"]:
+            if case["centre_mm"] is None:
+                del case["centre_mm"], case["centroids_mm"]
         if not self.regions:
             del data["regions"], data["regions_class_order"]
             for case in data["cases"]:
@@ -322,6 +352,7 @@ def extract_fingerprint(
         structure_types=dataset.structure_types,
         ignore_label=dataset.ignore_label,
     )
+    fingerprint = replace(fingerprint, mirror_pairs=find_mirror_pairs(fingerprint))
     logger.info(
         "fingerprinted %d case(s): median spacing %s mm, median shape %s voxels",
         len(cases),
@@ -329,6 +360,49 @@ def extract_fingerprint(
         " x ".join(f"{s:.0f}" for s in fingerprint.median_shape),
     )
     return fingerprint
+
+
+MIRROR_VOLUME_RATIO = 1.5
+"""Mirror-image pairs: the larger structure's volume is at most this multiple of the smaller one's."""
+
+MIRROR_CASE_FRACTION = 2 / 3
+"""Mirror-image pairs: they mirror each other in at least this fraction of the cases that have both."""
+
+
+def find_mirror_pairs(fingerprint: Fingerprint) -> tuple[MirrorPair, ...]:
+    """Structures that come as a left/right pair whatever their names (``docs/dicom.md``, "Laterality"):
+    in most cases with both (:data:`MIRROR_CASE_FRACTION`) their centroids mirror each other across the
+    patient's left-right axis (:func:`_mirror_side`) and their volumes are similar
+    (:data:`MIRROR_VOLUME_RATIO`). Pairs in label order."""
+    names = {str(v): n for n, v in fingerprint.labels.items() if v}
+    found = []
+    for a, b in combinations(sorted(names, key=int), 2):
+        both = [c for c in fingerprint.cases if a in c.centroids_mm and b in c.centroids_mm and c.centre_mm]
+        hits = [side for side in (_mirror_side(c, a, b) for c in both) if side is not None]
+        if hits and len(hits) >= MIRROR_CASE_FRACTION * len(both):
+            left, right = (a, b) if 2 * sum(hits) >= len(hits) else (b, a)
+            found.append(MirrorPair(names[left], names[right], len(hits), len(both)))
+    return tuple(found)
+
+
+def _mirror_side(case: CaseFingerprint, a: str, b: str) -> bool | None:
+    """Whether structures ``a`` and ``b`` mirror each other in ``case``: similar volumes, centroids apart
+    along patient x (LPS) by at least the larger one's equivalent diameter, within half that diameter (at
+    least 5 mm) of each other along y and z, their midpoint within a quarter of their distance (at least
+    20 mm) of the image centre's x. ``True``: ``a`` is on the patient's left (+x); ``None``: no mirror."""
+    assert case.centre_mm is not None
+    voxel_mm3 = float(np.prod(case.spacing_mm))
+    volumes = sorted((case.class_voxels[a] * voxel_mm3, case.class_voxels[b] * voxel_mm3))
+    if volumes[1] > MIRROR_VOLUME_RATIO * volumes[0]:
+        return None
+    (za, ya, xa), (zb, yb, xb) = case.centroids_mm[a], case.centroids_mm[b]
+    diameter = 2.0 * (3.0 * volumes[1] / (4.0 * np.pi)) ** (1 / 3)
+    separation, near = abs(xa - xb), max(0.5 * diameter, 5.0)
+    if separation < diameter or abs(ya - yb) > near or abs(za - zb) > near:
+        return None
+    if abs((xa + xb) / 2 - case.centre_mm[2]) > max(20.0, 0.25 * separation):
+        return None
+    return xa > xb
 
 
 def _warn_orientations(orientations: Counter[str], oblique: Sequence[CaseFingerprint]) -> None:
@@ -459,7 +533,34 @@ def _fingerprint_case_file(
         seed=seed,
         ignore_label=ignore_label,
     )
+    fingerprint = replace(
+        fingerprint,
+        centroids_mm=_centroids_mm(labels, geometry, [int(v) for v in fingerprint.class_voxels]),
+        centre_mm=_triple_float(
+            geometry.index_to_physical([(a + b - 1) / 2 for a, b in fingerprint.crop_box])
+        ),
+    )
     return in_canonical_order(fingerprint, geometry.direction), sampled
+
+
+def _centroids_mm(
+    labels: TargetVolume, geometry: Geometry, values: Sequence[int]
+) -> dict[str, tuple[float, float, float]]:
+    """Label value (structure number) -> physical ``(z, y, x)`` centroid of its voxels, rounded to 0.1 mm."""
+    if not values:
+        return {}
+    if is_region_target(labels):
+        indices = [ndimage.center_of_mass(labels[v - 1] > 0) for v in values]
+    else:
+        indices = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, values)
+    return {
+        str(v): _triple_float(np.round(geometry.index_to_physical(index), 1))
+        for v, index in zip(values, indices, strict=True)
+    }
+
+
+def _triple_float(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 def in_canonical_order(fingerprint: CaseFingerprint, direction: Sequence[float]) -> CaseFingerprint:
@@ -526,6 +627,8 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
             overlaps={str(k): int(v) for k, v in c.get("overlaps", {}).items()},
             annotated=None if c.get("annotated") is None else tuple(int(v) for v in c["annotated"]),
             oblique_deg=None if c.get("oblique_deg") is None else float(c["oblique_deg"]),
+            centroids_mm={str(k): triple(v) for k, v in c.get("centroids_mm", {}).items()},
+            centre_mm=None if c.get("centre_mm") is None else triple(c["centre_mm"]),
         )
         for c in data["cases"]
     )
@@ -565,4 +668,5 @@ def _fingerprint_from_json(data: dict[str, Any]) -> Fingerprint:
         regions_class_order=tuple(int(v) for v in data.get("regions_class_order", [])),
         structure_types={str(k): str(v) for k, v in data.get("structure_types", {}).items()},
         ignore_label=None if data.get("ignore_label") is None else int(data["ignore_label"]),
+        mirror_pairs=tuple(MirrorPair(**pair) for pair in data.get("mirror_pairs", [])),
     )

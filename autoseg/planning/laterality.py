@@ -4,15 +4,18 @@ Mirroring an image along the patient's left-right axis turns a left lung into a 
 name says its side (TG-263 ``Lung_L``/``Lung_R``, or a common spelling: ``Left``/``Right``, ``Lt``/``Rt``,
 ``L_``/``R_`` prefixes, ``parotid left``, ``LungLeft``), the planner keeps training and test-time augmentation
 from mirroring that axis (:class:`autoseg.plans.MirroringPlan`), as TotalSegmentator trains without mirroring.
-Vertebra-like names (``L5``, ``T12``) are not sides: a side is a whole word.
+Vertebra-like names (``L5``, ``T12``) are not sides: a side is a whole word. Structures whatever their names
+that the fingerprint finds as mirror-image pairs (:func:`autoseg.fingerprint.find_mirror_pairs`: centroids
+mirrored across the patient's left-right axis, similar volumes) do the same.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from autoseg.dicom.names import LEFT_WORDS, RIGHT_WORDS
+from autoseg.fingerprint import MirrorPair
 from autoseg.plans import MirroringPlan
 
 SIDES = {**dict.fromkeys(LEFT_WORDS, "L"), **dict.fromkeys(RIGHT_WORDS, "R")}
@@ -49,24 +52,42 @@ def lateral_pairs(names: list[str]) -> list[tuple[str, str]]:
     return sorted((sides["L"], sides["R"]) for sides in by_base.values() if {"L", "R"} <= set(sides))
 
 
-def mirroring_plan(labels: Mapping[str, int]) -> tuple[MirroringPlan, str]:
+def mirroring_plan(
+    labels: Mapping[str, int], mirror_pairs: Sequence[MirrorPair] = ()
+) -> tuple[MirroringPlan, str]:
     """The mirroring a dataset allows, with the reason for ``plans.json``.
 
     Args:
         labels: structure name -> label value, background included (it never has a side).
+        mirror_pairs: structures the fingerprint found as mirror-image pairs
+            (:func:`autoseg.fingerprint.find_mirror_pairs`), whatever their names.
     """
     names = [name for name, value in labels.items() if value != 0]
     lateral = sorted(name for name in names if side_of(name) is not None)
-    if not lateral:
+    found_pairs = [p for p in mirror_pairs if p.left in names and p.right in names]
+    if not lateral and not found_pairs:
         return MirroringPlan(), (
-            "no structure name has a side (_L/_R, Left/Right, Lt/Rt, L_/R_): every axis mirrored, as nnU-Net"
+            "no structure name has a side (_L/_R, Left/Right, Lt/Rt, L_/R_) and the fingerprint found no "
+            "mirror-image pair: every axis mirrored, as nnU-Net"
         )
     pairs = lateral_pairs(names)
     paired = {name for pair in pairs for name in pair}
-    found = [f"{left}/{right}" for left, right in pairs] + [n for n in lateral if n not in paired]
+    reasons = []
+    if lateral:
+        sided = [f"{left}/{right}" for left, right in pairs] + [n for n in lateral if n not in paired]
+        reasons.append(f"structures with a side ({', '.join(sided)})")
+    if found_pairs:
+        listed = ", ".join(
+            f"{p.left}/{p.right} in {p.cases} of {p.both_present} case(s)" for p in found_pairs
+        )
+        reasons.append(
+            "mirror-image pairs found in the fingerprint (centroids mirrored across the patient's left-right "
+            f"axis, similar volumes: {listed}; the first lies on the patient's left)"
+        )
     why = (
-        f"structures with a side ({', '.join(found)}): no mirroring along the patient's left-right axis (per "
-        "image the array axis closest to patient x, from its direction), so the network can tell left from "
-        "right; the other axes are mirrored"
+        f"{'; '.join(reasons)}: no mirroring along the patient's left-right axis (per image the array axis "
+        "closest to patient x, from its direction), so the network can tell left from right; the other axes "
+        "are mirrored"
     )
-    return MirroringPlan(left_right=False, lateral_structures=tuple(lateral)), why
+    mirrored = {name for p in found_pairs for name in (p.left, p.right)}
+    return MirroringPlan(left_right=False, lateral_structures=tuple(sorted({*lateral, *mirrored}))), why

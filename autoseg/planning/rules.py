@@ -157,7 +157,7 @@ def make_plans(
     configurations["2d"] = _with_why(
         two_d, {"spacing_mm": "in-plane target spacing; slices along z", **common}
     )
-    mirroring, why_mirroring = mirroring_plan(fingerprint.labels)
+    mirroring, why_mirroring = mirroring_plan(fingerprint.labels, fingerprint.mirror_pairs)
     configurations = {
         name: replace(config, mirroring=mirroring, why={**config.why, "mirroring": why_mirroring})
         for name, config in configurations.items()
