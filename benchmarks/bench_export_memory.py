@@ -9,8 +9,9 @@ patch) at ``--spacing-mm`` (default 2 mm: the network grid's float32 accumulatio
 voxel, is 5.9 GB there; at 1.5 mm it would be 14 GB, see docs/benchmarks.md). Then runs ``autoseg predict``
 on each ``--shapes`` CT and reports wall seconds and the peak memory of the process tree (PSS, sampled every
 0.25 s). With ``--baseline SRC`` (a checkout of autoseg before 17.2, e.g. ``git worktree add /tmp/before
-8cae1f2~1``) the same command also runs on that code (``PYTHONPATH=SRC``) for the shapes in
-``--baseline-shapes`` (where the (K, Z, Y, X) float32 arrays fit), and the label maps are compared.
+8cae1f2~1``) the same command also runs on that code for the shapes in
+``--baseline-shapes`` (where the (K, Z, Y, X) float32 arrays fit; run from that folder first on
+``sys.path``), and the label maps are compared.
 
 ``labels`` resamples a 117-class ``--size``^3 label map (boxes of random size, 0.8 mm -> 1.2 mm, linear)
 both ways, each in its own process: seconds, peak memory, identical output.
@@ -105,11 +106,22 @@ def make_workdir(scratch: Path, spacing_mm: float) -> Path:
     return work
 
 
+def _autoseg(source: str | None) -> list[str]:
+    """The ``autoseg`` command, from ``source`` when given (first on ``sys.path``: ``python -m`` would put the
+    working folder, this checkout, first, and ``PYTHONPATH`` after it)."""
+    if source is None:
+        return [sys.executable, "-m", "autoseg"]
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {source!r}); runpy.run_module('autoseg', run_name='__main__')"
+    )
+    return [sys.executable, "-c", code]
+
+
 def predict(args: argparse.Namespace) -> dict[str, object]:
     """Each shape through ``autoseg predict --preset fast``: this code, and the baseline where asked."""
     work = make_workdir(args.scratch, args.spacing_mm)
     results: dict[str, object] = {"load_before": os.getloadavg()[0], "spacing_mm": args.spacing_mm}
-    for text in args.shapes + [s for s in args.baseline_shapes if s not in args.shapes]:
+    for text in [s for s in args.baseline_shapes if s not in args.shapes] + args.shapes:
         shape = tuple(int(n) for n in text.split("x"))
         assert len(shape) == 3
         inputs = args.scratch / f"in_{text}"
@@ -121,10 +133,9 @@ def predict(args: argparse.Namespace) -> dict[str, object]:
         for name, source in runs:
             out = args.scratch / f"out_{text}_{name}"
             shutil.rmtree(out, ignore_errors=True)
-            env = dict(os.environ) | ({"PYTHONPATH": source} if source else {})
-            command = [sys.executable, "-m", "autoseg", "predict", "-i", str(inputs), "-o", str(out)]
+            command = [*_autoseg(source), "predict", "-i", str(inputs), "-o", str(out)]
             command += ["-m", str(work), "--preset", "fast", "-q", "--device", "cpu"]
-            wall, peak = run_once(command, env=env)
+            wall, peak = run_once(command)
             results[f"{text} {name}"] = {"wall_s": round(wall, 1), "peak_tree_gib": round(peak / 1024, 2)}
             print(f"{text} {name}: {wall:.0f} s, peak {peak / 1024:.2f} GiB", flush=True)
             maps[name] = read_labels(out / "ct.nii.gz")[0]

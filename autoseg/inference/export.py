@@ -126,7 +126,7 @@ def restore_target(
         if stream is not None:
             stream.write(score)
         better = score > best  # strictly: a tie stays with the lower class, as argmax
-        labels[better] = index
+        np.putmask(labels, better, index)
         np.maximum(best, score, out=best)
         del score, better
     return RestoredTarget(labels, best, {})
