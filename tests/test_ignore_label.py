@@ -1,5 +1,6 @@
-"""nnU-Net's ignore label: read from dataset.json (its rules), carried fingerprint -> plans -> training, left out of
-the loss, foreground sampling, validation and evaluation, never predicted (``docs/dicom.md``, "The ignore label")."""
+"""nnU-Net's ignore label: read from dataset.json (its rules), carried fingerprint -> plans -> training, left
+out of the loss, foreground sampling, validation and evaluation, never predicted (``docs/dicom.md``, "The
+ignore label")."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def test_the_ignore_label_is_read_and_is_not_a_class(tmp_path: Path, rng: np.ran
         ({"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}, "region-based labels is not supported"),
     ],
 )
-def test_the_ignore_label_rules(tmp_path: Path, rng: np.random.Generator, labels: dict, message: str) -> None:
+def test_the_ignore_label_rules(
+    tmp_path: Path, rng: np.random.Generator, labels: dict[str, object], message: str
+) -> None:
     root = _ignored_dataset(tmp_path / "Dataset011_Bad", rng, labels)
     assert any(message in line for line in _problems(root)), _problems(root)
 
@@ -119,7 +122,8 @@ def test_ignore_label_plan_train_predict(tmp_path: Path, rng: np.random.Generato
     saved = json.loads((workdir / "plans.json").read_text())
     assert saved["target"]["ignore_label"] == 3
     fingerprint = json.loads((workdir / "fingerprint.json").read_text())
-    assert fingerprint["ignore_label"] == 3 and all("3" not in c["class_voxels"] for c in fingerprint["cases"])
+    assert fingerprint["ignore_label"] == 3
+    assert all("3" not in case["class_voxels"] for case in fingerprint["cases"])
     stored = load_case(work.data_dir("3d_fullres"), "case_000")
     assert stored.labels is not None and 3 in stored.labels  # kept in the store, masked in the loss
     result = train_fold(workdir, tiny_train_config(), show_progress=False)

@@ -34,7 +34,11 @@ from autoseg.errors import StructureNameError, UsageError
         ("Cord", "SpinalCord"),
         ("Oesophagus", "Esophagus"),
         ("BODY", "External"),
-        ("Bowel_Bag", "Bag_Bowel"),
+        ("Bowel_Bag", "Spc_Bowel"),
+        ("Submand_Glnd_L", "Glnd_Submand_L"),
+        ("Hypothalamus", "Hypothalmus"),  # TG-263's spelling
+        ("Glottic Larynx", "Glottis"),
+        ("Testes", "Testis"),
         ("Rt Femoral Head", "Femur_Head_R"),
         ("Optic Nerve Right", "OpticNrv_R"),
         ("Heart1", "Heart"),
