@@ -276,6 +276,89 @@ def test_the_memory_estimate_grows_with_the_case_and_refuses_over_the_limit() ->
         check_case_memory(case, header, [(2.0, 1.0, 1.0)], 3, one - 1)
 
 
+def test_the_device_memory_estimate_reads_cuda_and_refuses_over_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On CUDA the case's device memory (image, windows through the network, accumulation when forced on
+    the device) is checked against torch.cuda.mem_get_info plus the allocator's unused cache (monkeypatched:
+    no GPU needed); a CPU device is not checked."""
+    import torch
+
+    from autoseg.inference.inputs import (
+        check_device_memory,
+        device_free_bytes,
+        estimate_device_bytes,
+        window_activation_bytes,
+    )
+    from autoseg.plans import (
+        ChannelNormalization,
+        ConfigurationPlan,
+        NetworkPlan,
+        ResamplingPlan,
+        TrainingSchedule,
+    )
+
+    assert device_free_bytes("cpu") is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 512 * 2**20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 128 * 2**20)
+    assert device_free_bytes("cuda:0") == 2**30 + 384 * 2**20
+    network = NetworkPlan("plain", 3, (32, 64), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
+    plan = ConfigurationPlan(
+        3,
+        (1.0, 1.0, 1.0),
+        (1.0, 1.0, 1.0),
+        (64, 64, 64),
+        2,
+        network,
+        (ChannelNormalization("zscore"),),
+        ResamplingPlan(3, 1, None, 0, 0),
+        True,
+        TrainingSchedule(),
+        0.1,
+    )
+    activations = window_activation_bytes(plan, 3, 1)
+    assert activations == 4 * (32 * 64**3 + 64 * 32**3 + 4 * 32 * 64**3 + 7 * 64**3)
+    shape = (1, 200, 300, 300)
+    one = estimate_device_bytes([shape], [plan], 3)
+    assert one == 4 * 200 * 300 * 300 + activations
+    assert estimate_device_bytes([shape], [plan], 3, windows_per_batch=4) == one + 3 * activations
+    assert estimate_device_bytes([shape], [plan], 3, accumulate_on_device=True) == one + 16 * 200 * 300**2
+    case = InputCase("c", (Path("c_0000.nii.gz"),))
+    check_device_memory(case, one, "cuda:0", one)  # fits exactly
+    check_device_memory(case, 10**15, "cpu", None)  # not a CUDA device: not checked
+    with pytest.raises(MemoryLimitError, match=r"c_0000.nii.gz: would need about .* of GPU memory on cuda:0"):
+        check_device_memory(case, one, "cuda:0", one - 1)
+
+
+def test_a_case_over_the_device_memory_is_skipped_and_the_others_go_on(
+    trained_workdir: Path,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict checks each case's device estimate in the predicting thread before its windows run (here
+    the device's free memory is faked: the first case 'does not fit')."""
+    from autoseg.inference import stage
+
+    for name in ("first", "second"):
+        image, _, geometry = tiny_case(rng)
+        write_image(_with_air(image[0]), geometry, tmp_path / "in" / f"{name}_0000.nii.gz")
+    calls: list[str] = []
+
+    def free_bytes(device: str) -> int:
+        calls.append(device)
+        return 1000 if len(calls) == 1 else 2**50
+
+    monkeypatch.setattr(stage, "device_free_bytes", free_bytes)
+    assert _predict(tmp_path / "in", tmp_path / "out", trained_workdir) == 1
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert "first_0000.nii.gz: would need about" in err and "of GPU memory on cpu to predict" in err
+    assert len(calls) == 2 and [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["second.nii.gz"]
+
+
 def test_a_dicom_series_is_sized_from_its_instances_before_reading() -> None:
     from types import SimpleNamespace
 

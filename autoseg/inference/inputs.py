@@ -19,6 +19,7 @@ import numpy as np
 
 from autoseg.errors import MemoryLimitError, PredictInputError
 from autoseg.io import SUPPORTED_ENDINGS, Geometry, read_header, read_image, split_ending
+from autoseg.plans import ConfigurationPlan
 from autoseg.types import FloatVolume
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -277,6 +278,79 @@ def check_case_memory(
             f"{format_bytes(available)} is available. Crop or downsample the image, or use a larger machine"
         )
     return need
+
+
+def window_activation_bytes(plan: ConfigurationPlan, num_outputs: int, channels: int) -> int:
+    """float32 activations of one window through the plan's U-Net, bytes (a bound, measured nowhere): the
+    encoder's output of every stage, kept for the skip connections, four maps of the largest stage at once
+    (a convolution's input and output, the normalisation, the decoder's concatenation), and the input and
+    ``K`` logits with their softmax at full resolution."""
+    voxels = float(math.prod(plan.patch_size))
+    maps, stage_voxels = [], voxels
+    for features, strides in zip(plan.network.features_per_stage, plan.network.strides, strict=True):
+        stage_voxels /= math.prod(strides)
+        maps.append(features * stage_voxels)
+    return math.ceil(4 * (sum(maps) + 4 * max(maps) + (channels + 2 * num_outputs) * voxels))
+
+
+def estimate_device_bytes(
+    image_shapes: Sequence[Sequence[int]],
+    plans: Sequence[ConfigurationPlan],
+    num_outputs: int,
+    *,
+    windows_per_batch: int = 1,
+    accumulate_on_device: bool = False,
+) -> int:
+    """Peak CUDA memory of predicting one preprocessed case, bytes, beyond the networks' weights (loaded
+    before, so no longer free): per configuration (they run one after another; the largest counts) the
+    ``(C, Z, Y, X)`` image moved whole to the device, ``windows_per_batch`` windows through the network
+    (:func:`window_activation_bytes`), and with ``accumulate_on_device`` the blended ``(K, Z, Y, X)``
+    outputs and their weight map (``accumulate auto`` puts them on the CPU when they do not fit).
+
+    Args:
+        image_shapes: each configuration's preprocessed image shape, ``(C, Z, Y, X)``.
+    """
+    peak = 0
+    for shape, plan in zip(image_shapes, plans, strict=True):
+        channels, voxels = int(shape[0]), math.prod(int(n) for n in shape[1:])
+        total = 4 * channels * voxels
+        total += windows_per_batch * window_activation_bytes(plan, num_outputs, channels)
+        if accumulate_on_device:
+            total += 4 * (num_outputs + 1) * voxels
+        peak = max(peak, total)
+    return peak
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Memory a CUDA ``device`` can still give this process, bytes: ``torch.cuda.mem_get_info``'s free memory
+    plus what PyTorch's caching allocator holds but does not use; ``None`` for a CPU device."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    handle = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(handle)
+    cached = torch.cuda.memory_reserved(handle) - torch.cuda.memory_allocated(handle)
+    return int(free) + max(0, int(cached))
+
+
+def check_device_memory(
+    case: InputCase, need: int, device: str, free: int | None, *, windows_per_batch: int = 1
+) -> None:
+    """Refuse a case whose estimated device memory (:func:`estimate_device_bytes`) exceeds ``free`` bytes
+    (``None``: not a CUDA device, nothing checked), before any of its windows runs.
+
+    Raises:
+        MemoryLimitError: naming the case's file, the memory it would need on ``device`` and what is free.
+    """
+    if free is None or need <= free:
+        return
+    where = case.files[0] if case.files else case.series.summary()
+    raise MemoryLimitError(
+        f"{where}: would need about {format_bytes(need)} of GPU memory on {device} to predict (the "
+        f"preprocessed image and {windows_per_batch} window(s) at a time through the network); "
+        f"{format_bytes(free)} is free there. Use --device cpu, free the GPU, or use one with more memory"
+    )
 
 
 def format_bytes(count: float) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, FlaggedCasesError, PredictInputError, UsageError
+from autoseg.errors import AutosegError, FlaggedCasesError, MemoryLimitError, PredictInputError, UsageError
 from autoseg.inference.cascade import cascade_input
 from autoseg.inference.ensemble import Activation, InferenceSettings, predict_probabilities, resolve_precision
 from autoseg.inference.export import MemberPredictions
@@ -33,6 +33,9 @@ from autoseg.inference.inputs import (
     InputCase,
     available_memory_bytes,
     check_case_memory,
+    check_device_memory,
+    device_free_bytes,
+    estimate_device_bytes,
     find_input_cases,
     format_bytes,
     read_case_header,
@@ -498,7 +501,12 @@ def _predict_all(
                 continue
             started = time.perf_counter()
             try:
+                _check_device_memory(ensemble, prepared)
                 predicted = _predict_members(ensemble, prepared)
+            except MemoryLimitError as error:
+                failures.append(f"{prepared.case.identifier}: {error.message}")
+                bar.update()
+                continue
             except (MemoryError, torch.OutOfMemoryError):
                 failures.append(f"{prepared.case.identifier}: {_OUT_OF_MEMORY} while predicting")
                 bar.update()
@@ -513,6 +521,31 @@ def _predict_all(
             _collect(*pending, outputs, failures)
     bar.close()
     return outputs, failures
+
+
+def _check_device_memory(ensemble: Ensemble, prepared: PreparedCase) -> None:
+    """On a CUDA device, refuse the case before its windows run when its estimated device memory
+    (:func:`~autoseg.inference.inputs.estimate_device_bytes`) exceeds what the device has free; checked here,
+    in the predicting thread, once the previous case has left the device.
+
+    Raises:
+        MemoryLimitError: naming the case's file, the memory it needs and what is free.
+    """
+    settings = ensemble.members[0].settings
+    free = device_free_bytes(settings.device)
+    if free is None:
+        return
+    need = estimate_device_bytes(
+        [image.shape for image in prepared.images],
+        [member.plan for member in ensemble.members],
+        ensemble.num_outputs,
+        windows_per_batch=settings.windows_per_batch,
+        accumulate_on_device=settings.accumulate == "device",
+    )
+    logger.debug("%s: about %s of %s at peak", prepared.case.identifier, format_bytes(need), settings.device)
+    check_device_memory(
+        prepared.case, need, settings.device, free, windows_per_batch=settings.windows_per_batch
+    )
 
 
 _OUT_OF_MEMORY = "ran out of memory (the estimate before reading was too low: report it)"
