@@ -5,7 +5,10 @@ Reads a model (a work directory's ``plans.json``, ``trained/<configuration>/fold
 DICOM series); writes per case the label map and the requested outputs (DICOM SEG, RTSTRUCT, probabilities,
 instances, report) and ``predict.json``. Modules: ``inputs`` (find and read cases), ``sliding_window``
 (Gaussian-weighted windows), ``ensemble`` (folds x mirrors, probabilities -> labels), ``model_file`` (work
-directory or zip, weights only), ``outputs`` (every output format), ``stage`` (:func:`run_predict`).
+directory or zip, weights only; an ensemble of configurations per file), ``model_layout`` (what a model file's
+manifest says it holds), ``model_archive`` (the verified zip container), ``onnx_runtime`` (ONNX export, and
+ONNX graphs run by onnxruntime as networks), ``outputs`` (every output format), ``stage``
+(:func:`run_predict`).
 """
 
 from __future__ import annotations
