@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from autoseg.planning import (
     Architecture,
@@ -12,10 +13,10 @@ from autoseg.planning import (
     TimeBudget,
     format_duration,
     make_plans,
-    measure_conv_throughput,
     parse_duration,
     register,
 )
+from autoseg.planning.time_model import TimeModel, measure_time_model
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,14 @@ median image); otherwise a narrower network buys a larger patch."""
 
 @register("cpu")
 class CpuPlanner:
-    """Plain U-Net sized so that training fits --time-budget on this CPU (measured convolution throughput)."""
+    """Plain U-Net sized so that training fits --time-budget on this CPU (a time model of timed networks).
+
+    Args:
+        cpu_gflops: plan with this fixed throughput (+ 0.05 s per iteration) instead of timing this CPU.
+        time_model: a recorded :class:`TimeModel` (its ``to_json()``), e.g. the previous plan's, instead of
+            timing this CPU.
+        precision: the training arithmetic to time (``auto``: as ``autoseg train`` resolves it).
+    """
 
     def __init__(
         self,
@@ -37,19 +45,34 @@ class CpuPlanner:
         cpu_gflops: float | None = None,
         ram_gb: float = 8.0,
         minimum_iterations: int = 4000,
+        time_model: dict[str, Any] | None = None,
+        precision: str = "auto",
     ) -> None:
         self.seconds = parse_duration(time_budget) if isinstance(time_budget, str) else float(time_budget)
         self.cpu_gflops = cpu_gflops
         self.ram_gb = ram_gb
         self.minimum_iterations = minimum_iterations
+        self.time_model = time_model
+        self.precision = precision
+
+    def _model(self) -> tuple[TimeModel, dict[str, Any]]:
+        """The time model and how to record it in ``planner_options``."""
+        if self.cpu_gflops is not None:
+            return TimeModel.from_throughput(self.cpu_gflops), {"cpu_gflops": self.cpu_gflops}
+        model = (
+            TimeModel.from_json(self.time_model)
+            if self.time_model is not None
+            else measure_time_model(precision=self.precision)
+        )
+        return model, {"time_model": model.to_json()}
 
     def plan(self, fingerprint: Fingerprint) -> Plans:
         """Plan every configuration, trying widths 32, 24, 16 until the patch keeps enough context."""
-        gflops = self.cpu_gflops if self.cpu_gflops is not None else round(measure_conv_throughput(), 2)
-        budget = TimeBudget(self.seconds, gflops, self.ram_gb, self.minimum_iterations)
+        model, recorded = self._model()
+        budget = TimeBudget(self.seconds, model, self.ram_gb, self.minimum_iterations)
         options = {
             "time_budget_s": self.seconds,
-            "cpu_gflops": gflops,
+            **recorded,
             "ram_gb": self.ram_gb,
             "minimum_iterations": self.minimum_iterations,
         }
@@ -71,7 +94,7 @@ class CpuPlanner:
             )
         assert plans is not None
         plans.why["cpu"] = (
-            f"time budget {format_duration(self.seconds)} at a measured {gflops:g} GFLOP/s: "
+            f"time budget {format_duration(self.seconds)} with the time model {model.describe()}: "
             f"base width {plans.configurations[name].network.features_per_stage[0]} is the "
             f"widest of {WIDTHS} whose patch covers >= {100 * MIN_PATCH_COVERAGE:.0f}% of the "
             "median image (or the narrowest)"

@@ -1,9 +1,9 @@
 """What a configuration must fit: GPU memory (nnU-Net's way) or, on a CPU, a training-time budget.
 
 :class:`MemoryBudget` sizes a configuration so the estimated training memory (:mod:`autoseg.planning.cost`)
-fits the GPU. :class:`TimeBudget` sizes it so the default schedule fits a wall-clock budget, from the measured
-convolution throughput of this machine (:func:`measure_conv_throughput`) and the configuration's convolution
-work.
+fits the GPU. :class:`TimeBudget` sizes it so the default schedule fits a wall-clock budget, from this
+machine's time model (:mod:`autoseg.planning.time_model`, fitted on timed calibration networks) and the
+configuration's convolution work and activations.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from autoseg.errors import UsageError
 from autoseg.planning.cost import estimate_training_memory, training_gflops
+from autoseg.planning.time_model import TimeModel, training_melements
 from autoseg.plans import NetworkPlan, TrainingSchedule
 
 logger = logging.getLogger(__name__)
@@ -81,32 +83,35 @@ class MemoryBudget:
 class TimeBudget:
     """Fit ``minimum_iterations`` training iterations into ``seconds`` on this CPU (and the batch into RAM).
 
-    Seconds per iteration = convolution work / measured throughput + a fixed per-iteration overhead (data
-    augmentation, optimiser step, Python), both recorded in the plan.
+    Seconds per iteration come from ``model`` (:class:`autoseg.planning.time_model.TimeModel`: a fixed
+    overhead, a term per GFLOP of convolution work and one per million kept activations), recorded in the
+    plan.
     """
 
     seconds: float
-    gflops_per_second: float
+    model: TimeModel
     memory_gb: float = 8.0
     minimum_iterations: int = 4000
     iterations_per_epoch: int = 100
-    overhead_seconds: float = 0.05
     device: Literal["cpu", "cuda"] = "cpu"
 
     def seconds_per_iteration(
         self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
     ) -> float:
         """Estimated wall time of one training iteration on this machine."""
-        work = training_gflops(net, patch, batch, in_channels, num_classes)
-        return work / self.gflops_per_second + self.overhead_seconds
+        return self.model.seconds(
+            training_gflops(net, patch, batch, in_channels, num_classes),
+            training_melements(net, patch, batch, in_channels, num_classes),
+        )
 
     def largest_batch(
         self, net: NetworkPlan, patch: Sequence[int], in_channels: int, num_classes: int
     ) -> int:
         """Samples per batch such that ``minimum_iterations`` fit the time budget and the batch fits RAM."""
-        per_iteration = self.seconds / self.minimum_iterations - self.overhead_seconds
-        per_sample = training_gflops(net, patch, 1, in_channels, num_classes) / self.gflops_per_second
-        by_time = int(per_iteration // per_sample) if per_iteration > 0 else 0
+        per_iteration = self.seconds / self.minimum_iterations - self.model.overhead_s
+        one = self.seconds_per_iteration(net, patch, 1, in_channels, num_classes)
+        per_sample = one - self.model.overhead_s
+        by_time = int(per_iteration // per_sample) if per_iteration > 0 and per_sample > 0 else 0
         by_memory = MemoryBudget(self.memory_gb, "cpu", 0.8).largest_batch(
             net, patch, in_channels, num_classes
         )
@@ -119,11 +124,12 @@ class TimeBudget:
         memory = estimate_training_memory(net, patch, batch, in_channels, num_classes).total / GIB
         seconds = self.seconds_per_iteration(net, patch, batch, in_channels, num_classes)
         work = training_gflops(net, patch, batch, in_channels, num_classes)
+        elements = training_melements(net, patch, batch, in_channels, num_classes)
         return memory, (
-            f"estimated {seconds:.2f} s per iteration ({work:.1f} "
-            f"GFLOP at a measured {self.gflops_per_second:.1f} GFLOP/s + {self.overhead_seconds:g} s "
-            f"overhead): {int(self.seconds // seconds)} iterations in the {format_duration(self.seconds)} "
-            f"budget (at least {self.minimum_iterations} wanted); {memory:.2f} GB of RAM"
+            f"estimated {seconds:.2f} s per iteration ({work:.1f} GFLOP, {elements:.0f} million kept "
+            f"activations; time model {self.model.describe()}): {int(self.seconds // seconds)} iterations "
+            f"in the {format_duration(self.seconds)} budget (at least {self.minimum_iterations} wanted); "
+            f"{memory:.2f} GB of RAM"
         )
 
     def schedule(
@@ -166,16 +172,16 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 1, *patch)
     times = []
-    busy_before, own_before, wall_before = machine_busy_seconds(), time.process_time(), time.perf_counter()
-    for step in range(repeats + 1):
-        start = time.perf_counter()
-        outputs = model(x)
-        loss = sum(o.float().logsumexp(1).mean() for o in outputs)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step:
-            times.append(time.perf_counter() - start)
+    with warn_when_busy("the throughput"):
+        for step in range(repeats + 1):
+            start = time.perf_counter()
+            outputs = model(x)
+            loss = sum(o.float().logsumexp(1).mean() for o in outputs)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step:
+                times.append(time.perf_counter() - start)
     throughput = training_gflops(net, patch, batch, 1, classes) / float(sorted(times)[len(times) // 2])
     logger.info(
         "measured training throughput: %.1f GFLOP/s (median of %d steps, %d threads)",
@@ -183,20 +189,28 @@ def measure_conv_throughput(*, repeats: int = 5) -> float:
         repeats,
         torch.get_num_threads(),
     )
-    busy_after = machine_busy_seconds()
-    if busy_before is not None and busy_after is not None:
-        own = time.process_time() - own_before
-        others = max(busy_after - busy_before - own, 0.0) / max(time.perf_counter() - wall_before, 1e-6)
-        if others > BUSY_WARNING_CORES:
-            logger.warning(
-                "other processes used %.1f of %d cores while the throughput was measured: the plan is sized "
-                "for a machine that stays this busy. Plan again on a quiet machine, or pass --cpu-gflops "
-                "(this measurement: %.0f)",
-                others,
-                os.cpu_count() or 1,
-                throughput,
-            )
     return throughput
+
+
+@contextmanager
+def warn_when_busy(what: str) -> Iterator[None]:
+    """Around a timing: warn, naming ``--cpu-gflops``, when other processes (or the hypervisor, as steal
+    time) took more than ``BUSY_WARNING_CORES`` meanwhile (``/proc/stat``; silent where it is missing)."""
+    busy_before, own_before, wall_before = machine_busy_seconds(), time.process_time(), time.perf_counter()
+    yield
+    busy_after = machine_busy_seconds()
+    if busy_before is None or busy_after is None:
+        return
+    own = time.process_time() - own_before
+    others = max(busy_after - busy_before - own, 0.0) / max(time.perf_counter() - wall_before, 1e-6)
+    if others > BUSY_WARNING_CORES:
+        logger.warning(
+            "other processes used %.1f of %d cores while %s was measured: the plan is sized for a machine "
+            "that stays this busy. Plan again on a quiet machine, or pass --cpu-gflops",
+            others,
+            os.cpu_count() or 1,
+            what,
+        )
 
 
 BUSY_WARNING_CORES = 0.5

@@ -44,14 +44,7 @@ def planner_kwargs(options: PlanOptions, planner: str, device: str, workdir: Pat
         kwargs["cpu_gflops"] = options.cpu_gflops
     if planner == "cpu":
         if options.cpu_gflops is None:
-            previous = _previous_throughput(Workdir(workdir))
-            if previous is not None:
-                logger.info(
-                    "reusing the convolution throughput measured for the previous plan (%.1f GFLOP/s); "
-                    "pass --cpu-gflops to override",
-                    previous,
-                )
-                kwargs["cpu_gflops"] = previous
+            kwargs.update(_previous_time_model(Workdir(workdir)))
     else:
         kwargs["device"] = device
     return kwargs
@@ -93,12 +86,25 @@ def run_plan(workdir: Path, options: PlanOptions) -> Path:
     return path
 
 
-def _previous_throughput(work: Workdir) -> float | None:
+def _previous_time_model(work: Workdir) -> dict[str, Any]:
+    """The previous cpu plan's time model (or fixed throughput) as planner kwargs; empty if there is none."""
     if not work.has_plans():
-        return None
+        return {}
     try:
         previous = work.read_plans()
     except PlansError:
-        return None
-    value = previous.planner_options.get("cpu_gflops")
-    return float(value) if previous.planner == "cpu" and isinstance(value, (int, float)) else None
+        return {}
+    if previous.planner != "cpu":
+        return {}
+    model, gflops = previous.planner_options.get("time_model"), previous.planner_options.get("cpu_gflops")
+    if isinstance(model, dict):
+        logger.info("reusing the time model measured for the previous plan; pass --cpu-gflops to override")
+        return {"time_model": model}
+    if isinstance(gflops, (int, float)):
+        logger.info(
+            "reusing the convolution throughput of the previous plan (%.1f GFLOP/s); pass --cpu-gflops "
+            "to override",
+            gflops,
+        )
+        return {"cpu_gflops": float(gflops)}
+    return {}
