@@ -31,6 +31,10 @@ _MR_MEANS = (
     (0, 800, 350, 150, 620, 520, 700, 720, 560),
 )
 _BODY_WOBBLE, _ORGAN_WOBBLE = 0.1, 0.2  # relative radius perturbation of the body and of organs
+EASY_LESION_SCALE = 1.4
+"""``difficulty="easy"``: the lesion's radii relative to the standard draw."""
+EASY_LESION_HU, EASY_ADJACENT_HU = -70.0, 60.0
+"""``difficulty="easy"``: lesion and touching organ relative to the organ (CT, HU)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,10 @@ class _Blob:
 
 
 def make_anatomy(
-    grid: Grid, classes: int, with_lesion: bool, rng: np.random.Generator
+    grid: Grid, classes: int, with_lesion: bool, rng: np.random.Generator, *, easy: bool = False
 ) -> tuple[LabelVolume, npt.NDArray[np.uint8], BoolVolume]:
-    """Paint body, spine and classes: labels and tissue ids (both (Z, Y, X) uint8), body mask."""
+    """Paint body, spine and classes: labels and tissue ids (both (Z, Y, X) uint8), body mask; ``easy``
+    makes the lesion :data:`EASY_LESION_SCALE` times larger (same random draws)."""
     extent = grid.spacing * np.asarray(grid.shape)
     body_blob = _Blob((extent - grid.spacing) / 2, extent * [0.47, 0.38, 0.45], np.eye(3), _BODY_WOBBLE)
     ratio = _blob_ratio(body_blob, grid, tuple(slice(0, n) for n in grid.shape), (6, 6, 6), rng)
@@ -69,7 +74,7 @@ def make_anatomy(
     del ratio
     tissue[_spine(grid, body_blob, rng) & (tissue == _SOFT)] = _BONE
     labels = np.zeros(grid.shape, np.uint8)
-    organ = _paint_organs(labels, grid, body_blob, classes, with_lesion, rng)
+    organ = _paint_organs(labels, grid, body_blob, classes, with_lesion, rng, easy)
     for label in range(4, classes + 1):
         size = 1.2 * grid.spacing.max() if label == 4 else organ.radii.mean() * rng.uniform(0.4, 0.55, 3)
         _paint_free(labels, body, grid, body_blob, label, np.broadcast_to(size, (3,)), rng)
@@ -80,7 +85,13 @@ def make_anatomy(
 
 
 def _paint_organs(
-    labels: LabelVolume, grid: Grid, body: _Blob, classes: int, with_lesion: bool, rng: np.random.Generator
+    labels: LabelVolume,
+    grid: Grid,
+    body: _Blob,
+    classes: int,
+    with_lesion: bool,
+    rng: np.random.Generator,
+    easy: bool = False,
 ) -> _Blob:
     """Paint class 1, class 3 touching it and class 2 nested in it; return the class-1 blob."""
     size = min(body.radii[1], body.radii[2]) * 0.5
@@ -105,7 +116,9 @@ def _paint_organs(
         _paint_touching(labels, grid, body, organ, adjacent, direction / np.linalg.norm(direction), seed)
     lesion = _Blob(
         organ.center + organ.radii * rng.uniform(-0.25, 0.25, 3),
-        np.maximum(organ.radii * rng.uniform(0.3, 0.5, 3), grid.spacing),
+        np.maximum(
+            organ.radii * rng.uniform(0.3, 0.5, 3) * (EASY_LESION_SCALE if easy else 1.0), grid.spacing
+        ),
         _rotation(rng, math.pi),
         _ORGAN_WOBBLE,
     )
@@ -263,9 +276,15 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], nodes: tuple
 
 
 def render_ct(
-    tissue: npt.NDArray[np.uint8], body: BoolVolume, channels: int, rng: np.random.Generator
+    tissue: npt.NDArray[np.uint8],
+    body: BoolVolume,
+    channels: int,
+    rng: np.random.Generator,
+    *,
+    easy: bool = False,
 ) -> FloatVolume:
-    """CT channels (C, Z, Y, X) float32 in HU: tissue means, texture, partial-volume blur, noise."""
+    """CT channels (C, Z, Y, X) float32 in HU: tissue means, texture, partial-volume blur, noise; ``easy``:
+    fixed high lesion and neighbour contrasts and half the noise (same random draws)."""
     native = np.array((*_CT_BASE, rng.uniform(50, 65)) + (0.0,) * 7)
     native[1:4] += rng.uniform([-15, -10, -200], [15, 10, 200])
     native[5] = native[4] + rng.uniform(25, 45) * (-1 if rng.random() < 0.75 else 1)  # lesion vs organ
@@ -276,6 +295,10 @@ def render_ct(
     texture *= body
     texture *= np.float32(8.0)  # +-8 HU of slow tissue inhomogeneity
     sigma = np.float32(rng.uniform(10.0, 20.0))
+    if easy:
+        native[5] = native[4] + EASY_LESION_HU
+        native[6] = native[4] + EASY_ADJACENT_HU
+        sigma *= np.float32(0.5)
     image = np.empty((channels, *tissue.shape), np.float32)
     for channel in range(channels):
         values = (native + (shifts[channel - 1] if channel else 0.0)).astype(np.float32)[tissue]
