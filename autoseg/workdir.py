@@ -36,7 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
     from autoseg.report.structures import TrainingReference
 
 CHECKPOINTS = ("final", "best", "latest")
+logger = logging.getLogger(__name__)
+
 LOCK_FILE = ".autoseg.lock"
 DemoFolder = Literal["raw", "heldout", "heldout_dicom", "predictions", "predictions_dicom", "evaluation"]
 Split = dict[str, list[str]]
@@ -438,7 +443,12 @@ class Workdir:
 # ---------------------------------------------------------------------- one writer per folder
 @contextlib.contextmanager
 def folder_lock(
-    folder: Path, activity: str, *, shared: bool = False, name: str = LOCK_FILE
+    folder: Path,
+    activity: str,
+    *,
+    shared: bool = False,
+    name: str = LOCK_FILE,
+    remove_temporaries: bool = False,
 ) -> Iterator[None]:
     """Hold ``folder``'s lock (``folder/.autoseg.lock``, made with the folder if needed) while the block runs.
 
@@ -448,7 +458,9 @@ def folder_lock(
 
     ``shared``: several holders at once (the shards of ``predict --shard``, each also holding its own
     ``name``), none beside an exclusive holder (a plain ``predict``); the last shared holder to leave
-    removes the file. ``name``: another lock file in ``folder`` (a shard's own).
+    removes the file. ``name``: another lock file in ``folder`` (a shard's own). ``remove_temporaries``
+    (an exclusive holder only): once the lock is held, delete the temporaries a killed run left in the
+    folder's tree (:func:`remove_stale_temporaries`); no other autoseg process can be writing there then.
 
     Raises:
         FolderInUseError: another process holds the lock (the message names the folder and its pid).
@@ -464,11 +476,46 @@ def folder_lock(
         if not shared:
             os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"pid {os.getpid()}: {activity}\n".encode(), 0)
+        if remove_temporaries and not shared:
+            remove_stale_temporaries(folder)
         yield
     finally:
         if not shared or _is_last_holder(descriptor):
             path.unlink(missing_ok=True)  # before the unlock: a waiter that opened this file retries anew
         os.close(descriptor)
+
+
+TEMPORARY_NAME = re.compile(
+    r"\.(?:.+\.[a-z0-9_]{8}\.tmp|autoseg-partial-[a-z0-9_]{8}|.+\.(?:partial|stale)-[a-z0-9_]{8})"
+)
+"""The hidden folders of :mod:`autoseg.io`'s atomic writers (``tempfile.mkdtemp``'s 8 random characters):
+``.<name>.<random>.tmp`` (``atomic_target``), ``.autoseg-partial-<random>`` (``atomic_files``),
+``.<name>.partial-<random>`` and ``.<name>.stale-<random>`` (``atomic_folder``)."""
+
+
+def remove_stale_temporaries(folder: Path, *, depth: int = 2) -> list[Path]:
+    """Delete the temporaries that runs killed with ``kill -9`` left in ``folder`` and its plain subfolders
+    down to ``depth`` levels (autoseg writes at most two deep: ``labelsTr/``, ``validation/``): only folders
+    whose names match :data:`TEMPORARY_NAME` (nothing else hidden, no file, no symbolic link). Call it only
+    while holding ``folder``'s lock (:func:`folder_lock` with ``remove_temporaries``): a live writer's
+    temporary must not go.
+
+    Returns:
+        The folders removed (each logged).
+    """
+    removed: list[Path] = []
+    if not folder.is_dir() or folder.is_symlink():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if TEMPORARY_NAME.fullmatch(entry.name):
+            logger.info("removing %s, left by an interrupted run", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif depth > 0 and not entry.name.startswith("."):
+            removed += remove_stale_temporaries(entry, depth=depth - 1)
+    return removed
 
 
 def _is_last_holder(descriptor: int) -> bool:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from faults import (
 
 from autoseg.cli.main import main
 from autoseg.errors import FolderInUseError, WorkdirError
-from autoseg.workdir import LOCK_FILE, folder_lock
+from autoseg.workdir import LOCK_FILE, folder_lock, remove_stale_temporaries
 
 FAST_SEEDS = (0, 1)
 SLOW_SEEDS = (2, 3, 4, 5)
@@ -146,6 +147,86 @@ def test_folder_lock_refuses_a_second_holder_and_survives_kill_minus_9(tmp_path:
     with folder_lock(folder, "predict"):  # ... but the lock is not: it is taken over
         assert f"pid {os.getpid()}" in (folder / LOCK_FILE).read_text()
     assert not (folder / LOCK_FILE).exists()  # removed on release
+
+
+def _plant_temporaries(folder: Path) -> list[Path]:
+    """Temporaries as a killed autoseg leaves them, made by the same calls autoseg's atomic writers use."""
+    sub = folder / "labelsTr"
+    sub.mkdir(parents=True, exist_ok=True)
+    planted = [
+        Path(tempfile.mkdtemp(prefix=".case_000.nii.gz.", suffix=".tmp", dir=folder)),  # atomic_target
+        Path(tempfile.mkdtemp(prefix=".autoseg-partial-", dir=folder)),  # atomic_files
+        Path(tempfile.mkdtemp(prefix=".case_001.partial-", dir=folder)),  # atomic_folder
+        Path(tempfile.mkdtemp(prefix=".case_001.stale-", dir=folder)),
+        Path(tempfile.mkdtemp(prefix=".case_002.nii.gz.", suffix=".tmp", dir=sub)),
+    ]
+    (planted[0] / "case_000.nii.gz").write_bytes(b"half a file")
+    return planted
+
+
+def test_stale_temporaries_are_removed_by_their_names_only(tmp_path: Path) -> None:
+    """Only autoseg's own temporary names, only folders, two levels deep, no link followed, nothing under a
+    hidden folder; everything else hidden stays."""
+    planted = _plant_temporaries(tmp_path)
+    deep = Path(tempfile.mkdtemp(prefix=".x.nii.gz.", suffix=".tmp", dir=_made(tmp_path / "a" / "b")))
+    too_deep = Path(tempfile.mkdtemp(prefix=".x.nii.gz.", suffix=".tmp", dir=_made(tmp_path / "a/b/c")))
+    kept = [
+        _made(tmp_path / ".keep-me"),
+        _made(tmp_path / ".notes.tmp"),  # no random part
+        _made(tmp_path / ".hidden" / ".x.nii.gz.abcd1234.tmp"),  # under a hidden folder
+        too_deep,
+    ]
+    (tmp_path / ".file.nii.gz.abcd1234.tmp").write_text("a file, not a folder")
+    kept.append(tmp_path / ".file.nii.gz.abcd1234.tmp")
+    elsewhere = _made(tmp_path.parent / f"{tmp_path.name}-elsewhere")
+    linked = Path(tempfile.mkdtemp(prefix=".y.nii.gz.", suffix=".tmp", dir=elsewhere))
+    (tmp_path / "link").symlink_to(elsewhere)
+    kept.append(linked)
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([*planted, deep])
+    assert not any(p.exists() for p in removed) and all(p.exists() for p in kept)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_temporaries_stay_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    planted = _plant_temporaries(folder)
+    holder = _hold_lock(folder, "predict")
+    try:
+        with pytest.raises(FolderInUseError), folder_lock(folder, "predict", remove_temporaries=True):
+            pass
+        assert all(p.exists() for p in planted)  # a live writer's temporaries are not touched
+    finally:
+        holder.kill()
+        holder.communicate()
+    with folder_lock(folder, "predict", remove_temporaries=True):
+        assert not any(p.exists() for p in planted)
+
+
+@pytest.mark.parametrize("name", ["preprocess", "train", "predict", "convert-dicom"])
+def test_a_rerun_removes_the_temporaries_a_killed_run_left(
+    name: str, tmp_path: Path, inputs: Path, scenarios: dict[str, Callable[[], Scenario]]
+) -> None:
+    """The next run of the same stage removes the hidden temporaries a kill -9 left in the folder it locks
+    (predict's output folder, convert-dicom's dataset folder, preprocessed/, the fold's run folder), and
+    leaves other hidden entries alone."""
+    scenario = scenarios[name]()
+    scenario.reset(tmp_path)
+    locked = {
+        "preprocess": tmp_path / "work" / "preprocessed",
+        "train": tmp_path / "work" / "trained" / "3d_fullres" / "fold_0",
+        "predict": scenario.output(tmp_path),
+        "convert-dicom": scenario.output(tmp_path),
+    }[name]
+    planted = _plant_temporaries(locked)
+    keep = _made(locked / ".keep-me")
+    assert main(scenario.argv(tmp_path)[3:]) == 0  # in this process: argv less 'python -m autoseg'
+    assert not [p for p in planted if p.exists()]
+    assert keep.is_dir() and not (locked / LOCK_FILE).exists()
 
 
 def test_folder_lock_names_a_folder_it_cannot_make(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from autoseg.errors import AutosegError, DicomError
 from autoseg.io import read_labels, write_image, write_json, write_masks, write_target
 from autoseg.regions import overlapping_pairs
 from autoseg.types import BoolVolume, FloatVolume, TargetVolume
+from autoseg.workdir import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +147,22 @@ class _Case:
 def convert_dicom(request: ConvertRequest) -> ConvertReport:
     """Convert DICOM cases into an nnU-Net v2 style dataset (see the module docstring for the layouts).
 
+    The output folder's lock is held while converting (:func:`autoseg.workdir.folder_lock`): a second
+    conversion into it is refused, and the temporaries a killed one left there are removed first.
+
     Raises:
         DicomError: no case found, an invalid mapping file, cases of different modalities, or every case
             skipped. A problem in one case (unreadable series, no annotation...) skips that case instead.
         StructureNameError: a label name DICOM cannot hold (empty, over 64 characters, a backslash or a
             control character), before any case is read.
+        FolderInUseError: another autoseg process writes into the output folder.
     """
+    with folder_lock(request.output_dir, "convert-dicom", remove_temporaries=True):
+        return _convert(request)
+
+
+def _convert(request: ConvertRequest) -> ConvertReport:
+    """:func:`convert_dicom` with the output folder's lock held."""
     cases, reports = _discover(request.input_dir)
     if not cases:
         raise DicomError(

@@ -324,7 +324,7 @@ def _output_lock(request: PredictRequest) -> Iterator[None]:
     ``--shard`` share it, each holding its own shard lock too (the same shard twice is refused)."""
     shard = request.shard
     if shard is None:
-        with folder_lock(request.output, "predict"):
+        with folder_lock(request.output, "predict", remove_temporaries=True):
             yield
         return
     activity = f"predict --shard {shard.index}/{shard.count}"

@@ -82,7 +82,7 @@ def run_preprocess(
         )
     dataset = load_dataset(Path(fingerprint.dataset_root))
     folders = assign_folders({n: plans.configurations[n] for n in names})
-    with folder_lock(work.preprocessed_dir, "preprocess"):
+    with folder_lock(work.preprocessed_dir, "preprocess", remove_temporaries=True):
         for index, folder in enumerate(sorted(set(folders.values()))):
             job = partial(
                 _preprocess_job,

@@ -62,4 +62,6 @@ def _run_lock(folder: Path, config: TrainConfig) -> AbstractContextManager[None]
     several nodes the others' ``RANK`` is above 0 too)."""
     if os.environ.get("RANK", "0") != "0":
         return nullcontext()
-    return folder_lock(folder, f"train {config.configuration_name} fold {config.fold}")
+    return folder_lock(
+        folder, f"train {config.configuration_name} fold {config.fold}", remove_temporaries=True
+    )
