@@ -5,6 +5,7 @@ after its retries while the others are written."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,9 @@ EXACT = ("--preset", "fast", "--precision", "float32", "--threads", "1")
 
 
 class FailOnce:
-    """Fails a case's first attempt when its marker file exists (removed by that attempt), and every
-    attempt of ``always``."""
+    """Fails a case's first attempt when its marker file exists (removed by that attempt; a marker that says
+    ``crash`` ends the worker process itself, as the out-of-memory killer would), and every attempt of
+    ``always``."""
 
     def __init__(self, markers: Path, always: str | None = None) -> None:
         self.markers = markers
@@ -37,7 +39,10 @@ class FailOnce:
         if identifier == self.always:
             raise RuntimeError(f"injected failure of {identifier}, every attempt")
         if marker.exists():
+            crash = marker.read_text() == "crash"
             marker.unlink()
+            if crash:
+                os._exit(1)
             raise RuntimeError(f"injected failure of {identifier}, first attempt")
 
 
@@ -78,6 +83,7 @@ def test_cluster_outputs_equal_plain_predict_and_failures_are_retried(
     markers = tmp_path / "markers"
     markers.mkdir()
     (markers / CASES[1]).touch()
+    (markers / CASES[3]).write_text("crash")
     request = PredictRequest(
         inputs, tmp_path / "cluster", trained_workdir, preset="fast", precision="float32", threads=1,
         outputs=OutputOptions(),
@@ -90,6 +96,7 @@ def test_cluster_outputs_equal_plain_predict_and_failures_are_retried(
     )
     assert [o.identifier for o in outputs] == CASES
     assert not (markers / CASES[1]).exists()  # its first attempt failed, the retry wrote it
+    assert not (markers / CASES[3]).exists()  # its worker died; the case moved to a (restarted) worker
     record: dict[str, Any] = json.loads((tmp_path / "cluster" / "predict.json").read_text())
     assert record["failures"] == [] and [c["identifier"] for c in record["cases"]] == CASES
     assert sum(len(v) for v in record["cluster"]["cases_by_worker"].values()) == len(CASES)

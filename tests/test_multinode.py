@@ -79,6 +79,33 @@ def test_two_torchrun_nodes_train_identical_weights_and_only_rank_0_writes(prepa
     assert not list(run.glob(".autoseg.lock*"))  # rank 0's fold lock released, rank 1 took none
 
 
+def agreement_rank(index: int, count: int, out: Path) -> None:
+    """One rank of :func:`test_ranks_take_rank_0s_value_and_different_weights_fail`: its own value and its own
+    weights (different on every rank); records what it got."""
+    from autoseg.errors import AutosegError
+    from autoseg.training.distributed import first_rank_value, require_same_weights
+
+    value = first_rank_value(100 + index)
+    torch.manual_seed(index)
+    try:
+        require_same_weights(torch.nn.Linear(2, 1))
+        outcome = "same"
+    except AutosegError as error:
+        outcome = "; ".join([error.message, *error.details])
+    (out / f"rank{index}.txt").write_text(f"{value}\n{outcome}")
+
+
+def test_ranks_take_rank_0s_value_and_different_weights_fail(tmp_path: Path) -> None:
+    from autoseg.training.distributed import launch
+
+    launch(2, agreement_rank, tmp_path)
+    for index in range(2):
+        value, outcome = (tmp_path / f"rank{index}.txt").read_text().split("\n")
+        assert value == "100"  # rank 0's decision on every rank (the time limit's new schedule)
+        assert outcome.startswith("the ranks ended with different weights; rank 0: ")
+        assert "rank 1: " in outcome
+
+
 def test_first_rank_value_and_digest_without_a_process_group() -> None:
     from autoseg.training.distributed import first_rank_value, local_device, require_same_weights
 

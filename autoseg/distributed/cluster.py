@@ -81,6 +81,12 @@ def run_predict_cluster(
     if request.shard is not None:
         raise UsageError("predict-cluster spreads the cases itself; --shard is for independent workers")
     _require_dask()
+    request = replace(  # the workers' working folders differ from the client's
+        request,
+        inputs=request.inputs.resolve(),
+        output=request.output.resolve(),
+        model=request.model.resolve(),
+    )
     prepare_output_folder(request.output)
     with folder_lock(request.output, "predict-cluster"):
         ensemble = load_ensemble(replace(request, device="cpu"))  # the client: labels, settings, record
