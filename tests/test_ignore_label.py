@@ -133,3 +133,37 @@ def test_ignore_label_plan_train_predict(tmp_path: Path, rng: np.random.Generato
     assert main(argv) == 0
     predicted, _ = read_labels(out / "case_000.nii.gz")
     assert predicted.max() <= 2
+
+
+def test_the_postprocessing_choice_does_not_score_ignored_voxels(tmp_path: Path) -> None:
+    """A stray blob predicted where the reference is unknown is no false positive: without the ignore label
+    keeping the largest object would be chosen to remove it, with it nothing is gained."""
+    from dataclasses import replace
+
+    from helpers import make_fingerprint
+
+    from autoseg.postprocessing.choice import run_choose_postprocessing
+
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    for case in ("a", "b"):
+        reference = np.zeros((16, 16, 16), np.uint8)
+        reference[2:7, 2:7, 2:7] = 1
+        reference[:, :, 10:] = 3
+        prediction = np.where(reference == 1, 1, 0).astype(np.uint8)
+        prediction[2:4, 2:4, 12:14] = 1  # inside the unknown region
+        write_labels(prediction, geometry, tmp_path / "validation" / f"{case}.nii.gz")
+        write_labels(reference, geometry, tmp_path / "reference" / f"{case}.nii.gz")
+    labels = {"background": 0, "a": 1}
+    fingerprint = make_fingerprint([(1.0, 1.0, 1.0)] * 2, [(16, 16, 16)] * 2, labels=labels)
+    folders = [tmp_path / "validation"]
+    plain = run_choose_postprocessing(
+        folders, tmp_path / "reference", fingerprint, tmp_path / "p1.json", show_progress=False
+    )
+    ignored = run_choose_postprocessing(
+        folders,
+        tmp_path / "reference",
+        replace(fingerprint, ignore_label=3),
+        tmp_path / "p2.json",
+        show_progress=False,
+    )
+    assert plain.steps and not ignored.steps

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.metrics import dice_from_counts
+from autoseg.evaluation.metrics import dice_from_counts, without_ignored
 from autoseg.evaluation.stage import CasePair, match_cases, read_pair
 from autoseg.fingerprint import Fingerprint
 from autoseg.parallel import map_cases
@@ -216,7 +216,7 @@ def run_choose_postprocessing(
         validation_folders: the ``validation_dir`` of every fold's :class:`autoseg.workdir.RunFolder`.
         reference_folder: the reference label files (the work directory's ``reference_labels_dir``), matched
             by case name.
-        fingerprint: the dataset fingerprint (labels and training component volumes).
+        fingerprint: the dataset fingerprint (labels, ignore label and training component volumes).
         out_path: where to write ``postprocessing.json``.
         annotated: case -> the structures its reference contoured (``Workdir.read_reference_annotated``);
             a case not listed has every structure.
@@ -234,7 +234,7 @@ def run_choose_postprocessing(
                 )
             pairs[pair.case] = pair
     label_ids = sorted(v for v in fingerprint.labels.values() if v != 0)
-    work = partial(_pair_components, label_ids=label_ids)
+    work = partial(_pair_components, label_ids=label_ids, ignore_label=fingerprint.ignore_label)
     components = list(
         map_cases(work, list(pairs.values()), num_workers=num_workers, description="postprocessing",
                   show_progress=show_progress)
@@ -257,8 +257,12 @@ def run_choose_postprocessing(
 # ------------------------------------------------------------------------------------------- internals
 
 
-def _pair_components(pair: CasePair, label_ids: Sequence[int]) -> CaseComponents:
+def _pair_components(
+    pair: CasePair, label_ids: Sequence[int], ignore_label: int | None = None
+) -> CaseComponents:
+    """A case's components; voxels its reference labels ``ignore_label`` (unknown class) are not scored."""
     prediction, reference, geometry = read_pair(pair)
+    prediction, reference = without_ignored(prediction, reference, ignore_label)
     return case_components(prediction, reference, geometry.spacing_mm, label_ids)
 
 
