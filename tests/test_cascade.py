@@ -175,7 +175,6 @@ def test_find_best_configuration_scores_the_cascade(cascade_workdir: Path, tmp_p
 
 
 @pytest.mark.slow  # trains three configurations on two folds: about a minute
-@pytest.mark.xfail(strict=False, reason="a model file holding both stages is the model-file engineer's work")
 def test_export_cascade_and_predict_with_the_file(cascade_workdir: Path, tmp_path: Path) -> None:
     model = tmp_path / "cascade.zip"
     argv = ["export-model", str(model), "--workdir", str(cascade_workdir), "-c", "3d_cascade_fullres"]
