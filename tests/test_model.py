@@ -13,7 +13,8 @@ import torch
 
 from autoseg.cli.main import main
 from autoseg.errors import ImageWriteError, ModelError
-from autoseg.inference.model_file import MANIFEST, export_model, load_model
+from autoseg.inference.model_archive import MANIFEST
+from autoseg.inference.model_file import export_model, load_model
 from autoseg.workdir import Workdir
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from autoseg import __version__
-from autoseg.errors import ModelError, PlansError
+from autoseg.errors import ModelError, PlansError, UsageError
 from autoseg.inference.model_archive import (
     MANIFEST,
     NETWORK_PREFIX,
@@ -245,7 +245,7 @@ def export_model(
         network_format: ``torch`` (weights) or ``onnx`` (each fold's network as an ONNX graph).
     """
     if network_format not in NETWORK_FORMATS:
-        raise ModelError(
+        raise UsageError(
             f"network format must be one of {', '.join(NETWORK_FORMATS)}, got {network_format!r}"
         )
     work = Workdir(workdir)
@@ -253,25 +253,7 @@ def export_model(
     models = [
         _load_workdir(workdir, name, folds, checkpoint) for name in _with_previous_stages(work, members)
     ]
-    first = models[0]
-    entries: dict[str, bytes] = {
-        PLANS_ENTRY: json_bytes(first.plans.to_json()),
-        DATASET_ENTRY: json_bytes(
-            {
-                "name": first.plans.dataset_name,
-                "labels": first.plans.labels,
-                "channel_names": dict(enumerate(first.plans.channel_names)),
-            }
-        ),
-    }
-    if first.reference is not None:
-        entries[REFERENCE_ENTRY] = json_bytes(first.reference.to_json())
-    postprocessing: dict[str, str] = {}
-    for group in [[m.configuration] for m in models] + ([members] if len(members) > 1 else []):
-        path = work.postprocessing_path(group)
-        if path.is_file():
-            postprocessing[ensemble_key(group)] = postprocessing_entry(group)
-            entries[postprocessing[ensemble_key(group)]] = path.read_bytes()
+    entries, postprocessing = _plain_entries(work, models, members)
     manifest: dict[str, Any] = {
         "format_version": MODEL_FORMAT_VERSION,
         "autoseg_version": __version__,
@@ -290,6 +272,33 @@ def export_model(
     write_archive(out, manifest, entries)
     logger.info("exported %s (%s) to %s", "+".join(members), network_format, out)
     return out
+
+
+def _plain_entries(
+    work: Workdir, models: Sequence[TrainedModel], members: Sequence[str]
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The JSON entries (plans, dataset, training reference, post-processing of each packed configuration
+    and of the ensemble, when chosen), and the manifest's ``postprocessing`` map (key -> entry)."""
+    first = models[0]
+    entries: dict[str, bytes] = {
+        PLANS_ENTRY: json_bytes(first.plans.to_json()),
+        DATASET_ENTRY: json_bytes(
+            {
+                "name": first.plans.dataset_name,
+                "labels": first.plans.labels,
+                "channel_names": dict(enumerate(first.plans.channel_names)),
+            }
+        ),
+    }
+    if first.reference is not None:
+        entries[REFERENCE_ENTRY] = json_bytes(first.reference.to_json())
+    postprocessing: dict[str, str] = {}
+    for group in [[m.configuration] for m in models] + ([list(members)] if len(members) > 1 else []):
+        path = work.postprocessing_path(group)
+        if path.is_file():
+            postprocessing[ensemble_key(group)] = postprocessing_entry(group)
+            entries[postprocessing_entry(group)] = path.read_bytes()
+    return entries, postprocessing
 
 
 def _export_members(work: Workdir, configuration: str | Sequence[str] | None) -> list[str]:
