@@ -137,7 +137,9 @@ def test_a_case_whose_second_output_fails_leaves_no_file_and_the_earlier_ones_in
     def full_disk(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    from autoseg.io import ProbabilityStream
+
+    monkeypatch.setattr(ProbabilityStream, "write", full_disk)  # the probabilities are streamed (17.2)
     assert _predict(tmp_path / "in", out, trained_workdir, "--save-probabilities") == 1
     err = capsys.readouterr().err
     assert f"{out / 'good_probabilities.npz'}: cannot write (No space left on device)" in err

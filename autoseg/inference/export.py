@@ -156,10 +156,13 @@ def target_confidences(
     region = is_region_target(final)
     for value, box in structure_boxes(final, values).items():
         inside = structure_mask(crop(final, box), value)
-        before = structure_mask(crop(restored.target, box), value)
         if region and np.array_equal(structure_mask(final, value), structure_mask(restored.target, value)):
             found[value] = restored.sums[value] / float(np.count_nonzero(inside))
-        elif not region and restored.winner is not None and not np.any(inside & ~before):
+        elif (
+            not region
+            and restored.winner is not None
+            and not np.any(inside & ~structure_mask(crop(restored.target, box), value))
+        ):
             found[value] = float(restored.winner[box][inside].mean(dtype=np.float64))
         else:  # post-processing changed the structure beyond removing voxels: restore its channel again
             channel = predictions.channel(value - 1 if region else value)
