@@ -84,3 +84,21 @@ def test_brats_style_dataset_json_plans_and_predicts_a_label_map(
     assert main(argv) == 0
     predicted, _ = read_target(out / "case_000.nii.gz")
     assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1, 2, 3}
+
+
+def test_evaluate_scores_label_maps_per_region_as_nnunet(tmp_path: Path) -> None:
+    """With a region dataset.json as --labels, label maps are scored per region: enhancing predicted as core
+    is right for the whole tumour and the core, wrong for the enhancing part."""
+    from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
+
+    reference = brats_labels()
+    prediction = np.where(reference == 3, 2, reference).astype(np.uint8)
+    write_labels(prediction, GEOMETRY, tmp_path / "pred" / "a.nii.gz")
+    write_labels(reference, GEOMETRY, tmp_path / "ref" / "a.nii.gz")
+    meta = tmp_path / "dataset.json"
+    meta.write_text(json.dumps({"labels": LABELS, "regions_class_order": [1, 2, 3]}))
+    request = EvaluateRequest(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", labels_file=meta)
+    summary = run_evaluate(request, show_progress=False)
+    assert summary.labels == {1: "whole_tumor", 2: "tumor_core", 3: "enhancing"}
+    dice = {k: summary.cases["a"][k].dice for k in (1, 2, 3)}
+    assert dice == {1: 1.0, 2: 1.0, 3: 0.0}

@@ -37,6 +37,7 @@ from autoseg.evaluation.metrics import (
 from autoseg.evaluation.summary import EvaluationSummary, summarize, write_report
 from autoseg.io import Geometry, read_json, read_target, require_same_grid, split_ending
 from autoseg.parallel import map_cases
+from autoseg.regions import Region, is_region_target, regions_from_labels
 from autoseg.types import LabelVolume
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "read_contoured",
     "read_ignore_label",
     "read_label_names",
+    "read_label_regions",
     "read_pair",
     "run_evaluate",
 ]
@@ -185,7 +187,11 @@ def _list_cases(cases: Sequence[str], limit: int = 10) -> str:
 
 
 def evaluate_pair(
-    pair: CasePair, label_ids: Sequence[int] | None, tolerance_mm: float, ignore_label: int | None = None
+    pair: CasePair,
+    label_ids: Sequence[int] | None,
+    tolerance_mm: float,
+    ignore_label: int | None = None,
+    regions: Sequence[Region] = (),
 ) -> tuple[str, dict[int, ClassMetrics]]:
     """Read and evaluate one case (module level, so that worker processes can run it).
 
@@ -193,9 +199,16 @@ def evaluate_pair(
         label_ids: classes to evaluate; ``None``: every nonzero value in prediction or reference.
         ignore_label: nnU-Net's ignore label: reference voxels of this value are scored by no metric
             (:func:`autoseg.evaluation.metrics.without_ignored`).
+        regions: nnU-Net regions of the labels file: a label map (prediction or reference) is scored as
+            its regions (:func:`autoseg.regions.regions_from_labels`, region ``k`` is label id ``k + 1``),
+            as nnU-Net evaluates a region-based dataset.
     """
     prediction, reference, geometry = read_pair(pair)
     prediction, reference = without_ignored(prediction, reference, ignore_label)
+    if regions:
+        prediction, reference = (
+            regions_from_labels(t, regions) if not is_region_target(t) else t for t in (prediction, reference)
+        )
     found = sorted((set(np.unique(prediction).tolist()) | set(np.unique(reference).tolist())) - {0})
     if label_ids is None:
         if len(found) > MAX_CLASSES_WITHOUT_LABELS:
@@ -226,10 +239,17 @@ def evaluate_pairs(
     num_workers: int = 1,
     show_progress: bool = True,
     ignore_label: int | None = None,
+    regions: Sequence[Region] = (),
 ) -> dict[str, dict[int, ClassMetrics]]:
     """Evaluate many cases (in ``num_workers`` processes); classes absent from a case count as both empty;
-    reference voxels of ``ignore_label`` are not scored."""
-    work = partial(evaluate_pair, label_ids=label_ids, tolerance_mm=tolerance_mm, ignore_label=ignore_label)
+    reference voxels of ``ignore_label`` are not scored; label maps are scored as ``regions`` if given."""
+    work = partial(
+        evaluate_pair,
+        label_ids=label_ids,
+        tolerance_mm=tolerance_mm,
+        ignore_label=ignore_label,
+        regions=tuple(regions),
+    )
     results = dict(
         map_cases(work, pairs, num_workers=num_workers, description="evaluate", show_progress=show_progress)
     )
@@ -259,6 +279,14 @@ def read_label_names(path: Path) -> dict[int, str]:
     if problems:
         raise EvaluationError(f"{path}: invalid labels", details=[p.message for p in problems])
     return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}
+
+
+def read_label_regions(path: Path) -> tuple[Region, ...]:
+    """The nnU-Net regions (label values that are lists) a ``dataset.json`` declares, else ``()``: label maps
+    are then scored per region (the multi-label ``"structures"`` layout has no label values: ``()``)."""
+    problems: list[Problem] = []
+    regions, _ = parse_regions(_read_labels_json(path), path, problems)
+    return regions if regions and regions[0].label_values and not problems else ()
 
 
 def read_ignore_label(path: Path) -> int | None:
@@ -374,6 +402,7 @@ def run_evaluate(request: EvaluateRequest, *, show_progress: bool = True) -> Eva
         num_workers=request.num_workers,
         show_progress=show_progress,
         ignore_label=ignore,
+        regions=read_label_regions(request.labels_file) if request.labels_file is not None else (),
     )
     cases = {case: contoured_only(metrics, contoured.get(case)) for case, metrics in cases.items()}
     found = sorted({k for metrics in cases.values() for k in metrics})
