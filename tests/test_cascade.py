@@ -260,6 +260,17 @@ def test_target_to_preprocessed_is_what_preprocessing_does_to_labels(planned_wor
         assert np.array_equal(projected, prepared.labels)
 
 
+def test_predict_case_refuses_a_cascade_stage_alone(planned_workdir: Path) -> None:
+    from autoseg.errors import UsageError
+    from autoseg.inference.ensemble import InferenceSettings
+    from autoseg.inference.stage import predict_case
+
+    plan = Workdir(planned_workdir).read_plans().configuration("3d_cascade_fullres")
+    image, _, geometry = tiny_case(np.random.default_rng(5))
+    with pytest.raises(UsageError, match="needs its previous stage's prediction"):
+        predict_case(image, geometry, [], plan, 3, InferenceSettings())
+
+
 def test_previous_stage_target_restores_class_by_class(planned_workdir: Path) -> None:
     plan = Workdir(planned_workdir).read_plans().configuration("3d_lowres")
     rng = np.random.default_rng(4)

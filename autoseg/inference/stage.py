@@ -153,7 +153,16 @@ def predict_case(
         geometry: the image's geometry (any orientation: brought to the plan's canonical one and back).
         networks: the folds' networks, in eval mode on ``settings.device``.
         plan: the configuration they were trained with.
+
+    Raises:
+        UsageError: ``plan`` is a cascade stage (it needs its previous stage's prediction: :func:`run_predict`
+            runs both).
     """
+    if plan.previous_stage is not None:
+        raise UsageError(
+            f"a cascade stage (after {plan.previous_stage}) needs its previous stage's prediction as input; "
+            "predict it with run_predict / 'autoseg predict', which runs both stages"
+        )
     prepared = preprocess_case(image, None, geometry, plan, in_place=True)
     settings = case_settings(settings, plan, geometry)
     activation: Activation = "sigmoid" if regions else "softmax"
