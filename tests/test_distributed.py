@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import tiny_case
 
 from autoseg.cli.main import main
@@ -119,6 +120,12 @@ def test_cluster_outputs_equal_plain_predict_and_failures_are_retried(
     written = sorted(p.name for p in (tmp_path / "failing").glob("*.nii.gz"))
     assert written == [f"{n}.nii.gz" for n in CASES if n != CASES[2]]
     assert json.loads((tmp_path / "failing" / "predict.json").read_text())["failures"][0].startswith(CASES[2])
+
+    if not torch.cuda.is_available():  # a worker that cannot load the model: one clear error, no traceback
+        assert main([*argv[:-4], "--address", cluster, "--device", "cuda"]) == 2
+        assert "a worker could not load the model: --device cuda: PyTorch sees no CUDA GPU" in (
+            capsys.readouterr().err
+        )
 
 
 def test_predict_cluster_needs_an_address_or_local_workers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,7 +133,12 @@ def _run_tasks(
     from autoseg.distributed.worker import ModelPlugin, predict_case_task
 
     name = f"autoseg-model-{uuid.uuid4().hex[:12]}"
-    client.register_plugin(ModelPlugin(request), name=name)
+    try:
+        client.register_plugin(ModelPlugin(request), name=name)
+    except AutosegError as error:  # load_model's own error, raised on a worker (the model not on its disk)
+        raise type(error)(
+            f"a worker could not load the model: {error.message}", details=error.details
+        ) from None
     resources = {"GPU": options.gpus_per_case} if options.gpus_per_case else None
     futures: dict[Future[Any], str] = {}
     for case in cases:
