@@ -222,3 +222,20 @@ def test_a_plain_predict_is_refused_while_a_shard_runs(trained_workdir: Path, tm
         plain = subprocess.run(_predict_argv(inputs, tmp_path / "o", trained_workdir), capture_output=True,
                                text=True, check=False, timeout=300)  # fmt: skip
         assert plain.returncode == 1 and "in use by another autoseg process" in plain.stderr
+
+
+def test_a_shard_without_cases_writes_an_empty_record(
+    trained_workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _write_cases(tmp_path / "in", CASES[:2])
+    empty = next(i for i in range(50) if not shard_cases(CASES[:2], Shard(i, 50)))
+    argv = ["predict", "-i", str(inputs), "-o", str(tmp_path / "o"), "-m", str(trained_workdir), "-q"]
+    assert main([*argv, "--preset", "fast", "--shard", f"{empty}/50"]) == 0
+    assert f"0 case(s) predicted into {tmp_path / 'o'} (shard {empty}/50)" in capsys.readouterr().out
+    record = json.loads((tmp_path / "o" / f"predict.shard-{empty}-of-50.json").read_text())
+    assert (
+        record["cases"] == []
+        and record["failures"] == []
+        and record["shard"] == {"index": empty, "count": 50}
+    )
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"predict.shard-{empty}-of-50.json"]
