@@ -14,6 +14,7 @@ WORKDIR/
   trained/<configuration>/fold_<k>/     Workdir.run(configuration, fold) -> RunFolder
   trained/<configuration>/postprocessing.json   Workdir.postprocessing_path(...)   read_postprocessing
   trained/<configuration>/fold_<k>/validation/   RunFolder.validation -> PredictionFolder
+  trained/<cascade stage>/previous_stage/<case>.npy   Workdir.previous_stage_path(configuration, case)
   ensembles/<a>+<b>/                    Workdir.ensemble_dir(members), ensemble_cross_validation(members)
   training_reference.json               read_training_reference / write_training_reference
   best_configuration.json, .md          read_best_choice / write_best_configuration
