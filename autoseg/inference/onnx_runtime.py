@@ -95,7 +95,7 @@ def _quiet_exporter() -> Iterator[None]:
 class OnnxNetwork(nn.Module):
     """An ONNX graph as a network: ``(B, C, *patch)`` float32 windows -> ``(B, K, *patch)`` float32 logits
     on the windows' device, computed by onnxruntime (the CUDA provider for a CUDA ``device`` when onnxruntime
-    has it, else the CPU provider, with torch's thread count)."""
+    has it, else the CPU provider, with torch's thread count and no spinning threads)."""
 
     def __init__(self, model: bytes, device: str | torch.device, where: str) -> None:
         super().__init__()
@@ -110,6 +110,9 @@ class OnnxNetwork(nn.Module):
                 logger.warning("%s: onnxruntime has no CUDA provider here; running on the CPU", where)
         options = runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # each fold has its own session and thread pool; spinning threads of one fold's pool would take the
+        # cores from the next fold's and from the blending between calls
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = runtime.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime's pybind errors (InvalidProtobuf, Fail...) share no base
