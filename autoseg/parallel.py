@@ -12,6 +12,7 @@ terminated case leaves no half file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -72,10 +73,11 @@ def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, 
     before = set(multiprocessing.active_children())
     pool: ProcessPoolExecutor | None = None
     try:
-        pool = ProcessPoolExecutor(  # inside the try: a signal may come while it spawns the workers
-            workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
-        )
-        futures = [pool.submit(function, item) for item in items]  # never cancelled: see _stop
+        with _signals_held_while_spawning():  # inside the try: the held signal is raised as the block ends
+            pool = ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+            )
+            futures = [pool.submit(function, item) for item in items]  # spawns the workers; never cancelled
         for future in futures:
             yield future.result()
             bar.update()
@@ -83,6 +85,39 @@ def _in_processes(function: Callable[[T], R], items: Sequence[T], workers: int, 
         _stop(pool, [p for p in multiprocessing.active_children() if p not in before])
         raise
     pool.shutdown(wait=True)
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held_while_spawning() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the pool spawns its workers, and deliver them when the block ends.
+    A signal inside ``Process.start`` (after the forkserver forked the child, before the parent read its pid:
+    ``popen_forkserver._launch``) left a child the parent did not know: ``_stop`` could not end it, the
+    parent exited and unlinked the queues' semaphores, and the child, still unpickling them, printed a
+    ``FileNotFoundError`` traceback from ``SemLock._rebuild`` (``test_signals``, every time at 60 ms). The
+    handlers are swapped for one that records the signal, then put back and the signal raised again
+    (``signal.raise_signal``), so it takes its usual course once every started worker is known. Blocking
+    with ``pthread_sigmask`` does not do it: it holds the signal back from this thread only, and the kernel
+    hands it to another (tqdm's monitor, a reader thread), whose C handler lets the main thread's Python
+    handler run anyway. Only in the main thread (where handlers can be set); elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, record) for signum in _HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # None: a handler not set from Python; the default then
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])  # its own handler now: Interrupted, or the default action
 
 
 def _start_worker(parent: int) -> None:
