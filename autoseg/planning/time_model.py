@@ -83,15 +83,6 @@ class TimeModel:
         million kept activations."""
         return self.overhead_s + self.seconds_per_gflop * gflop + self.seconds_per_melement * melements
 
-    @property
-    def effective_gflops(self) -> float:
-        """GFLOP/s of the largest calibration point, everything included (the throughput alone without
-        points)."""
-        if not self.points:
-            return 1.0 / self.seconds_per_gflop
-        largest = max(self.points, key=lambda p: p.gflop)
-        return largest.gflop / largest.seconds
-
     def describe(self) -> str:
         """A sentence for the plan's ``why``."""
         if not self.points and not self.seconds_per_melement:
