@@ -147,8 +147,8 @@ class _Case:
 def convert_dicom(request: ConvertRequest) -> ConvertReport:
     """Convert DICOM cases into an nnU-Net v2 style dataset (see the module docstring for the layouts).
 
-    The output folder's lock is held while converting (:func:`autoseg.workdir.folder_lock`): a second
-    conversion into it is refused, and the temporaries a killed one left there are removed first.
+    The output folder's lock is held while the dataset is written (:func:`autoseg.workdir.folder_lock`): a
+    second conversion into it is refused, and the temporaries a killed one left there are removed first.
 
     Raises:
         DicomError: no case found, an invalid mapping file, cases of different modalities, or every case
@@ -157,12 +157,6 @@ def convert_dicom(request: ConvertRequest) -> ConvertReport:
             control character), before any case is read.
         FolderInUseError: another autoseg process writes into the output folder.
     """
-    with folder_lock(request.output_dir, "convert-dicom", remove_temporaries=True):
-        return _convert(request)
-
-
-def _convert(request: ConvertRequest) -> ConvertReport:
-    """:func:`convert_dicom` with the output folder's lock held."""
     cases, reports = _discover(request.input_dir)
     if not cases:
         raise DicomError(
@@ -173,6 +167,19 @@ def _convert(request: ConvertRequest) -> ConvertReport:
     warnings = mapping.check_names()
     for warning in warnings:
         logger.warning("%s", warning)
+    with folder_lock(request.output_dir, "convert-dicom", remove_temporaries=True):
+        return _write_dataset(request, cases, reports, mapping, matches, warnings)
+
+
+def _write_dataset(
+    request: ConvertRequest,
+    cases: list[_Case],
+    reports: list[CaseReport],
+    mapping: LabelMapping,
+    matches: dict[str, Match],
+    warnings: list[str],
+) -> ConvertReport:
+    """The writing part of :func:`convert_dicom`, with the output folder's lock held."""
     save_mapping(mapping, request.output_dir / MAPPING_FILE)
     modality = _common_modality(cases)
     suggestions = {name: match.suggestions for name, match in matches.items()}
