@@ -134,6 +134,21 @@ def test_class_by_class_structures_equal_the_materialised_threshold(
         assert ours[value] == pytest.approx(confidence, rel=1e-12)
 
 
+def test_an_uncropped_case_restores_without_the_fill(rng: np.random.Generator) -> None:
+    """No crop and no reorientation: the resampled channel is the restored one (not a copy of a fill)."""
+    geometry = Geometry((1.0, 0.8, 0.8), (0.0, 0.0, 0.0), IDENTITY)
+    image = rng.normal(size=(1, 11, 13, 17)).astype(np.float32)
+    for spacing in [(1.0, 0.8, 0.8), (1.3, 1.1, 0.6)]:  # the network grid, or another one
+        properties = [preprocess_case(image.copy(), None, geometry, _config(spacing)).properties]
+        assert properties[0].cropped_shape == properties[0].original_shape
+        predicted = [_softmax(rng, 4, properties[0].preprocessed_shape, ties=True)]
+        kept = predicted[0].copy()
+        restored = restore_target(MemberPredictions(predicted, properties))
+        expected = _materialised(predicted, properties, regions=False)
+        np.testing.assert_array_equal(restored.target, labels_from_probabilities(expected))
+        np.testing.assert_array_equal(predicted[0], kept)  # the network grid's array is left as it was
+
+
 def test_streamed_probabilities_are_the_npz_autoseg_writes(rng: np.random.Generator, tmp_path: Path) -> None:
     shape, spacing, plan_spacing, direction, _ = CASES[1]
     properties = [

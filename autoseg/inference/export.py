@@ -176,6 +176,8 @@ def _restore_channel(channel: FloatVolume, properties: CaseProperties, fill: flo
     space for an oblique image): the operations of ``restore_probabilities`` on one channel."""
     restored = resample_volume(channel, properties.cropped_shape, 1)
     orientation = properties.orientation
+    if orientation is None and properties.cropped_shape == properties.original_shape:  # nothing to uncrop
+        return restored.copy() if restored is channel else np.asarray(restored, np.float32)
     oblique = orientation is not None and orientation.kind == "resample"
     shape = properties.canonical_shape if oblique else properties.original_shape
     full = np.full(shape, fill, np.float32)
