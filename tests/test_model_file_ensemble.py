@@ -111,7 +111,7 @@ def test_named_configurations_and_any_one_of_them(trained_workdir: Path, tmp_pat
         ]
 
 
-def _cascade_workdir(trained_workdir: Path, root: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
+def cascade_workdir(trained_workdir: Path, root: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
     """A work directory planned with 3d_lowres -> 3d_cascade_fullres, each with fold 0 of random weights."""
     workdir = root / "cascade"
     work = Workdir(workdir)
@@ -119,11 +119,12 @@ def _cascade_workdir(trained_workdir: Path, root: Path) -> tuple[Path, dict[str,
     plans = Workdir(trained_workdir).read_plans()
     full = plans.configuration("3d_fullres")
     configurations = {"3d_lowres": full, "3d_cascade_fullres": replace(full, previous_stage="3d_lowres")}
-    work.write_plans(replace(plans, configurations=configurations))
+    planned = replace(plans, configurations=configurations)
+    work.write_plans(planned)
     generator = torch.Generator().manual_seed(0)
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for name in configurations:
-        network = build_network(full.network, len(plans.channel_names), plans.num_outputs)
+        network = build_network(full.network, planned.input_channels(name), plans.num_outputs)
         state = {k: torch.randn(v.shape, generator=generator) for k, v in network.state_dict().items()}
         save_checkpoint({"network": state}, work.run(name, "0").checkpoint("final"))
         weights[name] = state
@@ -131,7 +132,7 @@ def _cascade_workdir(trained_workdir: Path, root: Path) -> tuple[Path, dict[str,
 
 
 def test_a_cascade_stage_brings_its_previous_stage(trained_workdir: Path, tmp_path: Path) -> None:
-    workdir, weights = _cascade_workdir(trained_workdir, tmp_path)
+    workdir, weights = cascade_workdir(trained_workdir, tmp_path)
     out = export_model(workdir, tmp_path / "cascade.zip", configuration="3d_cascade_fullres")
     assert ensemble_choice(out) == ["3d_cascade_fullres"]
     assert load_model(out).configuration == "3d_cascade_fullres"

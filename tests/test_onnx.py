@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_case
+from test_model_file_ensemble import cascade_workdir
 
 from autoseg.cli.main import main
 from autoseg.errors import ModelError, UsageError
@@ -152,3 +153,27 @@ def test_a_graph_that_is_not_onnx_is_refused(models: tuple[Path, Path], tmp_path
             archive.writestr(name, data)
     with pytest.raises(ModelError, match=r"bad\.zip \(2d\) fold 0: not a loadable ONNX graph"):
         load_model(bad, configuration="2d").networks("cpu")
+
+
+def test_a_cascade_stage_is_exported_with_its_previous_stage(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The cascade's networks take the image plus the previous stage's one-hot channels; both stages are
+    packed as ONNX and agree with their PyTorch networks."""
+    workdir, _ = cascade_workdir(trained_workdir, tmp_path)
+    out = export_model(
+        workdir, tmp_path / "cascade.zip", configuration="3d_cascade_fullres", network_format="onnx"
+    )
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("autoseg_model.json"))
+    plans = load_model(workdir, configuration="3d_lowres").plans
+    for name in ("3d_cascade_fullres", "3d_lowres"):
+        channels = plans.input_channels(name)
+        assert manifest["configurations"][name]["input_shape"][1] == channels
+        (network,), (graph,) = (load_model(s, configuration=name).networks("cpu") for s in (workdir, out))
+        windows = torch.from_numpy(rng.normal(size=(2, channels, *plans.configuration(name).patch_size)))
+        with torch.inference_mode():
+            expected, got = network(windows.float()), graph(windows.float())
+        scale = max(1.0, float(expected.abs().max()))  # random weights: logits in the hundreds
+        assert float((got - expected).abs().max()) < 1e-5 * scale
+    assert plans.input_channels("3d_cascade_fullres") > plans.input_channels("3d_lowres")

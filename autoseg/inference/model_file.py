@@ -338,11 +338,11 @@ def _serialised_networks(
     from autoseg.inference.onnx_runtime import EXPORTER, export_onnx
 
     plan = model.plans.configuration(model.configuration)
+    channels = model.plans.input_channels(model.configuration)  # a cascade stage's: image + previous one-hot
     graphs: dict[str, bytes] = {}
     opset = 0
     for fold in model.folds:
         (network,) = model.networks("cpu", [fold])
-        channels = next(m for m in network.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)).in_channels
         graphs[fold], opset = export_onnx(network, (channels, *plan.patch_size))
         logger.info("%s fold %s: ONNX opset %d", model.configuration, fold, opset)
     details = {"onnx_opset": opset, "onnx_exporter": EXPORTER, "torch_version": torch.__version__}
