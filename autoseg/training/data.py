@@ -26,7 +26,7 @@ from autoseg.plans import MirroringPlan
 from autoseg.preprocessing.store import StoredCase, load_case
 from autoseg.training.augment import enlarged_patch, training_transforms
 from autoseg.training.cascade import PreviousStage, move_previous_stage_to_data
-from autoseg.training.sampling import forced_foreground, sample_patch_with
+from autoseg.training.sampling import forced_foreground, sample_patch, sample_patch_with
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +134,19 @@ def _sample_batch(
             raise PreprocessError(
                 f"{spec.folder / identifier}: no label map; training needs one, run 'autoseg preprocess'"
             )
-        image, target, previous = sample_patch_with(
-            case.image,
-            case.labels,
-            previous,
-            {
-                k: v
-                for k, v in case.foreground.items()
-                if case.properties.is_annotated(k) and k != spec.ignore_label
-            },
-            size,
-            rng,
-            force_foreground=index >= spec.batch_size - forced,
-        )
+        foreground = {
+            k: v
+            for k, v in case.foreground.items()
+            if case.properties.is_annotated(k) and k != spec.ignore_label
+        }
+        force = index >= spec.batch_size - forced
+        if previous is None:
+            labels = case.labels
+            image, target = sample_patch(case.image, labels, foreground, size, rng, force_foreground=force)
+        else:  # a cascade stage: the previous stage's prediction cropped with the patch
+            image, target, previous = sample_patch_with(
+                case.image, case.labels, previous, foreground, size, rng, force_foreground=force
+            )
         images.append(image)
         targets.append(target if previous is None else _stack_previous(target, previous, spec.regions))
         annotated.append(
