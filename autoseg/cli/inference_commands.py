@@ -225,8 +225,7 @@ def run_cluster_command(args: argparse.Namespace) -> int:
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, metavar="OUT.zip", help="the model file to write")
     parser.add_argument(
-        "-c", "--configuration", dest="configurations", action="extend", nargs="+", default=None,
-        metavar="CONFIG",
+        "-c", "--configuration", dest="configurations", action="append", default=None, metavar="CONFIG",
         help="the configuration, or the configurations of an ensemble (-c 2d -c 3d_fullres); default: "
         "find_best_configuration's choice, else 3d_fullres. A cascade stage brings its previous stage",
     )  # fmt: skip
