@@ -71,19 +71,12 @@ os._exit(0)
 def autoseg_worker(
     workdir: Path, precision: str, batch: int, warmup: int, steps: int
 ) -> dict[str, list[Any]]:
-    """Time autoseg's own training iterations (the steps of ``autoseg.training.loop._train_iterations``)."""
+    """Time autoseg's own training iterations (``autoseg.training.loop.training_step``)."""
     import torch
-    from torch import nn
 
     from autoseg.training.config import TrainConfig
-    from autoseg.training.data import loss_extras
-    from autoseg.training.parts import (
-        as_float32,
-        autocast_dtype,
-        default_parts,
-        fold_batches,
-        resolve_training_precision,
-    )
+    from autoseg.training.loop import training_step
+    from autoseg.training.parts import autocast_dtype, default_parts, fold_batches, resolve_training_precision
     from autoseg.workdir import Workdir
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -101,8 +94,7 @@ def autoseg_worker(
         batches=batches,
         regions=plans.region_based,
     )
-    network, optimizer, scaler = parts.network, parts.optimizer, parts.scaler
-    network.train()
+    parts.network.train()
     stream = batches.train_batches(0)
     dtype = autocast_dtype(resolved)
     device = torch.device("cpu")
@@ -111,17 +103,7 @@ def autoseg_worker(
         t0 = time.perf_counter()
         data = next(stream)
         t1 = time.perf_counter()
-        image, target = data["image"].to(device), data["target"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = network(image)
-        loss = parts.loss(as_float32(outputs), target, **loss_extras(data, device))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(network.parameters(), config.gradient_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        float(loss.detach())
+        training_step(parts, data, device, dtype, config.gradient_clip)
         t2 = time.perf_counter()
         if index >= warmup:
             waits.append(t1 - t0)

@@ -45,6 +45,7 @@ from autoseg.training.config import RunState, TrainConfig, learning_rate, resolv
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import Rank, barrier, init_from_environment, unwrap
 from autoseg.training.parts import (
+    Batch,
     TrainingParts,
     as_float32,
     autocast_dtype,
@@ -272,25 +273,36 @@ def _run_epoch(run: TrainingRun, callbacks: Sequence[Callback]) -> None:
 def _train_iterations(run: TrainingRun, callbacks: Sequence[Callback]) -> float:
     """The epoch's training iterations; returns the mean loss."""
     parts, device = run.parts, run.device
-    network, optimizer, scaler = parts.network, parts.optimizer, parts.scaler
-    network.train()
+    parts.network.train()
     batches = parts.batches.train_batches(run.state.epoch)
     losses = []
     dtype = autocast_dtype(run.config.precision)
     for _ in range(run.iterations):
-        batch = next(batches)
-        image, target = batch["image"].to(device, non_blocking=True), batch["target"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = network(image)
-        loss = parts.loss(as_float32(outputs), target, **loss_extras(batch, device))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(network.parameters(), run.config.gradient_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        run.step_loss = float(loss.detach())
+        run.step_loss = training_step(parts, next(batches), device, dtype, run.config.gradient_clip)
         losses.append(run.step_loss)
         for callback in callbacks:
             callback.on_step(run)
     return float(np.mean(losses))
+
+
+def training_step(
+    parts: TrainingParts,
+    batch: Batch,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    gradient_clip: float,
+) -> float:
+    """One optimiser step on ``batch`` (autocast to ``dtype`` when given; the loss on float32 outputs, the
+    gradient scaled for float16 and clipped to ``gradient_clip``); returns the loss."""
+    network, optimizer, scaler = parts.network, parts.optimizer, parts.scaler
+    image, target = batch["image"].to(device, non_blocking=True), batch["target"].to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        outputs = network(image)
+    loss = parts.loss(as_float32(outputs), target, **loss_extras(batch, device))
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(network.parameters(), gradient_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
