@@ -10,6 +10,13 @@ import numpy as np
 
 from autoseg.fingerprint import Fingerprint
 from autoseg.io import Geometry, write_image, write_labels
+from autoseg.plans import (
+    ChannelNormalization,
+    ConfigurationPlan,
+    NetworkPlan,
+    ResamplingPlan,
+    TrainingSchedule,
+)
 from autoseg.training.config import TrainConfig
 
 TinyCase = tuple[np.ndarray, np.ndarray, Geometry]
@@ -163,3 +170,27 @@ def tiny_train_config(**changes: object) -> TrainConfig:
         "deterministic": True,
     }
     return TrainConfig(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def tiny_configuration(
+    spacing: tuple[float, float, float],
+    *,
+    separate: int | None = None,
+    normalization: tuple[ChannelNormalization, ...] = (ChannelNormalization("zscore"),),
+) -> ConfigurationPlan:
+    """A 3D configuration with a 2-stage 4..8 U-Net, patch 16^3, batch 2, at ``spacing`` (``separate``: the
+    axis resampled on its own)."""
+    net = NetworkPlan("plain", 3, (4, 8), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
+    return ConfigurationPlan(
+        3,
+        spacing,
+        (1.0, 1.0, 1.0),
+        (16, 16, 16),
+        2,
+        net,
+        normalization,
+        ResamplingPlan(3, 1, separate, 0, 0),
+        True,
+        TrainingSchedule(),
+        0.1,
+    )

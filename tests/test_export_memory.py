@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_configuration
 
 from autoseg.inference.ensemble import labels_from_probabilities, regions_from_probabilities
 from autoseg.inference.export import MemberPredictions, restore_target, target_confidences
 from autoseg.io import Geometry, read_probabilities, stream_probabilities
 from autoseg.plans import (
-    ChannelNormalization,
     ConfigurationPlan,
-    NetworkPlan,
     ResamplingPlan,
-    TrainingSchedule,
 )
 from autoseg.postprocessing.components import keep_largest_component
 from autoseg.preprocessing.case import CaseProperties, preprocess_case, restore_probabilities
@@ -27,20 +25,7 @@ from autoseg.report.structures import structure_confidences
 
 
 def _config(spacing: tuple[float, float, float], separate: int | None = None) -> ConfigurationPlan:
-    net = NetworkPlan("plain", 3, (4, 8), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
-    return ConfigurationPlan(
-        3,
-        spacing,
-        (1.0, 1.0, 1.0),
-        (16, 16, 16),
-        2,
-        net,
-        (ChannelNormalization("zscore"),),
-        ResamplingPlan(3, 1, separate, 0, 0),
-        True,
-        TrainingSchedule(),
-        0.1,
-    )
+    return tiny_configuration(spacing, separate=separate)
 
 
 def _rotation(degrees: float) -> tuple[float, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import plan_and_preprocess_argv
+from helpers import plan_and_preprocess_argv, tiny_configuration
 
 from autoseg.cli.main import main
 from autoseg.dataset.synthetic import SynthConfig, synthesize_case
@@ -17,9 +17,7 @@ from autoseg.io import Geometry
 from autoseg.plans import (
     ChannelNormalization,
     ConfigurationPlan,
-    NetworkPlan,
     ResamplingPlan,
-    TrainingSchedule,
 )
 from autoseg.preprocessing.case import normalise, preprocess_case, restore_labels, restore_probabilities
 from autoseg.preprocessing.resample import resample_labels, target_shape
@@ -34,20 +32,7 @@ def _config(
     separate: int | None = None,
     normalization: tuple[ChannelNormalization, ...] = (ChannelNormalization("zscore"),),
 ) -> ConfigurationPlan:
-    net = NetworkPlan("plain", 3, (4, 8), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
-    return ConfigurationPlan(
-        3,
-        spacing,
-        (1.0, 1.0, 1.0),
-        (16, 16, 16),
-        2,
-        net,
-        normalization,
-        ResamplingPlan(3, 1, separate, 0, 0),
-        True,
-        TrainingSchedule(),
-        0.1,
-    )
+    return tiny_configuration(spacing, separate=separate, normalization=normalization)
 
 
 def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
