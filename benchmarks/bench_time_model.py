@@ -1,6 +1,6 @@
 """The cpu preset's time model against measured training iterations: the budget table of docs/planning.md.
 
-Fits the time model once (:func:`autoseg.planning.time_model.measure_time_model`: timed calibration
+Fits the time model (:func:`autoseg.planning.time_model.measure_time_model`: timed calibration
 networks in the precision ``autoseg train`` uses here), plans the dataset with the ``cpu`` preset for each
 budget of the table, then times real training steps of each planned 3d_fullres configuration with the same
 step as training (:func:`autoseg.planning.time_model.time_training_step`: autocast in the training
@@ -53,7 +53,10 @@ def main() -> int:
     )
     parser.add_argument("--dataset", default="hippocampus", help="catalogue dataset to fingerprint")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGETS))
-    parser.add_argument("--iterations", type=int, default=5, help="timed steps per row (after a warm-up)")
+    parser.add_argument("--iterations", type=int, default=8, help="timed steps per row (after a warm-up)")
+    parser.add_argument(
+        "--fitted-only", action="store_true", help="plan with the fitted model alone (no timed check)"
+    )
     parser.add_argument("--precision", default="auto", help="training precision to model and time")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -74,7 +77,10 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for budget in args.budgets:
-        plans = get_planner("cpu", time_budget=budget, time_model=model.to_json()).plan(fingerprint)
+        # as a user plans: a fresh measurement, then the planned configuration timed and the model rescaled
+        # when it is more than 10 % off (``--fitted-only``: the fitted model alone, as before 2026-12-02)
+        options = {"time_model": model.to_json()} if args.fitted_only else {}
+        plans = get_planner("cpu", time_budget=budget, **options).plan(fingerprint)
         config = plans.configuration("3d_fullres" if "3d_fullres" in plans.configurations else "2d")
         channels, classes = len(plans.channel_names), len(plans.labels)
         estimated = config.schedule.estimated_seconds_per_iteration or 0.0
@@ -104,6 +110,7 @@ def main() -> int:
             "measured_s": round(measured, 4),
             "error": round(error, 4),
             "iterations": config.schedule.epochs * config.schedule.iterations_per_epoch,
+            "checks": plans.planner_options.get("time_model", {}).get("checks", []),
         }
         rows.append(row)
         print(

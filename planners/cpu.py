@@ -16,12 +16,15 @@ from autoseg.planning import (
     parse_duration,
     register,
 )
-from autoseg.planning.time_model import TimeModel, measure_time_model
+from autoseg.planning.time_model import TimeModel, check_plan, measure_time_model
 
 logger = logging.getLogger(__name__)
 
 WIDTHS = (32, 24, 16)
 """Base feature counts tried, widest first (nnU-Net's 32 is the first choice)."""
+
+MAX_CHECKS = 2
+"""Times the chosen configuration is timed (and the plan redone on the rescaled model) at most."""
 
 MIN_PATCH_COVERAGE = 0.5
 """A width is kept when its 3D patch still covers this fraction of the median image (or the patch is the whole
@@ -67,8 +70,39 @@ class CpuPlanner:
         return model, {"time_model": model.to_json()}
 
     def plan(self, fingerprint: Fingerprint) -> Plans:
-        """Plan every configuration, trying widths 32, 24, 16 until the patch keeps enough context."""
+        """Plan every configuration, trying widths 32, 24, 16 until the patch keeps enough context; with a
+        model measured here, time the chosen configuration and re-plan on the rescaled model while its
+        estimate is more than 10 % off (at most :data:`MAX_CHECKS` times)."""
         model, recorded = self._model()
+        measured_here = self.cpu_gflops is None and self.time_model is None
+        plans, name = self._plan_widths(fingerprint, model, recorded)
+        for _ in range(MAX_CHECKS if measured_here else 0):
+            config = plans.configurations[name]
+            rescaled = check_plan(
+                model,
+                name,
+                config.network,
+                config.patch_size,
+                config.batch_size,
+                len(plans.channel_names),
+                plans.num_outputs,
+            )
+            if rescaled is None:
+                break
+            model = rescaled
+            plans, name = self._plan_widths(fingerprint, model, {"time_model": model.to_json()})
+        plans.why["cpu"] = (
+            f"time budget {format_duration(self.seconds)} with the time model {model.describe()}: "
+            f"base width {plans.configurations[name].network.features_per_stage[0]} is the "
+            f"widest of {WIDTHS} whose patch covers >= {100 * MIN_PATCH_COVERAGE:.0f}% of the "
+            "median image (or the narrowest)"
+        )
+        return plans
+
+    def _plan_widths(
+        self, fingerprint: Fingerprint, model: TimeModel, recorded: dict[str, Any]
+    ) -> tuple[Plans, str]:
+        """The plans of the widest base width whose patch covers enough, and its main configuration."""
         budget = TimeBudget(self.seconds, model, self.ram_gb, self.minimum_iterations)
         options = {
             "time_budget_s": self.seconds,
@@ -93,10 +127,4 @@ class CpuPlanner:
                 100 * coverage,
             )
         assert plans is not None
-        plans.why["cpu"] = (
-            f"time budget {format_duration(self.seconds)} with the time model {model.describe()}: "
-            f"base width {plans.configurations[name].network.features_per_stage[0]} is the "
-            f"widest of {WIDTHS} whose patch covers >= {100 * MIN_PATCH_COVERAGE:.0f}% of the "
-            "median image (or the narrowest)"
-        )
-        return plans
+        return plans, name

@@ -115,6 +115,7 @@ def test_cpu_plans_record_the_measured_model_and_a_replan_reuses_it(
         return fitted
 
     monkeypatch.setattr("planners.cpu.measure_time_model", fake_measure)
+    monkeypatch.setattr("planners.cpu.check_plan", lambda *args, **kwargs: None)  # the estimate holds
     plans = get_planner("cpu", time_budget="1h").plan(_hippocampus_like())  # type: ignore[arg-type]
     assert calls == ["auto"]
     recorded = plans.planner_options["time_model"]
@@ -166,3 +167,64 @@ def test_calibration_times_real_steps_in_the_training_precision(monkeypatch: pyt
     assert tm.training_precision_on_cpu("auto") in ("float32", "bfloat16")
     steps = tm.time_training_step(NET, (8, 8, 8), 1, precision="bfloat16", repeats=2)
     assert len(steps) == 2 and all(math.isfinite(s) and s > 0 for s in steps)
+
+
+def _slow_steps(factor: float) -> object:
+    """A time_training_step that reports ``factor`` x the fitted model's estimate for every configuration."""
+    fitted = fit_time_model(_points(0.05, 0.004, 0.003), "float32")
+
+    def fake(net, patch, batch, *, in_channels=1, num_classes=3, precision="float32", repeats=3):  # type: ignore[no-untyped-def]
+        gflop = training_gflops(net, patch, batch, in_channels, num_classes)
+        melements = training_melements(net, patch, batch, in_channels, num_classes)
+        return [factor * fitted.seconds(gflop, melements)] * repeats
+
+    return fake
+
+
+def test_a_check_within_ten_percent_keeps_the_model_and_beyond_it_rescales(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fitted = fit_time_model(_points(0.05, 0.004, 0.003), "float32")
+    monkeypatch.setattr(tm, "time_training_step", _slow_steps(1.08))
+    assert tm.check_plan(fitted, "3d_fullres", NET, (16, 16, 16), 2, 1, 3) is None
+    monkeypatch.setattr(tm, "time_training_step", _slow_steps(1.5))
+    rescaled = tm.check_plan(fitted, "3d_fullres", NET, (16, 16, 16), 2, 1, 3)
+    assert rescaled is not None and len(rescaled.checks) == 1
+    check = rescaled.checks[0]
+    assert rescaled.seconds(check.gflop, check.melements) == pytest.approx(check.seconds, rel=1e-9)
+    assert check.seconds == pytest.approx(1.5 * fitted.seconds(check.gflop, check.melements), rel=1e-9)
+    assert rescaled.overhead_s == pytest.approx(1.5 * fitted.overhead_s)
+    assert TimeModel.from_json(json.loads(json.dumps(rescaled.to_json()))) == TimeModel.from_json(
+        rescaled.to_json()
+    )
+    assert "rescaled on 1 timed plan" in rescaled.describe()
+
+
+def test_the_cpu_planner_times_its_plan_and_replans_when_the_estimate_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fitted model is 2x optimistic: the planner times its choice, rescales, re-plans a cheaper
+    configuration, whose check then holds; the plan's estimate is what was measured, and a re-plan from the
+    recorded model gives the same plan without timing anything."""
+    fitted = fit_time_model(_points(0.05, 0.004, 0.003), "float32")
+    monkeypatch.setattr("planners.cpu.measure_time_model", lambda **kwargs: fitted)
+    monkeypatch.setattr(tm, "time_training_step", _slow_steps(2.0))
+    optimistic = get_planner("cpu", time_budget="1h", time_model=fitted.to_json()).plan(_hippocampus_like())  # type: ignore[arg-type]
+    plans = get_planner("cpu", time_budget="1h").plan(_hippocampus_like())  # type: ignore[arg-type]
+    recorded = plans.planner_options["time_model"]
+    assert len(recorded["checks"]) >= 1
+    config, before = plans.configuration("3d_fullres"), optimistic.configuration("3d_fullres")
+    gflop = training_gflops(config.network, config.patch_size, config.batch_size, 1, len(plans.labels))
+    melements = training_melements(config.network, config.patch_size, config.batch_size, 1, len(plans.labels))
+    truth = 2.0 * fitted.seconds(gflop, melements)
+    assert config.schedule.estimated_seconds_per_iteration == pytest.approx(truth, rel=0.1)
+    cost = training_gflops(before.network, before.patch_size, before.batch_size, 1, len(plans.labels))
+    assert gflop < cost  # a cheaper plan for the same budget
+    assert "rescaled on" in plans.why["cpu"]
+
+    def no_timing(*args: object, **kwargs: object) -> list[float]:
+        raise AssertionError("a re-plan from the recorded model must not time anything")
+
+    monkeypatch.setattr(tm, "time_training_step", no_timing)
+    again = get_planner("cpu", time_budget="1h", time_model=recorded).plan(_hippocampus_like())  # type: ignore[arg-type]
+    assert again.configuration("3d_fullres") == config
