@@ -1,21 +1,16 @@
-"""``autoseg demo``: its easy synthetic preset, and (slow) the demo's Dice floor on its held-out cases."""
+"""``autoseg demo``: its easy synthetic preset (the demo's own run, with its Dice floor on the held-out cases,
+is ``tests/test_cli.py::test_demo_runs_end_to_end_and_is_idempotent``, slow)."""
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoseg.dataset.synthetic import SynthConfig, synthesize_case
-from autoseg.demo import HELDOUT_CASES, demo_dataset_config, run_demo
+from autoseg.demo import HELDOUT_CASES, demo_dataset_config
 from autoseg.errors import UsageError
-
-DICE_FLOOR = 0.7
-"""Every class of the demo's held-out cases must reach this Dice (issue 15, point 6)."""
 
 
 def test_demo_preset_is_the_easy_variant_of_the_same_anatomy() -> None:
@@ -50,27 +45,3 @@ def test_heldout_cases_hold_every_class() -> None:
     for index in range(HELDOUT_CASES):
         _, labels, _ = synthesize_case(heldout, index)
         assert set(np.unique(labels)) == {0, 1, 2, 3}
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not yet (issue 15.6): in a 500-iteration run of the easy preset (2026-12-02, load 10-20) the "
-    "validation Dice after the last epoch was organ 0.75, lesion 0.00, neighbour 0.00; the 800-iteration "
-    "schedule is not yet seen passing",
-    strict=False,
-)
-def test_demo_segments_every_class_of_the_heldout_cases(tmp_path: Path) -> None:
-    lines = run_demo(tmp_path / "demo", show_progress=False)
-    text = "\n".join(lines)
-    summary = json.loads((tmp_path / "demo" / "evaluation" / "summary.json").read_text())
-    assert set(summary["per_class"]) == {"1", "2", "3"}
-    for value, stats in summary["per_class"].items():
-        assert stats["dice"]["mean"] >= DICE_FLOOR, (value, stats["dice"], text)
-        assert stats["hd95_mm"]["mean"] is not None and math.isfinite(stats["hd95_mm"]["mean"])
-    assert "HD95 mm" in text
-    tables = sorted((tmp_path / "demo" / "predictions").glob("*_structures.json"))
-    assert len(tables) == HELDOUT_CASES
-    for table in tables:
-        flags = [f for row in json.loads(table.read_text())["structures"] for f in row["flags"]]
-        assert flags == [], (table.name, flags)
-    assert text.count(" flags: none") == HELDOUT_CASES

@@ -112,9 +112,11 @@ def test_small_volume_missing_structure_and_extra_parts_are_flagged() -> None:
 def test_confidence_below_the_training_distribution_is_flagged_when_known() -> None:
     labels, probabilities = usual_case()
     probabilities[1][labels == 1] = 0.9
-    known = reference().with_confidences({1: [0.95, 0.96, 0.97, 0.98]})
+    known = reference().with_confidences({1: [0.95 + 0.001 * i for i in range(20)]})
     rows = structure_table(labels, probabilities, GEOMETRY, NAMES, known)
     assert rows[0].flags[0].reason.startswith("mean confidence 0.90 < 5th percentile of training (0.95")
+    few = reference().with_confidences({1: [0.95, 0.96, 0.97, 0.98]})  # too few for a 5th percentile
+    assert flag_kinds(structure_table(labels, probabilities, GEOMETRY, NAMES, few))["liver"] == []
     assert flag_kinds(structure_table(labels, probabilities, GEOMETRY, NAMES, reference()))["liver"] == []
 
 
