@@ -90,7 +90,7 @@ def main() -> None:
         variants += [("float32", True, False), ("bfloat16", True, False)]
     if args.compile or args.only_compile:
         variants += [("float32", False, True), ("bfloat16", False, True)]
-    steps = {v: make_step(*v, args.batch) for v in variants}
+    steps = {v: make_step(v[0], v[1], args.batch, v[2]) for v in variants}
     first_call = {}
     for variant, step in steps.items():
         first_call[variant] = step()  # the compiled variants compile here
