@@ -13,7 +13,10 @@ hippocampus budget table, ``docs/planning.md``). :func:`measure_time_model` time
 :data:`CALIBRATION_NETWORKS`, three small U-Nets whose ratios of work to activations and whose sizes differ
 (about 3 s on 2 cores), in the arithmetic training will use (bfloat16 autocast where the CPU has native
 bfloat16, else float32), and :func:`fit_time_model` fits the three coefficients by non-negative least
-squares. The plan records the model with its measured points (``planner_options.time_model``).
+squares. Three small networks cannot know how this CPU's kernels scale to a plan's widths, patch and batch, so
+the ``cpu`` planner then times the configuration it chose (:func:`check_plan`) and rescales the model when it
+is more than 10 % off. The plan records the model with its measured points and checks
+(``planner_options.time_model``).
 """
 
 from __future__ import annotations
@@ -291,15 +294,18 @@ def check_plan(
     gflop = training_gflops(net, patch_size, batch_size, in_channels, num_classes)
     melements = training_melements(net, patch_size, batch_size, in_channels, num_classes)
     estimated = model.seconds(gflop, melements)
-    steps = time_training_step(
-        net,
-        patch_size,
-        batch_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        precision=model.precision,
-        repeats=repeats,
-    )
+    from autoseg.planning.budgets import warn_when_busy
+
+    with warn_when_busy("the plan's time check"):
+        steps = time_training_step(
+            net,
+            patch_size,
+            batch_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            precision=model.precision,
+            repeats=repeats,
+        )
     measured = statistics.median(steps)
     logger.info(
         "time model check: %s (batch %d, patch %s) estimated %.3f s, measured %.3f s per iteration",
