@@ -94,8 +94,13 @@ def test_time_budget_uses_every_term_of_the_model() -> None:
     assert seconds == pytest.approx(0.05 + 0.004 * gflop + 0.003 * melements)
     batch = budget.largest_batch(NET, (16, 16, 16), 1, 3)
     assert batch >= 1
-    assert budget.seconds_per_iteration(NET, (16, 16, 16), batch, 1, 3) <= 3.6 + 1e-9
-    assert budget.seconds_per_iteration(NET, (16, 16, 16), batch + 1, 1, 3) > 3.6
+    per_iteration = 3.6 / (1 + 0.3 * 50 / 100)  # 1000 iterations in the hour, each epoch's validation too
+    assert budget.epoch_factor == pytest.approx(1.15)
+    assert budget.seconds_per_iteration(NET, (16, 16, 16), batch, 1, 3) <= per_iteration + 1e-9
+    assert budget.seconds_per_iteration(NET, (16, 16, 16), batch + 1, 1, 3) > per_iteration
+    seconds = budget.seconds_per_iteration(NET, (16, 16, 16), batch, 1, 3)
+    schedule = budget.schedule(NET, (16, 16, 16), batch, 1, 3)
+    assert schedule.epochs == int(3600 // (seconds * 100 * 1.15))  # validation is charged to the budget
     _, why = budget.describe(NET, (16, 16, 16), 2, 1, 3)
     assert "million kept activations" in why and "ms/GFLOP" in why
 

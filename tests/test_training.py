@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from autoseg.cli.main import main
 from autoseg.errors import CheckpointError, WorkerError
 from autoseg.training import callbacks
 from autoseg.training.checkpoint import load_checkpoint
-from autoseg.training.config import RunState, TrainConfig
+from autoseg.training.config import RunState, TrainConfig, resolve_time_limit
 from autoseg.training.data import BatchSpec, epoch_batches
 from autoseg.training.loop import train_fold
 from autoseg.workdir import Workdir
@@ -257,6 +258,14 @@ def test_time_limit_shortens_the_schedule() -> None:
     faster: list[dict[str, object]] = [{"epoch_seconds": 2.0}] * 5  # the machine got quieter: the schedule
     callbacks.apply_time_limit(state, faster, time_limit_s=45.0, planned=10)  # grows back, up to the plan
     assert state.epochs == 10
+
+
+def test_a_plan_made_for_a_time_budget_is_trained_within_it() -> None:
+    planned = TrainConfig(configuration="3d_fullres")
+    assert resolve_time_limit(planned, 3600.0).time_limit_s == 3600.0  # the cpu preset's budget
+    assert resolve_time_limit(planned, None).time_limit_s is None  # a GPU plan: its schedule as planned
+    assert resolve_time_limit(replace(planned, time_limit_s=600.0), 3600.0).time_limit_s == 600.0
+    assert resolve_time_limit(replace(planned, epochs=3), 3600.0).time_limit_s is None  # asked for epochs
 
 
 def test_train_command_with_patient_groups(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:

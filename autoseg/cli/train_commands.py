@@ -60,7 +60,8 @@ def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_duration,
         default=None,
         metavar="DURATION",
-        help="shorten the schedule to end within this time, e.g. 45m (the lr follows)",
+        help="shorten the schedule to end within this time, e.g. 45m (the lr follows; the final validation "
+        "comes after it); default: the plan's --time-budget when it has one and --epochs is not given",
     )
     parser.add_argument(
         "--groups",

@@ -79,13 +79,19 @@ class MemoryBudget:
         return self.default_schedule
 
 
+VALIDATION_STEP_SHARE = 0.3
+"""Seconds of a validation batch (forward only, no gradient) per second of a training step, measured 0.29 on
+the hippocampus 1h plan in bfloat16 (``docs/planning.md``); every epoch runs ``validation_iterations``."""
+
+
 @dataclass(frozen=True)
 class TimeBudget:
     """Fit ``minimum_iterations`` training iterations into ``seconds`` on this CPU (and the batch into RAM).
 
     Seconds per iteration come from ``model`` (:class:`autoseg.planning.time_model.TimeModel`: a fixed
     overhead, a term per GFLOP of convolution work and one per million kept activations), recorded in the
-    plan.
+    plan. An epoch also validates ``validation_iterations`` batches, charged at :data:`VALIDATION_STEP_SHARE`
+    of a step each: the budget is for training as ``autoseg train`` runs it, validation included.
     """
 
     seconds: float
@@ -94,6 +100,12 @@ class TimeBudget:
     minimum_iterations: int = 4000
     iterations_per_epoch: int = 100
     device: Literal["cpu", "cuda"] = "cpu"
+    validation_iterations: int = 50
+
+    @property
+    def epoch_factor(self) -> float:
+        """Seconds of an epoch per second of its training steps (the validation batches' share added)."""
+        return 1 + VALIDATION_STEP_SHARE * self.validation_iterations / self.iterations_per_epoch
 
     def seconds_per_iteration(
         self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
@@ -108,7 +120,7 @@ class TimeBudget:
         self, net: NetworkPlan, patch: Sequence[int], in_channels: int, num_classes: int
     ) -> int:
         """Samples per batch such that ``minimum_iterations`` fit the time budget and the batch fits RAM."""
-        per_iteration = self.seconds / self.minimum_iterations - self.model.overhead_s
+        per_iteration = self.seconds / (self.minimum_iterations * self.epoch_factor) - self.model.overhead_s
         one = self.seconds_per_iteration(net, patch, 1, in_channels, num_classes)
         per_sample = one - self.model.overhead_s
         by_time = int(per_iteration // per_sample) if per_iteration > 0 and per_sample > 0 else 0
@@ -127,7 +139,7 @@ class TimeBudget:
         elements = training_melements(net, patch, batch, in_channels, num_classes)
         return memory, (
             f"estimated {seconds:.2f} s per iteration ({work:.1f} GFLOP, {elements:.0f} million kept "
-            f"activations; time model {self.model.describe()}): {int(self.seconds // seconds)} iterations "
+            f"activations; time model {self.model.describe()}): {self.iterations(seconds)} iterations "
             f"in the {format_duration(self.seconds)} budget (at least {self.minimum_iterations} wanted); "
             f"{memory:.2f} GB of RAM"
         )
@@ -135,10 +147,14 @@ class TimeBudget:
     def schedule(
         self, net: NetworkPlan, patch: Sequence[int], batch: int, in_channels: int, num_classes: int
     ) -> TrainingSchedule:
-        """As many epochs of ``iterations_per_epoch`` as fit the budget."""
+        """As many epochs of ``iterations_per_epoch`` as fit the budget, validation included."""
         seconds = self.seconds_per_iteration(net, patch, batch, in_channels, num_classes)
-        epochs = max(1, int(self.seconds // (seconds * self.iterations_per_epoch)))
+        epochs = max(1, self.iterations(seconds) // self.iterations_per_epoch)
         return TrainingSchedule(epochs, self.iterations_per_epoch, round(seconds, 4))
+
+    def iterations(self, seconds_per_iteration: float) -> int:
+        """Training iterations that fit the budget at ``seconds_per_iteration``, with their validation."""
+        return int(self.seconds // (seconds_per_iteration * self.epoch_factor))
 
 
 def measure_conv_throughput(*, repeats: int = 5) -> float:

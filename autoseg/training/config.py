@@ -29,6 +29,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     time_limit_s: float | None = None
+    """End within this many seconds (the schedule shortens, the learning rate follows); ``None`` on a plan
+    made for a time budget (the ``cpu`` preset) means that budget unless ``epochs`` is given
+    (:func:`resolve_time_limit`); the final validation comes after it."""
     num_workers: int | None = None
     device: str = "cpu"
     groups_file: str | None = None
@@ -62,6 +65,15 @@ def resolve_configuration(config: TrainConfig, workdir: Workdir, planned: Sequen
     if config.configuration is not None:
         return config
     return replace(config, configuration=workdir.default_configuration(list(planned)))
+
+
+def resolve_time_limit(config: TrainConfig, time_budget_s: float | None) -> TrainConfig:
+    """``config`` with the plan's training-time budget as its time limit, when the run sets neither a limit
+    nor its own number of epochs: a plan sized for an hour trains for an hour even where a real epoch (data
+    augmentation, validation, checkpoints) costs more than the planner's timed steps."""
+    if config.time_limit_s is not None or config.epochs is not None or not time_budget_s:
+        return config
+    return replace(config, time_limit_s=float(time_budget_s))
 
 
 def learning_rate(config: TrainConfig, state: RunState) -> float:

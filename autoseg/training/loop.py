@@ -41,7 +41,13 @@ from autoseg.training.callbacks import (
 )
 from autoseg.training.cascade import PreviousStage, prepare_previous_stage, previous_stage_of
 from autoseg.training.checkpoint import restore_training, run_random_state
-from autoseg.training.config import RunState, TrainConfig, learning_rate, resolve_configuration
+from autoseg.training.config import (
+    RunState,
+    TrainConfig,
+    learning_rate,
+    resolve_configuration,
+    resolve_time_limit,
+)
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import Rank, barrier, init_from_environment, unwrap
 from autoseg.training.parts import (
@@ -99,6 +105,13 @@ def train_fold(
         config.precision, torch.device(config.device), deterministic=config.deterministic
     )
     config = replace(config, precision=precision)
+    limited = resolve_time_limit(config, plans.planner_options.get("time_budget_s"))
+    if limited.time_limit_s is not None and config.time_limit_s is None:
+        logger.info(
+            "time limit %.0f min: the plan's time budget (--epochs or --time-limit to change it)",
+            limited.time_limit_s / 60,
+        )
+    config = limited
     plan = plans.configuration(config.configuration_name)
     run = _new_run(work, plans, plan, config, resume=resume, parts=parts)
     defaults = default_callbacks(work, plans, plan, config, rank=run.rank, show_progress=show_progress)

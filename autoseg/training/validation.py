@@ -39,6 +39,7 @@ from autoseg.training.callbacks import Callback, TrainingRun
 from autoseg.training.cascade import PreviousStage, with_previous_stage
 from autoseg.training.data import loss_extras
 from autoseg.training.distributed import unwrap
+from autoseg.training.parts import autocast_dtype
 from autoseg.workdir import PredictionFolder, RunFolder, Workdir
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class PatchValidation(Callback):
             self.num_classes,
             regions=self.regions,
             ignore_label=self.ignore_label,
+            dtype=autocast_dtype(run.config.precision),
         )
         mean_dice = float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else 0.0
         state.ema_pseudo_dice = (
@@ -90,11 +92,14 @@ def patch_scores(
     *,
     regions: bool = False,
     ignore_label: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, list[float]]:
     """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all validation patches;
     NaN for a class absent from both); with ``regions``, per structure of a ``num_classes``-structure
     sigmoid output (logit >= 0 is probability >= 0.5), each structure over the samples it is annotated in.
-    Voxels of ``ignore_label`` (the plan's ignore label) are not counted."""
+    Voxels of ``ignore_label`` (the plan's ignore label) are not counted. The network runs in autocast to
+    ``dtype`` when given (the run's training precision, so that validating costs what the planner charges
+    for it), the loss and the scores on float32 outputs."""
     network.eval()
     losses, counts = [], np.zeros((3, num_classes if regions else num_classes - 1))
     with torch.no_grad():
@@ -102,9 +107,10 @@ def patch_scores(
             batch = next(batches)
             image, target = batch["image"].to(device), batch["target"].to(device)
             extras = loss_extras(batch, device)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                logits = network(image)
-                losses.append(float(loss_function(logits, target, **extras)))
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                outputs = network(image)
+            logits = outputs.float()
+            losses.append(float(loss_function(logits, target, **extras)))
             predicted = logits >= 0 if regions else logits.argmax(1)
             if ignore_label is not None and not regions:
                 predicted = torch.where(target == ignore_label, 0, predicted)  # unknown class: not scored
