@@ -304,7 +304,7 @@ def fingerprint_case(
 def _class_voxels(labels: TargetVolume) -> dict[str, int]:
     """Label value (structure number for a region target) -> voxels, for those present."""
     if is_region_target(labels):
-        sizes = [int(np.count_nonzero(channel)) for channel in labels]
+        sizes = [int(np.count_nonzero(channel == 1)) for channel in labels]  # not UNKNOWN voxels
         return {str(k + 1): c for k, c in enumerate(sizes) if c}
     values, counts = np.unique(labels, return_counts=True)
     return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
@@ -550,7 +550,7 @@ def _centroids_mm(
     if not values:
         return {}
     if is_region_target(labels):
-        indices = [ndimage.center_of_mass(labels[v - 1] > 0) for v in values]
+        indices = [ndimage.center_of_mass(structure_mask(labels, v)) for v in values]
     else:
         indices = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, values)
     return {

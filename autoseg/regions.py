@@ -16,6 +16,10 @@ Two dataset forms give a region target (``docs/dicom.md``, "Overlapping structur
   per structure, in that order.
 
 Structure numbers are 1-based (``plans.labels`` maps ``background`` to 0 and structure ``k`` to ``k + 1``).
+
+A reference region target may also hold :data:`UNKNOWN` (2): voxels of nnU-Net's ignore label, whose class
+nobody knows (``docs/dicom.md``, "The ignore label"). Such a voxel is in no structure's mask
+(:func:`structure_mask` is ``== 1``), the loss and every score leave it out, and predictions never hold it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from scipy import ndimage
 from autoseg.types import BoolVolume, LabelVolume, TargetVolume
 
 Box = tuple[slice, slice, slice]
+
+UNKNOWN = 2
+"""Value of a reference region target's voxel whose class is unknown (nnU-Net's ignore label), in every
+channel: neither inside nor outside any structure."""
 
 REGION_THRESHOLD = 0.5
 """A voxel belongs to a structure when its sigmoid probability is at least this."""
@@ -58,7 +66,7 @@ def structure_mask(target: TargetVolume, value: int) -> BoolVolume:
     """The ``(Z, Y, X)`` bool mask of label value ``value`` (label map) or structure number ``value``
     (channel ``value - 1`` of a region target)."""
     if is_region_target(target):
-        mask: BoolVolume = target[value - 1] > 0
+        mask: BoolVolume = target[value - 1] == 1
         return mask
     found: BoolVolume = target == value
     return found
@@ -67,7 +75,7 @@ def structure_mask(target: TargetVolume, value: int) -> BoolVolume:
 def structure_values(target: TargetVolume) -> list[int]:
     """The structure numbers (region target) or nonzero label values (label map) that have a voxel."""
     if is_region_target(target):
-        return [index + 1 for index in range(len(target)) if target[index].any()]
+        return [index + 1 for index in range(len(target)) if (target[index] == 1).any()]
     return [int(v) for v in np.unique(target) if v != 0]
 
 
@@ -99,16 +107,21 @@ def probability_channel(target: TargetVolume, value: int) -> int:
 
 def foreground_mask(target: TargetVolume) -> BoolVolume:
     """Voxels of any structure (any nonzero label)."""
-    mask: BoolVolume = np.any(target, axis=0) if is_region_target(target) else np.asarray(target > 0)
+    mask: BoolVolume = np.any(target == 1, axis=0) if is_region_target(target) else np.asarray(target > 0)
     return mask
 
 
-def regions_from_labels(labels: TargetVolume, regions: Sequence[Region]) -> TargetVolume:
+def regions_from_labels(
+    labels: TargetVolume, regions: Sequence[Region], ignore_label: int | None = None
+) -> TargetVolume:
     """The ``(K, Z, Y, X)`` uint8 region target of an nnU-Net region label map: channel ``k`` is 1 where the
-    label is one of ``regions[k].label_values``."""
+    label is one of ``regions[k].label_values``; :data:`UNKNOWN` in every channel where it is
+    ``ignore_label`` (which no region holds, as nnU-Net requires)."""
     target = np.zeros((len(regions), *labels.shape), np.uint8)
     for index, region in enumerate(regions):
         target[index] = np.isin(labels, region.label_values)
+    if ignore_label is not None:
+        target[:, labels == ignore_label] = UNKNOWN
     return target
 
 
@@ -116,7 +129,7 @@ def overlapping_pairs(target: TargetVolume, names: Sequence[str]) -> dict[str, i
     """``"A+B"`` -> voxels in both, for every pair of structures of a region target that overlap."""
     found: dict[str, int] = {}
     for first, second in combinations(range(len(names)), 2):
-        shared = int(np.count_nonzero(target[first] & target[second]))
+        shared = int(np.count_nonzero((target[first] == 1) & (target[second] == 1)))
         if shared:
             found[f"{names[first]}+{names[second]}"] = shared
     return found
@@ -124,7 +137,7 @@ def overlapping_pairs(target: TargetVolume, names: Sequence[str]) -> dict[str, i
 
 def are_disjoint(target: TargetVolume) -> bool:
     """Whether no voxel of a region target belongs to two structures."""
-    return bool((target.astype(np.uint16).sum(0) <= 1).all()) if len(target) else True
+    return bool(((target == 1).sum(0) <= 1).all()) if len(target) else True
 
 
 def label_map_in_class_order(target: TargetVolume, class_order: Sequence[int]) -> LabelVolume:
@@ -144,7 +157,7 @@ def label_map_in_class_order(target: TargetVolume, class_order: Sequence[int]) -
         raise ValueError(f"regions_class_order has {len(class_order)} values for {len(target)} regions")
     labels = np.zeros(target.shape[1:], np.uint8 if max(class_order, default=0) < 256 else np.uint16)
     for index, value in enumerate(class_order):
-        labels[target[index] > 0] = value
+        labels[target[index] == 1] = value
     return labels
 
 
@@ -153,5 +166,5 @@ def label_map_of(target: TargetVolume) -> LabelVolume:
     uint8, uint16 above 255 structures). The caller checks :func:`are_disjoint` first."""
     labels = np.zeros(target.shape[1:], np.uint8 if len(target) < 256 else np.uint16)
     for index in range(len(target)):
-        labels[target[index] > 0] = index + 1
+        labels[target[index] == 1] = index + 1
     return labels

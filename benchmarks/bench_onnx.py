@@ -1,14 +1,15 @@
 """PyTorch against onnxruntime for ``autoseg predict``, on this CPU, with the same trained folds.
 
 Exports one configuration of ``--workdir`` twice (``export-model`` as PyTorch weights and ``--format onnx``),
-then predicts the first ``--cases`` images of ``--inputs`` with each model file, alternating the two
-``--repeats`` times (so drift in the machine's load hits both alike), all in this process with
-``--threads`` threads and float32 arithmetic (onnxruntime computes in float32; bfloat16 autocast would
-compare different arithmetic). Reports per model file the median over repeats of the seconds per case the
-networks took (predict.json's ``predict_seconds``: the sliding window, mirroring and fold ensemble) and of
-the whole run's wall time per case; the Dice between the two label maps per label and case; the largest
-probability difference (the saved float16 probabilities, so steps of 1e-3 near 1); and the load average
-before and after, since a shared machine's timings are worthless (only correctness figures are).
+then predicts the first ``--cases`` images of ``--inputs`` along three paths, alternating them ``--repeats``
+times (so drift in the machine's load hits all alike), all in this process with ``--threads`` threads: each
+file in float32 (onnxruntime computes in float32; bfloat16 autocast would compare different arithmetic), and
+the PyTorch file in ``predict``'s default precision (bfloat16 on a CPU with native bfloat16: the speed a
+PyTorch user gets). Reports per path the median over repeats of the seconds per case the networks took
+(predict.json's ``predict_seconds``: the sliding window, mirroring and fold ensemble) and of the whole run's
+wall time per case; the Dice between the two float32 label maps per label and case; the largest probability
+difference (the saved float16 probabilities, so steps of 1e-3 near 1); and the load average before and
+after, since a shared machine's timings are worthless (only correctness figures are).
 
     python benchmarks/bench_onnx.py --workdir runs/hippo --inputs ../shared/data/hippocampus/imagesTr \\
         --cases 10 --folds 0 --repeats 3 --threads 2 --out benchmarks/results/onnx.json
@@ -37,6 +38,10 @@ from autoseg.inference.stage import PredictRequest, run_predict
 from autoseg.io import read_labels, read_probabilities
 
 FORMATS = ("torch", "onnx")
+PATHS = ("torch", "onnx", "torch-auto")
+"""The timed paths: PyTorch weights in float32, the ONNX file (onnxruntime, float32), and the PyTorch
+weights in ``predict``'s default precision (``auto``: bfloat16 autocast on a CPU with native bfloat16), which
+is what a user of the PyTorch path gets; the correctness figures compare the two float32 paths."""
 
 
 def copy_cases(inputs: Path, count: int, target: Path) -> list[str]:
@@ -56,7 +61,12 @@ def copy_cases(inputs: Path, count: int, target: Path) -> list[str]:
 
 
 def predict_once(
-    model: Path, inputs: Path, out: Path, folds: Sequence[str] | None, threads: int
+    model: Path,
+    inputs: Path,
+    out: Path,
+    folds: Sequence[str] | None,
+    threads: int,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """One ``predict`` run; returns its wall time and the network seconds per case."""
     if out.exists():
@@ -66,7 +76,7 @@ def predict_once(
         output=out,
         model=model,
         folds=tuple(folds) if folds else None,
-        precision="float32",
+        precision=precision,
         device="cpu",
         threads=threads,
         outputs=OutputOptions(save_probabilities=True),
@@ -125,11 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 network_format="onnx" if name == "onnx" else "torch",
             )  # fmt: skip
             export_s[name] = time.perf_counter() - started
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in FORMATS}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
         for _ in range(args.repeats):
-            for name in FORMATS:
+            for name in PATHS:
+                model, precision = (
+                    (models["torch"], "auto") if name == "torch-auto" else (models[name], "float32")
+                )
                 runs[name].append(
-                    predict_once(models[name], root / "in", root / name, args.folds, args.threads)
+                    predict_once(model, root / "in", root / name, args.folds, args.threads, precision)
                 )
         labels = json.loads((root / "torch" / "predict.json").read_text())
         record = _summary(runs, cases, export_s)
@@ -161,7 +174,9 @@ def _summary(
             "wall_s_per_case": statistics.median(r["wall_s"] for r in repeats) / len(cases),
             "wall_s_runs": [r["wall_s"] for r in repeats],
         }
-    summary["onnx_speedup"] = summary["torch"]["network_s_per_case"] / summary["onnx"]["network_s_per_case"]
+    onnx = summary["onnx"]["network_s_per_case"]
+    summary["onnx_speedup"] = summary["torch"]["network_s_per_case"] / onnx
+    summary["onnx_speedup_over_default"] = summary["torch-auto"]["network_s_per_case"] / onnx
     return summary
 
 
@@ -182,11 +197,12 @@ def _print(record: dict[str, Any]) -> None:
     print(f"{record['cases']} cases, {record['threads']} threads, load {before:.2f} -> {after:.2f}")
     print("| path | network s/case | wall s/case | export s |")
     print("|---|---|---|---|")
-    for name in FORMATS:
-        row, export = record[name], record["export_s"][name]
+    for name in PATHS:
+        row, export = record[name], record["export_s"].get(name, record["export_s"]["torch"])
         print(f"| {name} | {row['network_s_per_case']:.3f} | {row['wall_s_per_case']:.3f} | {export:.1f} |")
     print(
-        f"onnxruntime / PyTorch speed-up (network): {record['onnx_speedup']:.2f}x; min Dice between the "
+        f"onnxruntime / PyTorch speed-up (network): {record['onnx_speedup']:.2f}x against float32, "
+        f"{record['onnx_speedup_over_default']:.2f}x against the default precision; min Dice between the "
         f"label maps {record['min_dice']}; {record['voxels_differing']} voxels differ; max probability "
         f"difference {record['max_probability_difference']:.4f}"
     )

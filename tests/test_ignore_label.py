@@ -13,11 +13,13 @@ import torch
 from helpers import plan_and_preprocess_argv, tiny_case, tiny_train_config, write_nnunet_dataset
 
 from autoseg.cli.main import main
-from autoseg.dataset.layout import load_dataset, scan_dataset
+from autoseg.dataset.layout import load_dataset, read_case, scan_dataset
 from autoseg.evaluation.metrics import without_ignored
 from autoseg.evaluation.stage import EvaluateRequest, run_evaluate
 from autoseg.io import Geometry, read_labels, write_labels
-from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
+from autoseg.regions import UNKNOWN
+from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss, RegionLoss
+from autoseg.training.validation import patch_scores
 from autoseg.workdir import Workdir
 
 LABELS = {"background": 0, "organ": 1, "core": 2, "ignore": 3}
@@ -52,7 +54,6 @@ def test_the_ignore_label_is_read_and_is_not_a_class(tmp_path: Path, rng: np.ran
         ({"background": 0, "ignore": 1, "organ": 2}, "must be the highest label value (above 2)"),
         ({"background": 0, "organ": 1, "ignore": [2, 3]}, "must be one integer label value"),
         ({"background": 0, "whole": [1, 2], "core": 2, "ignore": 2}, "must be the highest label value"),
-        ({"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}, "region-based labels is not supported"),
     ],
 )
 def test_the_ignore_label_rules(
@@ -167,3 +168,103 @@ def test_the_postprocessing_choice_does_not_score_ignored_voxels(tmp_path: Path)
         show_progress=False,
     )
     assert plain.steps and not ignored.steps
+
+
+REGION_LABELS = {"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}
+
+
+def _region_dataset(root: Path, rng: np.random.Generator) -> Path:
+    """The ignored dataset with nnU-Net regions (whole = organ + core, core) and regions_class_order."""
+    root = _ignored_dataset(root, rng, REGION_LABELS)  # type: ignore[arg-type]
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["regions_class_order"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_an_ignore_label_with_nnunet_regions_is_unknown_in_every_structure(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    dataset = load_dataset(_region_dataset(tmp_path / "Dataset013_RegionsIgnore", rng))
+    assert dataset.ignore_label == 3 and [r.label_values for r in dataset.regions] == [(1, 2), (2,)]
+    assert main(["verify", str(dataset.root), "-q"]) == 0
+    _, target, _ = read_case(dataset.cases[0])
+    labels, _ = read_labels(dataset.cases[0].label_path)  # type: ignore[arg-type]
+    assert target is not None and target.shape == (2, *labels.shape)
+    np.testing.assert_array_equal(target[:, labels == 3], UNKNOWN)  # unknown in both structures
+    np.testing.assert_array_equal(target[0][labels != 3], np.isin(labels, (1, 2))[labels != 3])
+    np.testing.assert_array_equal(target[1][labels != 3], (labels == 2)[labels != 3])
+
+
+def test_the_region_loss_leaves_unknown_voxels_out(rng: np.random.Generator) -> None:
+    """As for a label map: logits at unknown voxels get no gradient and change nothing; the loss equals the
+    loss on the known voxels alone; with the partly contoured mask too."""
+    target = torch.from_numpy(rng.integers(0, 2, size=(2, 2, 4, 6, 6)).astype(np.uint8))
+    target[..., :2] = UNKNOWN
+    logits = torch.from_numpy(rng.normal(size=(2, 2, 4, 6, 6)).astype(np.float32)).requires_grad_()
+    for annotated in (None, torch.tensor([[1, 1], [1, 0]], dtype=torch.uint8)):
+        loss = RegionLoss(batch_dice=False)
+        logits.grad = None
+        tensor = loss(logits, target, annotated)
+        tensor.backward()
+        assert logits.grad is not None and float(logits.grad[..., :2].abs().max()) == 0.0
+        assert float(logits.grad[..., 2:].abs().max()) > 0
+        changed = logits.detach().clone()
+        changed[..., :2] = 50.0
+        assert float(loss(changed, target, annotated)) == pytest.approx(float(tensor), rel=1e-6)
+        known = loss(logits.detach()[..., 2:], target[..., 2:], annotated)
+        assert float(tensor) == pytest.approx(float(known), rel=1e-5)
+    masked = float(RegionLoss(batch_dice=False)(logits.detach(), target))
+    as_background = torch.where(target == UNKNOWN, 0, target)
+    assert float(RegionLoss(batch_dice=False)(logits.detach(), as_background)) != pytest.approx(
+        masked, rel=1e-3
+    )
+
+
+def test_patch_validation_and_evaluation_skip_unknown_region_voxels() -> None:
+    target = torch.zeros(1, 2, 4, 4, 4, dtype=torch.uint8)
+    target[0, 0, :2] = 1
+    target[..., 3] = UNKNOWN
+    logits = torch.where(target == 1, 10.0, -10.0)
+    logits[..., 3] = 10.0  # "wrong" only where unknown
+
+    class Fixed(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    batches = iter([{"image": torch.zeros(1, 1, 4, 4, 4), "target": target}])
+    _, dice = patch_scores(
+        Fixed(), RegionLoss(batch_dice=False), batches, 1, torch.device("cpu"), 2, regions=True
+    )
+    assert dice[0] == 1.0 and np.isnan(dice[1])  # structure 2: nowhere known to be, nowhere predicted
+    prediction = (logits[0] > 0).numpy().astype(np.uint8)
+    masked_prediction, masked_reference = without_ignored(prediction, target[0].numpy(), None)
+    assert UNKNOWN not in masked_reference and not masked_prediction[..., 3].any()
+    np.testing.assert_array_equal(masked_prediction, masked_reference)
+
+
+def test_ignore_label_with_regions_plan_train_predict(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A region dataset with an ignore label trains (region-based, the unknown voxels in the store) and
+    predicts structures that never hold the unknown value."""
+    from autoseg.preprocessing.store import load_case
+    from autoseg.training import train_fold
+
+    dataset = _region_dataset(tmp_path / "Dataset014_RegionsIgnore", rng)
+    workdir = tmp_path / "work"
+    assert main(plan_and_preprocess_argv(dataset, workdir, "3d_fullres")) == 0
+    work = Workdir(workdir)
+    plans = work.read_plans()
+    assert plans.region_based and plans.num_outputs == 2 and plans.target.ignore_label == 3
+    fingerprint = json.loads((workdir / "fingerprint.json").read_text())
+    case = fingerprint["cases"][0]
+    labels, _ = read_labels(dataset / "labelsTr" / "case_000.nii.gz")
+    assert case["class_voxels"]["1"] == int(np.isin(labels, (1, 2)).sum())  # unknown voxels not counted
+    stored = load_case(work.data_dir("3d_fullres"), "case_000")
+    assert stored.labels is not None and stored.labels.ndim == 4 and UNKNOWN in stored.labels
+    result = train_fold(workdir, tiny_train_config(), show_progress=False)
+    assert result.summary is not None and set(result.summary["mean_dice_per_class"]) == {"whole", "core"}
+    out = tmp_path / "predicted"
+    argv = ["predict", "-i", str(dataset / "imagesTr"), "-o", str(out), "-m", str(workdir), "-q"]
+    assert main(argv) == 0
+    predicted, _ = read_labels(out / "case_000.nii.gz")
+    assert predicted.max() <= 2  # regions_class_order's label map: whole 1, core 2, never the unknown 3

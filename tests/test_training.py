@@ -22,7 +22,7 @@ from autoseg.cli.main import main
 from autoseg.errors import CheckpointError, WorkerError
 from autoseg.training import callbacks
 from autoseg.training.checkpoint import load_checkpoint
-from autoseg.training.config import RunState, TrainConfig, resolve_time_limit
+from autoseg.training.config import RunState, TrainConfig, most_epochs, resolve_time_limit
 from autoseg.training.data import BatchSpec, epoch_batches
 from autoseg.training.loop import train_fold
 from autoseg.workdir import Workdir
@@ -266,6 +266,10 @@ def test_a_plan_made_for_a_time_budget_is_trained_within_it() -> None:
     assert resolve_time_limit(planned, None).time_limit_s is None  # a GPU plan: its schedule as planned
     assert resolve_time_limit(replace(planned, time_limit_s=600.0), 3600.0).time_limit_s == 600.0
     assert resolve_time_limit(replace(planned, epochs=3), 3600.0).time_limit_s is None  # asked for epochs
+    budget = resolve_time_limit(planned, 3600.0)
+    assert most_epochs(budget, 40, 3600.0) == 80  # faster epochs than planned: the hour is used
+    assert most_epochs(replace(planned, time_limit_s=600.0), 40, 3600.0) == 40  # a user's limit only shortens
+    assert most_epochs(replace(budget, epochs=3), 40, 3600.0) == 3
 
 
 def test_train_command_with_patient_groups(prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:

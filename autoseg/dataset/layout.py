@@ -99,6 +99,8 @@ class Case:
             then read as a ``(K, Z, Y, X)`` region target.
         annotated: region datasets: the structure numbers (1-based) contoured in this case (``"annotated"``
             in dataset.json); the others are unannotated, not background. ``None``: every structure.
+        ignore_label: nnU-Net regions: the label value of unknown class, read as
+            :data:`autoseg.regions.UNKNOWN` in every structure's channel.
     """
 
     identifier: str
@@ -107,6 +109,7 @@ class Case:
     channels_in_one_file: bool = False
     regions: tuple[Region, ...] = ()
     annotated: tuple[int, ...] | None = None
+    ignore_label: int | None = None
 
     @property
     def label_channels(self) -> int:
@@ -525,9 +528,6 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     regions, order = parse_regions(meta, path, problems)
     labels = structure_labels(regions) if regions else parse_labels(meta, path, problems, msd=False)
     ignore_label = parse_ignore_label(meta, path, problems)
-    if ignore_label is not None and regions:
-        problems.append(Problem("error", "an 'ignore' label with region-based labels is not supported yet "
-                                "(only with labels of one integer value each)", path))  # fmt: skip
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
         problems.append(
@@ -553,7 +553,15 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
         labels,
         num_training,
         ending,
-        tuple(replace(c, regions=regions, annotated=annotated.get(c.identifier)) for c in cases),
+        tuple(
+            replace(
+                c,
+                regions=regions,
+                annotated=annotated.get(c.identifier),
+                ignore_label=ignore_label if regions else None,
+            )
+            for c in cases
+        ),
         tuple(test_cases),
         meta,
         regions,
@@ -888,5 +896,5 @@ def read_case(case: Case) -> tuple[FloatVolume, TargetVolume | None, Geometry]:
         case.label_path, labels.shape[-3:], label_geometry, image.shape, geometry, reference_name=reference
     )
     if case.regions and not case.label_channels:
-        labels = regions_from_labels(labels, case.regions)
+        labels = regions_from_labels(labels, case.regions, case.ignore_label)
     return image, labels, geometry

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 
 from autoseg.errors import EvaluationError
-from autoseg.regions import is_region_target, structure_mask
+from autoseg.regions import UNKNOWN, is_region_target, structure_mask
 from autoseg.types import BoolVolume, LabelVolume, TargetVolume, Triple
 
 DEFAULT_TOLERANCE_MM = 2.0
@@ -137,9 +137,17 @@ def without_ignored(
 ) -> tuple[TargetVolume, TargetVolume]:
     """Prediction and reference with the voxels the reference labels ``ignore_label`` (nnU-Net's ignore
     label: unknown class) set to background in both, so that no metric counts them, as nnU-Net's evaluation
-    masks them out; unchanged (not copied) when ``ignore_label`` is ``None`` or absent, or for region
-    targets (which hold no label values)."""
-    if ignore_label is None or is_region_target(reference):
+    masks them out. A region reference marks them :data:`autoseg.regions.UNKNOWN` itself (read from an
+    nnU-Net region dataset with an ignore label), channel by channel, whatever ``ignore_label`` (a label-map
+    prediction loses the voxels unknown in any channel). Unchanged (not copied) when nothing is unknown."""
+    if is_region_target(reference):
+        unknown = reference == UNKNOWN
+        if not unknown.any():
+            return prediction, reference
+        known_reference = np.where(unknown, 0, reference).astype(reference.dtype)
+        hidden = unknown if is_region_target(prediction) else unknown.any(axis=0)
+        return np.where(hidden, 0, prediction).astype(prediction.dtype), known_reference
+    if ignore_label is None:
         return prediction, reference
     unknown = reference == ignore_label
     if not unknown.any():

@@ -37,7 +37,7 @@ from autoseg.preprocessing.resample import (
     resample_target,
     target_shape,
 )
-from autoseg.regions import is_region_target, structure_mask
+from autoseg.regions import is_region_target, structure_mask, structure_values
 from autoseg.types import FloatVolume, TargetVolume
 
 FOREGROUND_SAMPLES = 10_000
@@ -276,7 +276,7 @@ def sample_foreground(labels: TargetVolume, rng: np.random.Generator) -> dict[in
     sorted."""
     found: dict[int, np.ndarray] = {}
     region = is_region_target(labels)
-    values = [k + 1 for k in range(len(labels)) if labels[k].any()] if region else np.unique(labels)
+    values = structure_values(labels) if region else np.unique(labels)
     for value in values:
         if value == 0:
             continue

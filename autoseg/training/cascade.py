@@ -188,7 +188,7 @@ def one_hot_channels(target: np.ndarray, channels: int, *, regions: bool) -> Flo
     if regions:
         if target.shape[0] != channels:
             raise ValueError(f"{target.shape[0]} structure masks for {channels} channels")
-        return np.asarray(target, dtype=np.float32)
+        return np.asarray(target == 1, dtype=np.float32)
     out = np.zeros((channels, *target.shape), np.float32)
     for k in range(channels):
         out[k] = target == k + 1

@@ -76,6 +76,21 @@ def resolve_time_limit(config: TrainConfig, time_budget_s: float | None) -> Trai
     return replace(config, time_limit_s=float(time_budget_s))
 
 
+BUDGET_GROWTH = 2
+"""A plan made for a time budget trains for that budget: its schedule may grow up to this many times the
+planned epochs when real epochs run faster than the planner estimated (a user's ``--time-limit`` only
+shortens the schedule)."""
+
+
+def most_epochs(config: TrainConfig, planned: int, time_budget_s: float | None) -> int:
+    """The most epochs the time limit may fit: ``--epochs`` or the plan's, or :data:`BUDGET_GROWTH` times the
+    plan's when the limit is the plan's own time budget (:func:`resolve_time_limit`)."""
+    if config.epochs is not None:
+        return config.epochs
+    from_budget = time_budget_s is not None and config.time_limit_s == float(time_budget_s)
+    return planned * BUDGET_GROWTH if from_budget else planned
+
+
 def learning_rate(config: TrainConfig, state: RunState) -> float:
     """Poly schedule: ``initial_lr * (1 - epoch / epochs) ** 0.9`` for the epoch about to run."""
     return float(config.initial_lr * (1 - state.epoch / state.epochs) ** 0.9)

@@ -109,7 +109,7 @@ class PatchBatches(IterableDataset[dict[str, torch.Tensor]]):
 
 def _target_tensor(seg: np.ndarray, regions: bool) -> torch.Tensor:
     """batchgenerators' ``(B, 1, ...)`` float segmentation as ``(B, ...)`` int64 class indices, or its
-    ``(B, K, ...)`` region channels as uint8 0/1."""
+    ``(B, K, ...)`` region channels as uint8 0/1 (:data:`autoseg.regions.UNKNOWN` kept: the loss masks it)."""
     if regions:
         return torch.from_numpy(np.rint(seg).astype(np.uint8))
     return torch.from_numpy(np.rint(seg[:, 0]).astype(np.int64))

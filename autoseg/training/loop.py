@@ -45,6 +45,7 @@ from autoseg.training.config import (
     RunState,
     TrainConfig,
     learning_rate,
+    most_epochs,
     resolve_configuration,
     resolve_time_limit,
 )
@@ -196,9 +197,8 @@ def default_callbacks(
     """Patch validation, the epoch's log line and the time limit on every rank; on rank 0 also the text log,
     the progress bar, ``log.jsonl``, the checkpoints, ``progress.png`` and the final validation."""
     class_names = [n for n, v in sorted(plans.labels.items(), key=lambda i: i[1]) if v]
-    limit = (
-        [TimeLimit(config.time_limit_s, config.epochs or plan.schedule.epochs)] if config.time_limit_s else []
-    )
+    ceiling = most_epochs(config, plan.schedule.epochs, plans.planner_options.get("time_budget_s"))
+    limit = [TimeLimit(config.time_limit_s, ceiling)] if config.time_limit_s else []
     ignore = plans.target.ignore_label
     patches = PatchValidation(plans.num_outputs, regions=plans.region_based, ignore_label=ignore)
     if not rank.writes:

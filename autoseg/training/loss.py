@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.regions import UNKNOWN
+
 DICE_SMOOTH = 1e-5
 
 
@@ -58,19 +60,24 @@ def soft_dice_sigmoid(
     batch_dice: bool,
     smooth: float = DICE_SMOOTH,
     annotated: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean soft Dice over the structures of a region-based output.
 
     Args:
         logits: ``(B, K, ...)`` raw network output, one sigmoid per structure.
-        target: ``(B, K, ...)`` 0/1 (any dtype), channel ``k`` the mask of structure ``k``.
+        target: ``(B, K, ...)`` 0/1 (any dtype), channel ``k`` the mask of structure ``k``; 1 is inside.
         batch_dice: sum over the batch before dividing (one Dice per structure) instead of one per sample.
         annotated: ``(B, K)`` 0/1, structure ``k`` contoured in sample ``b``: the mean is over the annotated
             ``(sample, structure)`` pairs (``batch_dice``: each structure's sums over its annotated samples,
             the mean over structures annotated in some sample); ``None``: all.
+        known: ``(B, K, ...)`` bool, the voxels of known class (not nnU-Net's ignore label, whose voxels the
+            region target marks :data:`autoseg.regions.UNKNOWN`): the others count in neither sum.
     """
     probabilities = logits.float().sigmoid()
-    truth = target.to(probabilities.dtype)
+    truth = (target == 1).to(probabilities.dtype)
+    if known is not None:
+        probabilities = probabilities * known.to(probabilities.dtype)
     axes = tuple(range(2, logits.ndim))
     if annotated is None:
         if batch_dice:
@@ -93,7 +100,9 @@ class RegionLoss(nn.Module):
 
     With ``annotated`` (``(B, K)`` 0/1; ``docs/dicom.md``, "Partly contoured cases") structure ``k`` of sample
     ``b`` counts only where annotated: the cross-entropy is the mean over the annotated channels' voxels, the
-    Dice that of :func:`soft_dice_sigmoid`; an unannotated channel's logits get no gradient.
+    Dice that of :func:`soft_dice_sigmoid`; an unannotated channel's logits get no gradient. Voxels the target
+    marks :data:`autoseg.regions.UNKNOWN` (nnU-Net's ignore label) are left out of both terms, as nnU-Net's
+    region loss masks them: no gradient there.
     """
 
     def __init__(self, *, batch_dice: bool) -> None:
@@ -103,15 +112,24 @@ class RegionLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Loss of ``(B, K, ...)`` logits against ``(B, K, ...)`` 0/1 targets."""
-        if annotated is None:
-            bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        """Loss of ``(B, K, ...)`` logits against ``(B, K, ...)`` 0/1 targets (``UNKNOWN``: not scored)."""
+        unknown = target == UNKNOWN
+        known = ~unknown if bool(unknown.any()) else None
+        truth = (target == 1).float()
+        if annotated is None and known is None:
+            bce = F.binary_cross_entropy_with_logits(logits.float(), truth)
         else:
-            each = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-            weight = annotated.to(each.dtype)
-            per_channel = each.flatten(2).mean(2)
+            each = F.binary_cross_entropy_with_logits(logits.float(), truth, reduction="none")
+            voxels = known.to(each.dtype) if known is not None else torch.ones_like(each)
+            weight = (
+                annotated.to(each.dtype)
+                if annotated is not None
+                else torch.ones(each.shape[:2], dtype=each.dtype, device=each.device)
+            )
+            per_channel = (each * voxels).flatten(2).sum(2) / voxels.flatten(2).sum(2).clamp_min(1.0)
+            weight = weight * (voxels.flatten(2).sum(2) > 0).to(weight.dtype)  # a channel all unknown: none
             bce = (per_channel * weight).sum() / weight.sum().clamp_min(1.0)
-        dice = soft_dice_sigmoid(logits, target, batch_dice=self.batch_dice, annotated=annotated)
+        dice = soft_dice_sigmoid(logits, target, batch_dice=self.batch_dice, annotated=annotated, known=known)
         return bce + 1 - dice
 
 

@@ -35,6 +35,7 @@ from autoseg.io import read_target, write_json, write_probabilities, write_targe
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.case import restore_probabilities
 from autoseg.preprocessing.store import load_case
+from autoseg.regions import UNKNOWN
 from autoseg.training.callbacks import Callback, TrainingRun
 from autoseg.training.cascade import PreviousStage, with_previous_stage
 from autoseg.training.data import loss_extras
@@ -135,10 +136,12 @@ def _patch_masks(
     annotated: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and true masks of class ``k`` (structure ``k``: channel ``k - 1`` with ``regions``, of the
-    samples where it is ``annotated``)."""
+    samples where it is ``annotated``; its voxels of unknown class, :data:`autoseg.regions.UNKNOWN`, in
+    neither mask)."""
     if regions:
         keep = slice(None) if annotated is None else annotated[:, k - 1] > 0
-        return predicted[keep, k - 1], target[keep, k - 1] > 0
+        truth = target[keep, k - 1]
+        return predicted[keep, k - 1] & (truth != UNKNOWN), truth == 1
     return predicted == k, target == k
 
 
