@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +34,19 @@ def _ignored_dataset(root: Path, rng: np.random.Generator, labels: dict[str, obj
         label[:, :, :2] = 3
         cases[f"case_{i:03d}"] = (image, label, geometry)
     return write_nnunet_dataset(root, cases, labels=labels or LABELS)  # type: ignore[arg-type]
+
+
+def _train_and_predict(dataset: Path, workdir: Path, out: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """Train fold 0 of ``workdir`` (tiny schedule), predict the training images; the validation summary and
+    case_000's predicted label map."""
+    from autoseg.training import train_fold
+
+    result = train_fold(workdir, tiny_train_config(), show_progress=False)
+    assert result.summary is not None
+    argv = ["predict", "-i", str(dataset / "imagesTr"), "-o", str(out), "-m", str(workdir), "-q"]
+    assert main(argv) == 0
+    predicted, _ = read_labels(out / "case_000.nii.gz")
+    return result.summary, predicted
 
 
 def _problems(root: Path) -> list[str]:
@@ -111,7 +125,6 @@ def test_ignore_label_plan_train_predict(tmp_path: Path, rng: np.random.Generato
     """Carried into plans.json (not a class, target.ignore_label, the reason), never sampled as foreground
     and never predicted: the network has 3 outputs and the prediction holds no 3."""
     from autoseg.preprocessing.store import load_case
-    from autoseg.training import train_fold
 
     dataset = _ignored_dataset(tmp_path / "Dataset012_Ignore", rng)
     workdir = tmp_path / "work"
@@ -127,12 +140,8 @@ def test_ignore_label_plan_train_predict(tmp_path: Path, rng: np.random.Generato
     assert all("3" not in case["class_voxels"] for case in fingerprint["cases"])
     stored = load_case(work.data_dir("3d_fullres"), "case_000")
     assert stored.labels is not None and 3 in stored.labels  # kept in the store, masked in the loss
-    result = train_fold(workdir, tiny_train_config(), show_progress=False)
-    assert result.summary is not None and set(result.summary["mean_dice_per_class"]) == {"organ", "core"}
-    out = tmp_path / "predicted"
-    argv = ["predict", "-i", str(dataset / "imagesTr"), "-o", str(out), "-m", str(workdir), "-q"]
-    assert main(argv) == 0
-    predicted, _ = read_labels(out / "case_000.nii.gz")
+    summary, predicted = _train_and_predict(dataset, workdir, tmp_path / "predicted")
+    assert set(summary["mean_dice_per_class"]) == {"organ", "core"}
     assert predicted.max() <= 2
 
 
@@ -250,7 +259,6 @@ def test_ignore_label_with_regions_plan_train_predict(tmp_path: Path, rng: np.ra
     """A region dataset with an ignore label trains (region-based, the unknown voxels in the store) and
     predicts structures that never hold the unknown value."""
     from autoseg.preprocessing.store import load_case
-    from autoseg.training import train_fold
 
     dataset = _region_dataset(tmp_path / "Dataset014_RegionsIgnore", rng)
     workdir = tmp_path / "work"
@@ -264,10 +272,6 @@ def test_ignore_label_with_regions_plan_train_predict(tmp_path: Path, rng: np.ra
     assert case["class_voxels"]["1"] == int(np.isin(labels, (1, 2)).sum())  # unknown voxels not counted
     stored = load_case(work.data_dir("3d_fullres"), "case_000")
     assert stored.labels is not None and stored.labels.ndim == 4 and UNKNOWN in stored.labels
-    result = train_fold(workdir, tiny_train_config(), show_progress=False)
-    assert result.summary is not None and set(result.summary["mean_dice_per_class"]) == {"whole", "core"}
-    out = tmp_path / "predicted"
-    argv = ["predict", "-i", str(dataset / "imagesTr"), "-o", str(out), "-m", str(workdir), "-q"]
-    assert main(argv) == 0
-    predicted, _ = read_labels(out / "case_000.nii.gz")
+    summary, predicted = _train_and_predict(dataset, workdir, tmp_path / "predicted")
+    assert set(summary["mean_dice_per_class"]) == {"whole", "core"}
     assert predicted.max() <= 2  # regions_class_order's label map: whole 1, core 2, never the unknown 3
