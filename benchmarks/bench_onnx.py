@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,13 +60,16 @@ def copy_cases(inputs: Path, count: int, target: Path) -> list[str]:
     return names
 
 
+PathPrecision = Literal["auto", "float32", "bfloat16", "float16"]
+
+
 def predict_once(
     model: Path,
     inputs: Path,
     out: Path,
     folds: Sequence[str] | None,
     threads: int,
-    precision: str = "float32",
+    precision: PathPrecision = "float32",
 ) -> dict[str, Any]:
     """One ``predict`` run; returns its wall time and the network seconds per case."""
     if out.exists():
@@ -138,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
         for _ in range(args.repeats):
             for name in PATHS:
-                model, precision = (
-                    (models["torch"], "auto") if name == "torch-auto" else (models[name], "float32")
-                )
+                precision: PathPrecision = "auto" if name == "torch-auto" else "float32"
+                model = models["torch"] if name == "torch-auto" else models[name]
                 runs[name].append(
                     predict_once(model, root / "in", root / name, args.folds, args.threads, precision)
                 )

@@ -184,7 +184,7 @@ REGION_LABELS = {"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}
 
 def _region_dataset(root: Path, rng: np.random.Generator) -> Path:
     """The ignored dataset with nnU-Net regions (whole = organ + core, core) and regions_class_order."""
-    root = _ignored_dataset(root, rng, REGION_LABELS)  # type: ignore[arg-type]
+    root = _ignored_dataset(root, rng, REGION_LABELS)
     meta = json.loads((root / "dataset.json").read_text())
     meta["regions_class_order"] = [1, 2]
     (root / "dataset.json").write_text(json.dumps(meta))
