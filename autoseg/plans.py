@@ -211,7 +211,16 @@ class TargetPlan:
     structure not listed is typed from its name."""
     ignore_label: int | None = None
     """nnU-Net's ignore label (``"ignore"`` in the dataset's labels; not in ``Plans.labels``): voxels of this
-    value are left out of the loss, foreground sampling and validation, and never predicted."""
+    value are left out of the loss, foreground sampling and validation, and never predicted. With kind
+    ``"regions"`` the preprocessed targets already mark those voxels :data:`autoseg.regions.UNKNOWN` in every
+    structure (:func:`autoseg.regions.regions_from_labels`)."""
+
+    @property
+    def label_map_ignore(self) -> int | None:
+        """The ignore value in the network's label-map target (``ignore_label`` for kind ``"labels"``);
+        ``None`` for regions, whose targets carry :data:`autoseg.regions.UNKNOWN` instead (a value such as
+        3 would otherwise be taken for structure 3)."""
+        return self.ignore_label if self.kind == "labels" else None
 
 
 @dataclass(frozen=True)
@@ -488,8 +497,14 @@ def _target_problems(plans: Plans) -> list[str]:
     if target.kind not in ("labels", "regions"):
         return [f"target.kind: '{target.kind}' is not 'labels' or 'regions'"]
     ignore = target.ignore_label
-    if ignore is not None and (target.kind != "labels" or ignore <= max(plans.labels.values(), default=0)):
-        return [f"target.ignore_label: {ignore} must be above every label value, with kind 'labels'"]
+    if ignore is not None:
+        values = (
+            [v for region in target.regions for v in region.label_values]
+            if target.kind == "regions"
+            else list(plans.labels.values())
+        )
+        if ignore <= max(values, default=0):
+            return [f"target.ignore_label: {ignore} must be above every label value the dataset uses"]
     if target.kind == "labels":
         return ["target.regions: must be empty for kind 'labels'"] if target.regions else []
     expected = {"background": 0, **{r.name: k + 1 for k, r in enumerate(target.regions)}}

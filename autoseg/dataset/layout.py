@@ -528,9 +528,6 @@ def _scan_nnunet(root: Path, meta: dict[str, Any], problems: list[Problem]) -> D
     regions, order = parse_regions(meta, path, problems)
     labels = structure_labels(regions) if regions else parse_labels(meta, path, problems, msd=False)
     ignore_label = parse_ignore_label(meta, path, problems)
-    if ignore_label is not None and regions:
-        problems.append(Problem("error", "an 'ignore' label with region-based labels is not supported yet "
-                                "(only with labels of one integer value each)", path))  # fmt: skip
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_ENDINGS:
         problems.append(

@@ -30,7 +30,10 @@ def training_target(fingerprint: Fingerprint) -> tuple[TargetPlan, str]:
             ),
         )
     names = [region.name for region in fingerprint.regions]
-    target = TargetPlan("regions", fingerprint.regions, fingerprint.regions_class_order, types)
+    ignore = fingerprint.ignore_label
+    target = TargetPlan(
+        "regions", fingerprint.regions, fingerprint.regions_class_order, types, ignore_label=ignore
+    )
     declared = (
         "nnU-Net regions (label values that are lists)"
         if fingerprint.regions[0].label_values
@@ -46,6 +49,12 @@ def training_target(fingerprint: Fingerprint) -> tuple[TargetPlan, str]:
     return target, (
         f"region-based: sigmoid per structure ({', '.join(names)}), Dice + BCE with deep supervision, "
         f"threshold 0.5; the dataset declares {declared}{found}"
+        + (
+            ""
+            if ignore is None
+            else f"; label value {ignore} is nnU-Net's ignore label: unknown in every structure, left out "
+            "of the loss, foreground sampling and validation"
+        )
     )
 
 

@@ -143,7 +143,7 @@ def _new_run(
     """Join the process group, choose the fold's batches (unless ``parts`` brings them), make the run folder
     and the parts; the state is that of a new run (``resume`` restores it later)."""
     rank = init_from_environment(torch.device(config.device).type)
-    regions, ignore = plans.region_based, plans.target.ignore_label
+    regions, ignore = plans.region_based, plans.target.label_map_ignore
     previous = _previous_stage(work, plans, config.configuration_name, rank)
     batches = (
         parts.batches
@@ -199,7 +199,7 @@ def default_callbacks(
     class_names = [n for n, v in sorted(plans.labels.items(), key=lambda i: i[1]) if v]
     ceiling = most_epochs(config, plan.schedule.epochs, plans.planner_options.get("time_budget_s"))
     limit = [TimeLimit(config.time_limit_s, ceiling)] if config.time_limit_s else []
-    ignore = plans.target.ignore_label
+    ignore = plans.target.label_map_ignore
     patches = PatchValidation(plans.num_outputs, regions=plans.region_based, ignore_label=ignore)
     if not rank.writes:
         return [patches, EpochLog(), *limit]
