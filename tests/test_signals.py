@@ -218,6 +218,32 @@ def test_a_signal_inside_a_command_gives_one_line_and_its_exit_code(
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_swallowed_by_a_finaliser_still_interrupts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_dataset: Path, signum: int
+) -> None:
+    """The handler's exception raised inside a ``__del__`` (or a weakref callback, as importlib's module-lock
+    one in CI) is dropped by Python with "Exception ignored in ..."; before, the command then ran on to exit
+    0. It is delivered again and the command ends as for any signal, with no such message."""
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signum)  # the handler runs here, in the finaliser
+
+    def signalled(*args: object, **kwargs: object) -> None:
+        Finalised()  # collected at once: its __del__ swallows the Interrupted it raised
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AssertionError("the swallowed signal was lost")
+
+    monkeypatch.setattr("autoseg.dataset.verify.verify_dataset", signalled)
+    code = main(["verify", str(tiny_dataset), "-q"])
+    err = capsys.readouterr().err
+    assert code == 128 + signum, err
+    assert "Exception ignored" not in err and err.count("\n") == 1, err
+
+
 def _slow_square(value: int) -> int:
     time.sleep(0.2 if value == 0 else 4.0)
     return value * value

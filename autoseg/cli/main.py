@@ -7,11 +7,14 @@ No traceback is shown unless ``--debug`` is given.
 Signals: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, so the command unwinds as for an
 error (atomic writes drop their temporaries, worker pools are terminated: :mod:`autoseg.parallel`), then
 prints one line and exits 130 or 143. Once the first signal arrived, further ones are ignored, so a second
-Ctrl-C cannot break the clean-up half-way.
+Ctrl-C cannot break the clean-up half-way. A signal whose :class:`Interrupted` is raised where Python swallows
+exceptions (a weakref callback, a ``__del__``: "Exception ignored in ...") is not lost: ``sys.unraisablehook``
+sees it, re-arms the handler and delivers the signal again, which then lands in ordinary code.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
 import os
@@ -102,6 +105,8 @@ def _signals_interrupt(*, restore: bool) -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed(previous_hook)
     for signum in previous:
         signal.signal(signum, _raise_interrupted)
     try:
@@ -109,11 +114,37 @@ def _signals_interrupt(*, restore: bool) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if restore else signal.SIG_IGN)
+        sys.unraisablehook = previous_hook
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
     _ignore_signals()  # the clean-up that follows runs to its end
     raise Interrupted(signum)
+
+
+def _redeliver_swallowed(
+    previous: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], object]:
+    """An unraisable hook that does not let an :class:`Interrupted` die where it was raised: a signal that
+    arrived while a weakref callback or a ``__del__`` ran raised there, and Python drops such exceptions (the
+    command would run on, to exit 0). The hook puts the handler back and delivers the signal again 50 ms
+    later from a timer thread (``_thread.interrupt_main``: the main thread's handler runs at its next
+    bytecode, in the code that was running, not inside this hook).
+    Any other unraisable exception goes to ``previous``."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> object:
+        interruption = unraisable.exc_value
+        in_main = threading.current_thread() is threading.main_thread()
+        if not isinstance(interruption, Interrupted) or not in_main:
+            return previous(unraisable)
+        logger.debug("%s raised in %r was swallowed; delivered again", interruption, unraisable.object)
+        signal.signal(interruption.signum, _raise_interrupted)
+        again = threading.Timer(0.05, _thread.interrupt_main, args=(interruption.signum,))
+        again.daemon = True  # 50 ms: past this hook's return, so the handler raises in the code that ran
+        again.start()
+        return None
+
+    return hook
 
 
 def _ignore_signals() -> None:
