@@ -160,6 +160,29 @@ def test_cpu_preset_fits_the_time_budget() -> None:
     assert work[0] < work[1]  # a faster machine gets a bigger configuration in the same time
 
 
+def test_cpu_preset_prefers_a_whole_image_patch_then_enough_coverage_then_the_narrowest() -> None:
+    """Widths 32, 24, 16 are all planned; the widest whose patch is the whole median image wins, else the
+    widest covering half of it, else the narrowest; the schedule holds the minimum iterations."""
+    fingerprint = _hippocampus_like()
+    plans = get_planner("cpu", time_budget="1h", cpu_gflops=200.0).plan(fingerprint)
+    config = plans.configuration("3d_fullres")
+    assert plans.planner_options["minimum_iterations"] == 8000
+    assert config.schedule.epochs * config.schedule.iterations_per_epoch >= 8000
+    assert config.patch_size == (40, 56, 40) and config.network.features_per_stage[0] == 16
+    assert "whole median image" in plans.why["cpu"]
+    # with 4000 iterations wider networks fit the whole image too: the widest of them is kept
+    roomy = get_planner("cpu", time_budget="1h", cpu_gflops=200.0, minimum_iterations=4000).plan(fingerprint)
+    assert roomy.configuration("3d_fullres").patch_size == (40, 56, 40)
+    assert roomy.configuration("3d_fullres").network.features_per_stage[0] == 24
+
+    from planners.cpu import _choose_width
+
+    a, b, c = (object(), "a", 0.3), (object(), "b", 0.6), (object(), "c", 0.9)
+    assert _choose_width([a, b, c]) is b  # type: ignore[list-item]  # none whole: the widest with half
+    assert _choose_width([a, (object(), "d", 0.4)]) is not a  # type: ignore[list-item]  # the narrowest
+    assert _choose_width([b, (object(), "e", 1.0)])[1] == "e"  # type: ignore[list-item]  # whole image
+
+
 def test_options_a_preset_does_not_take_are_refused() -> None:
     from autoseg.errors import UsageError
 

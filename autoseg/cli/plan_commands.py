@@ -16,6 +16,7 @@ from autoseg.cli.options import (
     dataset_folder,
     positive_duration,
     positive_float,
+    positive_int,
     show_progress,
 )
 
@@ -56,6 +57,14 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cpu preset: convolution throughput to assume instead of measuring it",
     )
+    parser.add_argument(
+        "--min-iterations",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="cpu preset: training iterations the time budget must hold; patch and batch shrink to fit "
+        "(default: 8000)",
+    )
 
 
 def _plan_options(args: argparse.Namespace) -> PlanOptions:
@@ -67,6 +76,7 @@ def _plan_options(args: argparse.Namespace) -> PlanOptions:
         gpu_memory_gb=args.gpu_memory,
         time_budget=args.time_budget,
         cpu_gflops=args.cpu_gflops,
+        minimum_iterations=args.min_iterations,
     )
 
 

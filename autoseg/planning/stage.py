@@ -23,6 +23,7 @@ class PlanOptions:
     gpu_memory_gb: float | None = None
     time_budget: str | None = None
     cpu_gflops: float | None = None
+    minimum_iterations: int | None = None
 
 
 def default_device() -> Literal["cpu", "cuda"]:
@@ -42,6 +43,8 @@ def planner_kwargs(options: PlanOptions, planner: str, device: str, workdir: Pat
         kwargs["time_budget"] = options.time_budget
     if options.cpu_gflops is not None:
         kwargs["cpu_gflops"] = options.cpu_gflops
+    if options.minimum_iterations is not None:
+        kwargs["minimum_iterations"] = options.minimum_iterations
     if planner == "cpu":
         if options.cpu_gflops is None:
             kwargs.update(_previous_time_model(Workdir(workdir)))
