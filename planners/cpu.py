@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from autoseg.planning import (
+    DEFAULT_TIME_BUDGET,
     Architecture,
     Fingerprint,
     Plans,
@@ -45,16 +46,19 @@ class CpuPlanner:
         time_model: a recorded :class:`TimeModel` (its ``to_json()``), e.g. the previous plan's, instead of
             timing this CPU.
         precision: the training arithmetic to time (``auto``: as ``autoseg train`` resolves it).
+        width: plan this base width only, as a re-plan of a timed plan does (recorded as
+            ``planner_options.width``).
     """
 
     def __init__(
         self,
-        time_budget: str | float = "2h",
+        time_budget: str | float = DEFAULT_TIME_BUDGET,
         cpu_gflops: float | None = None,
         ram_gb: float = 8.0,
         minimum_iterations: int = MINIMUM_ITERATIONS,
         time_model: dict[str, Any] | None = None,
         precision: str = "auto",
+        width: int | None = None,
     ) -> None:
         self.seconds = parse_duration(time_budget) if isinstance(time_budget, str) else float(time_budget)
         self.cpu_gflops = cpu_gflops
@@ -62,6 +66,7 @@ class CpuPlanner:
         self.minimum_iterations = minimum_iterations
         self.time_model = time_model
         self.precision = precision
+        self.width = width
 
     def _model(self) -> tuple[TimeModel, dict[str, Any]]:
         """The time model and how to record it in ``planner_options``."""
@@ -80,7 +85,11 @@ class CpuPlanner:
         estimate is more than 10 % off (at most :data:`MAX_CHECKS` times)."""
         model, recorded = self._model()
         measured_here = self.cpu_gflops is None and self.time_model is None
-        plans, name = self._plan_widths(fingerprint, model, recorded)
+        if self.width is not None:
+            recorded = {**recorded, "width": self.width}
+        plans, name = self._plan_widths(
+            fingerprint, model, recorded, None if self.width is None else (self.width,)
+        )
         for _ in range(MAX_CHECKS if measured_here else 0):
             config = plans.configurations[name]
             rescaled = check_plan(
@@ -94,19 +103,31 @@ class CpuPlanner:
             )
             if rescaled is None:
                 break
-            model = rescaled
-            plans, name = self._plan_widths(fingerprint, model, {"time_model": model.to_json()})
+            model = rescaled  # re-planned at the timed width: a model rescaled on one width is not
+            width = config.network.features_per_stage[0]  # right for the others (narrow ones are slower)
+            plans, name = self._plan_widths(
+                fingerprint, model, {"time_model": model.to_json(), "width": width}, (width,)
+            )
         plans.why["cpu"] = (
             f"time budget {format_duration(self.seconds)} with the time model {model.describe()}: "
             f"at least {self.minimum_iterations} iterations; base width "
             f"{plans.configurations[name].network.features_per_stage[0]} is the widest of {WIDTHS} whose "
             "patch is the whole median image, else the widest covering >= "
             f"{100 * MIN_PATCH_COVERAGE:.0f}% of it, else the narrowest"
+            + (
+                " (chosen on the fitted model; a timed re-plan keeps it)"
+                if self.width is None
+                else " (kept from the previous timed plan)"
+            )
         )
         return plans
 
     def _plan_widths(
-        self, fingerprint: Fingerprint, model: TimeModel, recorded: dict[str, Any]
+        self,
+        fingerprint: Fingerprint,
+        model: TimeModel,
+        recorded: dict[str, Any],
+        widths: tuple[int, ...] | None = None,
     ) -> tuple[Plans, str]:
         """The plans of the chosen base width (:func:`_choose_width`) and its main configuration."""
         budget = TimeBudget(self.seconds, model, self.ram_gb, self.minimum_iterations)
@@ -117,20 +138,24 @@ class CpuPlanner:
             "minimum_iterations": self.minimum_iterations,
         }
         planned: list[tuple[Plans, str, float]] = []
-        for width in WIDTHS:
+        for width in widths or WIDTHS:
             plans = make_plans(
                 fingerprint, budget, Architecture("plain", (2,), 2, width), planner="cpu", options=options
             )
             name = "3d_fullres" if "3d_fullres" in plans.configurations else "2d"
             config = plans.configurations[name]
-            coverage = math.prod(config.patch_size) / math.prod(config.median_shape[-config.dims :])
-            planned.append((plans, name, coverage))
+            median = config.median_shape[-config.dims :]
+            coverage = math.prod(config.patch_size) / math.prod(median)
+            whole = all(p >= m for p, m in zip(config.patch_size, median, strict=True))
+            planned.append((plans, name, 1.0 if whole else min(coverage, 0.99)))
             logger.info(
-                "width %d: %s patch %s covers %.0f%% of the median image",
+                "width %d: %s patch %s %s",
                 width,
                 name,
                 "x".join(map(str, config.patch_size)),
-                100 * min(coverage, 1.0),
+                "holds the whole median image"
+                if whole
+                else f"covers {100 * min(coverage, 0.99):.0f}% of the median image's voxels",
             )
         plans, name, _ = _choose_width(planned)
         return plans, name

@@ -25,6 +25,7 @@ from autoseg import lazy_exports
 if TYPE_CHECKING:
     from autoseg.fingerprint import Fingerprint
     from autoseg.planning.budgets import (
+        DEFAULT_TIME_BUDGET,
         MemoryBudget,
         TimeBudget,
         format_duration,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "DEFAULT_TIME_BUDGET",
     "Architecture",
     "Fingerprint",
     "MemoryBudget",
@@ -60,6 +62,7 @@ __getattr__ = lazy_exports(
     {
         "Architecture": "rules",
         "make_plans": "rules",
+        "DEFAULT_TIME_BUDGET": "budgets",
         "MemoryBudget": "budgets",
         "TimeBudget": "budgets",
         "format_duration": "budgets",

@@ -245,6 +245,10 @@ def machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+DEFAULT_TIME_BUDGET = "2h"
+"""The ``cpu`` preset's training-time budget when ``--time-budget`` is not given."""
+
+
 def parse_duration(text: str) -> float:
     """``"2h"``, ``"90m"``, ``"1h30m"``, ``"3600"`` or ``"45s"`` -> seconds.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoseg.errors import PlansError
+from autoseg.planning.budgets import DEFAULT_TIME_BUDGET, parse_duration
 from autoseg.planning.registry import get_planner
 from autoseg.workdir import Workdir
 
@@ -47,7 +48,7 @@ def planner_kwargs(options: PlanOptions, planner: str, device: str, workdir: Pat
         kwargs["minimum_iterations"] = options.minimum_iterations
     if planner == "cpu":
         if options.cpu_gflops is None:
-            kwargs.update(_previous_time_model(Workdir(workdir)))
+            kwargs.update(_previous_time_model(Workdir(workdir), options))
     else:
         kwargs["device"] = device
     return kwargs
@@ -89,8 +90,10 @@ def run_plan(workdir: Path, options: PlanOptions) -> Path:
     return path
 
 
-def _previous_time_model(work: Workdir) -> dict[str, Any]:
-    """The previous cpu plan's time model (or fixed throughput) as planner kwargs; empty if there is none."""
+def _previous_time_model(work: Workdir, options: PlanOptions) -> dict[str, Any]:
+    """The previous cpu plan's time model (or fixed throughput) as planner kwargs; empty if there is none.
+    With it the width the timed plan kept, unless the budget or the minimum iterations changed (then the
+    width is chosen again)."""
     if not work.has_plans():
         return {}
     try:
@@ -102,6 +105,13 @@ def _previous_time_model(work: Workdir) -> dict[str, Any]:
     model, gflops = previous.planner_options.get("time_model"), previous.planner_options.get("cpu_gflops")
     if isinstance(model, dict):
         logger.info("reusing the time model measured for the previous plan; pass --cpu-gflops to override")
+        width = previous.planner_options.get("width")
+        budget_s = parse_duration(options.time_budget or DEFAULT_TIME_BUDGET)
+        same_budget = budget_s == previous.planner_options.get("time_budget_s") and (
+            options.minimum_iterations in (None, previous.planner_options.get("minimum_iterations"))
+        )
+        if isinstance(width, int) and same_budget:
+            return {"time_model": model, "width": width}
         return {"time_model": model}
     if isinstance(gflops, (int, float)):
         logger.info(
