@@ -233,6 +233,45 @@ def test_an_oblique_case_is_resampled_onto_the_axis_aligned_grid_and_back(
         assert dice(probabilities.argmax(axis=0), o_labels, value) >= least, value
 
 
+@pytest.mark.parametrize(("x_deg", "z_deg"), [(20.0, 0.0), (20.0, 10.0)])
+def test_an_oblique_scan_with_empty_corners_is_cropped_and_normalised_as_the_plain_one(
+    iso_case: tuple[np.ndarray, np.ndarray, Geometry], x_deg: float, z_deg: float
+) -> None:
+    """A scan turned onto an oblique grid that covers all of it (0 outside, as a resampled or reconstructed
+    oblique series has): the network sees its anatomy cropped to where the scan has voxels (not the whole
+    covering grid, which is ~3x larger) and at the plain scan's contrast (the normalisation's statistics
+    are not diluted by the empty corners). Both failed before: a hippocampus model gave Dice 0.00 on such
+    20-degree variants."""
+    image, labels, geometry = iso_case
+    image = image + 100.0  # an MR without zero voxels of its own: every zero below is outside the scan
+    config = _config((1.0, 1.0, 1.0))
+    plain = preprocess_case(image, labels, geometry, config, identifier="plain")
+    out_shape = tuple(int(n * 1.4) for n in labels.shape)
+    grid = oblique_grid(geometry, labels.shape, rotation(x_deg, z_deg), out_shape)
+    inverse = np.linalg.inv(geometry.direction_matrix() * np.asarray(geometry.spacing_mm))
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    physical = np.asarray(grid.origin_mm) + (grid.direction_matrix() @ (index * grid.spacing_mm).T).T
+    source_index = inverse @ (physical - np.asarray(geometry.origin_mm)).T
+    o_image = ndimage.map_coordinates(image[0], source_index, order=1, mode="constant", cval=0.0)
+    o_labels = ndimage.map_coordinates(labels, source_index, order=0, mode="constant", cval=0)
+    turned = preprocess_case(
+        o_image.reshape(out_shape)[None].astype(np.float32),
+        o_labels.reshape(out_shape).astype(np.uint8),
+        grid,
+        config,
+        identifier="turned",
+    )
+    orientation = turned.properties.orientation
+    assert orientation is not None and orientation.kind == "resample"
+    assert plain.labels is not None and turned.labels is not None
+    before = float(plain.image[0][plain.labels == 1].mean())  # the organ (small structures blur when turned)
+    after = float(turned.image[0][turned.labels == 1].mean())
+    assert abs(after - before) < 0.1, (before, after)
+    seen = int(np.prod(turned.image.shape[1:]))
+    covering = int(np.prod(orientation.canonical_shape))
+    assert seen <= 1.9 * labels.size < covering, (seen, labels.size, covering)
+
+
 def test_properties_round_trip_their_orientation(case: tuple[np.ndarray, np.ndarray, Geometry]) -> None:
     image, labels, geometry = case
     config = _config((3.0, 0.8, 0.8))

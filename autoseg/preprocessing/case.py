@@ -167,13 +167,12 @@ def preprocess_case(
     """
     original_shape = _int3(image.shape[1:])
     reorientation = plan_reorientation(geometry, original_shape, config.orientation, config.spacing_mm)
-    canonical_geometry, normalised = geometry, False
+    canonical_geometry, footprint = geometry, None
     if reorientation is not None:
         log_reorientation(identifier, reorientation, geometry, config.orientation.oblique_threshold_deg)
-        normalised = reorientation.kind == "resample"
-        image, labels = _canonical_case(image, labels, geometry, reorientation, config, in_place=in_place)
+        image, labels, footprint = _canonical_case(image, labels, geometry, reorientation, config)
         canonical_geometry = reorientation.canonical_geometry
-    box = crop_box_of_nonzero(image)
+    box = crop_box_of_nonzero(image if footprint is None else footprint[None])
     region = tuple(slice(a, b) for a, b in box)
     cropped = image[(slice(None), *region)]
     if not in_place or cropped.dtype != np.float32:
@@ -181,8 +180,9 @@ def preprocess_case(
     elif reorientation is not None and not cropped.flags.c_contiguous:
         cropped = np.ascontiguousarray(cropped)  # one copy of a transposed view, not strided work throughout
     cropped_labels = None if labels is None else labels[..., region[0], region[1], region[2]]
-    if not normalised:
-        normalise(cropped, config.normalization, np.any(cropped != 0, axis=0))
+    within = None if footprint is None else footprint[region]
+    normalise(cropped, config.normalization, np.any(cropped != 0, axis=0), within=within)
+    del footprint, within
     shape = target_shape(cropped.shape[1:], canonical_geometry.spacing_mm, config.spacing_mm)
     resampled = resample_image(cropped, shape, config.resampling)
     del cropped
@@ -217,18 +217,25 @@ def _canonical_case(
     geometry: Geometry,
     reorientation: Reorientation,
     config: ConfigurationPlan,
-    *,
-    in_place: bool,
-) -> tuple[FloatVolume, TargetVolume | None]:
+) -> tuple[FloatVolume, TargetVolume | None, np.ndarray | None]:
     """Image ``(C, Z, Y, X)`` and labels in the canonical orientation: views for an exact permutation. An
-    oblique image is normalised first (its statistics from its own voxels only), then resampled with the
-    plan's orders, each channel filled outside the image with its lowest normalised value (air for CT) or
-    0 (a masked MR's background), so that the fill does not change the contrast the network sees."""
+    oblique image is resampled in raw intensities with the plan's orders, each channel filled outside the
+    image with its lowest value (air for CT) or 0 (a masked MR's background); the crop and the normalisation
+    then follow as for an axis-aligned image.
+
+    The third value is, for an oblique image, its *footprint* on the canonical grid: where its nonzero
+    voxels (in any channel) land; the crop goes by it, as it goes by the nonzero voxels of an axis-aligned
+    image (the fill of a channel that is not masked is nonzero). Normalising before resampling took the
+    statistics over the whole oblique array, and cropping the normalised array kept the whole covering
+    grid: on 20-degree hippocampus variants the network saw a canvas twice as large at another contrast
+    (Dice 0.00; 0.87 / 0.84 now, 0.90 / 0.88 on the plain file)."""
     if reorientation.kind == "permute":
         canonical_labels = None if labels is None else canonical_view(labels, reorientation)
-        return canonical_view(image, reorientation), canonical_labels
-    work = image if in_place and image.dtype == np.float32 else np.array(image, dtype=np.float32)
-    normalise(work, config.normalization, np.any(work != 0, axis=0))
+        return canonical_view(image, reorientation), canonical_labels, None
+    work = np.asarray(image, dtype=np.float32)
+    nonzero = np.any(work != 0, axis=0)
+    footprint = to_canonical(nonzero.astype(np.float32), reorientation, geometry, 1) >= 0.5
+    del nonzero
     order = config.resampling.image_order
     fills = [
         0.0 if s.use_nonzero_mask else float(c.min()) if c.size else 0.0
@@ -243,14 +250,22 @@ def _canonical_case(
         if labels is None
         else target_to_canonical(labels, reorientation, geometry, config.resampling.label_order)
     )
-    return np.stack(channels), canonical_labels
+    return np.stack(channels), canonical_labels, footprint
 
 
-def normalise(image: FloatVolume, schemes: Sequence[ChannelNormalization], nonzero: np.ndarray) -> None:
+def normalise(
+    image: FloatVolume,
+    schemes: Sequence[ChannelNormalization],
+    nonzero: np.ndarray,
+    *,
+    within: np.ndarray | None = None,
+) -> None:
     """Normalise ``(C, Z, Y, X)`` float32 in place, channel by channel, as the plan says.
 
     ``nonzero`` is the ``(Z, Y, X)`` mask of voxels nonzero in any channel; with ``use_nonzero_mask`` the
-    statistics come from inside it and the outside is set to 0.
+    statistics come from inside it and the outside is set to 0. ``within`` (an oblique scan's footprint on
+    the canonical grid) is where an unmasked channel's statistics come from: the scan's voxels, not the
+    fill around them.
     """
     if len(schemes) != image.shape[0]:
         raise ValueError(f"{len(schemes)} normalisation scheme(s) for {image.shape[0]} channel(s)")
@@ -262,7 +277,9 @@ def normalise(image: FloatVolume, schemes: Sequence[ChannelNormalization], nonze
             channel -= scheme.mean
             channel /= max(scheme.std, 1e-8)
             continue
-        inside = channel[nonzero] if scheme.use_nonzero_mask else channel
+        inside = (
+            channel[nonzero] if scheme.use_nonzero_mask else channel if within is None else channel[within]
+        )
         mean, std = (float(inside.mean()), float(inside.std())) if inside.size else (0.0, 1.0)
         channel -= mean
         channel /= max(std, 1e-8)
