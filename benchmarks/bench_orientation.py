@@ -7,6 +7,9 @@ variants of each scan that hold the same anatomy in the world (SimpleITK, in phy
 * ``oblique_1mm``: resampled (linear) onto a grid rotated 20 degrees about x, at the plain spacing;
 * ``double_oblique_1mm``: 20 degrees about x then 10 about z;
 * ``double_oblique_0.5mm``: the same at half the spacing (the issue's DICOM series: 0.5 mm voxels);
+* ``double_oblique_0.5mm_dicom``: that grid written as a DICOM series (one file per slice, rotated
+  ImageOrientationPatient; the suite's ``tests/dicom_helpers.write_ct_series``, stored values + 1024 with
+  rescale -1024, so the series reads back as the MR's values; a modality warning is expected);
 
 predicts every variant with ``autoseg predict`` (default settings), moves each prediction back onto the plain
 scan's grid (nearest neighbour) and reports, per variant and label, the Dice against the plain scan's own
@@ -36,7 +39,13 @@ import SimpleITK as sitk
 
 from autoseg.cli.main import main as autoseg
 
-VARIANTS = ("permuted", "oblique_1mm", "double_oblique_1mm", "double_oblique_0.5mm")
+VARIANTS = (
+    "permuted",
+    "oblique_1mm",
+    "double_oblique_1mm",
+    "double_oblique_0.5mm",
+    "double_oblique_0.5mm_dicom",
+)
 
 
 def rotation(x_degrees: float, z_degrees: float) -> np.ndarray:
@@ -89,9 +98,28 @@ def variant(image: sitk.Image, name: str, nearest: bool = False) -> sitk.Image:
         return oblique(image, rotation(20, 0), spacing, nearest)
     if name == "double_oblique_1mm":
         return oblique(image, rotation(20, 10), spacing, nearest)
-    if name == "double_oblique_0.5mm":
+    if name in ("double_oblique_0.5mm", "double_oblique_0.5mm_dicom"):
         return oblique(image, rotation(20, 10), spacing / 2, nearest)
     raise ValueError(name)
+
+
+def write_series(image: sitk.Image, folder: Path) -> None:
+    """``image`` as a DICOM series (the suite's writer: int16 stored values, rescale intercept -1024)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from dicom_helpers import write_ct_series
+
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)  # columns: the index axes, rows: x, y, z
+    row, column = direction[:, 0], direction[:, 1]
+    values = np.rint(sitk.GetArrayFromImage(image) + 1024.0).astype(np.int16)
+    write_ct_series(
+        folder,
+        values,
+        spacing_zyx=tuple(float(v) for v in image.GetSpacing()[::-1]),
+        origin_xyz=tuple(float(v) for v in image.GetOrigin()),
+        orientation=(*(float(v) for v in row), *(float(v) for v in column)),
+    )
 
 
 def back(labels: sitk.Image, plain: sitk.Image) -> np.ndarray:
@@ -136,11 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 folder = root / "in" / name
                 folder.mkdir(parents=True, exist_ok=True)
                 image = images[case] if name == "plain" else variant(images[case], name)
-                sitk.WriteImage(image, str(folder / f"{case}_0000.nii.gz"))
+                if name.endswith("_dicom"):
+                    write_series(image, folder / case)
+                else:
+                    sitk.WriteImage(image, str(folder / f"{case}_0000.nii.gz"))
         for name in ("plain", *VARIANTS):
-            argv_predict = ["predict", "-i", str(root / "in" / name), "-o", str(root / "out" / name)]
-            if autoseg([*argv_predict, "-m", str(args.workdir), "-q"]) != 0:
-                raise SystemExit(f"predict failed on the {name} variant")
+            sources = (
+                [root / "in" / name / c for c in cases] if name.endswith("_dicom") else [root / "in" / name]
+            )
+            for source in sources:
+                argv_predict = ["predict", "-i", str(source), "-o", str(root / "out" / name)]
+                if autoseg([*argv_predict, "-m", str(args.workdir), "-q"]) != 0:
+                    raise SystemExit(f"predict failed on the {name} variant ({source.name})")
         for case in cases:
             plain = images[case]
             truth_image = sitk.ReadImage(str(args.dataset / "labelsTr" / f"{case}.nii.gz"), sitk.sitkUInt8)
