@@ -261,8 +261,7 @@ def test_an_oblique_scan_is_cropped_normalised_and_padded_as_an_axis_aligned_one
     where the scan has voxels (not the whole covering grid, ~3x larger) and reaches the network at the
     plain scan's contrast (the statistics are not diluted by the empty corners); an oblique series inside
     the scan (full of anatomy, as an oblique acquisition is) reaches it with 0 beyond its edges, as padding
-    is in training and in sliding windows, while true zeros inside the acquisition are normalised as the
-    plain scan's would be. Before, a hippocampus model gave Dice 0.00 on 20-degree variants
+    is in training and in sliding windows. Before, a hippocampus model gave Dice 0.00 on 20-degree variants
     (canvas 2x larger, organ contrast 2.5 instead of 1.3 here)."""
     image, labels, geometry = iso_case
     image = (image + 100.0).astype(np.float32)  # no zero voxels of its own: every zero below is outside it
@@ -282,8 +281,6 @@ def test_an_oblique_scan_is_cropped_normalised_and_padded_as_an_axis_aligned_one
 
     i_image, i_labels, inner = _turned(image, labels, geometry, x_deg, z_deg, 0.7)
     assert i_image.all()
-    middle = i_image.shape[3] // 2
-    i_image[..., middle - 2 : middle + 2] = 0.0  # a band of true zeros inside the acquisition: not padding
     inside = preprocess_case(i_image, i_labels, inner, config, identifier="inside")
     assert inside.properties.orientation is not None
     start = [a for a, _ in inside.properties.crop_box]
@@ -294,11 +291,6 @@ def test_an_oblique_scan_is_cropped_normalised_and_padded_as_an_axis_aligned_one
     at = (to_grid @ (physical.reshape(-1, 3) - np.asarray(inner.origin_mm)).T).T.reshape(physical.shape)
     outside = np.any((at < -1.5) | (at > np.asarray(i_labels.shape) + 0.5), axis=-1)
     assert outside.sum() > 100 and not inside.image[0][outside].any()
-    band = ~np.any((at < 0) | (at > np.asarray(i_labels.shape) - 1), axis=-1) & (
-        np.abs(at[..., 2] - middle + 0.5) < 1
-    )
-    zero = float(inside.image[0][band].mean())  # raw 0 normalised as in the plain scan: below its mean
-    assert band.sum() > 20 and zero < -0.5, zero
 
 
 def test_properties_round_trip_their_orientation(case: tuple[np.ndarray, np.ndarray, Geometry]) -> None:

@@ -167,11 +167,10 @@ def preprocess_case(
     """
     original_shape = _int3(image.shape[1:])
     reorientation = plan_reorientation(geometry, original_shape, config.orientation, config.spacing_mm)
-    canonical_geometry, footprint, support = geometry, None, None
+    canonical_geometry, footprint = geometry, None
     if reorientation is not None:
         log_reorientation(identifier, reorientation, geometry, config.orientation.oblique_threshold_deg)
-        image, labels, masks = _canonical_case(image, labels, geometry, reorientation, config)
-        footprint, support = masks if masks is not None else (None, None)
+        image, labels, footprint = _canonical_case(image, labels, geometry, reorientation, config)
         canonical_geometry = reorientation.canonical_geometry
     box = crop_box_of_nonzero(image if footprint is None else footprint[None])
     region = tuple(slice(a, b) for a, b in box)
@@ -181,11 +180,11 @@ def preprocess_case(
     elif reorientation is not None and not cropped.flags.c_contiguous:
         cropped = np.ascontiguousarray(cropped)  # one copy of a transposed view, not strided work throughout
     cropped_labels = None if labels is None else labels[..., region[0], region[1], region[2]]
-    within = None if support is None else support[region]
+    within = None if footprint is None else footprint[region]
     normalise(cropped, config.normalization, np.any(cropped != 0, axis=0), within=within)
     if within is not None:
         cropped[:, ~within] = 0.0  # beyond the scan's edge: what padding is in training and sliding windows
-    del footprint, support, within
+    del footprint, within
     shape = target_shape(cropped.shape[1:], canonical_geometry.spacing_mm, config.spacing_mm)
     resampled = resample_image(cropped, shape, config.resampling)
     del cropped
@@ -220,18 +219,17 @@ def _canonical_case(
     geometry: Geometry,
     reorientation: Reorientation,
     config: ConfigurationPlan,
-) -> tuple[FloatVolume, TargetVolume | None, tuple[np.ndarray, np.ndarray] | None]:
+) -> tuple[FloatVolume, TargetVolume | None, np.ndarray | None]:
     """Image ``(C, Z, Y, X)`` and labels in the canonical orientation: views for an exact permutation. An
     oblique image is resampled in raw intensities with the plan's orders, each channel filled outside the
     image with its lowest value (air for CT) or 0 (a masked MR's background); the crop and the normalisation
     then follow as for an axis-aligned image.
 
-    The third value is, for an oblique image, two masks on the canonical grid: its *footprint*, where its
-    nonzero voxels (in any channel) land, and its *support*, where any of its voxels land. The crop goes by
-    the footprint, as it goes by the nonzero voxels of an axis-aligned image (the fill of a channel that is
-    not masked is nonzero); an unmasked channel's statistics come from the support; after normalisation
-    everything outside the support is 0, as padding is for the network (training patches, sliding
-    windows). Normalising before resampling took the statistics over the whole oblique array, and
+    The third value is, for an oblique image, its *footprint* on the canonical grid: where its nonzero
+    voxels (in any channel) land. The crop goes by it, as it goes by the nonzero voxels of an axis-aligned
+    image (the fill of a channel that is not masked is nonzero); an unmasked channel's statistics come from
+    it; after normalisation everything outside it is 0, as padding is for the network (training patches,
+    sliding windows). Normalising before resampling took the statistics over the whole oblique array, and
     cropping the normalised array kept the whole covering grid: on 20-degree hippocampus variants the
     network saw a canvas twice as large at another contrast, Dice 0.00 (now >= 0.9 against the plain
     scan's prediction, `benchmarks/bench_orientation.py`)."""
@@ -242,9 +240,6 @@ def _canonical_case(
     nonzero = np.any(work != 0, axis=0)
     footprint = to_canonical(nonzero.astype(np.float32), reorientation, geometry, 1) >= 0.5
     del nonzero
-    ones = np.ones(work.shape[1:], np.float32)
-    support = to_canonical(ones, reorientation, geometry, 1) >= 0.5
-    del ones
     order = config.resampling.image_order
     fills = [
         0.0 if s.use_nonzero_mask else float(c.min()) if c.size else 0.0
@@ -259,7 +254,7 @@ def _canonical_case(
         if labels is None
         else target_to_canonical(labels, reorientation, geometry, config.resampling.label_order)
     )
-    return np.stack(channels), canonical_labels, (footprint, support)
+    return np.stack(channels), canonical_labels, footprint
 
 
 def normalise(
@@ -272,7 +267,7 @@ def normalise(
     """Normalise ``(C, Z, Y, X)`` float32 in place, channel by channel, as the plan says.
 
     ``nonzero`` is the ``(Z, Y, X)`` mask of voxels nonzero in any channel; with ``use_nonzero_mask`` the
-    statistics come from inside it and the outside is set to 0. ``within`` (an oblique scan's support on
+    statistics come from inside it and the outside is set to 0. ``within`` (an oblique scan's footprint on
     the canonical grid) is where an unmasked channel's statistics come from: the scan's voxels, not the
     fill around them.
     """
