@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -141,6 +142,26 @@ def test_cpu_plans_record_the_measured_model_and_a_replan_reuses_it(
     assert calls == ["auto"]  # not measured again
     assert replanned.configuration("3d_fullres") == config
     assert planner_kwargs(PlanOptions(cpu_gflops=80.0), "cpu", "cpu", tmp_path) == {"cpu_gflops": 80.0}
+
+
+def test_a_replan_keeps_the_width_with_the_minimum_it_was_chosen_for(tmp_path: Path) -> None:
+    """A re-plan with the same budget and no --min-iterations keeps the previous plan's width *and* its
+    minimum (the width was chosen for that minimum; the preset's default next to it would be a plan nobody
+    asked for); naming another minimum chooses the width again."""
+    plans = get_planner("cpu", time_budget="1h", cpu_gflops=50.0).plan(_hippocampus_like())  # type: ignore[arg-type]
+    model = fit_time_model(_points(0.05, 0.004, 0.003), "float32").to_json()
+    options = {"time_model": model, "width": 16, "time_budget_s": 3600.0, "minimum_iterations": 2000}
+    save_plans(dataclasses.replace(plans, planner_options=options), Workdir(tmp_path).plans_path)
+    kept = planner_kwargs(PlanOptions(time_budget="1h"), "cpu", "cpu", tmp_path)
+    assert kept == {"time_budget": "1h", "time_model": model, "width": 16, "minimum_iterations": 2000}
+    same = planner_kwargs(PlanOptions(time_budget="1h", minimum_iterations=2000), "cpu", "cpu", tmp_path)
+    assert same == {"time_budget": "1h", "minimum_iterations": 2000, "time_model": model, "width": 16}
+    other = planner_kwargs(PlanOptions(time_budget="1h", minimum_iterations=3000), "cpu", "cpu", tmp_path)
+    assert other == {"time_budget": "1h", "minimum_iterations": 3000, "time_model": model}
+    assert planner_kwargs(PlanOptions(time_budget="2h"), "cpu", "cpu", tmp_path) == {
+        "time_budget": "2h",
+        "time_model": model,
+    }
 
 
 def test_a_given_throughput_is_the_one_parameter_model() -> None:

@@ -93,7 +93,8 @@ def run_plan(workdir: Path, options: PlanOptions) -> Path:
 def _previous_time_model(work: Workdir, options: PlanOptions) -> dict[str, Any]:
     """The previous cpu plan's time model (or fixed throughput) as planner kwargs; empty if there is none.
     With it the width the timed plan kept, unless the budget or the minimum iterations changed (then the
-    width is chosen again)."""
+    width is chosen again); a re-plan that does not name a minimum keeps the previous plan's with its width
+    (not the preset's default next to a width chosen for another minimum)."""
     if not work.has_plans():
         return {}
     try:
@@ -111,7 +112,17 @@ def _previous_time_model(work: Workdir, options: PlanOptions) -> dict[str, Any]:
             options.minimum_iterations in (None, previous.planner_options.get("minimum_iterations"))
         )
         if isinstance(width, int) and same_budget:
-            return {"time_model": model, "width": width}
+            kept: dict[str, Any] = {"time_model": model, "width": width}
+            minimum = previous.planner_options.get("minimum_iterations")
+            if options.minimum_iterations is None and isinstance(minimum, int):
+                kept["minimum_iterations"] = minimum  # the width was chosen for it: keep the two together
+            logger.info(
+                "keeping the previous plan's width %d and minimum of %s iterations; pass --min-iterations or "
+                "another --time-budget to choose them again",
+                width,
+                kept.get("minimum_iterations", options.minimum_iterations),
+            )
+            return kept
         return {"time_model": model}
     if isinstance(gflops, (int, float)):
         logger.info(
