@@ -111,6 +111,20 @@ def test_named_configurations_and_any_one_of_them(trained_workdir: Path, tmp_pat
         ]
 
 
+def test_an_ensemble_without_chosen_post_processing_says_so(
+    trained_workdir: Path, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Predicting with an ensemble nobody chose post-processing for (``-c A B`` on a work directory or a
+    file exported with other members) warns, naming the ensemble, instead of silently skipping it."""
+    image, _, geometry = tiny_case(rng, shape=(10, 18, 14))
+    write_image(image[0], geometry, tmp_path / "in" / "case0_0000.nii.gz")
+    argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(trained_workdir)]
+    assert main([*argv, "-c", "3d_fullres", "2d", "-f", "1", "--precision", "float32", "-q"]) == 0
+    assert "no post-processing was chosen for the ensemble 3d_fullres + 2d" in capsys.readouterr().err
+    assert main([*argv, "-c", "2d", "-f", "1", "--precision", "float32", "-q"]) == 0
+    assert "no post-processing was chosen" not in capsys.readouterr().err  # one configuration: nothing joint
+
+
 def cascade_workdir(trained_workdir: Path, root: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
     """A work directory planned with 3d_lowres -> 3d_cascade_fullres, each with fold 0 of random weights."""
     workdir = root / "cascade"

@@ -280,7 +280,15 @@ def load_ensemble(request: PredictRequest) -> Ensemble:
         raise UsageError("the configurations of an ensemble must share their labels and target")
     postprocessing = first.postprocessing
     if len(members) > 1:
-        postprocessing = ensemble_postprocessing(request.model, [m.model.configuration for m in members])
+        names_in = [m.model.configuration for m in members]
+        postprocessing = ensemble_postprocessing(request.model, names_in)
+        if postprocessing is None:
+            logger.warning(
+                "%s: no post-processing was chosen for the ensemble %s; predicting without (run "
+                "find_best_configuration, or export the ensemble it chose)",
+                request.model,
+                " + ".join(names_in),
+            )
     return Ensemble(members, dict(first.plans.labels), postprocessing, first.plans.region_based)
 
 
