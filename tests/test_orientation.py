@@ -106,15 +106,22 @@ def oblique_grid(
 
 
 def world_resample(
-    volume: np.ndarray, source: Geometry, target: Geometry, shape: tuple[int, ...], order: int
+    volume: np.ndarray,
+    source: Geometry,
+    target: Geometry,
+    shape: tuple[int, ...],
+    order: int,
+    mode: str = "nearest",
 ) -> np.ndarray:
     """Resampling in world space with SciPy (independent of the code under test): each target voxel's
-    physical position mapped into the source's index space."""
+    physical position mapped into the source's index space (outside it: ``mode``, 0 for ``"constant"``)."""
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
     physical = np.asarray(target.origin_mm) + (target.direction_matrix() @ (index * target.spacing_mm).T).T
     inverse = np.linalg.inv(source.direction_matrix() * np.asarray(source.spacing_mm))
     source_index = inverse @ (physical - np.asarray(source.origin_mm)).T
-    values = ndimage.map_coordinates(volume.astype(np.float32), source_index, order=order, mode="nearest")
+    values = ndimage.map_coordinates(
+        volume.astype(np.float32), source_index, order=order, mode=mode, cval=0.0
+    )
     reshaped: np.ndarray = values.reshape(shape)
     return reshaped
 
@@ -240,17 +247,9 @@ def _turned(
     ``scale`` times its size per axis."""
     out_shape = tuple(int(n * scale) for n in labels.shape)
     grid = oblique_grid(geometry, labels.shape, rotation(x_deg, z_deg), out_shape)
-    inverse = np.linalg.inv(geometry.direction_matrix() * np.asarray(geometry.spacing_mm))
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    physical = np.asarray(grid.origin_mm) + (grid.direction_matrix() @ (index * grid.spacing_mm).T).T
-    source_index = inverse @ (physical - np.asarray(geometry.origin_mm)).T
-    o_image = ndimage.map_coordinates(image[0], source_index, order=1, mode="constant", cval=0.0)
-    o_labels = ndimage.map_coordinates(labels, source_index, order=0, mode="constant", cval=0)
-    return (
-        o_image.reshape(out_shape)[None].astype(np.float32),
-        o_labels.reshape(out_shape).astype(np.uint8),
-        grid,
-    )
+    turned = world_resample(image[0], geometry, grid, out_shape, 1, mode="constant")
+    turned_labels = world_resample(labels, geometry, grid, out_shape, 0, mode="constant")
+    return turned[None].astype(np.float32), turned_labels.astype(np.uint8), grid
 
 
 @pytest.mark.parametrize(("x_deg", "z_deg"), [(20.0, 0.0), (20.0, 10.0)])
