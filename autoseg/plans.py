@@ -190,6 +190,8 @@ class TrainingSchedule:
     epochs: int = 1000
     iterations_per_epoch: int = 250
     estimated_seconds_per_iteration: float | None = None
+    validation_iterations: int = 50
+    """Validation batches per epoch (the pseudo-Dice and its curve; nnU-Net's 50)."""
 
 
 @dataclass(frozen=True)
@@ -606,6 +608,7 @@ def _schedule_problems(schedule: TrainingSchedule) -> list[str]:
         for key, value in (
             ("epochs", schedule.epochs),
             ("iterations_per_epoch", schedule.iterations_per_epoch),
+            ("validation_iterations", schedule.validation_iterations),
         )
         if not 1 <= value <= MAX_SCHEDULE
     ]

@@ -36,6 +36,10 @@ MINIMUM_ITERATIONS = 8000
 """Iterations the budget must hold. 4000 was too few: the one-hour hippocampus runs at 4,100-4,300
 iterations were still improving at their end (Dice 0.850-0.855, docs/benchmarks.md)."""
 
+VALIDATION_ITERATIONS = 20
+"""Validation batches per epoch of 100 training iterations: nnU-Net's share (50 per 250). They only feed the
+pseudo-Dice curve and the best-checkpoint average; at 50 they took 13 % of a one-hour budget's epochs."""
+
 
 @register("cpu")
 class CpuPlanner:
@@ -130,7 +134,13 @@ class CpuPlanner:
         widths: tuple[int, ...] | None = None,
     ) -> tuple[Plans, str]:
         """The plans of the chosen base width (:func:`_choose_width`) and its main configuration."""
-        budget = TimeBudget(self.seconds, model, self.ram_gb, self.minimum_iterations)
+        budget = TimeBudget(
+            self.seconds,
+            model,
+            self.ram_gb,
+            self.minimum_iterations,
+            validation_iterations=VALIDATION_ITERATIONS,
+        )
         options = {
             "time_budget_s": self.seconds,
             **recorded,

@@ -183,6 +183,23 @@ def test_cpu_preset_prefers_a_whole_image_patch_then_enough_coverage_then_the_na
     assert _choose_width([b, (object(), "e", 1.0)])[1] == "e"  # type: ignore[list-item]  # whole image
 
 
+def test_cpu_preset_validates_nnunets_share_of_an_epoch_and_charges_it() -> None:
+    """20 validation batches per 100 training iterations (nnU-Net's 50 per 250), counted in the budget;
+    the GPU presets keep nnU-Net's 50 per 250."""
+    fingerprint = _hippocampus_like()
+    config = (
+        get_planner("cpu", time_budget="1h", cpu_gflops=200.0).plan(fingerprint).configuration("3d_fullres")
+    )
+    schedule = config.schedule
+    assert (schedule.iterations_per_epoch, schedule.validation_iterations) == (100, 20)
+    seconds = schedule.estimated_seconds_per_iteration
+    assert seconds is not None
+    epoch = seconds * schedule.iterations_per_epoch * (1 + 0.3 * 20 / 100)
+    assert 3600 - epoch < schedule.epochs * epoch <= 3600
+    default = get_planner("default").plan(fingerprint).configuration("3d_fullres").schedule
+    assert (default.iterations_per_epoch, default.validation_iterations) == (250, 50)
+
+
 def test_options_a_preset_does_not_take_are_refused() -> None:
     from autoseg.errors import UsageError
 

@@ -20,7 +20,7 @@ from helpers import plan_and_preprocess_argv, tiny_train_config
 
 from autoseg.cli.main import main
 from autoseg.errors import CheckpointError, WorkerError
-from autoseg.training import callbacks
+from autoseg.training import callbacks, validation
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.config import RunState, TrainConfig, most_epochs, resolve_time_limit
 from autoseg.training.data import BatchSpec, epoch_batches
@@ -66,6 +66,29 @@ def test_a_fold_trains_and_writes_everything(prepared: Path) -> None:
     for case in validation:
         assert (run / "validation" / f"{case}.nii.gz").is_file()
     assert load_checkpoint(run / "checkpoint_final.pt")["state"]["epoch"] == 2
+
+
+def test_validation_batches_default_to_the_plans_schedule(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``validation_iterations`` given: the plan's ``schedule.validation_iterations`` run, recorded."""
+    workdir = prepared
+    plans = json.loads((workdir / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["schedule"]["validation_iterations"] = 3
+    (workdir / "plans.json").write_text(json.dumps(plans))
+    counts: list[int] = []
+    real = validation.patch_scores
+
+    def counting(network, loss, batches, count, *args, **kwargs):  # type: ignore[no-untyped-def]
+        counts.append(count)
+        return real(network, loss, batches, count, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "patch_scores", counting)
+    config = tiny_train_config(fold="1", configuration="3d_fullres", epochs=1, validation_iterations=None)
+    train_fold(workdir, config, show_progress=False)
+    assert counts == [3]
+    recorded = json.loads((run_dir_of(workdir, config) / "train_config.json").read_text())
+    assert recorded["validation_iterations"] == 3
 
 
 def test_checkpoints_refuse_pickles(tmp_path: Path) -> None:

@@ -42,8 +42,9 @@ def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-iters",
         type=positive_int,
-        default=50,
-        help="validation batches per epoch for the pseudo-Dice (default: 50)",
+        default=None,
+        help="validation batches per epoch for the pseudo-Dice (default: the plan's schedule, 50 unless the "
+        "cpu preset planned fewer)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument(

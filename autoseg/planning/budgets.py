@@ -150,7 +150,12 @@ class TimeBudget:
         """As many epochs of ``iterations_per_epoch`` as fit the budget, validation included."""
         seconds = self.seconds_per_iteration(net, patch, batch, in_channels, num_classes)
         epochs = max(1, self.iterations(seconds) // self.iterations_per_epoch)
-        return TrainingSchedule(epochs, self.iterations_per_epoch, round(seconds, 4))
+        return TrainingSchedule(
+            epochs,
+            self.iterations_per_epoch,
+            round(seconds, 4),
+            validation_iterations=self.validation_iterations,
+        )
 
     def iterations(self, seconds_per_iteration: float) -> int:
         """Training iterations that fit the budget at ``seconds_per_iteration``, with their validation."""

@@ -42,6 +42,8 @@ class TrainingRun:
     folder: RunFolder
     iterations: int
     """Training iterations per epoch."""
+    validation_iterations: int
+    """Validation batches per epoch."""
     rank: Rank = field(default_factory=Rank)
     records: list[dict[str, Any]] = field(default_factory=list)
     """``log.jsonl``: one record per finished epoch."""

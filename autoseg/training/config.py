@@ -21,7 +21,8 @@ class TrainConfig:
     fold: str = "0"
     epochs: int | None = None
     iterations_per_epoch: int | None = None
-    validation_iterations: int = 50
+    validation_iterations: int | None = None
+    """Validation batches per epoch; ``None``: the plan's ``schedule.validation_iterations``."""
     initial_lr: float = 1e-2
     momentum: float = 0.99
     weight_decay: float = 3e-5

@@ -114,6 +114,8 @@ def train_fold(
         )
     config = limited
     plan = plans.configuration(config.configuration_name)
+    if config.validation_iterations is None:
+        config = replace(config, validation_iterations=plan.schedule.validation_iterations)
     run = _new_run(work, plans, plan, config, resume=resume, parts=parts)
     defaults = default_callbacks(work, plans, plan, config, rank=run.rank, show_progress=show_progress)
     every = [*defaults, *callbacks]
@@ -168,7 +170,8 @@ def _new_run(
         )
     iterations = config.iterations_per_epoch or plan.schedule.iterations_per_epoch
     state = RunState(epochs=config.epochs or plan.schedule.epochs)
-    return TrainingRun(config, parts, state, folder, iterations, rank)
+    validation_iterations = config.validation_iterations or plan.schedule.validation_iterations
+    return TrainingRun(config, parts, state, folder, iterations, validation_iterations, rank)
 
 
 def _previous_stage(work: Workdir, plans: Plans, configuration: str, rank: Rank) -> PreviousStage | None:

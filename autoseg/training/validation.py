@@ -65,7 +65,7 @@ class PatchValidation(Callback):
             parts.network,
             parts.loss,
             batches,
-            run.config.validation_iterations,
+            run.validation_iterations,
             run.device,
             self.num_classes,
             regions=self.regions,
