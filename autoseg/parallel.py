@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -99,9 +100,19 @@ def _signals_held_while_spawning() -> Iterator[None]:
     ``FileNotFoundError`` traceback from ``SemLock._rebuild`` (``test_signals``, every time at 60 ms). The
     handlers are swapped for one that records the signal, then put back and the signal raised again
     (``signal.raise_signal``), so it takes its usual course once every started worker is known. Blocking
-    with ``pthread_sigmask`` does not do it: it holds the signal back from this thread only, and the kernel
-    hands it to another (tqdm's monitor, a reader thread), whose C handler lets the main thread's Python
-    handler run anyway. Only in the main thread (where handlers can be set); elsewhere nothing is held."""
+    with ``pthread_sigmask`` does not do that part: it holds the signal back from this thread only, and the
+    kernel hands it to another (tqdm's monitor, a reader thread), whose C handler lets the main thread's
+    Python handler run anyway.
+
+    SIGINT is blocked in this thread's mask as well, for the processes started meanwhile: a mask survives
+    fork and exec, so the forkserver (or a spawned worker) and every worker it forks start with SIGINT
+    blocked, until :func:`_start_worker` ignores it and unblocks it. Before, a terminal's Ctrl-C that reached
+    the process group while a worker was still importing (before its initializer ran) raised
+    KeyboardInterrupt in the worker, and Python printed "Exception ignored in ... _get_module_lock" with a
+    traceback (CI), or the forkserver, still importing ``site``, a "Fatal Python error" (18 of 40 trials
+    0-100 ms after the pool's first process appeared). Python's resource tracker is started first, as its
+    start unblocks both signals in the calling thread when it is done. Only in the main thread (where
+    handlers can be set); elsewhere nothing is held."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -111,9 +122,12 @@ def _signals_held_while_spawning() -> Iterator[None]:
         received.append(signum)
 
     previous = {signum: signal.signal(signum, record) for signum in _HELD_SIGNALS}
+    resource_tracker.ensure_running()  # first: starting it unblocks SIGINT and SIGTERM in this thread's mask
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGINT held meanwhile reaches ``record`` now
         for signum, handler in previous.items():  # None: a handler not set from Python; the default then
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         if received:
@@ -124,6 +138,7 @@ def _start_worker(parent: int) -> None:
     """Worker initializer: one thread, SIGINT left to the parent (which terminates the workers), and exit as
     soon as the parent process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # blocked from birth: see above
     limit_threads(1)
     threading.Thread(target=_exit_after, args=(parent,), name="autoseg-parent", daemon=True).start()
 
