@@ -13,6 +13,10 @@
     fingerprint, random values): autoseg's :func:`autoseg.inference.sliding_window.sliding_window` with
     mirroring against ``nnUNetPredictor.predict_sliding_window_return_logits`` (the engine of
     ``nnUNetv2_predict``), both with mirroring on every axis, step 0.5, Gaussian weighting, on the GPU.
+(d) ``export`` (issue 17, point 2): one channel of a 117-class prediction brought from a 2 mm network grid
+    to a 600 x 512 x 512 CT's grid, the way ``predict`` does on a GPU
+    (:func:`autoseg.inference.export.resample_linear_torch`) against SimpleITK on the CPU (the CPU path):
+    seconds per channel (medians), the largest difference, and the labels of a 4-class running argmax.
 
 Without nnunetv2 importable, (b) and (c) print a SKIP line and time autoseg alone. ``--dry-run`` runs on the
 CPU: it plans for ``--gpu-memory-gb`` (a fake GPU) and prints the budget, then runs one iteration of each part
@@ -365,6 +369,47 @@ def check_dataset(
     return row
 
 
+def check_export(device: torch.device, rounds: int) -> dict[str, Any]:
+    """(d): linear resampling of network-grid channels to the input's grid on ``device`` against SimpleITK;
+    the dry run uses a small grid and the CPU device (the same torch code)."""
+    import numpy as np
+
+    from autoseg.inference.export import resample_linear_torch
+    from autoseg.preprocessing.resample import resample_volume
+
+    dry = device.type == "cpu"
+    source, target = ((20, 26, 26), (40, 51, 51)) if dry else ((300, 205, 205), (600, 512, 512))
+    rng = np.random.default_rng(0)
+    channels = [rng.random(source, dtype=np.float32) for _ in range(4)]
+    name = str(device)
+    resample_linear_torch(channels[0], target, name)  # warm-up (CUDA context, kernels)
+
+    def on_device() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        resample_linear_torch(channels[0], target, name)
+        _sync(device)
+        return time.perf_counter() - start
+
+    def on_cpu() -> float:
+        start = time.perf_counter()
+        resample_volume(channels[0], target, 1)
+        return time.perf_counter() - start
+
+    seconds = time_alternating({"torch_" + device.type: on_device, "simpleitk_cpu": on_cpu}, rounds, 1)
+    ours = [resample_linear_torch(c, target, name) for c in channels]
+    theirs = [resample_volume(c, target, 1) for c in channels]
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True))
+    labels = [np.argmax(np.stack(group), axis=0) for group in (ours, theirs)]
+    return {
+        "network_grid": list(source),
+        "input_grid": list(target),
+        "s_per_channel": seconds,
+        "max_abs_difference": difference,
+        "labels_differ_fraction": float(np.mean(labels[0] != labels[1])),
+    }
+
+
 def main() -> int:
     """Run the checks for every fingerprint and memory size; write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -394,6 +439,8 @@ def main() -> int:
         for memory_gb in sizes:
             row = check_dataset(name, fingerprint, round(memory_gb, 1), args, device)
             results["checks"].append({"dataset": name, **row})
+    results["export"] = check_export(device, 1 if dry else args.rounds)
+    print(f"(d) export resampling {json.dumps(results['export'])}")
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

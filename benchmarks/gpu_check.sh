@@ -4,7 +4,8 @@
 #       8 GB target, where the budget binds), 5 training iterations each: peak torch.cuda.max_memory_allocated
 #       against the planned budget (issue: 60-100 %) and against the model's estimate;
 #   (b) s/iteration of autoseg's training step against nnU-Net v2.6's on the same plan (medians, alternating);
-#   (c) one sliding-window prediction, autoseg against nnUNetv2_predict's engine.
+#   (c) one sliding-window prediction, autoseg against nnUNetv2_predict's engine;
+#   (d) issue 17: predict's export resampling on the GPU against SimpleITK on the CPU (s per channel, labels).
 # Usage: benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--wheels DIR]
 #   --dry-run     CPU only (also the default without CUDA): plans for a fake 80 GB GPU, prints the budget, runs one
 #                 iteration of each part on a tiny configuration and writes the results file it would write

@@ -207,3 +207,77 @@ def test_the_memory_estimate_counts_the_class_by_class_export() -> None:
     softmax = estimate_peak_bytes(header, coarse, 117)
     assert 28 * voxels < softmax < 40 * voxels  # not 117 x 8 bytes per voxel as before 17.2
     assert estimate_peak_bytes(header, coarse, 117, regions=True) == softmax + 117 * voxels
+
+
+def _conv_network(classes: int) -> object:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, classes, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_float16_network_grid_is_the_float32_one_rounded(rng: np.random.Generator, activation: str) -> None:
+    """The blending and the renormalisation stay float32, slab by slab: the float16 volume is exactly the
+    float32 one rounded, so it only costs the rounding, and labels move only at near-ties."""
+    from autoseg.inference.ensemble import InferenceSettings, predict_probabilities
+
+    image = rng.normal(size=(1, 21, 18, 17)).astype(np.float32)
+    settings = InferenceSettings(step=0.5, mirror_axes=(0, 2), precision="float32")
+    network = _conv_network(5)
+    kwargs = {"activation": activation}
+    full = predict_probabilities([network], image, (8, 8, 8), 5, settings, **kwargs)  # type: ignore[arg-type, list-item]
+    half = predict_probabilities([network], image, (8, 8, 8), 5, settings, dtype=np.float16, **kwargs)  # type: ignore[arg-type, list-item]
+    assert full.dtype == np.float32 and half.dtype == np.float16
+    np.testing.assert_array_equal(half, full.astype(np.float16))
+    if activation == "softmax":
+        np.testing.assert_allclose(full.sum(0), 1.0, atol=1e-6)
+        differ = labels_from_probabilities(half) != labels_from_probabilities(full)
+        gap = np.sort(full, axis=0)[-1] - np.sort(full, axis=0)[-2]
+        assert np.all(gap[differ] < 2e-3)  # only near-ties may change label
+
+
+def test_large_network_grids_are_kept_in_float16_and_estimated_so() -> None:
+    from autoseg.inference import inputs
+    from autoseg.inference.inputs import CaseHeader, estimate_peak_bytes, network_grid_dtype
+
+    assert network_grid_dtype(3, (64, 64, 64)) is np.float32
+    # 117 classes of a 600 x 512 x 512 CT at 1.5 mm (~13.9 GB in float32)
+    assert network_grid_dtype(117, (400, 273, 273)) is np.float16
+    limit = inputs.FLOAT16_ABOVE_BYTES
+    assert (
+        network_grid_dtype(1, (limit // 4,)) is np.float32
+        and network_grid_dtype(1, (limit // 4 + 1,)) is np.float16
+    )
+    header = CaseHeader((600, 512, 512), (1.0, 0.8, 0.8), 1, 2)
+    fine = estimate_peak_bytes(header, [(1.5, 1.5, 1.5)], 117)
+    voxels = 600 * 512 * 512
+    resampled = math.ceil(1.5 * voxels * 0.64 / 1.5**3)
+    assert fine == voxels * (2 + 4 + 20 + 2) + resampled * (4 + 2 * 117 + 4)  # float16 on the network grid
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_resampling_on_a_torch_device_agrees_with_simpleitk(rng: np.random.Generator, case: int) -> None:
+    """The GPU path of the export (``resample_device``), run here on the CPU device: trilinear with shared
+    outer edges, as ITK; the labels move only where the two best classes are closer than the rounding."""
+    from autoseg.inference.export import resample_linear_torch
+    from autoseg.preprocessing.resample import resample_volume
+
+    shape, spacing, plan_spacing, direction, separate = CASES[case]
+    volume = rng.random((7, 11, 9)).astype(np.float32)
+    for out in [(13, 5, 20), shape, (3, 30, 9)]:
+        np.testing.assert_allclose(
+            resample_linear_torch(volume, out, "cpu"), resample_volume(volume, out, 1), atol=2e-6
+        )
+    geometry = Geometry(spacing, (3.0, -2.0, 1.0), direction)
+    properties = [_properties(rng, shape, geometry, _config(plan_spacing, separate))]
+    predicted = [_softmax(rng, 5, properties[0].preprocessed_shape, ties=False)]
+    cpu = restore_target(MemberPredictions(predicted, properties))
+    device = restore_target(MemberPredictions(predicted, properties, resample_device="cpu"))
+    assert cpu.winner is not None and device.winner is not None
+    np.testing.assert_allclose(device.winner, cpu.winner, atol=2e-6)
+    expected = _materialised(predicted, properties, regions=False)
+    ranked = np.sort(expected, axis=0)
+    moved = device.target != cpu.target
+    assert np.all(ranked[-1][moved] - ranked[-2][moved] < 1e-5)

@@ -43,6 +43,10 @@ def test_gpu_check_dry_run_plans_runs_one_iteration_and_writes_results(tmp_path:
         assert check["memory"]["budget_gb"] == 68.0 and check["memory"]["peak_allocated_gb"] is None
         assert check["train_s_per_iteration"]["autoseg"] > 0 and check["predict_s"]["autoseg"] > 0
         assert ("nnunet" in check["train_s_per_iteration"]) == results["nnunet"]
+    export = results["export"]
+    assert export["max_abs_difference"] < 1e-5 and export["labels_differ_fraction"] < 1e-3
+    assert export["s_per_channel"]["torch_cpu"] > 0 and export["s_per_channel"]["simpleitk_cpu"] > 0
+    assert "(d) export resampling" in out
     if not results["nnunet"]:
         assert "SKIP (b)/(c)" in out
     assert (tmp_path / "gpu_check.log").is_file()

@@ -99,6 +99,41 @@ def test_exported_model_predicts_like_the_work_directory(
     assert record["settings"]["precision"] in ("float32", "bfloat16")  # what ran, not "auto"
 
 
+def test_a_large_network_grid_predicts_through_float16_like_float32(
+    trained_workdir: Path,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Above ``FLOAT16_ABOVE_BYTES`` (lowered here to 0) the network-grid probabilities are float16, which
+    predict says, and the outputs agree with the float32 run's but for rounding."""
+    from autoseg.inference import inputs
+
+    image, _, geometry = tiny_case(rng, shape=(10, 18, 14))
+    write_image(image[0], geometry, tmp_path / "in" / "scan_0000.nii.gz")
+    options = ("--save-probabilities", "--preset", "fast", "--precision", "float32")
+    assert _predict(tmp_path / "in", tmp_path / "full", trained_workdir, *options) == 0
+    assert "kept in float16" not in capsys.readouterr().err
+    monkeypatch.setattr(inputs, "FLOAT16_ABOVE_BYTES", 0)
+    half_argv = [
+        "predict",
+        "-i",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "half"),
+        "-m",
+        str(trained_workdir),
+    ]
+    assert main([*half_argv, *options]) == 0  # not -q: the INFO line is the point
+    assert "probabilities on the network grid kept in float16" in capsys.readouterr().err
+    full = read_probabilities(tmp_path / "full" / "scan_probabilities.npz")
+    half = read_probabilities(tmp_path / "half" / "scan_probabilities.npz")
+    np.testing.assert_allclose(half, full, atol=2e-3)
+    labels = [read_labels(tmp_path / name / "scan.nii.gz")[0] for name in ("full", "half")]
+    assert np.mean(labels[0] != labels[1]) < 0.01
+
+
 def test_threads_option_sets_torch_threads(
     trained_workdir: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:

@@ -325,7 +325,9 @@ def test_the_device_memory_estimate_reads_cuda_and_refuses_over_the_limit(
     one = estimate_device_bytes([shape], [plan], 3)
     assert one == 4 * 200 * 300 * 300 + activations
     assert estimate_device_bytes([shape], [plan], 3, windows_per_batch=4) == one + 3 * activations
-    assert estimate_device_bytes([shape], [plan], 3, accumulate_on_device=True) == one + 16 * 200 * 300**2
+    # blending on the device: a band of one patch depth (64 slices) of 3 sums, the weights and a finished slab
+    band = 4 * (2 * 3 + 1) * 64 * 300**2
+    assert estimate_device_bytes([shape], [plan], 3, accumulate_on_device=True) == one + band
     case = InputCase("c", (Path("c_0000.nii.gz"),))
     check_device_memory(case, one, "cuda:0", one)  # fits exactly
     check_device_memory(case, 10**15, "cpu", None)  # not a CUDA device: not checked

@@ -75,3 +75,93 @@ def test_bad_arguments_are_refused() -> None:
         sliding_window(image, (4, 4, 4), lambda x: x, step=0.5, windows_per_batch=0)
     with pytest.raises(ValueError, match="spatial axes"):
         sliding_window(image[0], (4, 4, 4), lambda x: x, step=0.5)
+
+
+def _whole_volume_blend(
+    image: torch.Tensor, patch: tuple[int, ...], predictor: nn.Module, step: float, per_batch: int
+) -> torch.Tensor:
+    """The blending as it was before slabs (one float32 volume of sums and one of weights): the oracle
+    :func:`blend_slabs` must equal bit for bit."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    original = image.shape[2:]
+    before = [max(p - s, 0) // 2 for p, s in zip(patch, original, strict=True)]
+    after = [max(p - s, 0) - b for p, s, b in zip(patch, original, before, strict=True)]
+    image = F.pad(image, [n for pair in zip(before[::-1], after[::-1], strict=True) for n in pair])
+    spatial = image.shape[2:]
+    corners = list(
+        itertools.product(*(window_starts(s, p, step) for s, p in zip(spatial, patch, strict=True)))
+    )
+    weights = gaussian_importance(patch)
+    output, weight_sum = None, torch.zeros(spatial)
+    for first in range(0, len(corners), per_batch):
+        regions = [
+            tuple(slice(c, c + p) for c, p in zip(k, patch, strict=True))
+            for k in corners[first : first + per_batch]
+        ]
+        outputs = (
+            predictor(torch.cat([image[(slice(None), slice(None), *r)] for r in regions])).float() * weights
+        )
+        if output is None:
+            output = torch.zeros((1, outputs.shape[1], *spatial))
+        for index, region in enumerate(regions):
+            output[0][(slice(None), *region)] += outputs[index]
+            weight_sum[region] += weights
+    assert output is not None
+    output /= weight_sum
+    return output[
+        (slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, original, strict=True)))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch", "step", "per_batch"),
+    [
+        ((20, 30, 26), (8, 12, 10), 0.5, 1),
+        ((23, 30, 26), (8, 12, 10), 0.7, 3),  # uneven last step, batches across window rows
+        ((17, 23, 41), (8, 8, 8), 1.0, 2),  # windows that do not overlap
+        ((5, 9, 7), (8, 12, 10), 0.5, 1),  # padded on every axis
+        ((4, 30, 26), (1, 16, 16), 0.5, 5),  # slice by slice
+    ],
+)
+def test_slabs_equal_the_whole_volume_blend_bit_for_bit_and_hold_one_band(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    patch: tuple[int, ...],
+    step: float,
+    per_batch: int,
+) -> None:
+    import importlib
+
+    module = importlib.import_module("autoseg.inference.sliding_window")  # the package exports the function
+
+    network = _conv_predictor()
+    image = torch.from_numpy(rng.normal(size=(1, 2, *shape)).astype(np.float32))
+    sizes: list[tuple[int, ...]] = []
+    real_zeros = torch.zeros
+
+    def recording_zeros(*args: object, **kwargs: object) -> torch.Tensor:
+        tensor: torch.Tensor = real_zeros(*args, **kwargs)  # type: ignore[call-overload]
+        sizes.append(tuple(tensor.shape))
+        return tensor
+
+    monkeypatch.setattr(module.torch, "zeros", recording_zeros)
+    with torch.no_grad():
+        slabs = list(module.blend_slabs(image, patch, network, step=step, windows_per_batch=per_batch))
+    monkeypatch.undo()
+    with torch.no_grad():
+        expected = _whole_volume_blend(image, patch, network, step, per_batch)
+    firsts = [first for first, _ in slabs]
+    depths = [slab.shape[1] for _, slab in slabs]
+    assert firsts == sorted(firsts) and sum(depths) == shape[0]
+    assert [f + d for f, d in zip(firsts, depths, strict=True)][:-1] == firsts[1:]  # no gap, no overlap
+    joined = torch.cat([slab for _, slab in slabs], dim=1)[None]
+    assert torch.equal(joined, expected)  # bit for bit
+    assert torch.equal(
+        module.sliding_window(image, patch, network, step=step, windows_per_batch=per_batch), expected
+    )
+    band_depth = max(patch[0], 1)
+    assert sizes and all(size[-3] == band_depth for size in sizes)  # only a band, never the whole volume

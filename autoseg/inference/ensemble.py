@@ -5,14 +5,15 @@ folds) averaged per window.
 Every window is cut once and run through every network and every mirror, so an ensemble of five folds with
 eight mirrors costs one pass over the image, not forty. Within one network the mirrored logits are averaged;
 the networks' softmax probabilities (sigmoid per structure for region-based models) are averaged; the
-windows are blended with a Gaussian importance map (sigma 1/8 of the patch, as nnU-Net). The blended volume
-accumulates on the compute device when it fits, otherwise on the CPU.
+windows are blended with a Gaussian importance map (sigma 1/8 of the patch, as nnU-Net) in a band of one
+patch depth, on the compute device when it fits, otherwise on the CPU; finished slabs go to the CPU.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.inference.sliding_window import sliding_window
+from autoseg.inference.sliding_window import blend_slabs
 from autoseg.regions import REGION_THRESHOLD
 from autoseg.types import FloatVolume, LabelVolume, TargetVolume
 
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 Activation = Literal["softmax", "sigmoid"]
 
 DEVICE_ACCUMULATION_FRACTION = 0.4
-"""Accumulate on the GPU only when the blended output (and its weight sums) take at most this fraction of
-the free GPU memory; the rest is left to the windows' activations."""
+"""Blend on the GPU only when the blending band (:func:`band_bytes`) takes at most this fraction of the free
+GPU memory; the rest is left to the windows' activations."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class InferenceSettings:
             combination is run, so 3 axes cost 8 passes.
         windows_per_batch: windows run through a network at once.
         device: where the networks run.
-        accumulate: where the blended output lives: ``auto`` (the device when it fits), ``device``,
+        accumulate: where the blending band lives: ``auto`` (the device when it fits), ``device``,
             ``cpu``.
         precision: ``auto`` (see :func:`resolve_precision`), ``float32``, ``bfloat16``, ``float16``.
         channels_last: run 3D networks in the channels-last memory format.
@@ -67,6 +68,7 @@ def predict_probabilities(
     settings: InferenceSettings,
     *,
     activation: Activation = "softmax",
+    dtype: type[np.floating] = np.float32,
 ) -> FloatVolume:
     """Class probabilities for a preprocessed image.
 
@@ -76,20 +78,25 @@ def predict_probabilities(
         patch_size: ``(z, y, x)`` for 3D networks, ``(y, x)`` for 2D ones (run slice by slice).
         num_classes: ``K``, background included (the structures, for ``activation="sigmoid"``).
         activation: ``"softmax"`` over the classes, or ``"sigmoid"`` per structure (region-based models).
+        dtype: of the returned volume: ``np.float16`` halves it
+            (:func:`autoseg.inference.inputs.network_grid_dtype`); blending and renormalisation stay float32,
+            slab by slab (:func:`~autoseg.inference.sliding_window.blend_slabs`), so only the stored value
+            is rounded.
 
     Returns:
-        ``(K, Z, Y, X)`` float32 probabilities, summing to 1 over ``K`` (softmax), or each in [0, 1].
+        ``(K, Z, Y, X)`` probabilities, summing to 1 over ``K`` (softmax), or each in [0, 1].
     """
     if not networks:
         raise ValueError("no network to predict with")
     device = torch.device(settings.device)
     roi = tuple(patch_size) if len(patch_size) == 3 else (1, *patch_size)
     predictor = _EnsemblePredictor(networks, len(patch_size), settings, device, activation)
-    output_device = _accumulation_device(image.shape[1:], num_classes, settings, device)
+    output_device = _accumulation_device(image.shape[1:], roi[0], num_classes, settings, device)
     # windows are copied out of the input, so a read-only memory map is fine; torch needs a writable array.
     tensor = torch.from_numpy(np.require(image, np.float32, ["C", "W"]))[None]
+    probabilities = np.empty((num_classes, *image.shape[1:]), dtype)
     with torch.inference_mode():
-        blended = sliding_window(
+        for first, slab in blend_slabs(
             tensor.to(device),
             roi,
             predictor,
@@ -98,13 +105,16 @@ def predict_probabilities(
             sigma_scale=0.125,
             compute_device=device,
             output_device=output_device,
-        )
-    probabilities: FloatVolume = np.asarray(blended[0].float().cpu().numpy(), dtype=np.float32)
-    if activation == "sigmoid":
-        return np.clip(probabilities, 0.0, 1.0, out=probabilities)
-    # Gaussian blending keeps a convex combination per voxel, but float error and the zero weight far outside
-    # a window's centre can leave sums a hair away from 1; renormalise so argmax and saved maps agree.
-    probabilities /= np.maximum(probabilities.sum(0, keepdims=True), 1e-8)
+        ):
+            values = np.asarray(slab.cpu().numpy(), dtype=np.float32)
+            if activation == "sigmoid":
+                np.clip(values, 0.0, 1.0, out=values)
+            else:
+                # Gaussian blending keeps a convex combination per voxel, but float error and the zero weight
+                # far outside a window's centre can leave sums a hair away from 1; renormalise so argmax and
+                # saved maps agree.
+                values /= np.maximum(values.sum(0, keepdims=True), 1e-8)
+            probabilities[:, first : first + values.shape[1]] = values
     return probabilities
 
 
@@ -238,15 +248,23 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _accumulation_device(
-    shape: Sequence[int], num_classes: int, settings: InferenceSettings, device: torch.device
+    shape: Sequence[int], depth: int, num_classes: int, settings: InferenceSettings, device: torch.device
 ) -> torch.device:
-    """The device for the blended ``(K, Z, Y, X)`` output and its weight map."""
+    """The device for the blending band: ``depth`` slices of the ``(K, Z, Y, X)`` output and of its
+    weights (:func:`~autoseg.inference.sliding_window.blend_slabs`)."""
     if settings.accumulate == "cpu" or device.type == "cpu":
         return torch.device("cpu")
     if settings.accumulate == "device":
         return device
-    needed = (num_classes + 1) * int(np.prod(shape)) * 4
+    needed = band_bytes(shape, depth, num_classes)
     free, _ = torch.cuda.mem_get_info(device)
     chosen = device if needed <= DEVICE_ACCUMULATION_FRACTION * free else torch.device("cpu")
-    logger.debug("accumulating %.2f GiB on %s", needed / 2**30, chosen)
+    logger.debug("blending band of %.2f GiB on %s", needed / 2**30, chosen)
     return chosen
+
+
+def band_bytes(shape: Sequence[int], depth: int, num_classes: int) -> int:
+    """Bytes of the blending band of a ``shape`` (Z, Y, X) grid: ``min(depth, Z)`` slices of the ``K``
+    float32 sums and the weights, and one finished slab of ``K`` as it is divided."""
+    rows = min(int(depth), int(shape[0]))
+    return 4 * (2 * num_classes + 1) * rows * math.prod(int(n) for n in shape[1:])

@@ -212,25 +212,42 @@ def read_case_header(case: InputCase) -> CaseHeader:
     return CaseHeader((shape[0], shape[1], shape[2]), infos[0].geometry.spacing_mm, len(infos), stored)
 
 
+FLOAT16_ABOVE_BYTES = 2 * 2**30
+"""Network-grid probabilities of one configuration that would take more than this in float32 are kept in
+float16 (:func:`network_grid_dtype`)."""
+
+
+def network_grid_dtype(num_classes: int, shape: Sequence[int]) -> type[np.floating]:
+    """float32 for the probabilities of a ``shape`` (Z, Y, X) network grid with ``num_classes`` channels,
+    unless that takes more than :data:`FLOAT16_ABOVE_BYTES`: then float16 (what nnU-Net accumulates in),
+    which halves the largest buffer of a many-class prediction (117 classes on a 600 x 512 x 512 CT planned
+    at 1.5 mm: 6.9 instead of 13.9 GB) and rounds each probability by at most 2**-11 relative, so a voxel
+    whose two best classes are closer than that may take the other label."""
+    size = 4 * num_classes * math.prod(int(n) for n in shape)
+    return np.float16 if size > FLOAT16_ABOVE_BYTES else np.float32
+
+
 def estimate_peak_bytes(
     header: CaseHeader, spacings_mm: Sequence[Sequence[float]], num_outputs: int, *, regions: bool = False
 ) -> int:
     """Peak memory of predicting one case, bytes, from its header: the channel read as stored, the float32
     image, per configuration (``spacings_mm``: each plan's spacing) the image resampled to the plan's
-    spacing and the blended ``(K, Z', Y', X')`` float32 outputs with their weights; on the input's grid the
-    class-by-class export (:mod:`autoseg.inference.export`): five float32 volumes (the running maximum, the
-    channel being restored, its resampled crop, the member being added, an oblique image's canonical
-    channel) and the label map, plus ``K`` uint8 masks for a region-based model (``regions``). The input
-    grid no longer holds ``K`` float32 probabilities. A bound, not a measurement: the crop to the nonzero
-    region only makes it smaller; an oblique input's axis-aligned grid (up to ~1.7x the voxels) is covered
-    by a factor 1.5 on the resampled arrays."""
+    spacing and its ``(K, Z', Y', X')`` probabilities (float32, or float16 above :data:`FLOAT16_ABOVE_BYTES`)
+    with one volume for the blending band and the finished slab; on the input's grid the class-by-class
+    export (:mod:`autoseg.inference.export`): five float32 volumes (the running maximum, the channel being
+    restored, its resampled crop, the member being added, an oblique image's canonical channel) and the
+    label map, plus ``K`` uint8 masks for a region-based model (``regions``). The input grid no longer holds
+    ``K`` float32 probabilities. A bound, not a measurement: the crop to the nonzero region only makes it
+    smaller; an oblique input's axis-aligned grid (up to ~1.7x the voxels) is covered by a factor 1.5 on the
+    resampled arrays."""
     voxels = header.shape[0] * header.shape[1] * header.shape[2]
     extent_mm3 = voxels * float(np.prod(header.spacing_mm))
     masks = num_outputs if regions else 0
     total = voxels * (header.stored_bytes + 4 * header.channels + 4 * 5 + 2 + masks)
     for spacing in spacings_mm:
         resampled = math.ceil(1.5 * extent_mm3 / float(np.prod(spacing)))
-        total += resampled * 4 * (header.channels + num_outputs + 1)
+        stored = np.dtype(network_grid_dtype(num_outputs, (resampled,))).itemsize
+        total += resampled * (4 * header.channels + stored * num_outputs + 4)
     return total
 
 
@@ -304,8 +321,9 @@ def estimate_device_bytes(
     """Peak CUDA memory of predicting one preprocessed case, bytes, beyond the networks' weights (loaded
     before, so no longer free): per configuration (they run one after another; the largest counts) the
     ``(C, Z, Y, X)`` image moved whole to the device, ``windows_per_batch`` windows through the network
-    (:func:`window_activation_bytes`), and with ``accumulate_on_device`` the blended ``(K, Z, Y, X)``
-    outputs and their weight map (``accumulate auto`` puts them on the CPU when they do not fit).
+    (:func:`window_activation_bytes`), and with ``accumulate_on_device`` the blending band: one patch depth of
+    the ``K`` sums and their weights, and a finished slab (``accumulate auto`` puts it on the CPU when it does
+    not fit).
 
     Args:
         image_shapes: each configuration's preprocessed image shape, ``(C, Z, Y, X)``.
@@ -315,8 +333,9 @@ def estimate_device_bytes(
         channels, voxels = int(shape[0]), math.prod(int(n) for n in shape[1:])
         total = 4 * channels * voxels
         total += windows_per_batch * window_activation_bytes(plan, num_outputs, channels)
-        if accumulate_on_device:
-            total += 4 * (num_outputs + 1) * voxels
+        if accumulate_on_device:  # the blending band (``autoseg.inference.ensemble.band_bytes``)
+            rows = min(plan.patch_size[0] if len(plan.patch_size) == 3 else 1, int(shape[1]))
+            total += 4 * (2 * num_outputs + 1) * rows * math.prod(int(n) for n in shape[2:])
         peak = max(peak, total)
     return peak
 

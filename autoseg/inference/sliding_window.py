@@ -11,13 +11,19 @@ against it in ``tests/test_sliding_window.py``), without importing MONAI: ``impo
 * Each window's output is weighted by a separable Gaussian (sigma ``sigma_scale`` x the patch, centred on
   the window), floored at its smallest value or 1e-3, whichever is larger, so no voxel has zero weight; the
   blended output is the weighted sum divided by the summed weights.
+
+The windows run in MONAI's order (the first axis slowest), so once every window starting at a given first-axis
+index is done, the slices before it are final: :func:`blend_slabs` keeps only a band of one patch depth in
+float32 and hands each finished slab on (divided, cropped), so the caller decides where the whole volume goes
+and in which dtype; the band sums the same window outputs in the same order as a whole-volume sum, so the
+values are bit for bit those of blending into one volume.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +79,44 @@ def sliding_window(
     Returns:
         ``(1, K, *spatial)`` float32 on ``output_device``.
     """
+    output: torch.Tensor | None = None
+    for first, slab in blend_slabs(
+        image,
+        patch,
+        predictor,
+        step=step,
+        windows_per_batch=windows_per_batch,
+        sigma_scale=sigma_scale,
+        compute_device=compute_device,
+        output_device=output_device,
+    ):
+        if output is None:
+            output = torch.empty(
+                (1, slab.shape[0], *image.shape[2:]), dtype=torch.float32, device=slab.device
+            )
+        output[0, :, first : first + slab.shape[1]] = slab
+    assert output is not None  # there is always at least one slab
+    return output
+
+
+def blend_slabs(
+    image: torch.Tensor,
+    patch: Sequence[int],
+    predictor: Predictor,
+    *,
+    step: float,
+    windows_per_batch: int = 1,
+    sigma_scale: float = 0.125,
+    compute_device: torch.device | None = None,
+    output_device: torch.device | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`sliding_window`'s blended output as it becomes final, slab by slab along the first spatial axis.
+
+    Takes the arguments of :func:`sliding_window`. Yields ``(first, slab)``: ``slab`` is the blended output
+    ``(K, depth, *rest)`` (float32, on ``output_device``, cropped to ``image``'s own extent) of the first-axis
+    indices ``first .. first + depth - 1``; slabs come in order and cover the axis once. Besides the windows,
+    memory holds one band of ``patch[0]`` slices of the ``K`` sums and the weights.
+    """
     if image.ndim != len(patch) + 2 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, C, {len(patch)} spatial axes) tensor, got {tuple(image.shape)}")
     if not 0.0 < step <= 1.0:
@@ -91,23 +135,65 @@ def sliding_window(
     grids = [window_starts(s, p, step) for s, p in zip(spatial, patch, strict=True)]
     corners = list(itertools.product(*grids))  # the last axis fastest, as MONAI
     weights = gaussian_importance(patch, sigma_scale).to(compute_device)
-    output_weights = weights.to(output_device)
-    output: torch.Tensor | None = None
-    weight_sum = torch.zeros(spatial, dtype=torch.float32, device=output_device)
+    band = _Band(patch[0], spatial[1:], weights.to(output_device), output_device)
+    crop = tuple(slice(b, b + s) for b, s in zip(before[1:], original[1:], strict=True))
+    first_kept, end_kept = before[0], before[0] + original[0]
+
+    def finished(start: int, stop: int, slab: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        low, high = max(start, first_kept), min(stop, end_kept)
+        if low < high:
+            yield low - first_kept, slab[(slice(None), slice(low - start, high - start), *crop)]
+
     for first in range(0, len(corners), windows_per_batch):
         batch_corners = corners[first : first + windows_per_batch]
-        regions = [
-            tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True)) for corner in batch_corners
-        ]
-        windows = torch.cat([image[(slice(None), slice(None), *region)] for region in regions])
-        outputs = predictor(windows.to(compute_device)).float() * weights
-        if output is None:
-            output = torch.zeros((1, outputs.shape[1], *spatial), dtype=torch.float32, device=output_device)
-        outputs = outputs.to(output_device)
-        for index, region in enumerate(regions):
-            output[0][(slice(None), *region)] += outputs[index]
-            weight_sum[region] += output_weights
-    assert output is not None  # there is always at least one window
-    output /= weight_sum
-    crop = tuple(slice(b, b + s) for b, s in zip(before, original, strict=True))
-    return output[(slice(None), slice(None), *crop)]
+        windows = torch.cat(
+            [
+                image[
+                    (slice(None), slice(None), *(slice(c, c + p) for c, p in zip(corner, patch, strict=True)))
+                ]
+                for corner in batch_corners
+            ]
+        )
+        outputs = (predictor(windows.to(compute_device)).float() * weights).to(output_device)
+        for index, corner in enumerate(batch_corners):
+            if band.start != corner[0]:
+                for done in band.advance(corner[0]):
+                    yield from finished(*done)
+            band.add(outputs[index], corner[1:])
+    for done in band.advance(spatial[0]):
+        yield from finished(*done)
+
+
+class _Band:
+    """The float32 sums and weights of the first-axis slices ``start .. start + depth - 1``."""
+
+    def __init__(self, depth: int, rest: Sequence[int], weights: torch.Tensor, device: torch.device) -> None:
+        self.depth, self.rest, self.weights, self.device = depth, tuple(rest), weights, device
+        self.start = 0
+        self.sums: torch.Tensor | None = None
+        self.weight_sums = torch.zeros((depth, *self.rest), dtype=torch.float32, device=device)
+
+    def add(self, output: torch.Tensor, corner: Sequence[int]) -> None:
+        """One weighted window output ``(K, *patch)`` whose first-axis start is :attr:`start`."""
+        if self.sums is None:
+            self.sums = torch.zeros(
+                (output.shape[0], self.depth, *self.rest), dtype=torch.float32, device=self.device
+            )
+        region = tuple(slice(c, c + p) for c, p in zip(corner, output.shape[2:], strict=True))
+        self.sums[(slice(None), slice(None), *region)] += output
+        self.weight_sums[(slice(None), *region)] += self.weights
+
+    def advance(self, start: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Move the band to begin at ``start`` (``start > self.start``, at most a band further): the slices
+        left behind are final, yielded as ``(first, stop, (K, stop - first, *rest) blended)``."""
+        shift = min(start - self.start, self.depth)
+        if self.sums is not None and shift > 0:
+            done = self.sums[:, :shift] / self.weight_sums[:shift]
+            yield self.start, self.start + shift, done
+            keep = self.depth - shift
+            if keep:
+                self.sums[:, :keep] = self.sums[:, shift:].clone()
+                self.weight_sums[:keep] = self.weight_sums[shift:].clone()
+            self.sums[:, keep:] = 0
+            self.weight_sums[keep:] = 0
+        self.start = start

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -38,6 +40,7 @@ from autoseg.inference.inputs import (
     estimate_device_bytes,
     find_input_cases,
     format_bytes,
+    network_grid_dtype,
     read_case_header,
     read_input_case,
     replace_non_finite,
@@ -531,7 +534,9 @@ def _predict_all(
             seconds = time.perf_counter() - started
             if pending is not None:
                 _collect(*pending, outputs, failures)
-            future = exporter.submit(_export, prepared, predicted, context, options, out, seconds)
+            device = ensemble.members[0].settings.device
+            on_gpu = device if device.startswith("cuda") else None
+            future = exporter.submit(_export, prepared, predicted, context, options, out, seconds, on_gpu)
             pending = (prepared.case.identifier, future)
             bar.update()
         if pending is not None:
@@ -557,7 +562,7 @@ def _check_device_memory(ensemble: Ensemble, prepared: PreparedCase) -> None:
         [member.plan for member in ensemble.members],
         ensemble.num_outputs,
         windows_per_batch=settings.windows_per_batch,
-        accumulate_on_device=settings.accumulate == "device",
+        accumulate_on_device=settings.accumulate != "cpu",  # the band is small: ``auto`` puts it there
     )
     logger.debug("%s: about %s of %s at peak", prepared.case.identifier, format_bytes(need), settings.device)
     check_device_memory(
@@ -580,6 +585,16 @@ def _predict_members(ensemble: Ensemble, prepared: PreparedCase) -> list[FloatVo
 def _predict_member(
     ensemble: Ensemble, member: Member, image: FloatVolume, geometry: Geometry
 ) -> FloatVolume:
+    """One configuration's probabilities on its network grid, in float16 when float32 would be large
+    (:func:`~autoseg.inference.inputs.network_grid_dtype`)."""
+    dtype = network_grid_dtype(ensemble.num_outputs, image.shape[1:])
+    if dtype is not np.float32:
+        logger.info(
+            "%d x %s probabilities on the network grid kept in float16 (%s in float32)",
+            ensemble.num_outputs,
+            "x".join(map(str, image.shape[1:])),
+            format_bytes(4 * ensemble.num_outputs * math.prod(image.shape[1:])),
+        )
     return predict_probabilities(
         member.networks,
         image,
@@ -587,6 +602,7 @@ def _predict_member(
         ensemble.num_outputs,
         case_settings(member.settings, member.plan, geometry),
         activation="sigmoid" if ensemble.regions else "softmax",
+        dtype=dtype,
     )
 
 
@@ -677,10 +693,14 @@ def _export(
     options: OutputOptions,
     out: Path,
     seconds: float,
+    resample_device: str | None = None,
 ) -> CaseOutput:
     """Each configuration's probabilities back on the input's grid, averaged, then the outputs: class by
-    class (:mod:`autoseg.inference.export`), never ``(K, Z, Y, X)`` float32 on the input's grid."""
-    members = MemberPredictions(predicted, prepared.properties, regions=context.regions)
+    class (:mod:`autoseg.inference.export`, resampled on ``resample_device``, the GPU predict ran on, when
+    given), never ``(K, Z, Y, X)`` float32 on the input's grid."""
+    members = MemberPredictions(
+        predicted, prepared.properties, regions=context.regions, resample_device=resample_device
+    )
     written = write_case_outputs(
         prepared.case, members, prepared.geometry, prepared.report_image, context, options, out
     )
