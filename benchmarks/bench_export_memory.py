@@ -5,13 +5,15 @@ label resampling of preprocessing, per class in its box against every class over
 ``predict`` builds, in ``--scratch``: a synthetic int16 CT (0.8 x 0.8 x 1.0 mm; generated here, never
 committed), a work directory planned by ``autoseg fingerprint`` + ``plan`` on a tiny two-case 117-label
 dataset, its ``3d_fullres`` configuration replaced by a small random-weight 117-class network (64 x 128 x 128
-patch) at ``--spacing-mm`` (default 2 mm: the network grid's float32 accumulation, (K + 1) x 4 bytes per
-voxel, is 5.9 GB there; at 1.5 mm it would be 14 GB, see docs/benchmarks.md). Then runs ``autoseg predict``
-on each ``--shapes`` CT and reports wall seconds and the peak memory of the process tree (PSS, sampled every
-0.25 s). With ``--baseline SRC`` (a checkout of autoseg before 17.2, e.g. ``git worktree add /tmp/before
-8cae1f2~1``) the same command also runs on that code for the shapes in
-``--baseline-shapes`` (where the (K, Z, Y, X) float32 arrays fit; run from that folder first on
-``sys.path``), and the label maps are compared.
+patch) at ``--spacing-mm`` (default 2 mm; at 1.5 mm the float32 accumulation of the code before 17.2,
+(K + 1) x 4 bytes per network-grid voxel, would be 14 GB; now 2K bytes, see docs/benchmarks.md). Then runs
+``autoseg predict`` on each ``--shapes`` CT and reports wall seconds and the peak memory of the process tree
+(PSS, sampled every 0.25 s), ``--rounds`` times, alternating the codes, with medians. With ``--baseline SRC``
+(autoseg before 17.2: ``git archive 8cae1f2~1 | tar -x -C SRC``, then in ``SRC/autoseg/workdir.py`` move the
+body of ``WorkDir.runs`` back under its ``def``, which that commit had misplaced) the same command also runs
+on that code for the shapes in ``--baseline-shapes`` (where the (K, Z, Y, X) float32 arrays fit; run from that
+folder first on ``sys.path``, on a copy of the work directory without the plan keys it does not know), and
+the label maps are compared.
 
 ``labels`` resamples a 117-class ``--size``^3 label map (boxes of random size, 0.8 mm -> 1.2 mm, linear)
 both ways, each in its own process: seconds, peak memory, identical output.
@@ -28,6 +30,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -117,6 +120,18 @@ def _autoseg(source: str | None) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def _baseline_workdir(work: Path) -> Path:
+    """A copy of ``work`` whose plans hold only keys the code before 17.2 reads (it refuses unknown ones)."""
+    copy = work.with_name(work.name + "_before_17_2")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(work, copy)
+    plans = json.loads((copy / "plans.json").read_text())
+    for config in plans["configurations"].values():
+        config.get("schedule", {}).pop("validation_iterations", None)
+    (copy / "plans.json").write_text(json.dumps(plans, indent=2))
+    return copy
+
+
 def predict(args: argparse.Namespace) -> dict[str, object]:
     """Each shape through ``autoseg predict --preset fast``: this code, and the baseline where asked."""
     work = make_workdir(args.scratch, args.spacing_mm)
@@ -126,19 +141,27 @@ def predict(args: argparse.Namespace) -> dict[str, object]:
         assert len(shape) == 3
         inputs = args.scratch / f"in_{text}"
         make_ct((shape[0], shape[1], shape[2]), inputs / "ct_0000.nii.gz")
-        runs: list[tuple[str, str | None]] = [("autoseg", None)] if text in args.shapes else []
+        runs: list[tuple[str, str | None, Path]] = [("autoseg", None, work)] if text in args.shapes else []
         if args.baseline is not None and text in args.baseline_shapes:
-            runs.append(("before_17_2", str(args.baseline)))
+            runs.append(("before_17_2", str(args.baseline), _baseline_workdir(work)))
         maps = {}
-        for name, source in runs:
-            out = args.scratch / f"out_{text}_{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            command = [*_autoseg(source), "predict", "-i", str(inputs), "-o", str(out)]
-            command += ["-m", str(work), "--preset", "fast", "-q", "--device", "cpu"]
-            wall, peak = run_once(command)
-            results[f"{text} {name}"] = {"wall_s": round(wall, 1), "peak_tree_gib": round(peak / 1024, 2)}
-            print(f"{text} {name}: {wall:.0f} s, peak {peak / 1024:.2f} GiB", flush=True)
-            maps[name] = read_labels(out / "ct.nii.gz")[0]
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in runs}
+        for _ in range(args.rounds):
+            for name, source, model in runs:
+                out = args.scratch / f"out_{text}_{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                command = [*_autoseg(source), "predict", "-i", str(inputs), "-o", str(out), "-m", str(model)]
+                command += ["-c", "3d_fullres", "--preset", "fast", "-q", "--device", "cpu"]
+                wall, peak = run_once(command)
+                times[name].append((wall, peak))
+                print(f"{text} {name}: {wall:.0f} s, peak {peak / 1024:.2f} GiB", flush=True)
+                maps[name] = read_labels(out / "ct.nii.gz")[0]
+        for name, measured in times.items():
+            results[f"{text} {name}"] = {
+                "wall_s": round(statistics.median(w for w, _ in measured), 1),
+                "walls_s": [round(w, 1) for w, _ in measured],
+                "peak_tree_gib": round(max(p for _, p in measured) / 1024, 2),
+            }
         if len(maps) == 2:
             same = int(np.count_nonzero(maps["autoseg"] != maps["before_17_2"]))
             results[f"{text} differing voxels"] = same
@@ -210,6 +233,7 @@ def main() -> int:
     run.add_argument("--baseline", type=Path, help="autoseg source before 17.2 (a git worktree)")
     run.add_argument("--baseline-shapes", nargs="+", default=["160x192x192"])
     run.add_argument("--spacing-mm", type=float, default=2.0)
+    run.add_argument("--rounds", type=int, default=1, help="runs of each code per shape, alternated")
     many = commands.add_parser("labels")
     many.add_argument("--scratch", type=Path, required=True)
     many.add_argument("--size", type=int, default=200)
