@@ -82,9 +82,13 @@ def test_onnx_networks_match_pytorch_in_the_sliding_window(
         assert float((got - expected).abs().max()) < 1e-4
     image = rng.normal(size=(1, 10, 18, 16)).astype(np.float32)
     settings = InferenceSettings(step=0.5, mirror_axes=tuple(range(plan.dims)), precision="float32")
-    first = predict_probabilities([network], image, plan.patch_size, 2, settings)
-    second = predict_probabilities([graph], image, plan.patch_size, 2, settings)
+    classes = len(reference.plans.labels)
+    first = predict_probabilities([network], image, plan.patch_size, classes, settings)
+    second = predict_probabilities([graph], image, plan.patch_size, classes, settings)
+    assert first.shape == (classes, *image.shape[1:])
     assert float(np.abs(first - second).max()) < 1e-4
+    with pytest.raises(ValueError, match=f"give {classes} output channels, while {classes - 1} were asked"):
+        predict_probabilities([graph], image, plan.patch_size, classes - 1, settings)
 
 
 def test_predict_through_onnxruntime_matches_pytorch(

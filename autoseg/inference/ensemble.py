@@ -106,6 +106,11 @@ def predict_probabilities(
             compute_device=device,
             output_device=output_device,
         ):
+            if slab.shape[0] != num_classes:
+                raise ValueError(
+                    f"the networks give {slab.shape[0]} output channels, while {num_classes} were asked for "
+                    "(a model whose plans and weights disagree?)"
+                )
             values = np.asarray(slab.cpu().numpy(), dtype=np.float32)
             if activation == "sigmoid":
                 np.clip(values, 0.0, 1.0, out=values)
