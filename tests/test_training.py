@@ -91,6 +91,23 @@ def test_validation_batches_default_to_the_plans_schedule(
     assert recorded["validation_iterations"] == 3
 
 
+def test_the_learning_rate_is_a_flag_recorded_and_kept_on_resume(
+    prepared: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "0", "--workdir", str(prepared), "--epochs", "2", "--iters-per-epoch", "1"]
+    argv += ["--val-iters", "1", "--num-workers", "0", "--device", "cpu", "-q"]
+    assert main([*argv, "--lr", "0.03"]) == 0
+    run = run_dir_of(prepared, tiny_train_config(fold="0"))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records[0]["lr"] == pytest.approx(0.03) and records[1]["lr"] == pytest.approx(0.03 * 0.5**0.9)
+    assert json.loads((run / "train_config.json").read_text())["initial_lr"] == 0.03
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) != 0  # the default 0.01 would silently change the run's schedule
+    assert "was trained with --lr 0.03" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--lr", "0.03"]) == 0
+    assert main([*argv[:-1], "--lr", "0"]) != 0  # argparse: not a positive number
+
+
 def test_checkpoints_refuse_pickles(tmp_path: Path) -> None:
     import pickle
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from autoseg.cli.options import (
     CommandSpec,
     positive_duration,
+    positive_float,
     positive_int,
     show_progress,
 )
@@ -45,6 +46,14 @@ def _schedule_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="validation batches per epoch for the pseudo-Dice (default: the plan's schedule, 50 unless the "
         "cpu preset planned fewer)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        metavar="LR",
+        help="initial learning rate of SGD (Nesterov momentum 0.99), decayed by the poly schedule to 0 "
+        "(default: 0.01, nnU-Net's); recorded in train_config.json",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument(
@@ -110,6 +119,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         iterations_per_epoch=args.iters_per_epoch,
         validation_iterations=args.val_iters,
+        **({} if args.lr is None else {"initial_lr": args.lr}),
         seed=args.seed,
         deterministic=args.deterministic,
         time_limit_s=parse_duration(args.time_limit) if args.time_limit else None,

@@ -13,6 +13,7 @@ fold's validation cases (``validation/summary.json``). All of these are callback
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -242,6 +243,13 @@ def _open_run_folder(workdir: Workdir, config: TrainConfig, *, resume: bool) -> 
         raise UsageError(
             f"{folder.path} already holds a training run; pass --resume to continue it, or delete it"
         )
+    if resume and folder.train_config_path.is_file():
+        recorded = json.loads(folder.train_config_path.read_text()).get("initial_lr", config.initial_lr)
+        if recorded != config.initial_lr:
+            raise UsageError(
+                f"{folder.path} was trained with --lr {recorded}; resume it with the same learning rate "
+                f"(got {config.initial_lr})"
+            )
     barrier()
     folder.path.mkdir(parents=True, exist_ok=True)
     return folder
